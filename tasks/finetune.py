@@ -1,0 +1,50 @@
+"""S5 task: LoRA SFT of each cluster's selected SLM on the cluster's training split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from components.config import resolve
+from components.finetune import FinetuneConfig, finetune
+from components.schema import read_records
+from tasks.registry import log_adapter_model
+from tasks.tracking import TrackingConfig, log_json_artifact, step_run
+
+
+@task(name="S5 finetune", cache_policy=NO_CACHE)
+def finetune_task(cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig | None = None,
+                  parent_run_id: str | None = None) -> dict:
+    with step_run("finetune", cfg, workdir, tracking, parent_run_id):
+        records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
+        splits = pd.read_parquet(resolve(workdir, cfg.splits))
+        leaderboard = json.loads(resolve(workdir, cfg.leaderboard).read_text())
+        trained = []
+        for cluster in leaderboard["clusters"]:
+            if not cluster.get("selected"):
+                continue
+            cluster_id = cluster["cluster_id"]
+            train_ids = splits.loc[(splits.cluster_id == cluster_id) & (splits.split == "train"), "record_id"]
+            train_records = [records[record_id] for record_id in train_ids]
+            print(f"S5 finetune: cluster #{cluster_id} '{cluster['label']}', {len(train_records)} calls, "
+                  f"base {cluster['selected']}")
+            result = finetune(cluster["selected_ref"], train_records, cfg,
+                              resolve(workdir, cfg.output_dir) / f"cluster_{cluster_id}")
+            for step, loss in enumerate(result.loss_history, start=1):
+                mlflow.log_metric(f"cluster_{cluster_id}.train_loss", loss, step=step)
+            mlflow.log_metrics({f"cluster_{cluster_id}.seconds": result.seconds,
+                                f"cluster_{cluster_id}.steps": result.steps})
+            model_uri = log_adapter_model(f"cluster-{cluster_id}", Path(result.adapter_dir), result.base_model)
+            trained.append({"cluster_id": cluster_id, "label": cluster["label"], "n_train": len(train_records),
+                            "base_model": result.base_model, "adapter_dir": str(result.adapter_dir),
+                            "model_uri": model_uri, "steps": result.steps, "train_loss": result.train_loss,
+                            "seconds": round(result.seconds, 1),
+                            "trainable_parameters": result.trainable_parameters})
+        summary = {"clusters": trained}
+        log_json_artifact(summary, resolve(workdir, cfg.summary))
+    return summary

@@ -1,0 +1,51 @@
+"""S4 task: benchmark the candidate SLMs zero-shot per conversion cluster and pick one each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from components import slm
+from components.config import resolve
+from components.schema import CallRecord, read_records
+from components.select import Candidate, SelectConfig, benchmark_candidates
+from tasks.progress import Progress
+from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
+
+
+def generate_answers(reference: str, records: list[CallRecord], max_new_tokens: int, batch_size: int,
+                     label: str, adapter_dir: str | None = None) -> list[tuple[str, float]]:
+    """Load a model (optionally with an adapter) and answer the records: [(completion, latency ms)]."""
+    model, tokenizer = slm.load_model(reference, adapter_dir=adapter_dir)
+    generations = slm.generate(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               progress=Progress(label, len(records)))
+    return [(g.text, g.latency_ms) for g in generations]
+
+
+@task(name="S4 select", retries=1, cache_policy=NO_CACHE)
+def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | None = None,
+                parent_run_id: str | None = None) -> dict:
+    with step_run("select", cfg, workdir, tracking, parent_run_id):
+        records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
+        clusters = json.loads(resolve(workdir, cfg.clusters).read_text())
+        splits = pd.read_parquet(resolve(workdir, cfg.splits))
+
+        def answer(candidate: Candidate, batch: list[CallRecord]) -> list[tuple[str, float]]:
+            return generate_answers(candidate.ref, batch, cfg.max_new_tokens, cfg.batch_size,
+                                    f"S4 {candidate.name}")
+
+        result = benchmark_candidates(records, clusters, splits, cfg, answer, slm.parse_completion)
+        predictions = resolve(workdir, cfg.predictions)
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        result.predictions.to_parquet(predictions, index=False)
+        for report in result.leaderboard["clusters"]:
+            for entry in report["results"]:
+                log_numeric_metrics(entry["scores"], f"cluster_{report['cluster_id']}.{entry['candidate']}.")
+        log_json_artifact(result.leaderboard, resolve(workdir, cfg.leaderboard))
+    for report in result.leaderboard["clusters"]:
+        print(f"S4 select: cluster #{report['cluster_id']} -> {report['selected']}")
+    return result.leaderboard

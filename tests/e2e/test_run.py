@@ -1,0 +1,119 @@
+"""End to end: `llm2slm run` on a small slice of the demo data, with the real SmolLM2 and a few LoRA steps,
+under Prefect's test harness. Checks the quarantine, the MLflow runs, the registered version, the report."""
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from components.config import load_params
+from components.demo_data import DemoDataConfig, build_demo_calls
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def small_params(tmp_path: Path) -> Path:
+    """The real params, shrunk so the run takes a few minutes on 2 CPU cores."""
+    params = load_params(ROOT / "params.yaml")
+    params["demo_data"].update(max_records=120, malformed_lines=5, pii_share=0.3)
+    params["discover"].update(min_cluster_size_to_convert=8, max_clusters_to_convert=1, max_test_per_cluster=4,
+                              hdbscan={"min_cluster_size": 8, "min_samples": 3})
+    params["finetune"].update(max_steps=3, max_length=320)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def conversion(tmp_path_factory):
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.cli import app
+
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    params_path = small_params(tmp_path)
+    demo_cfg = DemoDataConfig(**load_params(params_path)["demo_data"])
+    lines = build_demo_calls(demo_cfg)
+    input_path = tmp_path / "agent-log.jsonl"
+    input_path.write_text("\n".join(lines) + "\n")
+    workdir = tmp_path / "work"
+    experiment = f"e2e-{uuid.uuid4().hex[:8]}"
+    with prefect_test_harness():
+        result = CliRunner().invoke(app, ["run", "--input", str(input_path), "--workdir", str(workdir),
+                                          "--params", str(params_path), "--experiment", experiment])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    return {"workdir": workdir, "output": result.output, "experiment": experiment, "lines": lines,
+            "malformed": demo_cfg.malformed_lines}
+
+
+def test_quarantine_holds_every_malformed_line(conversion):
+    entries = [json.loads(line) for line in (conversion["workdir"] / "data/quarantine.jsonl").read_text().splitlines()]
+    assert len(entries) == conversion["malformed"]
+    assert all(entry["reason"] and entry["line_number"] >= 1 for entry in entries)
+    assert f"quarantined lines: {conversion['malformed']}" in conversion["output"]
+
+
+def test_mlflow_has_a_parent_run_with_one_nested_run_per_step(conversion):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{conversion['workdir'] / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=[conversion["experiment"]], output_format="list")
+    parents = [r for r in runs if r.data.tags.get("llm2slm.step") == "conversion"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert sorted(r.data.tags["llm2slm.step"] for r in children) == sorted(
+        ["collect", "anonymize", "discover", "select", "finetune", "evaluate"])
+    assert (conversion["workdir"] / "mlartifacts").is_dir()
+
+
+def test_registered_version_has_an_alias(conversion):
+    from mlflow.tracking import MlflowClient
+
+    evaluation = json.loads((conversion["workdir"] / "reports/evaluation.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{conversion['workdir'] / 'mlflow.db'}")
+    for entry in evaluation["clusters"]:
+        registered = entry["registered_model"]
+        version = client.get_model_version_by_alias(registered["name"], registered["alias"])
+        assert version.version == registered["version"]
+        assert registered["alias"] == ("champion" if entry["promoted"] else "challenger")
+
+
+def test_evaluation_table_compares_llm_base_and_finetuned(conversion):
+    evaluation = json.loads((conversion["workdir"] / "reports/evaluation.json").read_text())
+    assert evaluation["clusters"], "no cluster was evaluated"
+    for entry in evaluation["clusters"]:
+        assert entry["n_train"] > 0 and entry["n_test"] > 0
+        assert set(entry["scores"]) == {"llm", "slm_base", "slm_finetuned"}
+        for scores in entry["scores"].values():
+            assert 0.0 <= scores[entry["primary_metric"]] <= 1.0
+        if entry["output_kind"] == "tool_call":
+            assert {"function_name_accuracy", "full_call_match"} <= set(entry["scores"]["slm_finetuned"])
+        assert set(entry["cost_per_1k_calls"]) == {"llm", "slm_base", "slm_finetuned"}
+        assert entry["cost_per_1k_calls"]["llm"] > 0
+        assert set(entry["latency_ms_p50"]) == {"slm_base", "slm_finetuned"}
+        assert isinstance(entry["promoted"], bool)
+    report = (conversion["workdir"] / "reports/report.html").read_text()
+    assert all(entry["label"] in report for entry in evaluation["clusters"])
+    assert "Report:" in conversion["output"]
+
+
+def test_no_injected_pii_reaches_curated_data_reports_or_mlflow(conversion):
+    import re
+
+    emails = set()
+    for line in conversion["lines"]:
+        emails |= set(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", line))
+    assert emails, "the demo data should carry synthetic emails"
+    workdir = conversion["workdir"]
+    scanned = [p for p in workdir.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl", ".html", ".md",
+                                                                               ".parquet", ".txt", ".yaml"}
+               and "raw" not in p.parts and "collected" not in p.parts]
+    assert scanned
+    for path in scanned:
+        content = path.read_bytes().decode("utf-8", errors="ignore")
+        leaked = [email for email in emails if email in content]
+        assert not leaked, f"{path.relative_to(workdir)} leaks {leaked[:3]}"
