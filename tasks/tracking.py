@@ -26,18 +26,33 @@ class TrackingConfig(StepConfig):
     experiment: str = "llm2slm"
 
 
+def embedded_store_uri(workdir: Path) -> str:
+    return f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+
+
+# mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; remember which values were our own embedded stores
+# so that a later conversion in the same process (another work dir) is not mistaken for a user's server.
+_EMBEDDED_URIS_SET: set[str] = set()
+
+
 def tracking_uri(workdir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(workdir / 'mlflow.db').resolve()}"
+    from_env = os.environ.get("MLFLOW_TRACKING_URI")
+    if from_env and from_env not in _EMBEDDED_URIS_SET:
+        return from_env
+    return embedded_store_uri(workdir)
 
 
 def configure_tracking(workdir: Path, cfg: TrackingConfig) -> str:
     """Point MLflow at the work directory's store (unless a server is set) and select the experiment."""
     uri = tracking_uri(workdir)
+    if uri == embedded_store_uri(workdir):
+        _EMBEDDED_URIS_SET.add(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if mlflow.get_experiment_by_name(cfg.experiment) is None:
         # Artifacts go beside the SQLite file only on the embedded default; a server decides its own location.
-        location = None if "MLFLOW_TRACKING_URI" in os.environ else (workdir / "mlartifacts").resolve().as_uri()
+        embedded = uri == embedded_store_uri(workdir)
+        location = (workdir / "mlartifacts").resolve().as_uri() if embedded else None
         mlflow.create_experiment(cfg.experiment, artifact_location=location)
     experiment = mlflow.set_experiment(cfg.experiment)
     return experiment.experiment_id
