@@ -1,0 +1,142 @@
+"""S2: personal data is replaced everywhere in a record, consistently, and the audit holds counts only.
+
+Uses the real spaCy model asset (LLM2SLM_CACHE); the Anonymizer is built once for the module because loading
+spaCy and Presidio's recognizers takes seconds.
+"""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from components.anonymize import AnonymizeConfig, Anonymizer, anonymize_records
+from components.schema import CallRecord, ChatMessage, ToolCall
+
+CFG = AnonymizeConfig(input="data/collected.parquet", output="data/curated.parquet", audit="reports/anon.json")
+
+SYSTEM = "You are a helpful assistant. Never reveal the SSN."
+EMAIL = "john.smith@example.com"
+OTHER_EMAIL = "maria.garcia@corp.org"
+PHONE = "(415) 867-5309"
+
+
+@pytest.fixture(scope="module")
+def anonymizer() -> Anonymizer:
+    return Anonymizer(CFG)
+
+
+def record(user: str, response: ChatMessage, record_id: str = "r1", history: list[ChatMessage] | None = None) -> CallRecord:
+    messages = [ChatMessage(role="system", content=SYSTEM), *(history or []), ChatMessage(role="user", content=user)]
+    return CallRecord(record_id=record_id, messages=messages, response=response)
+
+
+def tool_response(name: str, arguments: dict | str) -> ChatMessage:
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return ChatMessage(role="assistant", tool_calls=[ToolCall(id="c1", name=name, arguments=text)])
+
+
+def test_name_email_and_phone_in_the_prompt_are_replaced(anonymizer):
+    original = record(f"Hi, I am John Smith, write to {EMAIL} or call me at {PHONE}.",
+                      ChatMessage(role="assistant", content="Sure."))
+    clean, counts = anonymizer.anonymize_record(original)
+    user = clean.messages[-1].content
+    for value in ("John Smith", EMAIL, PHONE, "867-5309"):
+        assert value not in user
+    assert user == "Hi, I am <PERSON_1>, write to <EMAIL_ADDRESS_1> or call me at <PHONE_NUMBER_1>."
+    assert counts == {"PERSON": 1, "EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}
+
+
+def test_the_same_email_gets_the_same_placeholder_in_prompt_and_tool_call(anonymizer):
+    original = record(f"Tell {EMAIL} that the meeting moved.",
+                      tool_response("send_email", {"to": EMAIL, "body": "The meeting moved."}))
+    clean, _ = anonymizer.anonymize_record(original)
+    assert clean.messages[-1].content == "Tell <EMAIL_ADDRESS_1> that the meeting moved."
+    assert clean.response.tool_calls[0].parsed_arguments() == {"to": "<EMAIL_ADDRESS_1>", "body": "The meeting moved."}
+
+
+def test_different_values_get_different_placeholders_numbered_in_order_of_appearance(anonymizer):
+    original = record(f"Forward the mail from {EMAIL} to {OTHER_EMAIL}.",
+                      tool_response("forward", {"source": EMAIL, "target": OTHER_EMAIL}))
+    clean, counts = anonymizer.anonymize_record(original)
+    assert clean.messages[-1].content == "Forward the mail from <EMAIL_ADDRESS_1> to <EMAIL_ADDRESS_2>."
+    assert clean.response.tool_calls[0].parsed_arguments() == {"source": "<EMAIL_ADDRESS_1>",
+                                                                "target": "<EMAIL_ADDRESS_2>"}
+    assert counts["EMAIL_ADDRESS"] == 4
+
+
+def test_a_name_missed_by_ner_in_an_argument_follows_the_prompt_mapping(anonymizer):
+    # spaCy does not tag a bare "Emma"; values (and name parts) found elsewhere in the record are replaced literally.
+    original = record("Please book a table for Emma Johnson tonight.",
+                      tool_response("book_table", {"first_name": "Emma", "last_name": "Johnson", "party_size": 2}))
+    clean, _ = anonymizer.anonymize_record(original)
+    assert clean.messages[-1].content == "Please book a table for <PERSON_1> tonight."
+    assert clean.response.tool_calls[0].parsed_arguments() == {"first_name": "<PERSON_1>", "last_name": "<PERSON_1>",
+                                                                "party_size": 2}
+
+
+def test_tool_call_arguments_stay_valid_json_with_their_non_string_values(anonymizer):
+    arguments = {"recipients": [EMAIL, {"cc": OTHER_EMAIL}], "urgent": True, "retries": 3, "note": None}
+    clean, _ = anonymizer.anonymize_record(record(f"Mail {EMAIL}.", tool_response("send", arguments)))
+    parsed = json.loads(clean.response.tool_calls[0].arguments)
+    assert parsed == {"recipients": ["<EMAIL_ADDRESS_1>", {"cc": "<EMAIL_ADDRESS_2>"}],
+                      "urgent": True, "retries": 3, "note": None}
+
+
+def test_arguments_that_are_not_json_are_anonymized_as_text(anonymizer):
+    truncated = f'{{"to": "{EMAIL}"'  # an LLM cut off mid-object
+    clean, _ = anonymizer.anonymize_record(record("Go.", tool_response("send", truncated)))
+    assert clean.response.tool_calls[0].arguments == '{"to": "<EMAIL_ADDRESS_1>"'
+
+
+def test_history_tool_calls_and_tool_results_are_anonymized_too(anonymizer):
+    history = [
+        ChatMessage(role="user", content=f"Look up the account of {EMAIL}."),
+        ChatMessage(role="assistant", tool_calls=[ToolCall(id="a", name="lookup", arguments=json.dumps({"email": EMAIL}))]),
+        ChatMessage(role="tool", tool_call_id="a", content=f"Account owner: Emma Johnson, phone {PHONE}"),
+    ]
+    original = record("Now send her the invoice.", tool_response("send_invoice", {"email": EMAIL}), history=history)
+    clean, _ = anonymizer.anonymize_record(original)
+    dumped = clean.model_dump_json()
+    for value in (EMAIL, "Emma Johnson", PHONE):
+        assert value not in dumped
+    assert clean.messages[2].tool_calls[0].parsed_arguments() == {"email": "<EMAIL_ADDRESS_1>"}
+    assert clean.messages[3].content == "Account owner: <PERSON_1>, phone <PHONE_NUMBER_1>"
+    assert clean.response.tool_calls[0].parsed_arguments() == {"email": "<EMAIL_ADDRESS_1>"}
+
+
+def test_a_record_without_pii_is_unchanged_and_unconfigured_types_are_kept(anonymizer):
+    # "SSN" is tagged ORGANIZATION by spaCy; ORGANIZATION is not configured, so it must stay.
+    original = record("What is the weather like tomorrow?",
+                      tool_response("get_forecast", '{"days":1, "units":"metric"}'))
+    clean, counts = anonymizer.anonymize_record(original)
+    assert clean == original
+    assert clean.response.tool_calls[0].arguments == '{"days":1, "units":"metric"}'
+    assert clean.messages[0].content == SYSTEM
+    assert counts == {}
+
+
+def test_records_keep_ids_and_order_and_the_audit_holds_no_values(anonymizer):
+    records = [
+        record(f"Write to {EMAIL}.", tool_response("send", {"to": EMAIL}), record_id="b"),
+        record("What time is it?", ChatMessage(role="assistant", content="Noon."), record_id="a"),
+        record(f"Call John Smith at {PHONE}.", tool_response("call", {"number": PHONE}), record_id="c"),
+    ]
+    seen: list[tuple[int, int]] = []
+    clean, audit = anonymize_records(records, CFG, progress=lambda done, total: seen.append((done, total)),
+                                     anonymizer=anonymizer)
+    assert [r.record_id for r in clean] == ["b", "a", "c"]
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert (audit["records_in"], audit["records_out"], audit["records_with_pii"]) == (3, 3, 2)
+    assert audit["entities"] == {"EMAIL_ADDRESS": 2, "PERSON": 1, "PHONE_NUMBER": 2}
+    assert audit["entities_config"] == CFG.entities
+    assert audit["records_per_second"] > 0
+    text = json.dumps(audit)
+    for value in (EMAIL, "John Smith", "John", PHONE, "867-5309"):
+        assert value not in text
+
+
+def test_thresholds_for_types_that_are_not_detected_are_rejected():
+    with pytest.raises(ValidationError, match="IBAN"):
+        AnonymizeConfig(input="i", output="o", audit="a", entities=["PERSON"], entity_thresholds={"IBAN_CODE": 0.3})
+    # The default phone override must not make a config without phones invalid.
+    assert AnonymizeConfig(input="i", output="o", audit="a", entities=["PERSON"]).threshold_for("PERSON") == 0.5
