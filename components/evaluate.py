@@ -1,0 +1,356 @@
+"""Scoring, cost, promotion gate and report, shared by S4 select and S6 evaluate. Framework-free on purpose.
+
+Tool calls are compared the way the Berkeley Function Calling Leaderboard does it, leniently on values:
+numbers compare numerically (``5 == 5.0 == "5"``), strings ignore case and surrounding/repeated whitespace,
+lists and objects compare element by element, and an argument whose value is null counts as absent. Parallel
+calls are a multiset: their order does not matter. Text answers get SQuAD-style token F1 and exact match.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import string
+from collections import Counter
+from itertools import permutations
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from components.config import StepConfig
+from components.schema import CallRecord, ChatMessage, OutputKind, ToolCall
+
+PRIMARY_METRIC: dict[str, str] = {"tool_call": "full_call_match", "text": "token_f1"}
+METRICS: dict[str, list[str]] = {"tool_call": ["function_name_accuracy", "argument_accuracy", "full_call_match"],
+                                 "text": ["token_f1", "exact_match"]}
+SYSTEMS = ["llm", "slm_base", "slm_finetuned"]
+
+
+class PromotionGate(StepConfig):
+    primary_metric_floor_vs_llm: float = 0.30
+    min_gain_over_base: float = 0.0
+
+
+class EvaluateConfig(StepConfig):
+    curated: str = "data/curated/records.parquet"
+    splits: str = "data/splits/splits.parquet"
+    leaderboard: str = "reports/leaderboard.json"
+    base_predictions: str = "data/predictions/slm_base.parquet"
+    adapters: str = "models/adapters"
+    finetune_summary: str = "reports/finetune.json"
+    evaluation: str = "reports/evaluation.json"
+    metrics: str = "reports/metrics.json"
+    report: str = "reports/report.html"
+    predictions: str = "data/predictions/slm_finetuned.parquet"
+    max_new_tokens: int = 96
+    batch_size: int = 8
+    slm_hourly_cost_usd: float = 0.40
+    promotion: PromotionGate = PromotionGate()
+    registered_model_prefix: str = "llm2slm"
+    alias: str = "champion"
+
+
+# ---- tool calls -------------------------------------------------------------------------------------------
+
+class _Unparsable:
+    """Canonical form of invalid arguments: equal to nothing, itself included."""
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+def canonical_value(value: Any) -> Any:
+    """A hashable form in which leniently-equal values are equal."""
+    if isinstance(value, bool):  # before numbers: True must not equal 1
+        return ("bool", value)
+    if isinstance(value, (int, float)):
+        return ("number", float(value))
+    if isinstance(value, str):
+        text = " ".join(value.split()).casefold()
+        try:
+            return ("number", float(text))
+        except ValueError:
+            return ("string", text)
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(canonical_value(item) for item in value))
+    if isinstance(value, dict):
+        return ("object", canonical_arguments(value))
+    return ("other", repr(value))
+
+
+def canonical_arguments(arguments: dict[str, Any]) -> tuple:
+    return tuple(sorted((key, canonical_value(v)) for key, v in arguments.items() if v is not None))
+
+
+def _arguments_or_none(call: ToolCall) -> dict[str, Any] | None:
+    try:
+        return call.parsed_arguments()
+    except ValueError:  # json.JSONDecodeError is a ValueError too
+        return None
+
+
+def _canonical_call(call: ToolCall) -> tuple:
+    arguments = _arguments_or_none(call)
+    return (call.name, _Unparsable() if arguments is None else canonical_arguments(arguments))
+
+
+def _matched_arguments(predicted: dict[str, Any] | None, expected: dict[str, Any]) -> int:
+    if predicted is None:
+        return 0
+    return sum(1 for key, value in expected.items()
+               if value is not None and canonical_value(predicted.get(key)) == canonical_value(value))
+
+
+def _best_argument_matches(predicted: list[dict[str, Any] | None], expected: list[dict[str, Any]]) -> int:
+    """Most expected arguments matched when pairing same-name calls one to one (exhaustive for small groups)."""
+    if len(predicted) <= 6 and len(expected) <= 6:
+        short, long_ = (predicted, expected) if len(predicted) <= len(expected) else (expected, predicted)
+        best = 0
+        for chosen in permutations(range(len(long_)), len(short)):
+            pairs = [(short[i], long_[j]) for i, j in enumerate(chosen)]
+            if short is predicted:
+                total = sum(_matched_arguments(p, e) for p, e in pairs)
+            else:
+                total = sum(_matched_arguments(p, e) for e, p in pairs)
+            best = max(best, total)
+        return best
+    # Many same-name calls: greedy, each expected call takes the free prediction that matches it best.
+    free, total = list(predicted), 0
+    for target in expected:
+        if not free:
+            break
+        scores = [_matched_arguments(p, target) for p in free]
+        best_index = int(np.argmax(scores))
+        total += scores[best_index]
+        free.pop(best_index)
+    return total
+
+
+def score_tool_calls(predicted: list[ToolCall], expected: list[ToolCall]) -> dict[str, float]:
+    """Scores of one predicted answer against the expected tool calls, each in [0, 1].
+
+    * ``function_name_accuracy``: size of the multiset intersection of the function names, divided by
+      ``max(len(expected), len(predicted))``, so both missing and extra calls cost. 1.0 when both are empty.
+    * ``argument_accuracy``: expected arguments whose value the prediction matches (leniently), over all expected
+      arguments; same-name calls are paired to match the most, and arguments of expected calls with no same-name
+      prediction count as missed. Equals ``function_name_accuracy`` when nothing has arguments.
+    * ``full_call_match``: 1.0 iff the predicted calls equal the expected ones as a multiset (order-free),
+      names exact and argument values lenient. Unparsable predicted arguments never match.
+    """
+    name_overlap = sum((Counter(c.name for c in predicted) & Counter(c.name for c in expected)).values())
+    longest = max(len(predicted), len(expected))
+    name_accuracy = 1.0 if longest == 0 else name_overlap / longest
+
+    expected_arguments = {}
+    for call in expected:
+        expected_arguments.setdefault(call.name, []).append(
+            {k: v for k, v in (_arguments_or_none(call) or {}).items() if v is not None})
+    total_expected = sum(len(a) for group in expected_arguments.values() for a in group)
+    if total_expected == 0:
+        argument_accuracy = name_accuracy
+    else:
+        matched = sum(_best_argument_matches([_arguments_or_none(c) for c in predicted if c.name == name], group)
+                      for name, group in expected_arguments.items())
+        argument_accuracy = matched / total_expected
+
+    predicted_calls = [_canonical_call(c) for c in predicted]
+    expected_calls = [_canonical_call(c) for c in expected]
+    # Greedy removal is exact here: canonical forms are compared with ==, an equivalence relation.
+    remaining = list(expected_calls)
+    full_match = len(predicted_calls) == len(expected_calls)
+    for call in predicted_calls if full_match else []:
+        if call in remaining:
+            remaining.remove(call)
+        else:
+            full_match = False
+            break
+    return {"function_name_accuracy": name_accuracy, "argument_accuracy": argument_accuracy,
+            "full_call_match": 1.0 if full_match else 0.0}
+
+
+# ---- text -------------------------------------------------------------------------------------------------
+
+_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, punctuation removed, whitespace collapsed (SQuAD-style, keeping articles)."""
+    return " ".join(_PUNCTUATION.sub(" ", text.casefold()).split())
+
+
+def score_text(predicted: str, expected: str) -> dict[str, float]:
+    """``token_f1``: F1 of the normalized token multisets (1.0 when both are empty); ``exact_match``: 1.0 iff the
+    normalized texts are equal."""
+    predicted_tokens, expected_tokens = normalize_text(predicted).split(), normalize_text(expected).split()
+    if not predicted_tokens or not expected_tokens:
+        f1 = 1.0 if predicted_tokens == expected_tokens else 0.0
+    else:
+        common = sum((Counter(predicted_tokens) & Counter(expected_tokens)).values())
+        precision, recall = common / len(predicted_tokens), common / len(expected_tokens)
+        f1 = 0.0 if common == 0 else 2 * precision * recall / (precision + recall)
+    return {"token_f1": f1, "exact_match": 1.0 if predicted_tokens == expected_tokens else 0.0}
+
+
+def score_pairs(expected: list[ChatMessage], predicted: list[ChatMessage], output_kind: OutputKind) -> dict[str, float]:
+    """Mean of the per-answer scores of one output kind (see METRICS); all 0.0 when there are no pairs."""
+    if len(expected) != len(predicted):
+        raise ValueError(f"{len(expected)} expected answers but {len(predicted)} predicted")
+    if output_kind not in METRICS:
+        raise ValueError(f"unknown output kind '{output_kind}'; known: {', '.join(METRICS)}")
+    if not expected:
+        return {metric: 0.0 for metric in METRICS[output_kind]}
+    if output_kind == "tool_call":
+        per_pair = [score_tool_calls(p.tool_calls, e.tool_calls) for e, p in zip(expected, predicted)]
+    else:
+        per_pair = [score_text(p.content or "", e.content or "") for e, p in zip(expected, predicted)]
+    return {metric: float(np.mean([scores[metric] for scores in per_pair])) for metric in METRICS[output_kind]}
+
+
+# ---- cost, latency, promotion -----------------------------------------------------------------------------
+
+def llm_cost_per_1k_calls(records: Iterable[CallRecord]) -> float:
+    """Mean logged (or priced) LLM cost of a call × 1000; calls of unknown cost are left out; 0.0 if none known."""
+    costs = [r.cost_usd for r in records if r.cost_usd is not None]
+    return float(np.mean(costs)) * 1000 if costs else 0.0
+
+
+def slm_cost_per_1k_calls(latencies_ms: Iterable[float], hourly_cost_usd: float) -> float:
+    """Self-hosted cost: each call occupies the serving machine for its latency, billed at the hourly price."""
+    latencies = list(latencies_ms)
+    if not latencies:
+        return 0.0
+    return float(np.mean(latencies)) / 1000 * hourly_cost_usd / 3600 * 1000
+
+
+def latency_p50(latencies_ms: Iterable[float]) -> float:
+    """Median latency in ms; 0.0 when there are none (keeps the JSON outputs free of NaN)."""
+    latencies = list(latencies_ms)
+    return float(np.median(latencies)) if latencies else 0.0
+
+
+def promotion_decision(scores: dict[str, dict[str, float]], primary_metric: str,
+                       gate: PromotionGate) -> tuple[bool, str]:
+    """Promote iff fine-tuned ≥ floor × LLM and fine-tuned > base + min gain, on the primary metric."""
+    llm, base, tuned = (scores[system].get(primary_metric, 0.0) for system in SYSTEMS)
+    floor = gate.primary_metric_floor_vs_llm * llm
+    bar = base + gate.min_gain_over_base
+    reaches_floor, beats_base = tuned >= floor, tuned > bar
+    reason = (f"fine-tuned {primary_metric} {tuned:.3f} {'≥' if reaches_floor else '<'} "
+              f"{gate.primary_metric_floor_vs_llm:.2f} × LLM {llm:.3f} = {floor:.3f}, and "
+              f"{'>' if beats_base else '≤'} base {base:.3f} + {gate.min_gain_over_base:.3f} = {bar:.3f}")
+    promoted = reaches_floor and beats_base
+    return promoted, ("promoted: " if promoted else "not promoted: ") + reason
+
+
+# ---- reports ----------------------------------------------------------------------------------------------
+
+def _metric_columns(entry: dict[str, Any]) -> list[str]:
+    columns = list(METRICS.get(entry.get("output_kind", ""), []))
+    for system in SYSTEMS:
+        columns += [m for m in entry.get("scores", {}).get(system, {}) if m not in columns]
+    return columns
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "–"
+
+
+def _scatter_png(entries: list[dict[str, Any]]) -> str:
+    """Quality (primary metric) against cost per 1k calls, one point per cluster and system, as base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a buffer
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    styles = {"llm": ("o", "#d62728"), "slm_base": ("s", "#7f7f7f"), "slm_finetuned": ("^", "#1f77b4")}
+    costs = []
+    for entry in entries:
+        for system in SYSTEMS:
+            cost = entry.get("cost_per_1k_calls", {}).get(system)
+            quality = entry.get("scores", {}).get(system, {}).get(entry.get("primary_metric", ""))
+            if cost is None or quality is None:
+                continue
+            costs.append(cost)
+            marker, colour = styles[system]
+            axes.scatter(cost, quality, marker=marker, color=colour, s=60, label=system)
+            axes.annotate(f"#{entry.get('cluster_id')}", (cost, quality), textcoords="offset points", xytext=(5, 4))
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        axes.legend(unique.values(), unique.keys())
+    # Costs span orders of magnitude (API vs self-hosted); symlog copes with a zero cost too.
+    if costs and max(costs) > 0:
+        axes.set_xscale("symlog", linthresh=max(min([c for c in costs if c > 0], default=1e-3), 1e-6))
+    axes.set_xlabel("cost per 1k calls (USD)")
+    axes.set_ylabel("primary metric")
+    axes.set_ylim(-0.05, 1.05)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _cluster_section(entry: dict[str, Any]) -> str:
+    columns = _metric_columns(entry)
+    primary = entry.get("primary_metric")
+    head = "".join(f"<th>{html.escape(c)}{' ★' if c == primary else ''}</th>" for c in columns)
+    rows = []
+    for system in SYSTEMS:
+        scores = entry.get("scores", {}).get(system, {})
+        cells = "".join(f"<td>{_number(scores.get(c))}</td>" for c in columns)
+        cost = entry.get("cost_per_1k_calls", {}).get(system)
+        latency = entry.get("latency_ms_p50", {}).get(system)
+        rows.append(f"<tr><th>{system}</th>{cells}<td>{_number(cost, 4)}</td><td>{_number(latency, 0)}</td></tr>")
+    promoted = "yes" if entry.get("promoted") else "no"
+    return (
+        f"<h2>Cluster #{html.escape(str(entry.get('cluster_id')))}: {html.escape(str(entry.get('label', '')))}</h2>"
+        f"<p>{html.escape(str(entry.get('output_kind', '')))} answers · {entry.get('n_train', '–')} training / "
+        f"{entry.get('n_test', '–')} test calls · primary metric ★ {html.escape(str(primary))}</p>"
+        f"<table><tr><th>system</th>{head}<th>cost / 1k calls (USD)</th><th>p50 latency (ms)</th></tr>"
+        f"{''.join(rows)}</table>"
+        f"<p class='{'yes' if entry.get('promoted') else 'no'}'>Promoted: <b>{promoted}</b> — "
+        f"{html.escape(str(entry.get('promotion_reason', '')))}</p>"
+    )
+
+
+def write_report(entries: list[dict[str, Any]], path: Path) -> Path:
+    """A self-contained HTML report (no external files): one table per cluster and a quality-vs-cost plot."""
+    style = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+             ".yes b{color:#1a7f37}.no b{color:#b42318}")
+    sections = "".join(_cluster_section(entry) for entry in entries) or "<p>No cluster was evaluated.</p>"
+    plot = (f"<h2>Quality vs cost</h2><img alt='quality vs cost' src='data:image/png;base64,{_scatter_png(entries)}'>"
+            if entries else "")
+    document = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>llm2slm evaluation report</title>"
+                f"<style>{style}</style></head><body><h1>llm2slm evaluation report</h1>"
+                f"<p>The LLM's logged answers are the reference; the base and fine-tuned SLMs are scored against "
+                f"them on each cluster's held-out calls.</p>{sections}{plot}</body></html>")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    return path
+
+
+def write_markdown_summary(entries: list[dict[str, Any]]) -> str:
+    """One Markdown table row per cluster: primary metric of each system, costs per 1k calls, promotion."""
+    lines = ["| cluster | label | primary metric | llm | slm_base | slm_finetuned | "
+             "cost/1k llm | cost/1k slm_finetuned | promoted |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for entry in entries:
+        metric = entry.get("primary_metric", "")
+        scores = [_number(entry.get("scores", {}).get(system, {}).get(metric)) for system in SYSTEMS]
+        costs = entry.get("cost_per_1k_calls", {})
+        label = str(entry.get("label", "")).replace("|", "/")
+        lines.append(f"| {entry.get('cluster_id')} | {label} | {metric} | {' | '.join(scores)} | "
+                     f"{_number(costs.get('llm'), 4)} | {_number(costs.get('slm_finetuned'), 4)} | "
+                     f"{'yes' if entry.get('promoted') else 'no'} |")
+    return "\n".join(lines) + "\n"
+
