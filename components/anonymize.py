@@ -126,6 +126,9 @@ class Anonymizer:
         nlp_configuration = {
             "nlp_engine_name": "spacy",
             "models": [{"lang_code": cfg.language, "model_name": resolve_model_ref(cfg.spacy_model)}],
+            # spaCy labels with no Presidio entity: ignoring them avoids a warning per occurrence.
+            "ner_model_configuration": {"labels_to_ignore": ["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT",
+                                                             "WORK_OF_ART", "LAW", "LANGUAGE", "EVENT", "PRODUCT"]},
         }
         nlp_engine = NlpEngineProvider(nlp_configuration=nlp_configuration).create_engine()
         # Presidio reads tokens, lemmas and entities, never the dependency parse: skipping it saves ~20% time.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,8 @@ ASSIGNMENT_COLUMNS = ["record_id", "cluster_id", "probability"]
 SPLIT_COLUMNS = ["record_id", "cluster_id", "split"]
 # Section names of the task_text template: present in every text, so they must never name a cluster.
 _TEMPLATE_WORDS = ["system", "tools", "request"]
+# S2's pseudonyms (<PERSON_1>, <LOCATION_2>...) say nothing about the task; keep them out of the labels.
+_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>")
 # A term in more than this share of all calls (given at least _BOILERPLATE_MIN_TEXTS calls) is boilerplate.
 _BOILERPLATE_SHARE = 0.9
 _BOILERPLATE_MIN_TEXTS = 20
@@ -157,6 +160,7 @@ def label_clusters(texts: list[str], labels: np.ndarray, top_terms: int) -> dict
     cluster_ids = sorted(int(c) for c in set(labels.tolist()) if c != OUTLIER)
     if not cluster_ids:
         return {}
+    texts = [_PLACEHOLDER.sub(" ", text) for text in texts]
     stop_words = set(ENGLISH_STOP_WORDS) | set(_TEMPLATE_WORDS) | _boilerplate_terms(texts, ENGLISH_STOP_WORDS)
     documents = [" ".join(t for t, label in zip(texts, labels) if label == c) for c in cluster_ids]
     vectorizer = CountVectorizer(stop_words=sorted(stop_words))

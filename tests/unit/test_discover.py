@@ -197,3 +197,11 @@ def test_real_model_embeds_paraphrases_closer_than_unrelated_texts():
     similarity = vectors @ vectors.T
     assert similarity[0, 1] > 0.7
     assert similarity[0, 1] > max(similarity[0, 2:].max(), similarity[1, 2:].max()) + 0.2
+
+
+def test_anonymization_placeholders_never_label_a_cluster():
+    texts = ["weather in <LOCATION_1> today", "weather forecast <LOCATION_2>", "book flight for <PERSON_1>",
+             "book a flight <PERSON_2>"]
+    terms = label_clusters(texts, np.array([0, 0, 1, 1]), top_terms=5)
+    assert "weather" in terms[0] and "flight" in terms[1]
+    assert not any(term.startswith(("location", "person")) for cluster in terms.values() for term in cluster)
