@@ -57,6 +57,7 @@ class FinetuneResult:
     trainable_parameters: int = 0
     total_parameters: int = 0
     eval_loss: float | None = None  # on eval_records, once after training, when given
+    too_long_record_ids: list[str] = field(default_factory=list)  # left out: longer than max_length tokens
 
 
 def to_training_example(record: CallRecord) -> dict[str, list[dict[str, str]]]:
@@ -65,6 +66,21 @@ def to_training_example(record: CallRecord) -> dict[str, list[dict[str, str]]]:
         "prompt": build_messages(record),
         "completion": [{"role": "assistant", "content": render_target(record.response)}],
     }
+
+
+def split_by_length(records: list[CallRecord], tokenizer: Any, max_length: int) -> tuple[list[CallRecord], list[str]]:
+    """The records whose prompt + answer fit in ``max_length`` tokens, and the ids of those that do not.
+
+    TRL would cut a longer example (a truncated answer teaches the model never to finish its call) or drop it
+    without a word when the prompt alone fills the window; leaving them out here makes the choice visible.
+    """
+    fitting, too_long = [], []
+    for record in records:
+        example = to_training_example(record)
+        encoded = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+        length = len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        (fitting.append(record) if length <= max_length else too_long.append(record.record_id))
+    return fitting, too_long
 
 
 def _records_dataset(records: list[CallRecord]) -> Any:
@@ -148,8 +164,14 @@ def finetune(
     """Train on the records and save the adapter (or full model) with its tokenizer into ``output_dir``."""
     if not train_records:
         raise ValueError("no training records: nothing to fine-tune on")
+    from transformers import AutoTokenizer
+
     began = time.perf_counter()
     base_folder = prepare_model(base_reference)
+    train_records, too_long = split_by_length(train_records, AutoTokenizer.from_pretrained(base_folder),
+                                              cfg.max_length)
+    if not train_records:
+        raise ValueError(f"all {len(too_long)} training records are longer than max_length={cfg.max_length} tokens")
     history: list[float] = []
     trainer = build_trainer(base_folder, train_records, cfg, output_dir, eval_records,
                             callbacks=[_loss_recorder(history, progress_callback)])
@@ -169,4 +191,5 @@ def finetune(
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         total_parameters=count_parameters(model),
         eval_loss=float(eval_loss) if eval_loss is not None else None,
+        too_long_record_ids=too_long,
     )

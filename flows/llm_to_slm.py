@@ -17,7 +17,7 @@ from tasks.select import select_task
 from tasks.tracking import end_parent_run, start_parent_run
 
 
-@flow(name="llm_to_slm", log_prints=True)
+@flow(name="llm_to_slm")
 def llm_to_slm(params_path: str, workdir: str = ".", input_path: str | None = None,
                experiment: str | None = None) -> dict:
     root = Path(workdir).resolve()

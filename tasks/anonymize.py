@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from components.anonymize import AnonymizeConfig, anonymize_records
 from components.config import resolve
 from components.schema import read_records, write_records
-from tasks.progress import Progress
+from tasks.progress import Progress, say
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
@@ -24,5 +24,5 @@ def anonymize_task(cfg: AnonymizeConfig, workdir: Path, tracking: TrackingConfig
         # The audit holds counts and entity types only, never a raw value, so it may go to MLflow.
         log_numeric_metrics(audit)
         log_json_artifact(audit, resolve(workdir, cfg.audit))
-    print(f"S2 anonymize: {audit['records_with_pii']} of {audit['records_in']} records had PII replaced")
+    say(f"S2 anonymize: {audit['records_with_pii']} of {audit['records_in']} records had PII replaced")
     return audit

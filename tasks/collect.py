@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from components.collect import CollectConfig, collect_file, write_quarantine
 from components.config import resolve
 from components.schema import write_records
+from tasks.progress import say
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
@@ -27,5 +28,8 @@ def collect_task(cfg: CollectConfig, workdir: Path, tracking: TrackingConfig | N
         log_numeric_metrics(summary)
         log_json_artifact(summary, resolve(workdir, cfg.summary))
         mlflow.log_artifact(str(quarantine))
-    print(f"S1 collect: {summary['records']} records, {summary['quarantined']} lines quarantined -> {quarantine}")
+        if not result.records:
+            raise ValueError(f"no valid LLM call in {source}: all {len(result.quarantine)} lines were quarantined, "
+                             f"see {quarantine} for the reasons")
+    say(f"S1 collect: {summary['records']} records, {summary['quarantined']} lines quarantined -> {quarantine}")
     return summary

@@ -11,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from components.config import resolve
 from components.discover import DiscoverConfig, discover, write_cluster_report
 from components.schema import read_records
+from tasks.progress import say
 from tasks.tracking import TrackingConfig, log_json_artifact, step_run
 
 
@@ -35,6 +36,6 @@ def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig |
                    "clusters_to_convert": len(to_convert), "outlier_share": result.outlier_share}
         mlflow.log_metrics({key: float(value) for key, value in summary.items()})
     labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']})" for c in to_convert)
-    print(f"S3 discover: {summary['clusters']} clusters, outliers {summary['outlier_share']:.0%}; "
+    say(f"S3 discover: {summary['clusters']} clusters, outliers {summary['outlier_share']:.0%}; "
           f"to convert: {labels or 'none'}")
     return summary

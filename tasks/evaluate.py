@@ -20,6 +20,7 @@ from components.evaluate import (
 from components.schema import read_records
 from tasks.registry import register_with_alias
 from tasks.select import generate_answers
+from tasks.progress import say
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 CHALLENGER_ALIAS = "challenger"
@@ -89,7 +90,7 @@ def evaluate_task(cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig |
             })
             prediction_rows += [{"record_id": r.record_id, "cluster_id": cluster_id, "text": text,
                                  "latency_ms": latency} for r, (text, latency) in zip(test_records, tuned_answers)]
-            print(f"S6 evaluate: cluster #{cluster_id}: {reason} -> {name} v{version} @{alias}")
+            say(f"S6 evaluate: cluster #{cluster_id}: {reason} -> {name} v{version} @{alias}")
 
         predictions = resolve(workdir, cfg.predictions)
         predictions.parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from components import slm
 from components.config import resolve
 from components.schema import CallRecord, read_records
 from components.select import Candidate, SelectConfig, benchmark_candidates
-from tasks.progress import Progress
+from tasks.progress import Progress, say
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
@@ -47,5 +47,5 @@ def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | Non
                 log_numeric_metrics(entry["scores"], f"cluster_{report['cluster_id']}.{entry['candidate']}.")
         log_json_artifact(result.leaderboard, resolve(workdir, cfg.leaderboard))
     for report in result.leaderboard["clusters"]:
-        print(f"S4 select: cluster #{report['cluster_id']} -> {report['selected']}")
+        say(f"S4 select: cluster #{report['cluster_id']} -> {report['selected']}")
     return result.leaderboard

@@ -117,13 +117,27 @@ def test_build_messages_lists_tools_in_the_system_prompt(records: list[CallRecor
     assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
     system = messages[0]["content"]
     assert system.startswith("You help travellers.\n\nYou can call these functions:\n<tools>\n")
-    signature = json.loads(system.split("<tools>\n")[1].split("\n</tools>")[0])
-    assert signature == {key: WEATHER_TOOL["function"][key] for key in ("name", "description", "parameters")}
+    signature = system.split("<tools>\n")[1].split("\n</tools>")[0]
+    assert signature == "get_weather(city: string) - Current weather in a city."
     assert messages[2]["content"] == render_target(record.messages[2])
     assert messages[3]["content"] == TOOL_RESULT_PREFIX + '{"temp": 21}'
     plain = build_messages(CallRecord(record_id="x", messages=[ChatMessage(role="user", content="hi")],
                                       response=ChatMessage(role="assistant", content="hello")))
     assert plain == [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "hi"}]
+
+
+def test_compact_signature_keeps_types_enums_defaults_and_optionality() -> None:
+    tool = {"type": "function", "function": {"name": "convert", "parameters": {
+        "type": "object", "required": ["value", "points"],
+        "properties": {"value": {"type": "number", "description": "long prose the model does not need"},
+                       "unit": {"type": "string", "enum": ["c", "f"], "default": "c"},
+                       "points": {"type": "array", "items": {"type": "object", "properties": {"x": {"type": "integer"}},
+                                                             "required": ["x"]}}}}}}
+    record = CallRecord(record_id="x", messages=[ChatMessage(role="user", content="hi")], tools=[tool],
+                        response=ChatMessage(role="assistant", content="ok"))
+    system = build_messages(record)[0]["content"]
+    assert 'convert(value: number, unit?: "c"|"f" = "c", points: array<{x: integer}>)' in system
+    assert "long prose" not in system
 
 
 # ------------------------------------------------------------------------------------------ training and generation
@@ -171,6 +185,23 @@ def test_full_finetune_when_lora_is_disabled(tiny_model_dir: str, records: list[
     assert result.trainable_parameters == result.total_parameters
     model, _ = load_model(result.adapter_dir)
     assert count_parameters(model) == result.total_parameters
+
+
+def test_records_longer_than_max_length_are_left_out_and_named(tiny_model_dir: str, records: list[CallRecord],
+                                                               tmp_path: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from components.finetune import split_by_length
+
+    long_record = records[0].model_copy(update={
+        "record_id": "long", "messages": [ChatMessage(role="user", content="weather please " * 200)]})
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    fitting, too_long = split_by_length([long_record, *records[:3]], tokenizer, max_length=256)
+    assert too_long == ["long"] and [r.record_id for r in fitting] == [r.record_id for r in records[:3]]
+    result = finetune(tiny_model_dir, [long_record, *records[:4]], tiny_config(max_steps=1), tmp_path / "a")
+    assert result.too_long_record_ids == ["long"]
+    with pytest.raises(ValueError, match="longer than max_length"):
+        finetune(tiny_model_dir, [long_record], tiny_config(max_steps=1), tmp_path / "b")
 
 
 def test_generate_keeps_record_order_and_reports_progress(tiny_model_dir: str, records: list[CallRecord]) -> None:
