@@ -11,10 +11,11 @@ from components.anonymize import AnonymizeConfig, anonymize_records
 from components.config import resolve
 from components.schema import read_records, write_records
 from tasks.progress import Progress, say
+from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
-@task(name="S2 anonymize", retries=1, cache_policy=NO_CACHE)
+@task(name="S2 anonymize", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def anonymize_task(cfg: AnonymizeConfig, workdir: Path, tracking: TrackingConfig | None = None,
                    parent_run_id: str | None = None) -> dict:
     with step_run("anonymize", cfg, workdir, tracking, parent_run_id):

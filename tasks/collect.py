@@ -12,11 +12,13 @@ from components.collect import CollectConfig, collect_file, write_quarantine
 from components.config import resolve
 from components.schema import write_records
 from tasks.progress import say
+from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
 # Stage-level caching is DVC's job; inside a flow run every step reads the files the previous one wrote.
-@task(name="S1 collect", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+@task(name="S1 collect", retries=2, retry_delay_seconds=5, retry_condition_fn=retry_on_transient_io,
+      cache_policy=NO_CACHE)
 def collect_task(cfg: CollectConfig, workdir: Path, tracking: TrackingConfig | None = None,
                  parent_run_id: str | None = None, input_path: Path | None = None) -> dict:
     source = input_path or resolve(workdir, cfg.input)

@@ -12,6 +12,7 @@ from components.config import resolve
 from components.discover import DiscoverConfig, discover, write_cluster_report
 from components.schema import read_records
 from tasks.progress import say
+from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, step_run
 
 
@@ -20,7 +21,7 @@ def _write_parquet(frame, path: Path) -> None:
     frame.to_parquet(path, index=False)
 
 
-@task(name="S3 discover", retries=1, cache_policy=NO_CACHE)
+@task(name="S3 discover", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig | None = None,
                   parent_run_id: str | None = None) -> dict:
     with step_run("discover", cfg, workdir, tracking, parent_run_id):

@@ -21,6 +21,7 @@ from components.schema import read_records
 from tasks.registry import register_with_alias
 from tasks.select import generate_answers
 from tasks.progress import say
+from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 CHALLENGER_ALIAS = "challenger"
@@ -37,7 +38,7 @@ def metrics_view(entries: list[dict]) -> dict:
     }
 
 
-@task(name="S6 evaluate", retries=1, cache_policy=NO_CACHE)
+@task(name="S6 evaluate", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def evaluate_task(cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig | None = None,
                   parent_run_id: str | None = None) -> dict:
     with step_run("evaluate", cfg, workdir, tracking, parent_run_id):

@@ -37,3 +37,4 @@ class Progress:
         rate = done / elapsed if elapsed > 0 else 0.0
         remaining = f", ~{(total - done) / rate:.0f}s left" if total and rate > 0 and done < total else ""
         say(f"{self.label}: {done}/{total or '?'} ({rate:.2f}/s{remaining})")
+

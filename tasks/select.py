@@ -14,6 +14,7 @@ from components.config import resolve
 from components.schema import CallRecord, read_records
 from components.select import Candidate, SelectConfig, benchmark_candidates
 from tasks.progress import Progress, say
+from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
@@ -26,7 +27,7 @@ def generate_answers(reference: str, records: list[CallRecord], max_new_tokens: 
     return [(g.text, g.latency_ms) for g in generations]
 
 
-@task(name="S4 select", retries=1, cache_policy=NO_CACHE)
+@task(name="S4 select", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | None = None,
                 parent_run_id: str | None = None) -> dict:
     with step_run("select", cfg, workdir, tracking, parent_run_id):

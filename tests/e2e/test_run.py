@@ -78,7 +78,7 @@ def test_registered_version_has_an_alias(conversion):
     for entry in evaluation["clusters"]:
         registered = entry["registered_model"]
         version = client.get_model_version_by_alias(registered["name"], registered["alias"])
-        assert version.version == registered["version"]
+        assert str(version.version) == registered["version"]
         assert registered["alias"] == ("champion" if entry["promoted"] else "challenger")
 
 

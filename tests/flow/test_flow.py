@@ -33,6 +33,7 @@ def test_a_failing_step_fails_the_flow_and_the_parent_run(harness, tmp_path, mon
     runs = mlflow.search_runs(experiment_names=[experiment], output_format="list")
     by_step = {run.data.tags.get("llm2slm.step"): run for run in runs}
     assert by_step["conversion"].info.status == "FAILED"
-    assert by_step["collect"].info.status == "FINISHED"
+    assert by_step["collect"].info.status == "FAILED"
+    assert set(by_step) == {"conversion", "collect"}  # nothing ran after the failing step
     assert by_step["collect"].data.metrics["quarantined"] == 1.0
     assert (tmp_path / "work" / "data" / "quarantine.jsonl").read_text().count("\n") == 1
