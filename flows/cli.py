@@ -80,6 +80,8 @@ def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of
         scores = {k: round(v[entry['primary_metric']], 3) for k, v in entry["scores"].items()}
         typer.echo(f"Cluster #{entry['cluster_id']} {entry['label']}: {entry['primary_metric']} {scores}, "
                    f"promoted={entry['promoted']}")
+    if not result["evaluation"]["clusters"]:
+        typer.echo("No task cluster was converted: see the S3 cluster report and params discover.*")
     typer.echo(f"Report: {result['report']}")
     typer.echo(f"Evaluation table: {result['evaluation_path']}")
     typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri(Path(workdir).resolve())}")

@@ -38,5 +38,9 @@ def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig |
         mlflow.log_metrics({key: float(value) for key, value in summary.items()})
     labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']})" for c in to_convert)
     say(f"S3 discover: {summary['clusters']} clusters, outliers {summary['outlier_share']:.0%}; "
-          f"to convert: {labels or 'none'}")
+        f"to convert: {labels or 'none'}")
+    if not to_convert:
+        largest = max((c["size"] for c in result.clusters), default=0)
+        say(f"S3 discover: no cluster reaches min_cluster_size_to_convert={cfg.min_cluster_size_to_convert} "
+            f"(largest: {largest} calls); every call stays with the LLM and S4-S6 have nothing to convert")
     return summary
