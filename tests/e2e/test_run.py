@@ -42,7 +42,7 @@ def conversion(tmp_path_factory):
     input_path.write_text("\n".join(lines) + "\n")
     workdir = tmp_path / "work"
     experiment = f"e2e-{uuid.uuid4().hex[:8]}"
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):
         result = CliRunner().invoke(app, ["run", "--input", str(input_path), "--workdir", str(workdir),
                                           "--params", str(params_path), "--experiment", experiment])
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"

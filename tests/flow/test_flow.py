@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def harness():
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=180):
         yield
 
 
