@@ -23,11 +23,29 @@ from pydantic import Field, model_validator
 
 from components.assets import resolve_model_ref
 from components.config import StepConfig
+from components.curate import CurateConfig
 from components.schema import CallRecord, ChatMessage, ToolCall
 
 DEFAULT_ENTITIES = [
     "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "LOCATION",
+    "SECRET",
 ]
+# Words an entity recognizer may tag (spaCy has called "SSN" a person or an organization) that name a kind of
+# data rather than carry any: replacing them would only blur the prompt. Compared in upper case.
+NEVER_ANONYMIZE = frozenset({"SSN"})
+_SECRET_SCORE = 0.9  # these patterns are specific enough that a match is a secret without any context word
+# Presidio compiles every pattern case-insensitively; (?-i:...) keeps the key prefixes and alphabets exact.
+SECRET_PATTERNS = {
+    "openai_api_key": r"(?<![\w-])(?-i:sk-[A-Za-z0-9_-]{20,})",
+    "aws_access_key_id": r"(?<![A-Za-z0-9])(?-i:(?:AKIA|ASIA)[0-9A-Z]{16})(?![A-Za-z0-9])",
+    "github_token": r"(?<![\w])(?-i:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+    # Only the token after "Bearer", and only one with a digit in it, so prose such as "Bearer authentication"
+    # stays readable.
+    "bearer_token": r"(?<=\bBearer\s+)(?=[A-Za-z0-9._~+/-]*\d)[A-Za-z0-9._~+/-]{8,}=*",
+    "pem_private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
+}
+# Mastercard's 2-series (2221-2720), which Presidio's card pattern predates; Luhn-checked like Presidio's own.
+MASTERCARD_2_SERIES = r"(?<!\d)(?:222[1-9]|22[3-9]\d|2[3-6]\d{2}|27[01]\d|2720)(?:[- ]?\d{4}){3}(?!\d)"
 _ANALYSIS_CACHE_SIZE = 2048  # system prompts repeat across records; analysing them once saves most of the time
 
 
@@ -42,6 +60,8 @@ class AnonymizeConfig(StepConfig):
     # Per-type overrides of score_threshold. Presidio scores a libphonenumber-valid number 0.4 and only raises it
     # when a context word such as "phone" is near, so at 0.5 most phone numbers would pass through untouched.
     entity_thresholds: dict[str, float] = Field(default_factory=lambda: {"PHONE_NUMBER": 0.4})
+    # Curation beyond PII (duplicates, refusals, invalid tool calls...), run before anonymization: cheaper.
+    curate: CurateConfig = Field(default_factory=CurateConfig)
 
     @model_validator(mode="after")
     def _thresholds_name_configured_entities(self) -> AnonymizeConfig:
@@ -115,6 +135,32 @@ class _RecordPseudonyms:
         return self.placeholders[key]
 
 
+def luhn_valid(number: str) -> bool:
+    digits = [int(char) for char in number if char.isdigit()]
+    checksum = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
+    return len(digits) >= 12 and checksum % 10 == 0
+
+
+def _custom_recognizers(language: str) -> list[Any]:
+    """Pattern recognizers for what Presidio's built-in set misses: API keys and secrets, 2-series Mastercards."""
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    class LuhnCardRecognizer(PatternRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return luhn_valid(pattern_text)
+
+    secrets = PatternRecognizer(
+        supported_entity="SECRET", name="SecretRecognizer", supported_language=language,
+        patterns=[Pattern(name, regex, _SECRET_SCORE) for name, regex in SECRET_PATTERNS.items()],
+    )
+    cards = LuhnCardRecognizer(
+        supported_entity="CREDIT_CARD", name="Mastercard2SeriesRecognizer", supported_language=language,
+        patterns=[Pattern("mastercard_2_series", MASTERCARD_2_SERIES, 0.3)],  # a valid Luhn sum raises it to 1.0
+        context=["card", "credit", "mastercard", "payment"],
+    )
+    return [secrets, cards]
+
+
 class Anonymizer:
     """Presidio's analyzer over the configured spaCy model, built once and reused for every record."""
 
@@ -136,6 +182,8 @@ class Anonymizer:
         if spacy_pipeline is not None and "parser" in spacy_pipeline.pipe_names:
             spacy_pipeline.disable_pipe("parser")
         self._analyzer = AnalyzerEngine(nlp_engine=nlp_engine, supported_languages=[cfg.language])
+        for recognizer in _custom_recognizers(cfg.language):
+            self._analyzer.registry.add_recognizer(recognizer)
         supported = set(self._analyzer.get_supported_entities(language=cfg.language))
         unknown = sorted(set(cfg.entities) - supported)
         if unknown:
@@ -176,7 +224,8 @@ class Anonymizer:
             # `entities=` already restricts the types; checking again guards against recognizers that ignore it.
             allowed = set(self.cfg.entities)
             spans = [_Span(r.start, r.end, r.entity_type, r.score) for r in results
-                     if r.entity_type in allowed and r.score >= self.cfg.threshold_for(r.entity_type)]
+                     if r.entity_type in allowed and r.score >= self.cfg.threshold_for(r.entity_type)
+                     and text[r.start:r.end].strip().upper() not in NEVER_ANONYMIZE]
             self._analysis_cache[text] = _merge_overlapping(spans)
         return self._analysis_cache[text]
 

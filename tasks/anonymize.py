@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.anonymize import AnonymizeConfig, anonymize_records
 from components.config import resolve
+from components.curate import curate
 from components.schema import read_records, write_records
 from tasks.progress import Progress, say
 from tasks.retries import retry_on_transient_io
@@ -20,7 +21,12 @@ def anonymize_task(cfg: AnonymizeConfig, workdir: Path, tracking: TrackingConfig
                    parent_run_id: str | None = None) -> dict:
     with step_run("anonymize", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
-        curated, audit = anonymize_records(records, cfg, progress=Progress("S2 anonymize", len(records)))
+        curation = curate(records, cfg.curate)
+        say(f"S2 curate: {len(curation.removed)} of {len(records)} records removed {curation.counts or ''}")
+        curated, audit = anonymize_records(curation.kept, cfg, progress=Progress("S2 anonymize", len(curation.kept)))
+        # Removed records are listed by id and reason only (no text), so nothing leaves S2 unaccounted for.
+        audit["curation"] = {"records_in": len(records), "records_removed": len(curation.removed),
+                             "removed_by_reason": curation.counts, "removed": curation.removed}
         write_records(curated, resolve(workdir, cfg.output))
         # The audit holds counts and entity types only, never a raw value, so it may go to MLflow.
         log_numeric_metrics(audit)

@@ -140,3 +140,69 @@ def test_thresholds_for_types_that_are_not_detected_are_rejected():
         AnonymizeConfig(input="i", output="o", audit="a", entities=["PERSON"], entity_thresholds={"IBAN_CODE": 0.3})
     # The default phone override must not make a config without phones invalid.
     assert AnonymizeConfig(input="i", output="o", audit="a", entities=["PERSON"]).threshold_for("PERSON") == 0.5
+
+
+# Fake credentials in the real formats; none of them is live.
+OPENAI_KEY = "sk-proj-" + "Ab3dEf6hIj9kLm2nOp5qRs8tUv1wXy4z" * 2
+AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
+GITHUB_TOKEN = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+GITHUB_PAT = "github_pat_11ABCDEFG0" + "x" * 40
+JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTYifQ.dBjftJeZ4CVPmB92K27uhbUJU1p1r_wW1gFWFOEjXk"
+PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq9\nq3xyz+/w==\n-----END RSA PRIVATE KEY-----"
+MASTERCARD_2_SERIES = "2221 0000 0000 0009"  # Luhn-valid test number
+
+
+@pytest.mark.parametrize("secret", [OPENAI_KEY, AWS_KEY, GITHUB_TOKEN, GITHUB_PAT, PEM])
+def test_api_keys_tokens_and_private_keys_become_secret_placeholders(anonymizer, secret):
+    clean, counts = anonymizer.anonymize_record(record(f"Deploy with this key:\n{secret}\nthanks",
+                                                       tool_response("deploy", {"credential": secret})))
+    assert clean.messages[-1].content == "Deploy with this key:\n<SECRET_1>\nthanks"
+    assert clean.response.tool_calls[0].parsed_arguments() == {"credential": "<SECRET_1>"}
+    assert counts == {"SECRET": 2}
+
+
+def test_only_the_token_after_bearer_is_replaced_and_prose_about_bearer_auth_is_kept(anonymizer):
+    clean, _ = anonymizer.anonymize_record(record(f"Call the API with header Authorization: Bearer {JWT} please.",
+                                                  ChatMessage(role="assistant", content="Bearer authentication works.")))
+    assert clean.messages[-1].content == "Call the API with header Authorization: Bearer <SECRET_1> please."
+    assert clean.response.content == "Bearer authentication works."
+
+
+def test_key_lookalikes_in_ordinary_text_are_kept(anonymizer):
+    text = "The sk-learn docs mention akiaiosfodnn7example and the ghp_ prefix; BEGIN PRIVATE KEY is a header."
+    clean, counts = anonymizer.anonymize_record(record(text, ChatMessage(role="assistant", content="Noted.")))
+    assert clean.messages[-1].content == text and "SECRET" not in counts
+
+
+def test_mastercard_2_series_numbers_are_cards_only_when_luhn_valid(anonymizer):
+    clean, counts = anonymizer.anonymize_record(record(f"Charge card {MASTERCARD_2_SERIES} for the order.",
+                                                       ChatMessage(role="assistant", content="Done.")))
+    assert clean.messages[-1].content == "Charge card <CREDIT_CARD_1> for the order."
+    assert counts == {"CREDIT_CARD": 1}
+    invalid = "2221 0000 0000 0008"
+    clean, counts = anonymizer.anonymize_record(record(f"Order reference {invalid} shipped.",
+                                                       ChatMessage(role="assistant", content="Done.")))
+    assert "CREDIT_CARD" not in counts
+
+
+@pytest.mark.parametrize("text", ["SSN", "What is your SSN?", "Never reveal the SSN or the ssn of Bob's kids.",
+                                  "SSN: required. Ask the user for their SSN before filing."])
+def test_the_word_ssn_is_never_replaced(anonymizer, text):
+    clean, _ = anonymizer.anonymize_record(record(text, ChatMessage(role="assistant", content="Please give me your SSN.")))
+    assert clean.messages[-1].content.count("SSN") == text.count("SSN")
+    assert clean.response.content == "Please give me your SSN."
+
+
+def test_ssn_stays_even_when_a_recognizer_tags_it(anonymizer):
+    # The spaCy model in use happens not to tag "SSN"; a recognizer that does must still not get it replaced.
+    from presidio_analyzer import PatternRecognizer
+
+    tagger = PatternRecognizer(supported_entity="PERSON", name="SsnAsPersonForTest", deny_list=["SSN"])
+    anonymizer._analyzer.registry.add_recognizer(tagger)
+    try:
+        clean, counts = anonymizer.anonymize_record(record("Store the SSN of the applicant in the vault.",
+                                                           ChatMessage(role="assistant", content="Stored.")))
+    finally:
+        anonymizer._analyzer.registry.remove_recognizer("SsnAsPersonForTest")
+    assert clean.messages[-1].content == "Store the SSN of the applicant in the vault."
+    assert "PERSON" not in counts
