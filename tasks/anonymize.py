@@ -1,4 +1,5 @@
-"""S2 task: anonymize every collected call with Presidio and write the curated set and its audit."""
+"""S2 task: curate the collected calls (duplicates, refusals, invalid tool calls), anonymize what is kept with
+Presidio, and write the curated set and its audit."""
 
 from __future__ import annotations
 
