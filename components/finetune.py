@@ -90,7 +90,8 @@ def _records_dataset(records: list[CallRecord]) -> Any:
 
 
 def build_trainer(base_folder: str, train_records: list[CallRecord], cfg: FinetuneConfig, output_dir: Path,
-                  eval_records: list[CallRecord] | None = None, callbacks: list[Any] | None = None) -> Any:
+                  eval_records: list[CallRecord] | None = None, callbacks: list[Any] | None = None,
+                  tokenizer: Any = None) -> Any:
     """The configured SFTTrainer (not yet trained); separate so tests can inspect its tokenized dataset."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
@@ -98,7 +99,7 @@ def build_trainer(base_folder: str, train_records: list[CallRecord], cfg: Finetu
 
     set_seed(cfg.seed)  # before the model exists: LoRA's A matrices are drawn at wrapping time
     on_cuda = torch.cuda.is_available()
-    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(base_folder)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.bfloat16 if on_cuda else torch.float32)
@@ -168,13 +169,13 @@ def finetune(
 
     began = time.perf_counter()
     base_folder = prepare_model(base_reference)
-    train_records, too_long = split_by_length(train_records, AutoTokenizer.from_pretrained(base_folder),
-                                              cfg.max_length)
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    train_records, too_long = split_by_length(train_records, tokenizer, cfg.max_length)
     if not train_records:
         raise ValueError(f"all {len(too_long)} training records are longer than max_length={cfg.max_length} tokens")
     history: list[float] = []
     trainer = build_trainer(base_folder, train_records, cfg, output_dir, eval_records,
-                            callbacks=[_loss_recorder(history, progress_callback)])
+                            callbacks=[_loss_recorder(history, progress_callback)], tokenizer=tokenizer)
     outcome = trainer.train()
     eval_loss = trainer.evaluate()["eval_loss"] if eval_records else None
     output_dir.mkdir(parents=True, exist_ok=True)

@@ -142,10 +142,22 @@ def _is_missing(value: Any) -> bool:
         return False
 
 
-def write_records(records: list[CallRecord], path: Path) -> Path:
+def write_table(frame: pd.DataFrame, path: Path) -> Path:
+    """Write any step table (records, assignments, splits, predictions) as Parquet, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    records_to_frame(records).to_parquet(path, index=False)
+    frame.to_parquet(path, index=False)
     return path
+
+
+def write_records(records: list[CallRecord], path: Path) -> Path:
+    return write_table(records_to_frame(records), path)
+
+
+def split_records(records: dict[str, CallRecord], splits: pd.DataFrame, cluster_id: int,
+                  split: str) -> list[CallRecord]:
+    """The records of one cluster's 'train' or 'test' split, in the splits table's order."""
+    selected = splits.loc[(splits.cluster_id == cluster_id) & (splits.split == split), "record_id"]
+    return [records[record_id] for record_id in selected]
 
 
 def read_records(path: Path) -> list[CallRecord]:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from components.config import StepConfig
 from components.evaluate import PRIMARY_METRIC, latency_p50, score_pairs
-from components.schema import CallRecord
+from components.schema import CallRecord, split_records
 
 
 class Candidate(StepConfig):
@@ -86,9 +86,7 @@ def benchmark_candidates(
             continue
         try:
             for report in cluster_reports:
-                test_ids = splits.loc[(splits.cluster_id == report["cluster_id"]) & (splits.split == "test"),
-                                      "record_id"].tolist()
-                test_records = [records[record_id] for record_id in test_ids]
+                test_records = split_records(records, splits, report["cluster_id"], "test")
                 answers = answer(candidate, test_records)
                 predicted = [parse(text) for text, _ in answers]
                 scores = score_pairs([r.response for r in test_records], predicted, report["output_kind"])

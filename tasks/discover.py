@@ -10,15 +10,10 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import resolve
 from components.discover import DiscoverConfig, discover, write_cluster_report
-from components.schema import read_records
+from components.schema import read_records, write_table
 from tasks.progress import say
 from tasks.retries import retry_on_transient_io
-from tasks.tracking import TrackingConfig, log_json_artifact, step_run
-
-
-def _write_parquet(frame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
 @task(name="S3 discover", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
@@ -27,15 +22,15 @@ def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig |
     with step_run("discover", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
         result = discover(records, cfg)
-        _write_parquet(result.assignments, resolve(workdir, cfg.assignments))
-        _write_parquet(result.splits, resolve(workdir, cfg.splits))
+        write_table(result.assignments, resolve(workdir, cfg.assignments))
+        write_table(result.splits, resolve(workdir, cfg.splits))
         log_json_artifact(result.clusters, resolve(workdir, cfg.clusters))
         report = write_cluster_report(result, resolve(workdir, cfg.report))
         mlflow.log_artifact(str(report))
         to_convert = [c for c in result.clusters if c["convert"]]
         summary = {"records": len(records), "clusters": len(result.clusters),
                    "clusters_to_convert": len(to_convert), "outlier_share": result.outlier_share}
-        mlflow.log_metrics({key: float(value) for key, value in summary.items()})
+        log_numeric_metrics(summary)
     labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']})" for c in to_convert)
     say(f"S3 discover: {summary['clusters']} clusters, outliers {summary['outlier_share']:.0%}; "
         f"to convert: {labels or 'none'}")

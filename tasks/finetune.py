@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.config import resolve
 from components.finetune import FinetuneConfig, finetune
-from components.schema import read_records
+from components.schema import read_records, split_records
 from tasks.registry import log_adapter_model
 from tasks.progress import Progress, say
 from tasks.tracking import TrackingConfig, log_json_artifact, step_run
@@ -42,8 +42,7 @@ def finetune_task(cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig |
                 skipped.append({"cluster_id": cluster_id, "label": cluster["label"],
                                 "reason": "no candidate SLM passed S4 (see the leaderboard)"})
                 continue
-            train_ids = splits.loc[(splits.cluster_id == cluster_id) & (splits.split == "train"), "record_id"]
-            train_records = [records[record_id] for record_id in train_ids]
+            train_records = split_records(records, splits, cluster_id, "train")
             say(f"S5 finetune: cluster #{cluster_id} '{cluster['label']}', {len(train_records)} calls, "
                 f"base {cluster['selected']}")
             try:

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import slm
 from components.config import resolve
-from components.schema import CallRecord, read_records
+from components.schema import CallRecord, read_records, write_table
 from components.select import Candidate, SelectConfig, benchmark_candidates
 from tasks.progress import Progress, say
 from tasks.retries import retry_on_transient_io
@@ -19,9 +19,10 @@ from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metric
 
 
 def generate_answers(reference: str, records: list[CallRecord], max_new_tokens: int, batch_size: int,
-                     label: str, adapter_dir: str | None = None) -> list[tuple[str, float]]:
-    """Load a model (optionally with an adapter) and answer the records: [(completion, latency ms)]."""
-    model, tokenizer = slm.load_model(reference, adapter_dir=adapter_dir)
+                     label: str, adapter_dir: str | None = None, loaded=None) -> list[tuple[str, float]]:
+    """Answer the records with a model (optionally with an adapter): [(completion, latency ms)].
+    ``loaded`` is a (model, tokenizer) pair already in memory; without it the model is loaded here."""
+    model, tokenizer = loaded or slm.load_model(reference, adapter_dir=adapter_dir)
     generations = slm.generate(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                progress=Progress(label, len(records)))
     return [(g.text, g.latency_ms) for g in generations]
@@ -35,14 +36,17 @@ def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | Non
         clusters = json.loads(resolve(workdir, cfg.clusters).read_text())
         splits = pd.read_parquet(resolve(workdir, cfg.splits))
 
+        loaded: dict[str, tuple] = {}  # each candidate is loaded once and answers every cluster
+
         def answer(candidate: Candidate, batch: list[CallRecord]) -> list[tuple[str, float]]:
+            if candidate.ref not in loaded:
+                loaded.clear()  # one candidate in memory at a time
+                loaded[candidate.ref] = slm.load_model(candidate.ref)
             return generate_answers(candidate.ref, batch, cfg.max_new_tokens, cfg.batch_size,
-                                    f"S4 {candidate.name}")
+                                    f"S4 {candidate.name}", loaded=loaded[candidate.ref])
 
         result = benchmark_candidates(records, clusters, splits, cfg, answer, slm.parse_completion)
-        predictions = resolve(workdir, cfg.predictions)
-        predictions.parent.mkdir(parents=True, exist_ok=True)
-        result.predictions.to_parquet(predictions, index=False)
+        write_table(result.predictions, resolve(workdir, cfg.predictions))
         for report in result.leaderboard["clusters"]:
             for entry in report["results"]:
                 log_numeric_metrics(entry["scores"], f"cluster_{report['cluster_id']}.{entry['candidate']}.")
