@@ -1,191 +1,205 @@
 """S1 live collection: an OpenAI-compatible logging proxy between the agent and its LLM.
 
-The agent points its ``base_url`` at this proxy; every chat completion is forwarded unchanged to the upstream LLM,
-answered unchanged (streams are passed through chunk by chunk), and recorded as one line of
-``store_dir/calls-YYYYMMDD.jsonl`` in the request/response form that ``llm2slm collect`` reads:
-``{"id", "timestamp", "agent", "request", "response", "latency_ms"}``.
+The agent points its ``base_url`` at this proxy and uses one of the proxy's own API keys (``LLM2SLM_PROXY_KEYS``;
+any other key gets 401). Every chat completion is answered by the first *responder* that takes it, else forwarded
+to the upstream LLM with the upstream's key (``LLM2SLM_UPSTREAM_API_KEY``; the client's key never leaves the
+proxy), answered unchanged (streams chunk by chunk, upstream errors with their status and body), and recorded.
 
-The store holds raw prompts, so its files are created 0o600 and no credential (Authorization header, API key)
-is ever written. Recording must never break the agent: a call that cannot be recorded is logged and counted,
-and the client still gets its answer. Upstream errors are passed back as they are and are not recorded.
+Records go to ``store_dir/calls-YYYYMMDD.jsonl``, encrypted (components/secure_store.py: one Fernet token per line,
+0600 files). Each decrypts to the request/response form ``llm2slm collect --source proxy-store:DIR`` reads:
+``{"id", "timestamp", "agent", "request", "response", "latency_ms", "served_by"}``; a failed upstream call is
+``{..., "error": {"status", "body"}}`` (collect quarantines those with their status). With ``on_write`` (e.g. S2's
+anonymizer) the normalized, transformed record is stored instead: ``{"record": {...}}``, so raw PII never reaches
+the disk. No credential (Authorization header, API key) is ever written or logged.
+
+Durability: a record is written after the answer has gone out (in a worker thread, so the client does not wait for
+the disk), as one ``O_APPEND`` write followed by ``fsync``; it counts as ``recorded`` only then. Uvicorn finishes
+in-flight requests and their background writes on a graceful shutdown (SIGINT/SIGTERM), so a restart loses no
+accepted record. Recording never breaks the agent: a call that cannot be recorded is logged and counted.
+
+Responders (the hook for routing): ``responders`` are tried in order before the upstream; each gets the request and
+agent name and returns a ``chat.completion`` dict to answer with, or None to pass. A router that answers a task
+cluster with its promoted SLM is one more responder; the upstream stays the fallback and recording is unchanged.
 """
 
 from __future__ import annotations
 
 import codecs
+import hmac
 import json
 import logging
-import os
-import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
-from components.collect import CollectConfig, RecordError, parse_call
+from components.collect_config import CollectConfig
+from components.schema import CallRecord
+from components.secure_store import EncryptedAppendLog
+from components.sources.common import ChunkAccumulator, RecordError
+from components.sources.openai_jsonl import parse_call
 
 logger = logging.getLogger(__name__)
 
 AGENT_HEADER = "x-agent-name"
-STORE_FILE_MODE = 0o600
-STORE_DIR_MODE = 0o700
+PROXY_KEYS_ENV = "LLM2SLM_PROXY_KEYS"
+UPSTREAM_KEY_ENV = "LLM2SLM_UPSTREAM_API_KEY"
+
+
+class Responder(Protocol):
+    """Answers a chat completion itself (e.g. a promoted SLM), or returns None to let the next one try."""
+
+    name: str
+
+    def __call__(self, request_body: dict[str, Any], agent: str) -> Awaitable[dict[str, Any] | None]: ...
 
 
 class CallStore:
-    """Append-only JSONL store, one file per UTC day; one ``os.write`` per line under a lock."""
+    """The proxy's encrypted, append-only store: one file per UTC day."""
 
-    def __init__(self, store_dir: Path) -> None:
+    def __init__(self, store_dir: Path, key: bytes | None = None) -> None:
         self.store_dir = Path(store_dir)
-        self._lock = threading.Lock()
-
-    def path_for(self, moment: datetime) -> Path:
-        return self.store_dir / f"calls-{moment:%Y%m%d}.jsonl"
+        self._log = EncryptedAppendLog(self.store_dir, key=key)
 
     def append(self, call: dict[str, Any], moment: datetime) -> Path:
-        line = (json.dumps(call, ensure_ascii=False) + "\n").encode("utf-8")
-        path = self.path_for(moment)
-        with self._lock:
-            self.store_dir.mkdir(parents=True, exist_ok=True, mode=STORE_DIR_MODE)
-            descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, STORE_FILE_MODE)
-            try:
-                # The mode argument is ignored for an existing file and masked by the umask: enforce it.
-                os.fchmod(descriptor, STORE_FILE_MODE)
-                os.write(descriptor, line)
-            finally:
-                os.close(descriptor)
-        return path
+        return self._log.append(f"calls-{moment:%Y%m%d}.jsonl", json.dumps(call, ensure_ascii=False).encode())
 
 
-class StreamAccumulator:
-    """Rebuilds the final chat.completion from the SSE chunks of a streamed one."""
+class SSEAccumulator:
+    """Rebuilds the final chat.completion from the raw SSE bytes of a streamed one."""
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending = ""
-        self.done = False
-        self.meta: dict[str, Any] = {}
-        self.usage: dict[str, Any] | None = None
-        self._choices: dict[int, dict[str, Any]] = {}
+        self._chunks = ChunkAccumulator()
 
     def feed(self, raw: bytes) -> None:
         # Chunks may split an event or a multi-byte character anywhere: decode incrementally, parse whole lines.
         self._pending += self._decoder.decode(raw)
         *lines, self._pending = self._pending.split("\n")
         for line in lines:
-            self._feed_line(line.rstrip("\r"))
-
-    def _feed_line(self, line: str) -> None:
-        if not line.startswith("data:"):
-            return  # blank separators, comments, event/id fields
-        payload = line[len("data:"):].strip()
-        if payload == "[DONE]":
-            self.done = True
-            return
-        try:
-            chunk = json.loads(payload)
-        except json.JSONDecodeError:
-            logger.warning("proxy: skipped an SSE data line that is not JSON")
-            return
-        if not isinstance(chunk, dict):
-            return
-        for key in ("id", "created", "model", "system_fingerprint"):
-            if chunk.get(key) is not None:
-                self.meta.setdefault(key, chunk[key])
-        if chunk.get("usage"):
-            self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
-            self._feed_choice(choice)
-
-    def _feed_choice(self, choice: dict[str, Any]) -> None:
-        state = self._choices.setdefault(choice.get("index", 0),
-                                         {"role": "assistant", "content": [], "tool_calls": {}, "finish": None})
-        delta = choice.get("delta") or {}
-        if delta.get("role"):
-            state["role"] = delta["role"]
-        if delta.get("content"):
-            state["content"].append(delta["content"])
-        for piece in delta.get("tool_calls") or []:
-            # The first delta of a tool call carries its id and name; later ones only argument fragments.
-            call = state["tool_calls"].setdefault(piece.get("index", 0),
-                                                  {"id": None, "type": "function",
-                                                   "function": {"name": "", "arguments": ""}})
-            call["id"] = call["id"] or piece.get("id")
-            function = piece.get("function") or {}
-            call["function"]["name"] = call["function"]["name"] or function.get("name") or ""
-            call["function"]["arguments"] += function.get("arguments") or ""
-        if choice.get("finish_reason"):
-            state["finish"] = choice["finish_reason"]
+            line = line.rstrip("\r")
+            if not line.startswith("data:"):
+                continue  # blank separators, comments, event/id fields
+            payload = line[len("data:"):].strip()
+            if payload == "[DONE]":
+                continue
+            try:
+                self._chunks.add(json.loads(payload))
+            except (json.JSONDecodeError, RecordError):
+                logger.warning("proxy: skipped an SSE data line that is not a chunk object")
 
     def response(self) -> dict[str, Any]:
         self.feed(b"\n")  # flush a last line the upstream did not terminate
-        choices = []
-        for index in sorted(self._choices):
-            state = self._choices[index]
-            message: dict[str, Any] = {"role": state["role"], "content": "".join(state["content"]) or None}
-            if state["tool_calls"]:
-                message["tool_calls"] = [state["tool_calls"][i] for i in sorted(state["tool_calls"])]
-            choices.append({"index": index, "message": message, "finish_reason": state["finish"]})
-        response: dict[str, Any] = {**self.meta, "object": "chat.completion", "choices": choices}
-        if self.usage is not None:
-            response["usage"] = self.usage
-        return response
+        return self._chunks.response()
 
 
-def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, agent: str = "default",
-               upstream_api_key: str | None = None, timeout_s: float = 120.0,
-               transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
-    """The proxy app; ``transport`` replaces the network (tests route it to a fake upstream in-process)."""
+def completion_as_sse(completion: dict[str, Any]) -> bytes:
+    """A whole completion as a one-chunk stream (for a responder answering a streaming request)."""
+    base = {key: completion.get(key) for key in ("id", "created", "model")}
+    choices = [{"index": choice.get("index", 0), "finish_reason": choice.get("finish_reason"),
+                "delta": {**choice.get("message", {}),
+                          "tool_calls": [{"index": i, **call} for i, call in
+                                         enumerate(choice.get("message", {}).get("tool_calls") or [])] or None}}
+               for choice in completion.get("choices", [])]
+    chunk = {**base, "object": "chat.completion.chunk", "choices": choices}
+    if completion.get("usage"):
+        chunk["usage"] = completion["usage"]
+    return f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
+
+
+def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_keys: Sequence[str],
+               agent: str = "default", upstream_api_key: str | None = None, timeout_s: float = 120.0,
+               responders: Sequence[Responder] = (), on_write: Callable[[CallRecord], CallRecord] | None = None,
+               store_key: bytes | None = None, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The proxy app; ``transport`` replaces the network (tests may route it to an in-process upstream)."""
+    if not client_keys:
+        raise ValueError(f"the proxy needs at least one client API key (${PROXY_KEYS_ENV}, comma-separated)")
+    accepted = [key.encode() for key in client_keys]
     upstream = upstream_url.rstrip("/")
-    store = CallStore(store_dir)
-    stats = {"recorded": 0, "upstream_errors": 0, "unrecordable": 0, "write_failures": 0, "llm_cost_usd": 0.0}
+    store = CallStore(store_dir, key=store_key)
+    stats = {"recorded": 0, "upstream_errors": 0, "unrecordable": 0, "write_failures": 0, "unauthorized": 0,
+             "answered_by_responder": 0, "llm_cost_usd": 0.0}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with httpx.AsyncClient(timeout=timeout_s, transport=transport) as client:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        async with httpx.AsyncClient(timeout=timeout_s, transport=transport, limits=limits) as client:
             app.state.client = client
             yield
 
     app = FastAPI(title="llm2slm logging proxy", lifespan=lifespan)
     app.state.stats = stats
 
-    def upstream_headers(request: Request) -> dict[str, str]:
+    def refused(request: Request) -> JSONResponse | None:
+        """401 unless the request carries one of the proxy's client keys (compared in constant time)."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = token.strip().encode()
+        if scheme.lower() == "bearer" and any(hmac.compare_digest(given, key) for key in accepted):
+            return None
+        stats["unauthorized"] += 1
+        return JSONResponse(status_code=401, content={"error": {
+            "message": "invalid or missing API key for the llm2slm proxy", "type": "invalid_request_error",
+            "code": "invalid_api_key"}})
+
+    def upstream_headers() -> dict[str, str]:
         headers = {"content-type": "application/json"}
-        authorization = f"Bearer {upstream_api_key}" if upstream_api_key else request.headers.get("authorization")
-        if authorization:
-            headers["authorization"] = authorization
+        if upstream_api_key:
+            headers["authorization"] = f"Bearer {upstream_api_key}"
         return headers
 
-    def record(request_body: dict[str, Any], response_body: dict[str, Any], agent_name: str,
-               started_at: datetime, started: float) -> None:
-        call = {"id": response_body.get("id") or f"call-{uuid.uuid4().hex}",
-                "timestamp": started_at.isoformat(), "agent": agent_name,
-                "request": request_body, "response": response_body,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
-        try:
-            parsed = parse_call(call, cfg)
-        except RecordError as error:
-            # collect would quarantine it anyway; keep the store to calls that will train something.
-            stats["unrecordable"] += 1
-            logger.warning("proxy: call %s not recorded: %s", call["id"], error)
-            return
+    def write(call: dict[str, Any], started_at: datetime, cost: float) -> None:
         try:
             store.append(call, started_at)
         except OSError as error:
             stats["write_failures"] += 1
-            logger.error("proxy: could not write call %s to %s: %s", call["id"], store.store_dir, error)
+            logger.error("proxy: could not write call %s to %s: %s", call["id"], store.store_dir,
+                         type(error).__name__)
             return
-        stats["recorded"] += 1
-        stats["llm_cost_usd"] += parsed.cost_usd or 0.0
+        if "error" not in call:
+            stats["recorded"] += 1
+            stats["llm_cost_usd"] += cost
 
-    def passthrough(upstream_response: httpx.Response) -> Response:
-        return Response(content=upstream_response.content, status_code=upstream_response.status_code,
-                        media_type=upstream_response.headers.get("content-type", "application/json"))
+    def prepare(request_body: dict[str, Any], agent_name: str, started_at: datetime, started: float,
+                response_body: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                served_by: str = "upstream") -> tuple[dict[str, Any], float] | None:
+        """The store line for one call and its cost; None when it is not worth storing (counted)."""
+        call = {"id": (response_body or {}).get("id") or f"call-{uuid.uuid4().hex}",
+                "timestamp": started_at.isoformat(), "agent": agent_name, "request": request_body,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3), "served_by": served_by}
+        if error is not None:
+            return {**call, "error": error}, 0.0
+        call["response"] = response_body
+        try:
+            parsed = parse_call(call, cfg)
+        except RecordError as reason:
+            # collect would quarantine it anyway; keep the store to calls that will train something.
+            stats["unrecordable"] += 1
+            logger.warning("proxy: call %s not recorded: %s", call["id"], reason)
+            return None
+        if on_write is not None:
+            return {"record": on_write(parsed).model_dump(mode="json")}, parsed.cost_usd or 0.0
+        return call, parsed.cost_usd or 0.0
+
+    def recording(*args: Any, **kwargs: Any) -> BackgroundTask | None:
+        try:
+            prepared = prepare(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - the client gets its answer whatever happens to the record
+            stats["unrecordable"] += 1
+            logger.exception("proxy: call not recorded")
+            return None
+        return BackgroundTask(write, prepared[0], args[2], prepared[1]) if prepared else None
+
+    def passthrough(answer: httpx.Response, background: BackgroundTask | None = None) -> Response:
+        return Response(content=answer.content, status_code=answer.status_code, background=background,
+                        media_type=answer.headers.get("content-type", "application/json"))
 
     def unreachable(error: httpx.HTTPError) -> JSONResponse:
         stats["upstream_errors"] += 1
@@ -199,14 +213,18 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, agent: st
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
         try:
-            answer = await request.app.state.client.get(f"{upstream}/models", headers=upstream_headers(request))
+            answer = await request.app.state.client.get(f"{upstream}/models", headers=upstream_headers())
         except httpx.HTTPError as error:
             return unreachable(error)
         return passthrough(answer)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
         raw_body = await request.body()
         try:
             request_body = json.loads(raw_body)
@@ -215,9 +233,23 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, agent: st
         recordable = isinstance(request_body, dict)
         agent_name = request.headers.get(AGENT_HEADER) or agent
         started_at, started = datetime.now(timezone.utc), time.perf_counter()
+
+        if recordable:
+            for responder in responders:
+                completion = await responder(request_body, agent_name)
+                if completion is None:
+                    continue
+                stats["answered_by_responder"] += 1
+                background = recording(request_body, agent_name, started_at, started, completion,
+                                       served_by=responder.name)
+                if request_body.get("stream"):
+                    return Response(completion_as_sse(completion), media_type="text/event-stream",
+                                    background=background)
+                return JSONResponse(completion, background=background)
+
         client: httpx.AsyncClient = request.app.state.client
         outgoing = client.build_request("POST", f"{upstream}/chat/completions", content=raw_body,
-                                        headers=upstream_headers(request))
+                                        headers=upstream_headers())
         try:
             answer = await client.send(outgoing, stream=True)
         except httpx.HTTPError as error:
@@ -229,45 +261,51 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, agent: st
                 await answer.aread()
             finally:
                 await answer.aclose()
+            if not recordable:
+                return passthrough(answer)
             if answer.is_error:
                 stats["upstream_errors"] += 1
-            elif recordable:
-                try:
-                    record(request_body, answer.json(), agent_name, started_at, started)
-                except (ValueError, AttributeError) as error:  # a 2xx that is not a completion object
-                    stats["unrecordable"] += 1
-                    logger.warning("proxy: upstream answer not recorded: %s", type(error).__name__)
-            return passthrough(answer)
+                failure = {"status": answer.status_code, "body": answer.text[:4000]}
+                return passthrough(answer, recording(request_body, agent_name, started_at, started, error=failure))
+            try:
+                body = answer.json()
+            except ValueError:  # a 2xx that is not JSON
+                stats["unrecordable"] += 1
+                return passthrough(answer)
+            return passthrough(answer, recording(request_body, agent_name, started_at, started, body)
+                               if isinstance(body, dict) else None)
+
+        accumulator = SSEAccumulator()
+        outcome: dict[str, bool] = {"completed": False}
 
         async def relay() -> AsyncIterator[bytes]:
-            accumulator = StreamAccumulator()
-            completed = False
             try:
                 async for piece in answer.aiter_bytes():
                     accumulator.feed(piece)
                     yield piece
-                completed = True
+                outcome["completed"] = True
             finally:
                 await answer.aclose()
+
+        def record_stream() -> None:
             # Only a stream that reached its end is a call; a client that hung up mid-way left a partial one.
-            if completed and recordable:
-                try:
-                    record(request_body, accumulator.response(), agent_name, started_at, started)
-                except Exception:  # noqa: BLE001 - the client already has its answer; never fail it now
-                    stats["unrecordable"] += 1
-                    logger.exception("proxy: streamed call not recorded")
+            if outcome["completed"] and recordable:
+                task = recording(request_body, agent_name, started_at, started, accumulator.response())
+                if task is not None:
+                    task.func(*task.args, **task.kwargs)
 
         return StreamingResponse(relay(), status_code=answer.status_code, media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache"})
+                                 headers={"cache-control": "no-cache"}, background=BackgroundTask(record_stream))
 
     return app
 
 
-def serve(host: str, port: int, upstream_url: str, store_dir: Path, cfg: CollectConfig, agent: str = "default",
-          upstream_api_key: str | None = None, timeout_s: float = 120.0, log_level: str = "info") -> None:
+def serve(host: str, port: int, upstream_url: str, store_dir: Path, cfg: CollectConfig, client_keys: Sequence[str],
+          agent: str = "default", upstream_api_key: str | None = None, timeout_s: float = 120.0,
+          on_write: Callable[[CallRecord], CallRecord] | None = None, log_level: str = "info") -> None:
     """Run the proxy with uvicorn until interrupted (what ``llm2slm proxy`` calls)."""
     import uvicorn
 
-    app = create_app(upstream_url, store_dir, cfg, agent=agent, upstream_api_key=upstream_api_key,
-                     timeout_s=timeout_s)
+    app = create_app(upstream_url, store_dir, cfg, client_keys, agent=agent, upstream_api_key=upstream_api_key,
+                     timeout_s=timeout_s, on_write=on_write)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -7,6 +7,7 @@ in Parquet as JSON text columns so the file stays readable by any Parquet tool a
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime
 from pathlib import Path
@@ -149,8 +150,16 @@ def write_table(frame: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_records(records: list[CallRecord], path: Path) -> Path:
-    return write_table(records_to_frame(records), path)
+def write_records(records: list[CallRecord], path: Path, encrypt: bool = False) -> Path:
+    """Records as Parquet; ``encrypt`` stores the file as one Fernet token (S1's raw records hold PII), which
+    :func:`read_records` decrypts transparently."""
+    if not encrypt:
+        return write_table(records_to_frame(records), path)
+    from components.secure_store import write_encrypted
+
+    buffer = io.BytesIO()
+    records_to_frame(records).to_parquet(buffer, index=False)
+    return write_encrypted(buffer.getvalue(), path)
 
 
 def split_records(records: dict[str, CallRecord], splits: pd.DataFrame, cluster_id: int,
@@ -163,4 +172,6 @@ def split_records(records: dict[str, CallRecord], splits: pd.DataFrame, cluster_
 def read_records(path: Path) -> list[CallRecord]:
     if not path.exists():
         raise FileNotFoundError(f"no records at {path}: run the previous step first")
-    return frame_to_records(pd.read_parquet(path))
+    from components.secure_store import read_maybe_encrypted
+
+    return frame_to_records(pd.read_parquet(io.BytesIO(read_maybe_encrypted(path))))

@@ -22,14 +22,22 @@ def _config(params: Optional[Path], experiment: Optional[str] = None):
     return load_pipeline_config(params or default_params_path(), experiment)
 
 
-def _run_step(step: str, params: Optional[Path], workdir: Path, experiment: Optional[str]) -> None:
+def _run_step(step: str, params: Optional[Path], workdir: Path, experiment: Optional[str], **options) -> None:
     import importlib
+
+    from components.secure_store import StoreKeyError
+    from components.sources import SourceError
 
     config = _config(params, experiment)
     step_task = getattr(importlib.import_module(f"tasks.{step}"), f"{step}_task")
     workdir.mkdir(parents=True, exist_ok=True)
-    # `.fn` runs the step without the Prefect engine: DVC already orchestrates these stage processes.
-    step_task.fn(config.steps[step], workdir.resolve(), config.tracking)
+    try:
+        # `.fn` runs the step without the Prefect engine: DVC already orchestrates these stage processes.
+        step_task.fn(config.steps[step], workdir.resolve(), config.tracking, **options)
+    except (StoreKeyError, SourceError) as error:
+        # An unreadable source or a wrong store key: one clear line, not a traceback.
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
 
 
 @app.command("demo-data")
@@ -53,7 +61,19 @@ def _step_command(step: str, doc: str) -> None:
     app.command(step)(command)
 
 
-_step_command("collect", "S1: normalize the logged calls to Parquet; malformed lines go to the quarantine.")
+
+
+@app.command("collect")
+def collect(source: Optional[list[str]] = typer.Option(
+                None, "--source", help="Where to read calls (repeatable): PATH or jsonl:PATH, proxy-store:DIR, "
+                "mlflow:URI#EXPERIMENT[?since=ISO&until=ISO], mapped:MAPPING:PATH (default: params collect.sources, "
+                "else collect.input)"),
+            full_refresh: bool = typer.Option(False, "--full-refresh", help="Forget the watermarks and the records "
+                                              "collected before; read every source from its start"),
+            params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+            experiment: Optional[str] = ExperimentOption) -> None:
+    """S1: read new calls from each source into the encrypted records file; bad inputs go to the quarantine."""
+    _run_step("collect", params, workdir, experiment, sources=source or [], full_refresh=full_refresh)
 _step_command("anonymize", "S2: Presidio anonymization with consistent pseudonyms per record.")
 _step_command("discover", "S3: embed, cluster (UMAP + HDBSCAN) and label the tasks; split each cluster.")
 _step_command("select", "S4: benchmark candidate SLMs zero-shot per cluster and pick one.")
@@ -90,33 +110,51 @@ def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of
 @app.command()
 def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
                                            help="OpenAI-compatible base URL of the real LLM, including /v1"),
-          store: Path = typer.Option(..., "--store", help="Directory of the calls-YYYYMMDD.jsonl logs (0o600)"),
-          host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (keep it local: "
-                                   "the logs hold raw prompts)"),
+          store: Path = typer.Option(..., "--store", help="Directory of the encrypted calls-YYYYMMDD.jsonl logs"),
+          host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on"),
           port: int = typer.Option(8787, "--port"),
           agent: str = typer.Option("default", "--agent", help="Agent name when the request has no "
                                     "X-Agent-Name header"),
-          upstream_api_key_env: Optional[str] = typer.Option(
-              None, "--upstream-api-key-env", help="Environment variable holding the upstream API key; "
-              "without it the client's Authorization header is forwarded"),
+          upstream_api_key_env: str = typer.Option(
+              "LLM2SLM_UPSTREAM_API_KEY", "--upstream-api-key-env", help="Environment variable holding the "
+              "upstream API key (none is sent when it is unset)"),
+          anonymize: bool = typer.Option(False, "--anonymize", help="Pseudonymize each call with S2's analyzer "
+                                         "(params anonymize.*) before it is written: raw PII never touches disk"),
           timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
           params: Optional[Path] = ParamsOption) -> None:
-    """S1 live: OpenAI-compatible logging proxy; point the agent's base_url at it, then `collect` the store."""
+    """S1 live: OpenAI-compatible logging proxy; point the agent's base_url at it, then
+    `collect --source proxy-store:DIR`. Client keys: $LLM2SLM_PROXY_KEYS (comma-separated); store key:
+    $LLM2SLM_STORE_KEY or the key file."""
     import os
 
-    from components.proxy import serve
+    from components.proxy import PROXY_KEYS_ENV, serve
+    from components.secure_store import StoreKeyError, load_key
+    from components.sources.proxy_store import check_store_key
 
-    upstream_api_key = None
-    if upstream_api_key_env:
-        # The key is read from the environment, never taken on the command line (shell history, ps).
-        upstream_api_key = os.environ.get(upstream_api_key_env)
-        if not upstream_api_key:
-            raise typer.BadParameter(f"environment variable {upstream_api_key_env} is not set or empty",
-                                     param_hint="--upstream-api-key-env")
-    collect_cfg = _config(params).steps["collect"]
-    typer.echo(f"logging proxy: http://{host}:{port}/v1 -> {upstream_url}, calls -> {store}")
-    serve(host, port, upstream_url, store, collect_cfg, agent=agent, upstream_api_key=upstream_api_key,
-          timeout_s=timeout_s)
+    # Keys come from the environment, never from the command line (shell history, ps).
+    client_keys = [key.strip() for key in os.environ.get(PROXY_KEYS_ENV, "").split(",") if key.strip()]
+    if not client_keys:
+        typer.echo(f"error: set {PROXY_KEYS_ENV} to the comma-separated API keys the agents will use", err=True)
+        raise typer.Exit(code=2)
+    config = _config(params)
+    collect_cfg = config.steps["collect"]
+    try:
+        # Fails now, not on the first call, if the store key is malformed or is not the store's key.
+        load_key()
+        if store.is_dir():
+            check_store_key(store)
+    except StoreKeyError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    on_write = None
+    if anonymize:
+        from components.anonymize import Anonymizer
+
+        anonymizer = Anonymizer(config.steps["anonymize"])
+        on_write = lambda record: anonymizer.anonymize_record(record)[0]  # noqa: E731
+    typer.echo(f"logging proxy: http://{host}:{port}/v1 -> {upstream_url}, encrypted calls -> {store}")
+    serve(host, port, upstream_url, store, collect_cfg, client_keys, agent=agent,
+          upstream_api_key=os.environ.get(upstream_api_key_env) or None, timeout_s=timeout_s, on_write=on_write)
 
 
 @app.command("fetch-assets")
