@@ -35,6 +35,17 @@ def field_at(row: Any, path: str | None) -> Any:
     return value
 
 
+def _plain(value: Any) -> Any:
+    """Parquet rows as plain Python: structs are dicts already, lists come back as numpy arrays."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
 def _decoded(value: Any) -> Any:
     # Parquet exports often hold nested parts as JSON text.
     if isinstance(value, str) and value[:1] in ("[", "{"):
@@ -93,7 +104,7 @@ def read_mapped(path: Path, mapping_name: str, cfg: CollectConfig, source: str,
         except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
             raise SourceError(f"cannot read Parquet {path}: {type(error).__name__}") from None
         for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-            add(number, None, "row", {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in row.items()})
+            add(number, None, "row", _plain(row))
         return batch
 
     offset, lines = file_watermark(path, watermark.get("file"))

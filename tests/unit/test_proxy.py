@@ -1,181 +1,195 @@
-"""The logging proxy against a fake OpenAI-compatible upstream, wired in-process (no sockets, no network)."""
+"""The logging proxy over real HTTP on 127.0.0.1, between the official `openai` client and a fake upstream; the
+encrypted store round-trips through `collect --source proxy-store:DIR`."""
 
 from __future__ import annotations
 
 import json
 import stat
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.testclient import TestClient
 
-from components.collect import CollectConfig, collect_file, parse_call
+from components.collect import CollectConfig, collect_sources
 from components.proxy import create_app
+from components.sources import parse_source
+from tests.unit.fake_openai import fake_openai_app, serve_in_thread
 
 CLIENT_KEY = "sk-client-secret-123"
 UPSTREAM_KEY = "sk-upstream-secret-456"
-PRICES = CollectConfig(prices_per_1m_tokens={"gpt-4o": {"input": 2.5, "output": 10.0}})
+CFG = CollectConfig(prices_per_1m_tokens={"gpt-4o": {"input": 2.5, "output": 10.0}})
 WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}}}}
-TOOL_CALL_RESPONSE = {
-    "id": "chatcmpl-tool-1", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o",
-    "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
-        "role": "assistant", "content": None,
-        "tool_calls": [{"id": "call_1", "type": "function",
-                        "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]}}],
-    "usage": {"prompt_tokens": 1000, "completion_tokens": 200, "total_tokens": 1200},
-}
-# A stream whose text and tool-call arguments are split across chunks, as real upstreams send them.
-STREAM_CHUNKS = [
-    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Let me "}}]},
-    {"choices": [{"index": 0, "delta": {"content": "check."}}]},
-    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "call_s", "type": "function",
-                                                         "function": {"name": "get_weather", "arguments": ""}}]}}]},
-    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"city\": "}}]}}]},
-    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"Rome\"}"}}]}}]},
-    {"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]},
-    {"choices": [], "usage": {"prompt_tokens": 400, "completion_tokens": 40, "total_tokens": 440}},
-]
 
 
-def sse_events() -> list[str]:
-    base = {"id": "chatcmpl-stream-1", "object": "chat.completion.chunk", "created": 1700000001, "model": "gpt-4o"}
-    return [f"data: {json.dumps({**base, **chunk})}\n\n" for chunk in STREAM_CHUNKS] + ["data: [DONE]\n\n"]
+class LocalAnswers:
+    """A responder standing in for the future SLM router: answers agent 'local-bot' itself."""
+
+    name = "slm:test"
+
+    async def __call__(self, request_body: dict[str, Any], agent: str) -> dict[str, Any] | None:
+        if agent != "local-bot":
+            return None
+        return {"id": "local-1", "object": "chat.completion", "created": 1, "model": "tiny-slm",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": "answered locally"}}],
+                "usage": {"prompt_tokens": 7, "completion_tokens": 2}}
 
 
-def fake_upstream(seen_headers: list[dict[str, str]]) -> FastAPI:
-    upstream = FastAPI()
-
-    @upstream.post("/v1/chat/completions")
-    async def chat(request: Request) -> Any:
-        seen_headers.append(dict(request.headers))
-        body = await request.json()
-        if body["model"] == "broken":
-            return JSONResponse(status_code=500, content={"error": {"message": "upstream exploded"}})
-        if body.get("stream"):
-            async def events():
-                for event in sse_events():
-                    yield event.encode()
-            return StreamingResponse(events(), media_type="text/event-stream")
-        return TOOL_CALL_RESPONSE
-
-    @upstream.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        seen_headers.append(dict(request.headers))
-        return {"object": "list", "data": [{"id": "gpt-4o", "object": "model"}]}
-
-    return upstream
+def redact_emails(record):
+    """A stand-in for S2's analyzer on the on-write hook."""
+    message = record.messages[-1]
+    clean = message.model_copy(update={"content": (message.content or "").replace("jane@example.com", "<EMAIL_1>")})
+    return record.model_copy(update={"messages": [*record.messages[:-1], clean]})
 
 
-def chat_request(model: str = "gpt-4o", stream: bool = False) -> dict[str, Any]:
-    return {"model": model, "stream": stream, "tools": [WEATHER_TOOL],
-            "messages": [{"role": "system", "content": "You are a weather agent."},
-                         {"role": "user", "content": "Weather in the city?"}]}
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    store = tmp_path_factory.mktemp("proxy-store")
+    upstream_app = fake_openai_app()
+    with serve_in_thread(upstream_app) as upstream_url:
+        proxy_app = create_app(f"{upstream_url}/v1", store, CFG, [CLIENT_KEY, "sk-other"], agent="fallback-agent",
+                               upstream_api_key=UPSTREAM_KEY, responders=[LocalAnswers()], on_write=None)
+        with serve_in_thread(proxy_app) as proxy_url:
+            yield {"store": store, "upstream": upstream_app, "proxy": proxy_app, "url": proxy_url}
 
 
-@pytest.fixture
-def seen_headers() -> list[dict[str, str]]:
-    return []
+def client(servers, agent: str, key: str = CLIENT_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{servers['url']}/v1", api_key=key, max_retries=0,
+                         default_headers={"X-Agent-Name": agent})
 
 
-def proxy_client(store: Path, seen_headers: list[dict[str, str]], **options: Any) -> TestClient:
-    transport = httpx.ASGITransport(app=fake_upstream(seen_headers))
-    return TestClient(create_app("http://upstream.test/v1", store, PRICES, agent="fallback-agent",
-                                 transport=transport, **options))
+def written(servers) -> int:
+    stats = servers["proxy"].state.stats
+    return stats["recorded"] + stats["upstream_errors"]
 
 
-def stored_lines(store: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for path in sorted(store.glob("calls-*.jsonl")) for line in path.read_text().splitlines()]
+def wait_for_writes(servers, count: int) -> None:
+    """Records are written after the answer is sent: wait until ``count`` calls in all were stored."""
+    deadline = time.monotonic() + 10
+    while written(servers) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.05)  # an error line is counted before its write completes
 
 
-def test_non_streaming_tool_call_is_returned_unchanged_and_recorded(tmp_path: Path, seen_headers):
-    with proxy_client(tmp_path, seen_headers) as client:
-        answer = client.post("/v1/chat/completions", json=chat_request(),
-                             headers={"Authorization": f"Bearer {CLIENT_KEY}", "X-Agent-Name": "weather-bot"})
-        health = client.get("/healthz").json()
-    assert answer.status_code == 200
-    assert answer.json() == TOOL_CALL_RESPONSE
-    assert seen_headers[0]["authorization"] == f"Bearer {CLIENT_KEY}"
-    assert "x-agent-name" not in seen_headers[0]
-
-    [line] = stored_lines(tmp_path)
-    assert set(line) == {"id", "timestamp", "agent", "request", "response", "latency_ms"}
-    assert line["request"] == chat_request() and line["response"] == TOOL_CALL_RESPONSE
-    record = parse_call(line, PRICES)
-    assert record.record_id == "chatcmpl-tool-1" and record.agent == "weather-bot"
-    assert [(c.name, c.parsed_arguments()) for c in record.response.tool_calls] == [("get_weather", {"city": "Paris"})]
-    assert (record.prompt_tokens, record.completion_tokens) == (1000, 200)
-    assert record.cost_usd == pytest.approx((1000 * 2.5 + 200 * 10.0) / 1e6)
-    assert record.timestamp is not None and record.timestamp.utcoffset().total_seconds() == 0
-    assert record.latency_ms is not None and record.latency_ms >= 0
-    assert health["recorded"] == 1 and health["llm_cost_usd"] == pytest.approx(record.cost_usd)
+def collected(servers):
+    return collect_sources([parse_source(f"proxy-store:{servers['store']}", Path("/"))], CFG)
 
 
-def test_streaming_passes_every_chunk_and_records_the_rebuilt_message(tmp_path: Path, seen_headers):
-    with proxy_client(tmp_path, seen_headers) as client:
-        with client.stream("POST", "/v1/chat/completions", json=chat_request(stream=True)) as answer:
-            assert answer.status_code == 200
-            assert answer.headers["content-type"].startswith("text/event-stream")
-            received = "".join(answer.iter_text())
-    assert received == "".join(sse_events())
-
-    [line] = stored_lines(tmp_path)
-    record = parse_call(line, PRICES)
-    assert record.record_id == "chatcmpl-stream-1" and record.agent == "fallback-agent"
-    assert record.response.content == "Let me check."
-    [call] = record.response.tool_calls
-    assert (call.id, call.name, call.parsed_arguments()) == ("call_s", "get_weather", {"city": "Rome"})
-    assert (record.prompt_tokens, record.completion_tokens) == (400, 40)
-    assert record.cost_usd == pytest.approx((400 * 2.5 + 40 * 10.0) / 1e6)
+def by_agent(servers, agent: str):
+    return [r for r in collected(servers).records if r.agent == agent]
 
 
-def test_upstream_error_is_passed_through_and_not_recorded(tmp_path: Path, seen_headers):
-    with proxy_client(tmp_path, seen_headers) as client:
-        answer = client.post("/v1/chat/completions", json=chat_request(model="broken"))
-        health = client.get("/healthz").json()
-    assert answer.status_code == 500
-    assert answer.json() == {"error": {"message": "upstream exploded"}}
-    assert stored_lines(tmp_path) == []
-    assert (health["upstream_errors"], health["recorded"]) == (1, 0)
+def test_tool_call_and_stream_round_trip_through_the_encrypted_store(servers):
+    base = written(servers)
+    weather = client(servers, "weather-bot")
+    answer = weather.chat.completions.create(
+        model="gpt-4o", tools=[WEATHER_TOOL],
+        messages=[{"role": "system", "content": "You are a weather agent."},
+                  {"role": "user", "content": "Weather in Paris?"}])
+    [call] = answer.choices[0].message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+
+    stream = weather.chat.completions.create(
+        model="gpt-4o", tools=[WEATHER_TOOL], stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Weather in Rome?"}])
+    pieces = [chunk.choices[0].delta.tool_calls[0].function.arguments
+              for chunk in stream if chunk.choices and chunk.choices[0].delta.tool_calls]
+    assert json.loads("".join(pieces)) == {"city": "Rome"}
+    text = client(servers, "chat-bot").chat.completions.create(
+        model="gpt-4o", stream=True, messages=[{"role": "user", "content": "hello there"}])
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in text if chunk.choices) == "You said: hello there"
+    wait_for_writes(servers, base + 3)
+
+    paris, rome = sorted(by_agent(servers, "weather-bot"), key=lambda r: r.user_request)
+    assert (paris.source, paris.model, paris.record_id) == ("proxy", "gpt-4o", answer.id)
+    assert [m.role for m in paris.messages] == ["system", "user"] and paris.tools == [WEATHER_TOOL]
+    assert paris.response.tool_calls[0].parsed_arguments() == {"city": "Paris"}
+    assert (paris.prompt_tokens, paris.completion_tokens) == (100, 20)
+    assert paris.cost_usd == pytest.approx((100 * 2.5 + 20 * 10.0) / 1e6)
+    assert paris.latency_ms > 0 and paris.timestamp.utcoffset().total_seconds() == 0
+    assert rome.response.tool_calls[0].parsed_arguments() == {"city": "Rome"}
+    assert (rome.prompt_tokens, rome.completion_tokens) == (100, 20)
+    [chat] = by_agent(servers, "chat-bot")
+    assert chat.response.content == "You said: hello there" and chat.prompt_tokens is None
+
+    # The upstream got the upstream key, never the client's.
+    sent = [request["headers"].get("authorization") for request in servers["upstream"].state.requests]
+    assert sent and set(sent) == {f"Bearer {UPSTREAM_KEY}"}
 
 
-def test_models_are_forwarded_with_the_configured_upstream_key(tmp_path: Path, seen_headers):
-    with proxy_client(tmp_path, seen_headers, upstream_api_key=UPSTREAM_KEY) as client:
-        answer = client.get("/v1/models", headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-    assert answer.status_code == 200 and answer.json()["data"][0]["id"] == "gpt-4o"
-    # The configured key replaces the client's: the client's key never reaches the upstream.
-    assert seen_headers[0]["authorization"] == f"Bearer {UPSTREAM_KEY}"
+def test_store_is_encrypted_private_and_holds_no_credentials(servers):
+    base = written(servers)
+    client(servers, "secret-bot").chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": "mail jane@example.com please"}])
+    wait_for_writes(servers, base + 1)
+    files = sorted(servers["store"].glob("calls-*.jsonl"))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert all(line.startswith(b"gAAAAA") for line in data.splitlines())
+        for clear in (b"jane@example.com", CLIENT_KEY.encode(), UPSTREAM_KEY.encode(), b"weather", b"authorization"):
+            assert clear not in data
+    assert by_agent(servers, "secret-bot")[0].user_request == "mail jane@example.com please"
 
 
-def test_store_holds_no_credentials_and_is_private(tmp_path: Path, seen_headers):
-    # A day file left world-readable (copied in, older tool) is tightened on the next append.
-    today_file = tmp_path / f"calls-{datetime.now(timezone.utc):%Y%m%d}.jsonl"
-    today_file.touch()
-    today_file.chmod(0o644)
-    with proxy_client(tmp_path, seen_headers, upstream_api_key=UPSTREAM_KEY) as client:
-        for stream in (False, True):
-            client.post("/v1/chat/completions", json=chat_request(stream=stream),
-                        headers={"Authorization": f"Bearer {CLIENT_KEY}"})
-    [store_file] = list(tmp_path.glob("calls-*.jsonl"))
-    text = store_file.read_text()
-    assert len(text.splitlines()) == 2
-    assert CLIENT_KEY not in text and UPSTREAM_KEY not in text and "authorization" not in text.lower()
-    assert stat.S_IMODE(store_file.stat().st_mode) == 0o600
-    # The store is exactly what `llm2slm collect` reads: both lines normalize, nothing is quarantined.
-    result = collect_file(store_file, PRICES)
-    assert len(result.records) == 2 and result.quarantine == []
+def test_wrong_or_missing_client_key_is_refused(servers):
+    with pytest.raises(openai.AuthenticationError):
+        client(servers, "intruder", key="sk-wrong").chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert httpx.get(f"{servers['url']}/v1/models").status_code == 401
+    assert servers["proxy"].state.stats["unauthorized"] >= 2
+    assert not by_agent(servers, "intruder")
 
 
-def test_a_failing_store_does_not_break_the_answer(tmp_path: Path, seen_headers):
-    blocked = tmp_path / "not-a-dir"
-    blocked.write_text("a file where the store directory should be")
-    with proxy_client(blocked, seen_headers) as client:
-        answer = client.post("/v1/chat/completions", json=chat_request())
-        health = client.get("/healthz").json()
-    assert answer.status_code == 200 and answer.json() == TOOL_CALL_RESPONSE
-    assert (health["write_failures"], health["recorded"]) == (1, 0)
+def test_models_are_listed_from_the_upstream(servers):
+    assert [model.id for model in client(servers, "x", key="sk-other").models.list()] == ["gpt-4o"]
+
+
+def test_upstream_error_is_returned_unchanged_and_recorded(servers):
+    base = written(servers)
+    with pytest.raises(openai.InternalServerError) as failure:
+        client(servers, "broken-bot").chat.completions.create(
+            model="broken", messages=[{"role": "user", "content": "hi"}])
+    assert failure.value.status_code == 500
+    assert failure.value.body == {"message": "upstream exploded", "type": "server_error"}
+    wait_for_writes(servers, base + 1)
+    result = collected(servers)
+    assert not [r for r in result.records if r.agent == "broken-bot"]
+    assert any("HTTP 500" in entry.reason for entry in result.quarantine)
+
+
+def test_a_responder_answers_without_the_upstream_and_is_recorded(servers):
+    base = written(servers)
+    before = len(servers["upstream"].state.requests)
+    local = client(servers, "local-bot")
+    answer = local.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content == "answered locally"
+    streamed = local.chat.completions.create(model="gpt-4o", stream=True, messages=[{"role": "user", "content": "yo"}])
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == "answered locally"
+    assert len(servers["upstream"].state.requests) == before
+    wait_for_writes(servers, base + 2)
+    records = sorted(by_agent(servers, "local-bot"), key=lambda r: r.user_request)
+    assert [r.user_request for r in records] == ["hi", "yo"]
+    assert all(r.response.content == "answered locally" and r.prompt_tokens == 7 for r in records)
+    # Both answers carry the responder's id: the second is kept under a made-unique id, not dropped.
+    assert {r.record_id.split("#")[0] for r in records} == {"local-1"} and len({r.record_id for r in records}) == 2
+
+
+def test_on_write_hook_transforms_the_record_before_it_touches_disk(tmp_path):
+    with serve_in_thread(fake_openai_app()) as upstream_url:
+        app = create_app(f"{upstream_url}/v1", tmp_path, CFG, [CLIENT_KEY], on_write=redact_emails)
+        with serve_in_thread(app) as url:
+            openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0).chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "write to jane@example.com"}])
+            deadline = time.monotonic() + 10
+            while app.state.stats["recorded"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+    [record] = collect_sources([parse_source(f"proxy-store:{tmp_path}", Path("/"))], CFG).records
+    assert record.user_request == "write to <EMAIL_1>"
+    # The fake upstream echoes the prompt; the hook above only cleans the prompt, so the answer still has it.
+    assert record.response.content == "You said: write to jane@example.com"
