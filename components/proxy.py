@@ -155,47 +155,43 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
             headers["authorization"] = f"Bearer {upstream_api_key}"
         return headers
 
-    def write(call: dict[str, Any], started_at: datetime, cost: float) -> None:
+    def store_call(call: dict[str, Any], started_at: datetime) -> None:
+        """Check, transform and write one call (runs in a worker thread after the answer has been sent)."""
+        cost = 0.0
         try:
+            if "response" in call:
+                parsed = parse_call(call, cfg)
+                cost = parsed.cost_usd or 0.0
+                if on_write is not None:
+                    call = {"record": on_write(parsed).model_dump(mode="json")}
             store.append(call, started_at)
+        except RecordError as reason:
+            # collect would quarantine it anyway; keep the store to calls that will train something.
+            stats["unrecordable"] += 1
+            logger.warning("proxy: call %s not recorded: %s", call["id"], reason)
+            return
         except OSError as error:
             stats["write_failures"] += 1
             logger.error("proxy: could not write call %s to %s: %s", call["id"], store.store_dir,
                          type(error).__name__)
             return
-        if "error" not in call:
+        except Exception:  # noqa: BLE001 - e.g. the on-write hook failed: count it, keep serving
+            stats["unrecordable"] += 1
+            logger.exception("proxy: call %s not recorded", call["id"])
+            return
+        if "record" in call or "response" in call:
             stats["recorded"] += 1
             stats["llm_cost_usd"] += cost
 
-    def prepare(request_body: dict[str, Any], agent_name: str, started_at: datetime, started: float,
-                response_body: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
-                served_by: str = "upstream") -> tuple[dict[str, Any], float] | None:
-        """The store line for one call and its cost; None when it is not worth storing (counted)."""
+    def recording(request_body: dict[str, Any], agent_name: str, started_at: datetime, started: float,
+                  response_body: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                  served_by: str = "upstream") -> BackgroundTask:
+        """The task that records this call once its answer is out; latency is taken now, at answer time."""
         call = {"id": (response_body or {}).get("id") or f"call-{uuid.uuid4().hex}",
                 "timestamp": started_at.isoformat(), "agent": agent_name, "request": request_body,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3), "served_by": served_by}
-        if error is not None:
-            return {**call, "error": error}, 0.0
-        call["response"] = response_body
-        try:
-            parsed = parse_call(call, cfg)
-        except RecordError as reason:
-            # collect would quarantine it anyway; keep the store to calls that will train something.
-            stats["unrecordable"] += 1
-            logger.warning("proxy: call %s not recorded: %s", call["id"], reason)
-            return None
-        if on_write is not None:
-            return {"record": on_write(parsed).model_dump(mode="json")}, parsed.cost_usd or 0.0
-        return call, parsed.cost_usd or 0.0
-
-    def recording(*args: Any, **kwargs: Any) -> BackgroundTask | None:
-        try:
-            prepared = prepare(*args, **kwargs)
-        except Exception:  # noqa: BLE001 - the client gets its answer whatever happens to the record
-            stats["unrecordable"] += 1
-            logger.exception("proxy: call not recorded")
-            return None
-        return BackgroundTask(write, prepared[0], args[2], prepared[1]) if prepared else None
+        call.update({"error": error} if error is not None else {"response": response_body})
+        return BackgroundTask(store_call, call, started_at)
 
     def passthrough(answer: httpx.Response, background: BackgroundTask | None = None) -> Response:
         return Response(content=answer.content, status_code=answer.status_code, background=background,
@@ -291,8 +287,7 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
             # Only a stream that reached its end is a call; a client that hung up mid-way left a partial one.
             if outcome["completed"] and recordable:
                 task = recording(request_body, agent_name, started_at, started, accumulator.response())
-                if task is not None:
-                    task.func(*task.args, **task.kwargs)
+                task.func(*task.args, **task.kwargs)
 
         return StreamingResponse(relay(), status_code=answer.status_code, media_type="text/event-stream",
                                  headers={"cache-control": "no-cache"}, background=BackgroundTask(record_stream))
