@@ -15,6 +15,7 @@ A line that does not fit is quarantined with its line number, byte offset and th
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterable
@@ -157,17 +158,19 @@ def file_watermark(path: Path, previous: dict[str, Any] | None) -> tuple[int, in
     if not previous:
         return 0, 0
     size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(64).hex()
-    if size < previous.get("offset", 0) or head != previous.get("head"):
+    if size < previous.get("offset", 0) or _head_digest(path) != previous.get("head"):
         return 0, 0
     return previous.get("offset", 0), previous.get("lines", 0)
 
 
-def new_file_watermark(path: Path, offset: int, lines: int) -> dict[str, Any]:
+def _head_digest(path: Path) -> str:
+    # A digest, not the bytes: the state file must hold no log content (the first line may hold PII).
     with path.open("rb") as handle:
-        head = handle.read(64).hex()
-    return {"offset": offset, "lines": lines, "head": head}
+        return hashlib.sha256(handle.read(64)).hexdigest()
+
+
+def new_file_watermark(path: Path, offset: int, lines: int) -> dict[str, Any]:
+    return {"offset": offset, "lines": lines, "head": _head_digest(path)}
 
 
 def read_jsonl_files(paths: list[Path], cfg: CollectConfig, source: str, watermark: dict[str, Any],

@@ -30,6 +30,8 @@ def traced(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("traced")
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
+    # Trace artifacts go under the work dir, not ./mlruns of wherever pytest runs.
+    mlflow.create_experiment("weather-agent", artifact_location=(workdir / "mlartifacts").as_uri())
     mlflow.set_experiment("weather-agent")
     mlflow.openai.autolog()
     try:
