@@ -30,8 +30,8 @@ def traced(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("traced")
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    # Trace artifacts go under the work dir, not ./mlruns of wherever pytest runs.
-    mlflow.create_experiment("weather-agent", artifact_location=(workdir / "mlartifacts").as_uri())
+    # The agent's traces (the source, raw by nature) live apart from the S1 runs' artifacts, not in ./mlruns.
+    mlflow.create_experiment("weather-agent", artifact_location=(workdir / "agent-traces").as_uri())
     mlflow.set_experiment("weather-agent")
     mlflow.openai.autolog()
     try:
@@ -112,9 +112,10 @@ def test_collect_task_encrypts_leaks_nothing_and_logs_counts(traced):
     runs = client.search_runs([client.get_experiment_by_name("s1-test").experiment_id],
                               order_by=["attributes.start_time ASC"])
     assert [(r.data.metrics["new_records"], r.data.metrics["quarantined"]) for r in runs] == [(3.0, 2.0), (0.0, 0.0)]
-    for artifact_root in (workdir / "mlartifacts").rglob("*"):
-        if artifact_root.is_file():
-            assert EMAIL.encode() not in artifact_root.read_bytes(), artifact_root
+    artifacts = [path for path in (workdir / "mlartifacts").rglob("*") if path.is_file()]
+    assert any(path.name == "collect.json" for path in artifacts)
+    for path in artifacts:
+        assert EMAIL.encode() not in path.read_bytes(), path
 
 
 def test_full_refresh_reads_everything_again(traced):
