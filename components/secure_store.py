@@ -142,14 +142,16 @@ class EncryptedAppendLog:
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
             descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-            try:
-                # The mode argument is ignored for an existing file and masked by the umask: enforce it.
-                os.fchmod(descriptor, FILE_MODE)
-                os.write(descriptor, line)
-                if self._fsync:
-                    os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+        try:
+            # The mode argument is ignored for an existing file and masked by the umask: enforce it.
+            os.fchmod(descriptor, FILE_MODE)
+            os.write(descriptor, line)
+            if self._fsync:
+                # Outside the lock: concurrent writers' fsyncs overlap (the file system commits them together)
+                # instead of queueing one disk flush after another.
+                os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         return path
 
 
