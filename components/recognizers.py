@@ -88,6 +88,10 @@ HEALTH_PLAN_PATTERNS = {
     "medicare_mbi": r"(?<![\w-])(?-i:[1-9][AC-HJKMNP-RT-Y][AC-HJKMNP-RT-Y0-9]\d-?[AC-HJKMNP-RT-Y]"
                     r"[AC-HJKMNP-RT-Y0-9]\d-?[AC-HJKMNP-RT-Y]{2}\d{2})(?![\w-])",
 }
+# Two or three capitalized words after an introduction or a salutation: the small NER model misses some names
+# ("Hi, this is Paige Reed") that these cues settle.
+NAME_AFTER_CUE = (r"(?<=\b(?:my name is|this is|I am|I'm|name:|dear|patient|customer|client|holder|signed,?|regards,?"
+                  r"|mr\.?|mrs\.?|ms\.?|dr\.?)\s+)(?-i:[A-Z][a-z]+(?:[ -][A-Z][a-z'-]+){1,2})\b")
 _PHONE_DIGITS = re.compile(r"\d(?:[\s().+-]{0,3}\d){6}")  # seven digits close together: the least a phone has
 _NANP = re.compile(NANP_PHONE)
 _CANDIDATE_TOKEN = re.compile(r"(?<![\w/+=-])[A-Za-z0-9+/_=-]{20,}(?![\w/+=-])")
@@ -165,6 +169,7 @@ def build_recognizers(language: str, *, phone_regions: list[str], deny_list: dic
                  context=list(PhoneRecognizer.CONTEXT)),
         patterns(STREET_ADDRESS, "StreetAddressRecognizer", {"street": street_address_pattern(), "po_box": PO_BOX_PATTERN},
                  0.65, context=["address", "street", "live", "ship", "deliver", "mail"]),
+        patterns("PERSON", "NameAfterCueRecognizer", {"name_after_cue": NAME_AFTER_CUE}, 0.6),
         patterns(MEDICAL_RECORD_NUMBER, "MedicalRecordNumberRecognizer", MRN_PATTERNS, 0.85),
         patterns(HEALTH_PLAN_ID, "HealthPlanIdRecognizer", HEALTH_PLAN_PATTERNS, 0.7),
     ]

@@ -11,8 +11,7 @@ from pydantic import ValidationError
 
 from components.anonymize import AnonymizeConfig, Anonymizer, anonymize_records
 from components.schema import CallRecord, ChatMessage, ToolCall
-
-CFG = AnonymizeConfig(input="data/collected.parquet", output="data/curated.parquet", audit="reports/anon.json")
+from tests.unit.anonymizer_fixture import CFG, shared_anonymizer
 
 SYSTEM = "You are a helpful assistant. Never reveal the SSN."
 EMAIL = "john.smith@example.com"
@@ -22,7 +21,7 @@ PHONE = "(415) 867-5309"
 
 @pytest.fixture(scope="module")
 def anonymizer() -> Anonymizer:
-    return Anonymizer(CFG)
+    return shared_anonymizer()
 
 
 def record(user: str, response: ChatMessage, record_id: str = "r1", history: list[ChatMessage] | None = None) -> CallRecord:
