@@ -48,6 +48,7 @@ _ANALYSIS_CACHE_SIZE = 4096  # system prompts and tool schemas repeat across rec
 # Keys of a tool schema whose string values are identifiers or syntax, not free text.
 _SCHEMA_SYNTAX_KEYS = frozenset({"type", "name", "required", "format", "pattern", "$ref", "$schema", "$id"})
 _LOWER_LEMMA = "llm2slm_lower_lemma"
+_NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
 _MASKED_BEFORE_PHONES = frozenset({"CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "EMAIL_ADDRESS", SECRET,
                                    MEDICAL_RECORD_NUMBER, HEALTH_PLAN_ID})
 
@@ -129,7 +130,7 @@ def load_deny_list(path: Path) -> dict[str, list[str]]:
 
 def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
     """One span per overlapping group, covering all of it (a partial overlap must not leak the uncovered part),
-    typed by its longest member, then its highest-scoring one."""
+    typed by its dominant member (see :func:`_collapse`)."""
     merged: list[_Span] = []
     group: list[_Span] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
@@ -143,7 +144,9 @@ def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
 
 
 def _collapse(group: list[_Span]) -> _Span:
-    dominant = max(group, key=lambda s: (s.end - s.start, s.score))
+    # A validated pattern (Luhn-checked card, address, key) names the group over a statistical NER guess that
+    # spans it ("Card 5563-2154-..." tagged PERSON); otherwise the longest member, then the highest score.
+    dominant = max(group, key=lambda s: (s.entity_type not in _NER_TYPES, s.end - s.start, s.score))
     return _Span(min(s.start for s in group), max(s.end for s in group), dominant.entity_type, dominant.score)
 
 
