@@ -49,6 +49,8 @@ _ANALYSIS_CACHE_SIZE = 4096  # system prompts and tool schemas repeat across rec
 _SCHEMA_SYNTAX_KEYS = frozenset({"type", "name", "required", "format", "pattern", "$ref", "$schema", "$id"})
 _LOWER_LEMMA = "llm2slm_lower_lemma"
 _NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
+# A name or place has two letters in a row; small NER models tag ids such as "A-20931" as people.
+_WORDLIKE = re.compile(r"[^\W\d_]{2}")
 _MASKED_BEFORE_PHONES = frozenset({"CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "EMAIL_ADDRESS", SECRET,
                                    MEDICAL_RECORD_NUMBER, HEALTH_PLAN_ID})
 
@@ -259,7 +261,8 @@ class Anonymizer:
         allowed_types = set(self.cfg.entities)
         spans = [_Span(r.start, r.end, r.entity_type, r.score) for r in results
                  if r.entity_type in allowed_types and r.score >= self.cfg.threshold_for(r.entity_type)
-                 and text[r.start:r.end].strip().upper() not in self._allowed_words]
+                 and text[r.start:r.end].strip().upper() not in self._allowed_words
+                 and not (r.entity_type in _NER_TYPES and not _WORDLIKE.search(text[r.start:r.end]))]
         return _merge_overlapping(spans)
 
     # ------------------------------------------------------------------------------------------- rewriting

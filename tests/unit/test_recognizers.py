@@ -49,6 +49,11 @@ def test_iban_phi_and_secrets_without_a_vendor_prefix(anonymizer, text, expected
     assert anonymized_text(anonymizer, text) == expected
 
 
+def test_an_id_the_ner_model_calls_a_person_is_kept(anonymizer):
+    text = "Order #A-20931 shipped on 2024-05-17 and costs $1,249.99 in total."  # spaCy tags "A-20931" PERSON
+    assert anonymized_text(anonymizer, text) == text
+
+
 def test_numbers_that_are_not_pii_are_kept(anonymizer):
     text = ("The order 20931 of 2024-05-17 costs $1,249.99; request 3f2b8c1e-9a7d-4c1e-8f2a-1b2c3d4e5f60 "
             "ran version 3.12.4 at floor 4 with get_weather_forecast_for_location.")
