@@ -80,6 +80,9 @@ class AnonymizeConfig(StepConfig):
     secret_min_length: int = Field(default=24, ge=12)
     secret_min_bits_per_char: float = Field(default=3.5, gt=0.0)
     anonymize_tool_schemas: bool = True
+    # Types looked for in tool schemas' free text. None: every configured type but the NER ones (people, places,
+    # organizations), which on developer-written descriptions are mostly noise ("Kelvin", "Pokemon", "null").
+    tool_schema_entities: list[str] | None = None
     batch_size: int = Field(default=64, ge=1)
     ner_only: bool = True  # run only spaCy's NER (and what it listens to); False runs the whole pipeline
     # Skip the NER model on texts with no capital letter (argument values such as "celsius" or "2024-05-01");
@@ -100,6 +103,11 @@ class AnonymizeConfig(StepConfig):
 
     def threshold_for(self, entity_type: str) -> float:
         return self.entity_thresholds.get(entity_type, self.score_threshold)
+
+    def schema_entity_types(self) -> set[str]:
+        if self.tool_schema_entities is not None:
+            return set(self.tool_schema_entities)
+        return set(self.entities) - _NER_TYPES
 
 
 @dataclass(frozen=True)
@@ -271,6 +279,13 @@ class Anonymizer:
         """The record with every text pseudonymized, and the count of replaced occurrences per entity type."""
         texts = record_texts(record, self.cfg.anonymize_tool_schemas)
         detected = self.analyze_texts(texts)
+        if self.cfg.anonymize_tool_schemas and record.tools:
+            # Text found only in the tool schemas keeps just the schema types; a value also found in the
+            # conversation is still replaced there through the record's mapping.
+            conversation = set(record_texts(record, include_tool_schemas=False))
+            schema_types = self.cfg.schema_entity_types()
+            detected = {text: spans if text in conversation else [s for s in spans if s.entity_type in schema_types]
+                        for text, spans in detected.items()}
         pseudonyms = self.pseudonymizer.for_record(record.record_id)
         # First pass fixes the numbering in reading order and collects every value to look for literally.
         for text in texts:

@@ -103,18 +103,24 @@ def test_deny_list_words_are_always_replaced_and_allow_list_words_never(full_pip
 
 def test_tool_schema_free_text_is_anonymized_and_identifiers_kept(anonymizer):
     tool = {"type": "function", "function": {
-        "name": "email_support", "description": "Escalate to Maria Garcia (maria.garcia@corp.org).",
+        "name": "email_support", "description": "Escalate to maria.garcia@corp.org or (212) 555-0147. Units: Kelvin.",
         "parameters": {"type": "object", "required": ["to"], "properties": {
-            "to": {"type": "string", "format": "email", "enum": ["maria.garcia@corp.org", "help@corp.org"]}}}}}
-    original = user_record("Write to maria.garcia@corp.org please.", {"to": "maria.garcia@corp.org"}, [tool])
+            "to": {"type": "string", "format": "email", "enum": ["maria.garcia@corp.org", "help@corp.org"]},
+            "customer": {"type": "string", "description": "Full name, e.g. Olivia Bennett", "default": "null"}}}}}
+    original = user_record("Write to maria.garcia@corp.org about Olivia Bennett please.",
+                           {"to": "maria.garcia@corp.org", "customer": "Olivia Bennett"}, [tool])
     clean, _ = anonymizer.anonymize_record(original)
     function = clean.tools[0]["function"]
-    assert "maria" not in json.dumps(clean.model_dump()).lower()
+    dumped = json.dumps(clean.model_dump())
+    assert "maria" not in dumped.lower() and "555-0147" not in dumped and "Olivia" not in dumped
+    # Only the schema's structured types are looked for there; NER guesses on developer prose are not applied,
+    # but a name the conversation revealed is replaced in the schema too.
+    assert function["description"] == "Escalate to <EMAIL_ADDRESS_1> or <PHONE_NUMBER_1>. Units: Kelvin."
+    properties = function["parameters"]["properties"]
+    assert properties["customer"] == {"type": "string", "description": "Full name, e.g. <PERSON_1>", "default": "null"}
     assert function["name"] == "email_support" and function["parameters"]["required"] == ["to"]
-    assert function["parameters"]["properties"]["to"]["format"] == "email"
-    email_tag = function["parameters"]["properties"]["to"]["enum"][0]
-    assert email_tag.startswith("<EMAIL_ADDRESS_")
-    assert clean.response.tool_calls[0].parsed_arguments() == {"to": email_tag}  # still one of the enum values
+    assert properties["to"]["format"] == "email" and properties["to"]["enum"][0] == "<EMAIL_ADDRESS_1>"
+    assert clean.response.tool_calls[0].parsed_arguments() == {"to": "<EMAIL_ADDRESS_1>", "customer": "<PERSON_1>"}
 
 
 def test_tool_schemas_are_left_alone_when_configured(anonymizer, monkeypatch):
