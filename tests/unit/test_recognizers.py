@@ -149,3 +149,18 @@ def test_ner_only_pipeline_finds_the_same_people_and_places_as_the_full_one(anon
     fast, full = anonymizer.analyze_texts(texts), full_pipeline_anonymizer.analyze_texts(texts)
     assert all(fast[t] and fast[t] == [s for s in full[t] if s.entity_type != "ORGANIZATION"] for t in texts)
     assert anonymize_module._LOWER_LEMMA in anonymizer._spacy.pipe_names
+
+
+def test_skipping_ner_on_lowercase_texts_keeps_the_patterns(anonymizer, monkeypatch):
+    monkeypatch.setattr(anonymizer, "cfg", CFG.model_copy(update={"skip_ner_without_capitals": True}))
+    anonymizer._analysis_cache.clear()
+    sent_to_ner: list[str] = []
+    batch = anonymizer._nlp_engine.process_batch
+    monkeypatch.setattr(anonymizer._nlp_engine, "process_batch",
+                        lambda texts, **kw: batch(sent_to_ner.extend(texts) or texts, **kw))
+    texts = ["mail ops@example.org or call (212) 555-0147 about the phone bill", "Ask Olivia Bennett."]
+    spans = anonymizer.analyze_texts(texts)
+    assert sent_to_ner == ["Ask Olivia Bennett."]
+    assert [s.entity_type for s in spans[texts[0]]] == ["EMAIL_ADDRESS", "PHONE_NUMBER"]
+    assert [s.entity_type for s in spans[texts[1]]] == ["PERSON"]
+    anonymizer._analysis_cache.clear()
