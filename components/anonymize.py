@@ -16,7 +16,6 @@ Framework-free: Presidio and spaCy are imported only when an :class:`Anonymizer`
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -36,7 +35,8 @@ from components.pseudonyms import PseudonymConfig, Pseudonymizer, RecordPseudony
 from components.recognizers import (
     HEALTH_PLAN_ID, MEDICAL_RECORD_NUMBER, SECRET, STREET_ADDRESS, build_recognizers, luhn_valid,  # noqa: F401
 )
-from components.schema import CallRecord, ChatMessage, ToolCall
+from components.record_texts import map_schema_strings, record_texts, rewrite_message
+from components.schema import CallRecord
 
 DEFAULT_ENTITIES = [
     "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "LOCATION",
@@ -45,8 +45,6 @@ DEFAULT_ENTITIES = [
 # Presidio's default regions less CA: libphonenumber validates any North American number under "US".
 PHONE_REGIONS = ["US", "GB", "DE", "FR", "IL", "IN", "BR"]
 _ANALYSIS_CACHE_SIZE = 4096  # system prompts and tool schemas repeat across records: analyse them once
-# Keys of a tool schema whose string values are identifiers or syntax, not free text.
-_SCHEMA_SYNTAX_KEYS = frozenset({"type", "name", "required", "format", "pattern", "$ref", "$schema", "$id"})
 _LOWER_LEMMA = "llm2slm_lower_lemma"
 _NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
 # A name or place has two letters in a row; small NER models tag ids such as "A-20931" as people.
@@ -298,10 +296,10 @@ class Anonymizer:
         def rewrite(text: str) -> str:
             return _replace_spans(text, detected.get(text, []) + _literal_spans(text, known_values), pseudonyms)
 
-        update: dict[str, Any] = {"messages": [_rewrite_message(message, rewrite) for message in record.messages],
-                                  "response": _rewrite_message(record.response, rewrite)}
+        update: dict[str, Any] = {"messages": [rewrite_message(message, rewrite) for message in record.messages],
+                                  "response": rewrite_message(record.response, rewrite)}
         if self.cfg.anonymize_tool_schemas:
-            update["tools"] = _map_schema_strings(record.tools, rewrite)
+            update["tools"] = map_schema_strings(record.tools, rewrite)
         return record.model_copy(update=update), pseudonyms.replaced
 
 
@@ -327,71 +325,6 @@ def _replace_spans(text: str, spans: list[_Span], pseudonyms: RecordPseudonyms) 
         cursor = span.end
     pieces.append(text[cursor:])
     return "".join(pieces)
-
-
-def _map_argument_strings(value: Any, rewrite: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return rewrite(value)
-    if isinstance(value, dict):
-        return {key: _map_argument_strings(item, rewrite) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_map_argument_strings(item, rewrite) for item in value]
-    return value  # numbers, booleans and null keep their JSON type
-
-
-def _map_schema_strings(value: Any, rewrite: Callable[[str], str]) -> Any:
-    """Free text of tool schemas (descriptions, enum values, defaults, examples); names, types and property keys
-    are identifiers the calls refer to and stay."""
-    if isinstance(value, str):
-        return rewrite(value)
-    if isinstance(value, dict):
-        return {key: item if key in _SCHEMA_SYNTAX_KEYS else _map_schema_strings(item, rewrite)
-                for key, item in value.items()}
-    if isinstance(value, list):
-        return [_map_schema_strings(item, rewrite) for item in value]
-    return value
-
-
-def _collect(mapper: Callable[[Any, Callable[[str], str]], Any], value: Any) -> list[str]:
-    texts: list[str] = []
-    mapper(value, lambda text: texts.append(text) or text)
-    return texts
-
-
-def _call_texts(call: ToolCall) -> list[str]:
-    try:
-        return _collect(_map_argument_strings, json.loads(call.arguments))
-    except json.JSONDecodeError:
-        return [call.arguments]
-
-
-def record_texts(record: CallRecord, include_tool_schemas: bool = True) -> list[str]:
-    """Every text of the record in reading order (tool schemas, history, then response), deduplicated."""
-    texts: list[str] = _collect(_map_schema_strings, record.tools) if include_tool_schemas else []
-    for message in [*record.messages, record.response]:
-        if message.content:
-            texts.append(message.content)
-        for call in message.tool_calls:
-            texts.extend(_call_texts(call))
-    return list(dict.fromkeys(texts))
-
-
-def _rewrite_call(call: ToolCall, rewrite: Callable[[str], str]) -> ToolCall:
-    try:
-        parsed = json.loads(call.arguments)
-    except json.JSONDecodeError:
-        return call.model_copy(update={"arguments": rewrite(call.arguments)})
-    rewritten = _map_argument_strings(parsed, rewrite)
-    if rewritten == parsed:
-        return call  # untouched arguments keep the LLM's exact text
-    return call.model_copy(update={"arguments": json.dumps(rewritten, ensure_ascii=False)})
-
-
-def _rewrite_message(message: ChatMessage, rewrite: Callable[[str], str]) -> ChatMessage:
-    return message.model_copy(update={
-        "content": rewrite(message.content) if message.content else message.content,
-        "tool_calls": [_rewrite_call(call, rewrite) for call in message.tool_calls],
-    })
 
 
 class AnonymizationError(RuntimeError):
