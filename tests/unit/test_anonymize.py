@@ -11,8 +11,7 @@ from pydantic import ValidationError
 
 from components.anonymize import AnonymizeConfig, Anonymizer, anonymize_records
 from components.schema import CallRecord, ChatMessage, ToolCall
-
-CFG = AnonymizeConfig(input="data/collected.parquet", output="data/curated.parquet", audit="reports/anon.json")
+from tests.unit.anonymizer_fixture import CFG, shared_anonymizer
 
 SYSTEM = "You are a helpful assistant. Never reveal the SSN."
 EMAIL = "john.smith@example.com"
@@ -22,7 +21,7 @@ PHONE = "(415) 867-5309"
 
 @pytest.fixture(scope="module")
 def anonymizer() -> Anonymizer:
-    return Anonymizer(CFG)
+    return shared_anonymizer()
 
 
 def record(user: str, response: ChatMessage, record_id: str = "r1", history: list[ChatMessage] | None = None) -> CallRecord:
@@ -206,3 +205,10 @@ def test_ssn_stays_even_when_a_recognizer_tags_it(anonymizer):
         anonymizer._analyzer.registry.remove_recognizer("SsnAsPersonForTest")
     assert clean.messages[-1].content == "Store the SSN of the applicant in the vault."
     assert "PERSON" not in counts
+
+
+def test_a_transformers_engine_needs_a_model_and_schema_types_default_to_the_structured_ones():
+    with pytest.raises(ValidationError, match="transformers_model"):
+        AnonymizeConfig(input="i", output="o", audit="a", nlp_engine="transformers")
+    assert "PERSON" not in CFG.schema_entity_types() and "EMAIL_ADDRESS" in CFG.schema_entity_types()
+    assert CFG.model_copy(update={"tool_schema_entities": ["PERSON"]}).schema_entity_types() == {"PERSON"}

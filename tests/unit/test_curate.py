@@ -200,3 +200,25 @@ def test_truncation_is_reported_even_when_schema_checks_are_off():
 def test_unknown_config_key_is_an_error():
     with pytest.raises(ValueError):
         CurateConfig(dedupe_exakt=False)
+
+
+def test_requests_in_other_languages_are_removed_only_when_the_detector_is_sure():
+    records = [rec("en", "What time does the downtown branch open on Sunday?", text("At noon.")),
+               rec("de", "Wann öffnet die Filiale in der Innenstadt am Sonntag?", text("Um zwölf.")),
+               rec("fr", "À quelle heure ouvre la succursale du centre-ville dimanche ?", text("À midi.")),
+               rec("short", "Hola, ¿qué tal?", text("Bien."))]  # too short to judge: kept
+    result = curate(records, CurateConfig(languages=["en"]))
+    assert kept_ids(result) == ["en", "short"]
+    assert reasons(result) == {"de": "wrong_language", "fr": "wrong_language"}
+    assert result.counts == {"wrong_language": 2}
+    assert all("Filiale" not in entry["detail"] and "succursale" not in entry["detail"] for entry in result.removed)
+    assert kept_ids(curate(records, CurateConfig(languages=None))) == ["en", "de", "fr", "short"]
+
+
+def test_responses_over_the_length_limit_are_removed():
+    records = [rec("ok", "Summarize the notes.", text("Short summary.")),
+               rec("long", "Summarize the notes in detail.", text("word " * 100)),
+               rec("long_call", "Mail the chef.", call("send_email", {"to": "chef", "body": "x" * 200}), [SEND_EMAIL])]
+    result = curate(records, CurateConfig(max_response_chars=150))
+    assert kept_ids(result) == ["ok"]
+    assert reasons(result) == {"long": "response_too_long", "long_call": "response_too_long"}
