@@ -25,7 +25,7 @@ def imported_top_level_modules(path: Path) -> set[str]:
 
 def test_components_import_no_orchestration_or_tracking_framework():
     offenders = {str(p.relative_to(ROOT)): sorted(imported_top_level_modules(p) & FRAMEWORKS)
-                 for p in (ROOT / "components").glob("*.py")}
+                 for p in (ROOT / "components").rglob("*.py")}
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
