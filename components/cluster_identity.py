@@ -19,14 +19,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from components.clustering import OUTLIER, unit_rows
 from components.config import StepConfig
-from components.embeddings import TextSettings, embed_cached, embed_texts, task_text
+from components.embeddings import TextSettings, embed_cached, task_text
 from components.schema import CallRecord
 
 ASSIGNMENT_COLUMNS = ["record_id", "cluster_id", "probability"]
@@ -103,7 +102,7 @@ def load_model(folder: Path) -> ClusterModel:
 
 
 def assign(inputs: list[CallRecord] | np.ndarray, model_dir: Path | ClusterModel, record_ids: list[str] | None = None,
-           cache_dir: Path | None = None, embed=embed_texts) -> pd.DataFrame:
+           cache_dir: Path | None = None, embed=None) -> pd.DataFrame:
     """``record_id, cluster_id, probability`` for new calls, against a saved model, without refitting.
 
     ``inputs``: records (embedded with the model's embedding model and text template, through ``cache_dir``) or
@@ -175,6 +174,3 @@ def stable_ids(labels: np.ndarray, record_ids: list[str], unit: np.ndarray, embe
     renamed = np.array([mapping.get(int(label), OUTLIER) for label in by_size], dtype=int)
     return renamed, next_id
 
-
-def model_summary(model: ClusterModel) -> dict[str, Any]:
-    return {"clusters": len(model.cluster_ids), "members": len(model.members), "next_cluster_id": model.next_cluster_id}

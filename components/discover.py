@@ -210,7 +210,7 @@ def _describe_cluster(cluster_id: int, members: np.ndarray, records: list[CallRe
 
 
 def embed_records(records: list[CallRecord], cfg: DiscoverConfig, cache_dir: Path | None = None,
-                  embed=embed_texts) -> tuple[np.ndarray, int]:
+                  embed=None) -> tuple[np.ndarray, int]:
     """The task embeddings of ``records`` (through the cache when ``cache_dir`` is given) and how many texts had
     to be embedded now."""
     texts = [task_text(record, cfg.text) for record in records]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -150,12 +150,13 @@ def _shard_number(path: Path) -> int:
 
 
 def embed_cached(texts: list[str], model_ref: str, cache_dir: Path | None,
-                 embed=embed_texts) -> tuple[np.ndarray, int]:
+                 embed: Callable[[list[str], str], np.ndarray] | None = None) -> tuple[np.ndarray, int]:
     """Embeddings of ``texts`` (one row each) and how many had to be computed; the rest come from the cache.
 
     ``embed(texts, model_ref)`` does the computing (injectable for tests); without ``cache_dir`` nothing is kept.
     Identical texts are embedded once.
     """
+    embed = embed or embed_texts
     if cache_dir is None:
         return embed(list(texts), model_ref), len(texts)
     cache = EmbeddingCache(cache_dir)

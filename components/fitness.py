@@ -28,6 +28,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+from pydantic import field_validator
 
 from components.config import StepConfig
 from components.schema import CallRecord
@@ -42,6 +43,14 @@ class FitnessSettings(StepConfig):
     min_fitness: float = 0.4
     # Per-part minima (a part left out, e.g. cost without costs, is not checked).
     min_parts: dict[str, float] = {"homogeneity": 0.5, "structure": 0.0, "consistency": 0.0}
+
+    @field_validator("weights", "min_parts")
+    @classmethod
+    def _known_parts(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - set(PARTS)
+        if unknown:
+            raise ValueError(f"unknown fitness part(s) {sorted(unknown)}; the parts are {list(PARTS)}")
+        return value
 
 
 def log_span_days(records: list[CallRecord]) -> float | None:
