@@ -33,5 +33,5 @@ def demo_records(categories: list[str], max_records: int, seed: int = 42) -> tup
 
 def embeddings_for(records: list[CallRecord], cfg: DiscoverConfig, cache: Path = CACHE) -> np.ndarray:
     embeddings, embedded_now = embed_records(records, cfg, cache)
-    print(json.dumps({"embedded_now": embedded_now, "from_cache": len(records) - embedded_now}))
+    print(json.dumps({"calls": len(records), "texts_embedded_now": embedded_now}))
     return embeddings

@@ -5,7 +5,7 @@
 The demo builder keeps each call's known task aside (``demo_data.known_group``): for BFCL's live categories the
 Schema-Guided-Dialogue service domain of the expected call (Music, Events, Hotels, ...), for other items the BFCL
 category. Prints, as JSON, the adjusted Rand index (ARI), homogeneity and completeness of the default S3 pipeline
-(MiniLM task embeddings, UMAP, HDBSCAN) against them: over all calls (outliers as one group), over the clustered
+(params.yaml's discover section: MiniLM task embeddings, UMAP, HDBSCAN) against them: over all calls (outliers as one group), over the clustered
 calls only, and restricted to the calls whose known task is a service domain. Target: ARI >= 0.6.
 """
 
@@ -19,6 +19,7 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score, completeness_score, homogeneity_score
 
 from benchmarks.discover_data import demo_records, embeddings_for
+from components.config import load_params, load_section
 from components.discover import DiscoverConfig, discover
 
 
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--categories", nargs="+", default=["live_multiple"])
     parser.add_argument("--records", type=int, default=1053)
     args = parser.parse_args()
-    cfg = DiscoverConfig()
+    cfg = load_section(load_params(), "discover", DiscoverConfig)  # params.yaml of the current directory
     records, groups = demo_records(args.categories, args.records)
     embeddings = embeddings_for(records, cfg)
     started = time.perf_counter()

@@ -25,7 +25,7 @@ import pandas as pd
 
 from components.clustering import OUTLIER, unit_rows
 from components.config import StepConfig
-from components.embeddings import TextSettings, embed_cached, task_text
+from components.embeddings import TextSettings, embed_tasks
 from components.schema import CallRecord
 
 ASSIGNMENT_COLUMNS = ["record_id", "cluster_id", "probability"]
@@ -114,8 +114,7 @@ def assign(inputs: list[CallRecord] | np.ndarray, model_dir: Path | ClusterModel
         embeddings = inputs
         ids = record_ids if record_ids is not None else [str(i) for i in range(len(inputs))]
     else:
-        texts = [task_text(record, model.text) for record in inputs]
-        embeddings, _ = embed_cached(texts, model.embedding_model, cache_dir, embed)
+        embeddings, _ = embed_tasks(list(inputs), model.embedding_model, model.text, cache_dir, embed)
         ids = [record.record_id for record in inputs]
     if len(ids) != len(embeddings):
         raise ValueError(f"{len(embeddings)} embeddings for {len(ids)} record ids")

@@ -29,7 +29,7 @@ class UmapSettings(StepConfig):
 
 class HdbscanSettings(StepConfig):
     min_cluster_size: int = 12
-    min_samples: int | None = 4
+    min_samples: int | None = None  # None: = min_cluster_size (BERTopic's default)
     # "eom" (excess of mass, the default) favours a few large clusters, "leaf" many small homogeneous ones.
     cluster_selection_method: str = "eom"
     # "auto": the `hdbscan` package when installed, else scikit-learn's; or force "hdbscan" / "sklearn".

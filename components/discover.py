@@ -26,7 +26,7 @@ from components.cluster_report import write_cluster_report as write_report_page
 from components.clustering import OUTLIER, HdbscanSettings, UmapSettings, unit_rows
 from components.clustering import cluster_embeddings as _cluster_embeddings
 from components.config import StepConfig
-from components.embeddings import TextSettings, embed_cached, embed_texts, task_text
+from components.embeddings import TextSettings, embed_tasks, embed_texts, task_text
 from components.fitness import FitnessSettings, log_span_days, mark_for_conversion, score_clusters
 from components.schema import CallRecord
 
@@ -213,8 +213,7 @@ def embed_records(records: list[CallRecord], cfg: DiscoverConfig, cache_dir: Pat
                   embed=None) -> tuple[np.ndarray, int]:
     """The task embeddings of ``records`` (through the cache when ``cache_dir`` is given) and how many texts had
     to be embedded now."""
-    texts = [task_text(record, cfg.text) for record in records]
-    return embed_cached(texts, cfg.embedding_model, cache_dir, embed)
+    return embed_tasks(records, cfg.embedding_model, cfg.text, cache_dir, embed)
 
 
 def discover(records: list[CallRecord], cfg: DiscoverConfig, embeddings: np.ndarray | None = None,
@@ -225,7 +224,7 @@ def discover(records: list[CallRecord], cfg: DiscoverConfig, embeddings: np.ndar
     texts = [task_text(record, cfg.text) for record in records]
     embedded_now = 0
     if embeddings is None:
-        embeddings, embedded_now = embed_cached(texts, cfg.embedding_model, cache_dir)
+        embeddings, embedded_now = embed_tasks(records, cfg.embedding_model, cfg.text, cache_dir)
     embeddings = np.asarray(embeddings)
     if len(embeddings) != len(records):
         raise ValueError(f"{len(embeddings)} embeddings for {len(records)} records")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
+from pydantic import field_validator
 
 from components.assets import resolve_model_ref
 from components.config import StepConfig
@@ -27,19 +28,35 @@ _KEY_BYTES = 64  # hex sha256
 
 
 class TextSettings(StepConfig):
-    """How a call becomes its task text.
+    """How a call becomes its task text and its task embedding.
+
+    ``combine: weighted`` (default) embeds the three parts separately and takes the unit-length weighted sum
+    ``w_system * e(system) + w_tools * e(tools) + w_request * e(request)`` (an empty part adds nothing). Each part
+    gets the model's whole input window (MiniLM reads 256 tokens: one long shared system prompt and a tool list
+    would push the request out of a joint text), a prompt shared by every call cannot drown the request, and the
+    few distinct system prompts and tool sets are embedded once each (cache). ``combine: template`` embeds the
+    rendered ``template`` as one text instead.
 
     ``template`` is rendered line by line with ``{system}``, ``{tools}`` and ``{request}``; a line whose
-    placeholders are all empty is left out (a call without tools has no ``Tools:`` line). Repeating a placeholder
-    on several lines weighs that part more. ``tool_signature``: ``names`` (``get_weather``), ``parameters``
+    placeholders are all empty is left out (a call without tools has no ``Tools:`` line). It is the text c-TF-IDF
+    labels are computed from in both modes. ``tool_signature``: ``names`` (``get_weather``), ``parameters``
     (``get_weather(city, unit)``) or ``typed`` (``get_weather(city: string, unit: string)``).
-    ``max_request_chars`` cuts very long requests: the task shows in their beginning, and the model reads only
-    its first ~256 tokens anyway.
+    ``max_request_chars`` cuts very long requests: the task shows in their beginning.
     """
 
+    combine: Literal["weighted", "template"] = "weighted"
+    weights: dict[str, float] = {"system": 0.3, "tools": 0.3, "request": 1.0}
     template: str = DEFAULT_TEMPLATE
     tool_signature: Literal["names", "parameters", "typed"] = "parameters"
     max_request_chars: int = 2000
+
+    @field_validator("weights")
+    @classmethod
+    def _known_parts(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = set(value) - _PLACEHOLDERS
+        if unknown:
+            raise ValueError(f"text weights: unknown part(s) {sorted(unknown)}; the parts are {sorted(_PLACEHOLDERS)}")
+        return value
 
 
 def tool_signature(tool: dict, style: str) -> str:
@@ -56,6 +73,13 @@ def tool_signature(tool: dict, style: str) -> str:
     return f"{name}({', '.join(parts)})"
 
 
+def task_parts(record: CallRecord, settings: TextSettings) -> dict[str, str]:
+    """The three parts that define a call's task: ``system``, ``tools`` (signatures) and ``request``."""
+    return {"system": record.system_prompt.strip(),
+            "tools": "; ".join(tool_signature(tool, settings.tool_signature) for tool in record.tools),
+            "request": record.user_request.strip()[:settings.max_request_chars]}
+
+
 def task_text(record: CallRecord, settings: TextSettings | None = None) -> str:
     """The text that defines a call's task; with the default template, one section per line::
 
@@ -66,9 +90,7 @@ def task_text(record: CallRecord, settings: TextSettings | None = None) -> str:
     The response is left out on purpose: the task is what was asked, not what the LLM answered.
     """
     settings = settings or TextSettings()
-    values = {"system": record.system_prompt.strip(),
-              "tools": "; ".join(tool_signature(tool, settings.tool_signature) for tool in record.tools),
-              "request": record.user_request.strip()[:settings.max_request_chars]}
+    values = task_parts(record, settings)
     lines = []
     for line in settings.template.split("\n"):
         fields = set(_FIELD.findall(line))
@@ -167,3 +189,24 @@ def embed_cached(texts: list[str], model_ref: str, cache_dir: Path | None,
     if not keys:
         return np.zeros((0, 0), dtype=np.float32), 0
     return cache.get(keys), len(missing)
+
+
+def embed_tasks(records: list[CallRecord], model_ref: str, settings: TextSettings, cache_dir: Path | None,
+                embed: Callable[[list[str], str], np.ndarray] | None = None) -> tuple[np.ndarray, int]:
+    """The task embedding of each record (see :class:`TextSettings`) and how many texts had to be embedded now."""
+    if settings.combine == "template" or not records:
+        return embed_cached([task_text(record, settings) for record in records], model_ref, cache_dir, embed)
+    parts = [task_parts(record, settings) for record in records]
+    weighted = [(name, weight) for name, weight in settings.weights.items() if weight]
+    # One embedding call for every distinct text of every part: shared prompts and tool sets cost one vector.
+    texts = sorted({p[name] for p in parts for name, _ in weighted if p[name]})
+    vectors, embedded_now = embed_cached(texts, model_ref, cache_dir, embed)
+    if not texts:
+        raise ValueError("no call has any text in the weighted parts: nothing to embed")
+    row_of = {text: row for row, text in enumerate(texts)}
+    combined = np.zeros((len(records), vectors.shape[1]), dtype=np.float32)
+    for name, weight in weighted:
+        present = [i for i, p in enumerate(parts) if p[name]]
+        combined[present] += weight * vectors[[row_of[parts[i][name]] for i in present]]
+    norms = np.linalg.norm(combined, axis=1, keepdims=True)
+    return combined / np.maximum(norms, 1e-12), embedded_now

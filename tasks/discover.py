@@ -42,7 +42,7 @@ def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig |
         summary = {"records": len(records), "clusters": len(result.clusters),
                    "candidates": sum(c["candidate"] for c in result.clusters),
                    "clusters_to_convert": len(to_convert), "outlier_share": result.outlier_share,
-                   "embedded_now": result.embedded_now, "embedding_cache_hits": len(records) - result.embedded_now,
+                   "texts_embedded_now": result.embedded_now,
                    "kept_cluster_ids": len({c["cluster_id"] for c in result.clusters}
                                            & set(previous.cluster_ids if previous else []))}
         log_numeric_metrics(summary)
@@ -51,7 +51,7 @@ def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig |
     labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']}, fitness {c['fitness']:.2f})"
                        for c in to_convert)
     say(f"S3 discover: {summary['clusters']} clusters ({summary['candidates']} candidates), outliers "
-        f"{summary['outlier_share']:.0%}, {summary['embedded_now']} texts embedded (rest cached); "
+        f"{summary['outlier_share']:.0%}, {summary['texts_embedded_now']} texts embedded (the rest cached); "
         f"to convert: {labels or 'none'}")
     if not to_convert:
         largest = max((c["size"] for c in result.clusters), default=0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from components.embeddings import EmbeddingCache, TextSettings, cache_key, embed_cached, task_text
+from components.embeddings import EmbeddingCache, TextSettings, cache_key, embed_cached, embed_tasks, task_text
 from tests.unit.test_discover import call
 
 
@@ -66,3 +66,25 @@ def test_without_a_cache_every_text_is_embedded():
     model = CountingModel()
     _, computed = embed_cached(["a", "b"], "m", None, model)
     assert computed == 2 and model.seen == ["a", "b"]
+
+
+def test_weighted_parts_embed_each_distinct_part_once_and_combine_to_unit_vectors(tmp_path):
+    model = CountingModel()
+    records = [call(f"r{i}", 0, i) for i in range(6)]  # one system prompt, one tool set, five distinct requests
+    records.append(records[0].model_copy(update={"record_id": "no-system", "messages": records[0].messages[1:]}))
+    settings = TextSettings(weights={"system": 0.3, "tools": 0.5, "request": 1.0})
+    vectors, computed = embed_tasks(records, "m", settings, tmp_path, model)
+    assert computed == 2 + 5 and len(model.seen) == len(set(model.seen))
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    part = {text: model([text], "m")[0] for text in set(model.seen)}
+    system, tools, request = (records[1].system_prompt, task_text(records[1]).split("Tools: ")[1].split("\n")[0],
+                              records[1].user_request)
+    expected = 0.3 * part[system] + 0.5 * part[tools] + part[request]
+    assert np.allclose(vectors[1], expected / np.linalg.norm(expected), atol=1e-5)
+    no_system = 0.5 * part[tools] + part[records[0].user_request]  # a missing part adds nothing
+    assert np.allclose(vectors[-1], no_system / np.linalg.norm(no_system), atol=1e-5)
+    assert np.allclose(vectors[0], vectors[5])  # same request (city cycles over five): same task vector
+    template, _ = embed_tasks(records[:2], "m", TextSettings(combine="template"), None, model)
+    assert np.allclose(template[0], model([task_text(records[0])], "m")[0])
+    with pytest.raises(ValueError, match="unknown part"):
+        TextSettings(weights={"answer": 1.0})
