@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from components.cluster_identity import (ASSIGNMENT_COLUMNS, AssignSettings, ClusterModel, IdentitySettings,
-                                         build_model, stable_ids)
+                                         assign, build_model, stable_ids)
 from components.cluster_report import write_cluster_map
 from components.cluster_report import write_cluster_report as write_report_page
 from components.clustering import OUTLIER, HdbscanSettings, UmapSettings, unit_rows
@@ -61,6 +61,9 @@ class DiscoverConfig(StepConfig):
     text: TextSettings = TextSettings()
     umap: UmapSettings = UmapSettings()
     hdbscan: HdbscanSettings = HdbscanSettings()
+    # Above this many calls UMAP + HDBSCAN fit a seeded sample and the rest are placed by nearest centroid
+    # (cluster_identity.assign): time and memory stay bounded, and a sample finds the same clusters (benchmarks/).
+    max_fit_calls: int | None = 10000
     top_terms: int = 6
     test_fraction: float = 0.2
     max_test_per_cluster: int = 10
@@ -216,6 +219,26 @@ def embed_records(records: list[CallRecord], cfg: DiscoverConfig, cache_dir: Pat
     return embed_tasks(records, cfg.embedding_model, cfg.text, cache_dir, embed)
 
 
+def _fit_labels(embeddings: np.ndarray, unit: np.ndarray, record_ids: list[str], cfg: DiscoverConfig, reducer: Any,
+                clusterer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of every call: fitted on all of them, or on a seeded sample of ``max_fit_calls``
+    with the others placed by nearest centroid."""
+    n_calls = len(embeddings)
+    if not cfg.max_fit_calls or n_calls <= cfg.max_fit_calls:
+        return cluster_embeddings(embeddings, cfg, reducer, clusterer)
+    sample = np.sort(np.random.default_rng(cfg.seed).choice(n_calls, cfg.max_fit_calls, replace=False))
+    rest = np.setdiff1d(np.arange(n_calls), sample)
+    sample_labels, sample_probabilities = cluster_embeddings(embeddings[sample], cfg, reducer, clusterer)
+    sample_model = build_model(unit[sample], sample_labels, [record_ids[i] for i in sample], cfg.embedding_model,
+                               cfg.text, cfg.assign)
+    placed = assign(unit[rest], sample_model, [record_ids[i] for i in rest])
+    labels = np.empty(n_calls, dtype=int)
+    probabilities = np.empty(n_calls, dtype=float)
+    labels[sample], probabilities[sample] = sample_labels, sample_probabilities
+    labels[rest], probabilities[rest] = placed.cluster_id.to_numpy(), placed.probability.to_numpy()
+    return labels, probabilities
+
+
 def discover(records: list[CallRecord], cfg: DiscoverConfig, embeddings: np.ndarray | None = None,
              reducer: Any = None, clusterer: Any = None, previous: ClusterModel | None = None,
              cache_dir: Path | None = None) -> DiscoveryResult:
@@ -228,9 +251,9 @@ def discover(records: list[CallRecord], cfg: DiscoverConfig, embeddings: np.ndar
     embeddings = np.asarray(embeddings)
     if len(embeddings) != len(records):
         raise ValueError(f"{len(embeddings)} embeddings for {len(records)} records")
-    raw_labels, probabilities = cluster_embeddings(embeddings, cfg, reducer, clusterer)
     record_ids = [record.record_id for record in records]
     unit = unit_rows(embeddings) if len(embeddings) else embeddings
+    raw_labels, probabilities = _fit_labels(embeddings, unit, record_ids, cfg, reducer, clusterer)
     labels, next_id = stable_ids(raw_labels, record_ids, unit, cfg.embedding_model, previous, cfg.identity)
     terms = label_clusters(texts, labels, cfg.top_terms)
     members_of = {c: np.flatnonzero(labels == c) for c in sorted(terms)}

@@ -42,7 +42,7 @@ class FitnessSettings(StepConfig):
     full_volume_calls_per_day: float = 1000.0
     min_fitness: float = 0.4
     # Per-part minima (a part left out, e.g. cost without costs, is not checked).
-    min_parts: dict[str, float] = {"homogeneity": 0.5, "structure": 0.0, "consistency": 0.0}
+    min_parts: dict[str, float] = {"homogeneity": 0.4, "structure": 0.0, "consistency": 0.0}
 
     @field_validator("weights", "min_parts")
     @classmethod

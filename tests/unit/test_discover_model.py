@@ -147,3 +147,15 @@ def test_without_costs_or_timestamps_the_parts_fall_back_and_weights_renormalize
 def test_unknown_fitness_part_is_an_error():
     with pytest.raises(ValueError, match="unknown fitness part"):
         FitnessSettings(weights={"volume": 1.0, "speed": 1.0})
+
+
+def test_above_max_fit_calls_a_sample_is_fitted_and_the_rest_placed_by_centroid():
+    records, embeddings, truth = dataset()
+    from sklearn.metrics import adjusted_rand_score
+
+    sampled = discover(records, config(max_fit_calls=60), embeddings=embeddings, reducer=pca())
+    labels = sampled.assignments.cluster_id.to_numpy()
+    assert len(labels) == len(records) and adjusted_rand_score(truth, labels) > 0.8
+    assert set(labels[truth == -1]) == {-1}  # far points join no centroid
+    assert [c["size"] for c in sampled.clusters] == sorted((c["size"] for c in sampled.clusters), reverse=True)
+    assert sum(c["size"] for c in sampled.clusters) == int((labels >= 0).sum())
