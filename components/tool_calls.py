@@ -83,7 +83,23 @@ def _value_matches(value: Any, options: list[Any], schema: dict[str, Any] | None
     if expected is float and type(value) is int:  # Python's int -> float promotion; bool is not an int here
         value = float(value)
     if expected is not None and type(value) is not expected:
-        return False
+        # BFCL's "variable" case: an acceptable value of another type than the schema's (e.g. a variable name)
+        answer_type = _expected_type(options, None)
+        if answer_type is None or answer_type is expected or type(value) is not answer_type:
+            return False
+    elif expected is list and isinstance(schema.get("items"), dict):
+        # one level of item types, as BFCL checks them: no int -> float promotion inside lists, but an item of
+        # the type the acceptable list's items have passes (BFCL's "variable" case again)
+        item_type = _PYTHON_TYPES.get(schema["items"].get("type"))
+
+        def items_typed(option: Any) -> bool:
+            if not isinstance(option, list):
+                return True  # BFCL only checks item types against acceptable values that are lists
+            answer_type = _expected_type(option, None)
+            return all(type(item) is item_type or type(item) is answer_type for item in value)
+
+        if item_type is not None and not any(items_typed(option) for option in options):
+            return False
     if isinstance(value, dict):
         return any(_object_matches(value, option) for option in options if option != OPTIONAL)
     if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
@@ -235,7 +251,10 @@ def _schema_valid(call: ToolCall, parameters: dict[str, dict[str, Any]], has_too
     import jsonschema
 
     schema = json_schema_form(parameters[call.name] or {"type": "object"})
-    return jsonschema.Draft202012Validator(schema).is_valid(arguments)
+    try:
+        return jsonschema.Draft202012Validator(schema).is_valid(arguments)
+    except (jsonschema.exceptions.SchemaError, jsonschema.exceptions.UnknownType):
+        return True  # the tool's own schema is not JSON Schema (e.g. "String"): only JSON validity is known
 
 
 def json_schema_form(schema: Any) -> Any:

@@ -157,3 +157,18 @@ def test_output_type_is_detected_from_the_reference_answers():
     assert detect_output_type([text, js]) == "json"  # a tie goes to the stricter type
     assert detect_output_type([text, text, js]) == "text"
     assert detect_output_type([]) == "text"
+
+
+def test_a_tool_schema_that_is_not_json_schema_leaves_only_json_validity():
+    odd = [{"name": "area", "parameters": {"type": "dict", "properties": {"base": {"type": "String"}}}}]
+    assert score_tool_calls([call("area", base="x")], [call("area", base="x")], odd)["schema_valid"] == 1.0
+
+
+def test_list_item_types_follow_bfcl():
+    tool = [{"name": "sort", "parameters": {"type": "object", "properties": {
+        "values": {"type": "array", "items": {"type": "number"}}}}}]
+    floats = [("sort", {"values": [[1.0, 2.0]]})]
+    ints = [("sort", {"values": [[1, 2]]})]
+    assert full([call("sort", values=[1.0, 2.0])], floats, tool) == 1.0
+    assert full([call("sort", values=[1, 2])], floats, tool) == 0.0  # no int -> float promotion inside lists
+    assert full([call("sort", values=[1, 2])], ints, tool) == 1.0  # ...unless the answer itself holds ints
