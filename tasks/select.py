@@ -1,18 +1,23 @@
-"""S4 task: benchmark the candidate SLMs zero-shot per conversion cluster and pick one each."""
+"""S4 task: benchmark the catalog candidates zero-/few-shot per conversion cluster and pick one each."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import mlflow
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import slm
+from components.assets import resolve_model_ref
+from components.catalog import CatalogEntry, install_chat_template, load_catalog
 from components.config import resolve
+from components.judge import make_judge
 from components.schema import CallRecord, read_records, write_table
-from components.select import Candidate, SelectConfig, benchmark_candidates
+from components.select import Answer, Answers, SelectConfig, benchmark_candidates, leaderboard_table, metrics_view
+from components.select_labels import read_ground_truth
 from tasks.progress import Progress, say
 from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
@@ -28,6 +33,58 @@ def generate_answers(reference: str, records: list[CallRecord], max_new_tokens: 
     return [(g.text, g.latency_ms) for g in generations]
 
 
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def load_candidate(entry: CatalogEntry):
+    """(model, tokenizer) of a catalog entry; a model without a chat template gets the catalog's one first."""
+    if entry.template is not None:
+        folder = slm.prepare_model(entry.ref)
+        if Path(folder).is_dir():
+            install_chat_template(folder, entry.template)
+    return slm.load_model(entry.ref)
+
+
+def make_answerer(cfg: SelectConfig):
+    loaded: dict[str, tuple] = {}  # one candidate in memory at a time, loaded once for every cluster and mode
+
+    def answer(entry: CatalogEntry, records: list[CallRecord]) -> Answers:
+        if entry.name not in loaded:
+            loaded.clear()
+            loaded[entry.name] = load_candidate(entry)
+        model, tokenizer = loaded[entry.name]
+        peak = [rss_mb()]
+        progress = Progress(f"S4 {entry.name}", len(records))
+
+        def sample(done: int, total: int) -> None:
+            peak.append(rss_mb())  # after each batch: the KV cache of the batch is still alive
+            progress(done, total)
+
+        generations = slm.generate(model, tokenizer, records, max_new_tokens=cfg.max_new_tokens,
+                                   batch_size=cfg.batch_size, progress=sample)
+        return Answers([Answer(g.text, g.latency_ms, g.completion_tokens) for g in generations], max(peak))
+
+    return answer
+
+
+def make_embedder(model_ref: str):
+    """A texts -> unit vectors function, loading the sentence-transformers model on first use only (a run
+    without few-shot or text clusters never pays for it)."""
+    model = []
+
+    def embed(texts):
+        if not model:
+            from sentence_transformers import SentenceTransformer
+
+            model.append(SentenceTransformer(resolve_model_ref(model_ref), device="cpu"))
+        return model[0].encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
+
+    return embed
+
+
 @task(name="S4 select", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | None = None,
                 parent_run_id: str | None = None) -> dict:
@@ -35,22 +92,29 @@ def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | Non
         records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
         clusters = json.loads(resolve(workdir, cfg.clusters).read_text())
         splits = pd.read_parquet(resolve(workdir, cfg.splits))
-
-        loaded: dict[str, tuple] = {}  # each candidate is loaded once and answers every cluster
-
-        def answer(candidate: Candidate, batch: list[CallRecord]) -> list[tuple[str, float]]:
-            if candidate.ref not in loaded:
-                loaded.clear()  # one candidate in memory at a time
-                loaded[candidate.ref] = slm.load_model(candidate.ref)
-            return generate_answers(candidate.ref, batch, cfg.max_new_tokens, cfg.batch_size,
-                                    f"S4 {candidate.name}", loaded=loaded[candidate.ref])
-
-        result = benchmark_candidates(records, clusters, splits, cfg, answer, slm.parse_completion)
+        labels = read_ground_truth(resolve(workdir, cfg.ground_truth)) if cfg.ground_truth else None
+        result = benchmark_candidates(records, clusters, splits, cfg, load_catalog(cfg.catalog), make_answerer(cfg),
+                                      slm.parse_completion, embed=make_embedder(cfg.embedding_model),
+                                      judge=make_judge(cfg.judge), ground_truth=labels)
         write_table(result.predictions, resolve(workdir, cfg.predictions))
+        write_table(result.candidate_predictions, resolve(workdir, cfg.candidate_predictions))
+        table = leaderboard_table(result.leaderboard)
+        table_path = resolve(workdir, cfg.leaderboard_table)
+        table_path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(table_path, index=False)
+        mlflow.log_artifact(str(table_path))
+        mlflow.log_table(table, artifact_file="leaderboard_table.json")
         for report in result.leaderboard["clusters"]:
             for entry in report["results"]:
-                log_numeric_metrics(entry["scores"], f"cluster_{report['cluster_id']}.{entry['candidate']}.")
+                log_numeric_metrics({**entry["scores"], "cost_per_1k_calls_usd": entry["cost_per_1k_calls_usd"],
+                                     "latency_ms_p95": entry["latency_ms_p95"]},
+                                    f"cluster_{report['cluster_id']}.{entry['candidate']}.{entry['mode']}.")
         log_json_artifact(result.leaderboard, resolve(workdir, cfg.leaderboard))
+        log_json_artifact(metrics_view(result.leaderboard), resolve(workdir, cfg.metrics))
+    for candidate in result.leaderboard["candidates"]:
+        if candidate["status"] == "skipped":
+            say(f"S4 select: {candidate['name']} skipped: {candidate['reason']}")
     for report in result.leaderboard["clusters"]:
-        say(f"S4 select: cluster #{report['cluster_id']} -> {report['selected']}")
+        say(f"S4 select: cluster #{report['cluster_id']} -> {report['selected']} ({report['selected_mode']}): "
+            f"{report['reason']}")
     return result.leaderboard

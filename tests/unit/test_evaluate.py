@@ -21,15 +21,21 @@ WEATHER = call("get_weather", '{"city": "Paris", "days": 3}')
 
 def test_identical_calls_score_one_everywhere():
     assert score_tool_calls([WEATHER], [WEATHER]) == {
-        "function_name_accuracy": 1.0, "argument_accuracy": 1.0, "full_call_match": 1.0}
+        "function_name_accuracy": 1.0, "argument_accuracy": 1.0, "full_call_match": 1.0, "valid_json": 1.0,
+        "schema_valid": 1.0}
 
 
-def test_lenient_values_match_numbers_case_whitespace_and_nesting():
-    expected = [call("book", '{"city": "New York", "guests": 2, "price": 5, "dates": ["Mon", "Tue"], '
+def test_lenient_values_match_case_spaces_punctuation_and_nesting_but_not_types():
+    expected = [call("book", '{"city": "New York", "guests": 2, "price": 5.0, "dates": ["Mon", "Tue"], '
                              '"filters": {"pool": true, "stars": 4}}')]
-    predicted = [call("book", '{"city": "  new   york ", "guests": 2.0, "price": "5", "dates": ["mon", "TUE"], '
-                              '"filters": {"stars": 4.0, "pool": true}}')]
+    predicted = [call("book", '{"city": "  new-york ", "guests": 2, "price": 5, "dates": ["mon", "TUE"], '
+                              '"filters": {"stars": 4, "pool": true}}')]
     assert score_tool_calls(predicted, expected)["full_call_match"] == 1.0
+    # BFCL type checks: a string is not a number, a float is not an int.
+    as_string = call("book", predicted[0].arguments.replace('"price": 5', '"price": "5"'))
+    assert score_tool_calls([as_string], expected)["full_call_match"] == 0.0
+    as_float = call("book", predicted[0].arguments.replace('"guests": 2', '"guests": 2.0'))
+    assert score_tool_calls([as_float], expected)["full_call_match"] == 0.0
 
 
 def test_bool_is_not_a_number_and_list_order_counts():
@@ -47,7 +53,8 @@ def test_parallel_calls_in_another_order_still_match():
 
 def test_wrong_argument_value_fails_full_match_but_keeps_the_name():
     scores = score_tool_calls([call("get_weather", '{"city": "Paris", "days": 4}')], [WEATHER])
-    assert scores == {"function_name_accuracy": 1.0, "argument_accuracy": 0.5, "full_call_match": 0.0}
+    assert scores == {"function_name_accuracy": 1.0, "argument_accuracy": 0.5, "full_call_match": 0.0,
+                      "valid_json": 1.0, "schema_valid": 1.0}
 
 
 def test_extra_argument_fails_full_match_but_not_argument_accuracy():
@@ -75,7 +82,8 @@ def test_missing_and_extra_calls_cost_name_accuracy():
     assert score_tool_calls([WEATHER, other], [WEATHER])["function_name_accuracy"] == 0.5
     assert score_tool_calls([WEATHER, other], [WEATHER])["full_call_match"] == 0.0
     assert score_tool_calls([], [WEATHER]) == {
-        "function_name_accuracy": 0.0, "argument_accuracy": 0.0, "full_call_match": 0.0}
+        "function_name_accuracy": 0.0, "argument_accuracy": 0.0, "full_call_match": 0.0, "valid_json": 0.0,
+        "schema_valid": 0.0}
     assert score_tool_calls([call("get_time", '{"city": "Paris", "days": 3}')], [WEATHER])["argument_accuracy"] == 0.0
 
 
@@ -86,7 +94,7 @@ def test_argument_accuracy_pairs_same_name_calls_at_best():
 
 
 def test_text_scores():
-    assert score_text("The cat sat.", "the cat  sat") == {"token_f1": 1.0, "exact_match": 1.0}
+    assert score_text("The cat sat.", "the cat  sat") == {"token_f1": 1.0, "exact_match": 1.0, "rouge_l": 1.0}
     scores = score_text("the cat sat on the mat", "the cat sat")
     assert scores["exact_match"] == 0.0
     assert scores["token_f1"] == pytest.approx(2 * (3 / 6) * 1.0 / (3 / 6 + 1.0))
@@ -99,11 +107,12 @@ def test_score_pairs_averages_per_kind():
     predicted = [ChatMessage(role="assistant", tool_calls=[WEATHER]),
                  ChatMessage(role="assistant", content="I cannot call tools.")]
     scores = score_pairs(expected, predicted, "tool_call")
-    assert scores == {"function_name_accuracy": 0.5, "argument_accuracy": 0.5, "full_call_match": 0.5}
+    assert scores == {"function_name_accuracy": 0.5, "argument_accuracy": 0.5, "full_call_match": 0.5,
+                      "valid_json": 0.5, "schema_valid": 0.5}
     text = score_pairs([ChatMessage(role="assistant", content="yes it is")],
                        [ChatMessage(role="assistant", content="Yes, it is!")], "text")
-    assert text == {"token_f1": 1.0, "exact_match": 1.0}
-    assert PRIMARY_METRIC == {"tool_call": "full_call_match", "text": "token_f1"}
+    assert text == {"token_f1": 1.0, "exact_match": 1.0, "rouge_l": 1.0}
+    assert PRIMARY_METRIC == {"tool_call": "full_call_match", "json": "field_match", "text": "token_f1"}
     with pytest.raises(ValueError):
         score_pairs(expected, predicted[:1], "tool_call")
 
