@@ -111,28 +111,28 @@ def test_early_stopping_on_validation_loss(tiny_model_dir: str, records: list[Ca
 
 def test_killed_run_resumes_and_a_finished_run_is_not_repeated(tiny_model_dir: str, records: list[CallRecord],
                                                                tmp_path: Path) -> None:
-    config = tiny_config(max_steps=4, save_steps=1)
+    config = tiny_config(max_steps=3, save_steps=1)
     output, checkpoints = tmp_path / "adapter", tmp_path / "checkpoints"
 
-    def kill_at_step_3(step: int, total: int, loss: float) -> None:
-        if step == 3:
+    def kill_at_step_2(step: int, total: int, loss: float) -> None:
+        if step == 2:  # logged before step 2 is checkpointed
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        finetune(tiny_model_dir, records, config, output, progress_callback=kill_at_step_3,
+        finetune(tiny_model_dir, records, config, output, progress_callback=kill_at_step_2,
                  checkpoint_dir=checkpoints)
-    assert (checkpoints / "checkpoint-2").exists() and not (output / "adapter_model.safetensors").exists()
+    assert (checkpoints / "checkpoint-1").exists() and not (output / "adapter_model.safetensors").exists()
 
     resumed = finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints)
-    assert resumed.resumed_from_step == 2 and resumed.steps == 4 and not resumed.reused
-    assert [step for step, _ in resumed.loss_history] == [1, 2, 3, 4]
+    assert resumed.resumed_from_step == 1 and resumed.steps == 3 and not resumed.reused
+    assert [step for step, _ in resumed.loss_history] == [1, 2, 3]
     assert not checkpoints.exists()  # a finished run keeps only its output
 
     weights = output / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns
     again = finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints)
     assert again.reused and again.fingerprint == resumed.fingerprint and weights.stat().st_mtime_ns == written
-    changed = finetune(tiny_model_dir, records, tiny_config(max_steps=4, save_steps=1, learning_rate=5e-3), output,
+    changed = finetune(tiny_model_dir, records, tiny_config(max_steps=1, learning_rate=5e-3), output,
                        checkpoint_dir=checkpoints)
     assert not changed.reused and changed.fingerprint != resumed.fingerprint and weights.stat().st_mtime_ns != written
     assert json.loads((output / "fingerprint.json").read_text())["fingerprint"] == changed.fingerprint
