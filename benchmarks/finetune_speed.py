@@ -4,7 +4,8 @@
 
 Each setting runs in its own process (so its peak RSS is its own) on the cluster's training split, at the demo
 settings (LoRA r=16 on all linear layers, batch 4, max_length 512). Seconds per step leave out the first step
-(warm-up); tokens are the non-padding tokens the model was trained on. Run it on an idle machine.
+(warm-up); tokens are the non-padding tokens the model was trained on. CPU seconds per step (all threads of the
+process) are printed beside wall seconds: on a shared machine they change much less with the other load.
 """
 
 from __future__ import annotations
@@ -40,19 +41,24 @@ def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str) 
     train = split_records(records, pd.read_parquet(workdir / "data/splits/splits.parquet"), cluster, "train")
     config = FinetuneConfig.model_validate({**DEMO, "max_steps": steps, **SETTINGS[name]})
     step_times: list[float] = []
-    last = [time.perf_counter()]
+    cpu_times: list[float] = []
+    last = [time.perf_counter(), time.process_time()]
 
     def on_step(step: int, total: int, loss: float) -> None:
-        now = time.perf_counter()
-        step_times.append(now - last[0])
-        last[0] = now
+        now = [time.perf_counter(), time.process_time()]
+        step_times.append(now[0] - last[0])
+        cpu_times.append(now[1] - last[1])
+        last[:] = now
 
     with tempfile.TemporaryDirectory() as output:
         result = finetune(model, train, config, Path(output) / "adapter", progress_callback=on_step)
-    steady = step_times[1:] or step_times
+    steady, steady_cpu = step_times[1:] or step_times, cpu_times[1:] or cpu_times
     seconds_per_step = sum(steady) / len(steady)
+    cpu_seconds_per_step = sum(steady_cpu) / len(steady_cpu)
     tokens_per_step = result.trained_tokens / max(result.steps, 1)
     return {"setting": name, "seconds_per_step": round(seconds_per_step, 2),
+            "cpu_seconds_per_step": round(cpu_seconds_per_step, 2),
+            "tokens_per_cpu_s": round(tokens_per_step / cpu_seconds_per_step, 1),
             "tokens_per_call": round(result.mean_tokens_per_call, 1), "tokens_per_step": round(tokens_per_step),
             "trained_tokens_per_s": round(tokens_per_step / seconds_per_step, 1),
             "first_step_s": round(step_times[0], 2), "total_s": round(result.seconds, 1),
