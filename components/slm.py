@@ -24,6 +24,8 @@ from components.schema import CallRecord, ChatMessage, ToolCall
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from components.prompt_pruning import PromptSpec
+
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TOOLS_HEADER = "\n\nYou can call these functions:\n<tools>\n"
 TOOLS_FOOTER = (
@@ -36,6 +38,8 @@ _TOOL_CALL_PATTERN = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.
 _CODE_FENCE_PATTERN = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 ProgressCallback = Callable[[int, int], None]  # (records done, records in all)
+# A model loaded from a folder with a prompt spec carries it here, so generation builds the prompt it was trained on.
+PROMPT_SPEC_ATTRIBUTE = "llm2slm_prompt_spec"
 
 
 @dataclass
@@ -88,20 +92,28 @@ def prepare_model(reference: str) -> str:
 
 
 def load_model(reference: str, adapter_dir: str | Path | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The model (eval mode, optionally with a PEFT adapter on top) and its tokenizer, set up for batched generation."""
+    """The model (eval mode, optionally with a PEFT adapter on top) and its tokenizer, set up for batched generation.
+
+    ``adapter_dir`` may also hold a whole model (a full fine-tune or a merged adapter): it is then loaded instead of
+    ``reference``. The folder's prompt spec (prompt pruning), if any, is attached to the model for :func:`generate`.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = prepare_model(reference)
+    from components.prompt_pruning import load_prompt_spec
+
+    whole_model = adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").exists()
+    folder = str(adapter_dir) if whole_model else prepare_model(reference)
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir or folder)
     tokenizer.padding_side = "left"  # decoder-only batches must end where generation starts
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    if adapter_dir is not None:
+    if adapter_dir is not None and not whole_model:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_dir))
+    setattr(model, PROMPT_SPEC_ATTRIBUTE, load_prompt_spec(adapter_dir or folder))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.eval()
     return model, tokenizer
@@ -141,7 +153,7 @@ def _parameter_list(schema: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _tool_signature(tool: dict[str, Any]) -> str:
+def tool_signature(tool: dict[str, Any], with_description: bool = True) -> str:
     """One line per tool: ``name(arg: type, optional?: type = default) - description``.
 
     The full JSON schema of a typical tool costs ~100 tokens, mostly parameter descriptions; this form keeps the
@@ -151,14 +163,22 @@ def _tool_signature(tool: dict[str, Any]) -> str:
     function = tool.get("function", tool)  # OpenAI form {"type": "function", "function": {...}} or bare
     parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
     description = (function.get("description") or "").strip()
-    return f"{function.get('name', '')}({_parameter_list(parameters)})" + (f" - {description}" if description else "")
+    signature = f"{function.get('name', '')}({_parameter_list(parameters)})"
+    return signature + (f" - {description}" if description and with_description else "")
 
 
-def build_messages(record: CallRecord) -> list[dict[str, str]]:
-    """The chat messages the SLM sees for a call: tools in the system prompt, tool turns as plain text."""
-    system = record.system_prompt.strip() or DEFAULT_SYSTEM_PROMPT
-    if record.tools:
-        system += TOOLS_HEADER + "\n".join(_tool_signature(tool) for tool in record.tools) + TOOLS_FOOTER
+def build_messages(record: CallRecord, spec: PromptSpec | None = None) -> list[dict[str, str]]:
+    """The chat messages the SLM sees for a call: tools in the system prompt, tool turns as plain text.
+
+    Without a spec this is the full prompt (what a base model needs); with one, the cluster's compact prompt
+    (components/prompt_pruning.py).
+    """
+    if spec is not None:
+        system = spec.system_content(record)
+    else:
+        system = record.system_prompt.strip() or DEFAULT_SYSTEM_PROMPT
+        if record.tools:
+            system += TOOLS_HEADER + "\n".join(tool_signature(tool) for tool in record.tools) + TOOLS_FOOTER
     messages = [{"role": "system", "content": system}]
     for message in record.messages:
         if message.role in ("system", "developer"):
@@ -227,8 +247,8 @@ def parse_completion(text: str) -> ChatMessage:
 # ---------------------------------------------------------------------------------------------------- generation
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, record: CallRecord) -> str:
-    return tokenizer.apply_chat_template(build_messages(record), tokenize=False, add_generation_prompt=True)
+def render_prompt(tokenizer: PreTrainedTokenizerBase, record: CallRecord, spec: PromptSpec | None = None) -> str:
+    return tokenizer.apply_chat_template(build_messages(record, spec), tokenize=False, add_generation_prompt=True)
 
 
 def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -249,14 +269,18 @@ def generate(
     batch_size: int = 8,
     progress: ProgressCallback | None = None,
 ) -> list[Generation]:
-    """Greedy completions, one per record in the given order; latency is the batch's wall time shared evenly."""
+    """Greedy completions, one per record in the given order; latency is the batch's wall time shared evenly.
+
+    The prompt is the one the model was trained on: its folder's prompt spec when :func:`load_model` found one.
+    """
     import torch
 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     stop_ids = _stop_token_ids(tokenizer)
-    prompts = [render_prompt(tokenizer, record) for record in records]
+    spec = getattr(model, PROMPT_SPEC_ATTRIBUTE, None)
+    prompts = [render_prompt(tokenizer, record, spec) for record in records]
     # Batching prompts of similar length wastes less compute on padding; results go back to the input order.
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
     results: list[Generation | None] = [None] * len(prompts)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.finetune import run_finetune
 from flows.steps import load_pipeline_config
 from tasks.anonymize import anonymize_task
 from tasks.collect import collect_task
 from tasks.discover import discover_task
 from tasks.evaluate import evaluate_task
-from tasks.finetune import finetune_task
 from tasks.select import select_task
 from tasks.tracking import end_parent_run, start_parent_run
 
@@ -32,7 +32,7 @@ def llm_to_slm(params_path: str, workdir: str = ".", input_path: str | None = No
         anonymize_task(steps["anonymize"], root, tracking, parent)
         discover_task(steps["discover"], root, tracking, parent)
         select_task(steps["select"], root, tracking, parent)
-        finetune_task(steps["finetune"], root, tracking, parent)
+        run_finetune(steps["finetune"], root, tracking, parent)  # in-process, or on a GPU pool
         evaluation = evaluate_task(steps["evaluate"], root, tracking, parent)
     except BaseException:
         end_parent_run(parent, "FAILED")
