@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.config import resolve
-from components.discover import DiscoverConfig, discover, write_cluster_report
+from components.discover import DiscoverConfig, discover, embed_texts, task_text, write_cluster_report
 from components.schema import read_records, write_table
+from tasks.parallel import map_partitions
 from tasks.progress import say
 from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
@@ -18,10 +21,15 @@ from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metric
 
 @task(name="S3 discover", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                  parent_run_id: str | None = None) -> dict:
+                  parent_run_id: str | None = None, partitions: int = 1) -> dict:
     with step_run("discover", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
-        result = discover(records, cfg)
+        embeddings = None
+        if partitions > 1 and records:  # the embedding is the data-parallel part; clustering needs them all
+            texts = [task_text(record) for record in records]
+            embeddings = np.concatenate(map_partitions(partial(embed_texts, model_ref=cfg.embedding_model),
+                                                       texts, partitions))
+        result = discover(records, cfg, embeddings=embeddings)
         write_table(result.assignments, resolve(workdir, cfg.assignments))
         write_table(result.splits, resolve(workdir, cfg.splits))
         log_json_artifact(result.clusters, resolve(workdir, cfg.clusters))
