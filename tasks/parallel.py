@@ -27,6 +27,9 @@ class ExecutionConfig(StepConfig):
     dask_address: str | None = None
     dask_workers: int = Field(default=2, ge=1)         # local cluster only
     dask_threads_per_worker: int = Field(default=1, ge=1)
+    # Local cluster: worker processes (true parallelism for Python-heavy steps) or threads in the flow run's
+    # process (no per-worker start-up and model loading; enough when the work releases the GIL).
+    dask_processes: bool = True
     partitions: int = Field(default=1, ge=1)            # record partitions per data-parallel step
 
 
@@ -37,7 +40,7 @@ def dask_task_runner(cfg: ExecutionConfig):
         return DaskTaskRunner(address=cfg.dask_address)
     return DaskTaskRunner(cluster_kwargs={"n_workers": cfg.dask_workers,
                                           "threads_per_worker": cfg.dask_threads_per_worker,
-                                          "processes": True, "dashboard_address": None})
+                                          "processes": cfg.dask_processes, "dashboard_address": None})
 
 
 def split(items: Sequence[T], partitions: int) -> list[list[T]]:

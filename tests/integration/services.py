@@ -23,6 +23,8 @@ from typing import Callable
 
 import yaml
 
+from components.assets import cache_dir
+
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY_FILE = ROOT / "infra" / "topology.yaml"
 BIN = Path(sys.executable).parent
@@ -160,6 +162,14 @@ class Topology:
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['mlflow-server']}"
 
+    def query(self, database: str, sql: str, args: tuple = ()) -> list[tuple]:
+        """Rows of one SQL query on a database of the topology's Postgres (what the servers stored)."""
+        import psycopg2
+
+        with psycopg2.connect(self.db_url(database)) as connection, connection.cursor() as cursor:
+            cursor.execute(sql, args)
+            return cursor.fetchall()
+
     def native_values(self) -> dict[str, str]:
         """The value of every environment name a service of the topology reads, for this native run."""
         return {
@@ -176,7 +186,8 @@ class Topology:
             "MLFLOW_S3_ENDPOINT_URL": self.s3_url, "AWS_ENDPOINT_URL_S3": self.s3_url,
             "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
             "PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "LLM2SLM_CACHE": os.environ.get("LLM2SLM_CACHE", str(Path.home() / ".cache" / "llm2slm")),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+            "LLM2SLM_CACHE": str(cache_dir()),
             "HF_HUB_OFFLINE": "1", "NVIDIA_VISIBLE_DEVICES": "none",  # the GPU worker is not started here
         }
 

@@ -8,63 +8,39 @@ import hashlib
 import json
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.integration.services import ROOT, Topology
-
 pytestmark = pytest.mark.integration
-DEPLOYMENT = "integration"
-
-
-def deploy_conversion(pool: str = "cpu") -> str:
-    """Deploy the flow from this checkout to the process pool (Python API; no prefect.yaml needed)."""
-    from prefect import flow
-
-    source = flow.from_source(source=str(ROOT), entrypoint="flows/llm_to_slm.py:llm_to_slm")
-    # to_deployment().apply() rather than .deploy(): deploy() first lists the pool's workers, a request the
-    # 3.8 server answers 422 (the client sends limit=null); apply() registers the same deployment.
-    source.to_deployment(name=DEPLOYMENT, work_pool_name=pool).apply()
-    return f"llm_to_slm/{DEPLOYMENT}"
-
-
-@pytest.fixture(scope="session")
-def conversion(topology: Topology, conversion_inputs, prefect_client_settings):
-    from prefect.deployments import run_deployment
-
-    experiment = f"integration-{uuid.uuid4().hex[:8]}"
-    flow_run = run_deployment(deploy_conversion(), timeout=900, parameters={
-        "params_path": str(conversion_inputs["params"]), "workdir": str(conversion_inputs["workdir"]),
-        "input_path": str(conversion_inputs["input"]), "experiment": experiment})
-    if not flow_run.state.is_completed():
-        worker = topology.servers["cpu-worker"].log_tail(8000)
-        pytest.fail(f"flow run {flow_run.id} ended {flow_run.state.type}: {flow_run.state.message}\n{worker}")
-    return {**conversion_inputs, "flow_run": flow_run, "experiment": experiment}
-
-
-def query(topology: Topology, database: str, sql: str, args: tuple = ()) -> list[tuple]:
-    import psycopg2
-
-    with psycopg2.connect(topology.db_url(database)) as connection, connection.cursor() as cursor:
-        cursor.execute(sql, args)
-        return cursor.fetchall()
 
 
 def test_the_flow_run_completes_through_the_worker_and_is_recorded_in_postgres(topology, conversion):
     flow_run = conversion["flow_run"]
     assert flow_run.work_pool_name == "cpu"
-    rows = query(topology, "prefect", "SELECT state_type FROM flow_run WHERE id = %s", (str(flow_run.id),))
+    rows = topology.query("prefect", "SELECT state_type FROM flow_run WHERE id = %s", (str(flow_run.id),))
     assert rows == [("COMPLETED",)]
     assert str(flow_run.id) in topology.servers["cpu-worker"].log_tail(200_000)
     evaluation = json.loads((conversion["workdir"] / "reports/evaluation.json").read_text())
     assert evaluation["clusters"], "no cluster converted on the slice"
 
 
+def test_s2_and_s3_ran_as_a_subflow_on_dask_in_partitions(topology, conversion):
+    rows = topology.query("prefect", """
+        SELECT child.state_type FROM flow_run child JOIN flow f ON f.id = child.flow_id
+        JOIN task_run parent_task ON parent_task.id = child.parent_task_run_id
+        WHERE parent_task.flow_run_id = %s AND f.name = 'llm_to_slm S2-S3 on Dask'""",
+                 (str(conversion["flow_run"].id),))
+    assert rows == [("COMPLETED",)]
+    audit = json.loads((conversion["workdir"] / "reports/anonymization.json").read_text())
+    assert audit["partitions"] == 2
+    assert audit["records_out"] == audit["records_in"] == audit["curation"]["records_in"] - audit[
+        "curation"]["records_removed"]
+
+
 def test_mlflow_runs_and_the_registered_version_live_in_postgres(topology, conversion, mlflow_client):
     experiment = conversion["experiment"]
-    steps = query(topology, "mlflow", """
+    steps = topology.query("mlflow", """
         SELECT t.value, r.status FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id
         JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'llm2slm.step' WHERE e.name = %s""", (experiment,))
     assert sorted(steps) == sorted((step, "FINISHED") for step in
@@ -73,7 +49,7 @@ def test_mlflow_runs_and_the_registered_version_live_in_postgres(topology, conve
     evaluation = json.loads((conversion["workdir"] / "reports/evaluation.json").read_text())
     for entry in evaluation["clusters"]:
         registered = entry["registered_model"]
-        rows = query(topology, "mlflow", """
+        rows = topology.query("mlflow", """
             SELECT v.version, v.status, v.source FROM model_versions v JOIN registered_model_aliases a
             ON a.name = v.name AND a.version = v.version WHERE v.name = %s AND a.alias = %s""",
                      (registered["name"], registered["alias"]))
