@@ -60,6 +60,8 @@ class Server:
     log_path: Path
     healthy: Callable[[], bool]
     user: str | None = None
+    # Postgres: SIGINT is its "fast" shutdown (SIGTERM waits for every client, e.g. the servers' pools, to leave).
+    stop_signal: signal.Signals = signal.SIGTERM
     process: subprocess.Popen | None = field(default=None, repr=False)
 
     def start(self, timeout_s: float = 180) -> Server:
@@ -92,10 +94,10 @@ class Server:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace_s: float = 20) -> None:
-        """SIGTERM to the process group led by our PID, SIGKILL after `grace_s`; idempotent."""
+        """`stop_signal` to the process group led by our PID, SIGKILL after `grace_s`; idempotent."""
         if self.process is None:
             return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10)):
+        for sig, wait_s in ((self.stop_signal, grace_s), (signal.SIGKILL, 10)):
             try:
                 os.killpg(self.process.pid, sig)
             except ProcessLookupError:
@@ -224,7 +226,8 @@ class Topology:
         server = Server("postgres", [postgres_bin("postgres"), "-D", str(data), "-p", str(port),
                                      "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
                                      "-c", "fsync=off", "-c", "max_connections=200"],
-                        self.service_env("postgres"), self.base / "postgres.log", self._postgres_ready, user=user)
+                        self.service_env("postgres"), self.base / "postgres.log", self._postgres_ready, user=user,
+                        stop_signal=signal.SIGINT)
         self.servers["postgres"] = server.start()
         self._create_databases()
         return server
