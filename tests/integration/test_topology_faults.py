@@ -60,7 +60,8 @@ def test_prefect_server_recovers_from_a_postgres_restart_and_loses_no_flow_run(t
         # Writes work again: schedule a run for tomorrow (no worker picks it up now) and remove it.
         later = datetime.now(timezone.utc) + timedelta(days=1)
         created = eventually(lambda: client.create_flow_run_from_deployment(
-            deployment.id, state=Scheduled(scheduled_time=later)))
+            deployment.id, state=Scheduled(scheduled_time=later),
+            parameters={"params_path": str(conversion["params"]), "workdir": str(conversion["workdir"])}))
         assert client.read_flow_run(created.id).state.is_scheduled()
         client.delete_flow_run(created.id)
     assert topology.servers["prefect-server"].running()
