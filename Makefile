@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED = 1
 # The ephemeral Prefect API migrates its SQLite database on first start; 20 s (the default) is short on 2 cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: setup demo test test-fast repro clean-demo
+.PHONY: setup demo test test-fast integration repro clean-demo
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,11 +33,15 @@ demo: setup
 	$(BIN)/llm2slm run --workdir $(WORKDIR)
 
 test: setup
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -m "not integration"
 
 # Everything but the end-to-end run with the real SmolLM2.
 test-fast: setup
-	$(BIN)/python -m pytest -q -ra -m "not e2e"
+	$(BIN)/python -m pytest -q -ra -m "not e2e and not integration"
+
+# The scaled topology started natively (infra/README.md): needs Debian's postgresql package (.ci/run installs it).
+integration: setup
+	$(BIN)/python -m pytest -q -ra tests/integration
 
 repro: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/dvc repro

@@ -13,6 +13,7 @@ from components.discover import DiscoverConfig
 from components.evaluate import EvaluateConfig
 from components.finetune import FinetuneConfig
 from components.select import SelectConfig
+from tasks.parallel import ExecutionConfig
 from tasks.tracking import TrackingConfig
 
 STEP_CONFIGS: dict[str, type[StepConfig]] = {
@@ -38,6 +39,7 @@ class PipelineConfig:
     params: dict[str, Any]
     steps: dict[str, StepConfig]
     tracking: TrackingConfig
+    execution: ExecutionConfig = ExecutionConfig()
 
 
 def load_pipeline_config(params_path: Path, experiment: str | None = None) -> PipelineConfig:
@@ -46,4 +48,6 @@ def load_pipeline_config(params_path: Path, experiment: str | None = None) -> Pi
     tracking = load_section(params, "tracking", TrackingConfig)
     if experiment:
         tracking = tracking.model_copy(update={"experiment": experiment})
-    return PipelineConfig(params, steps, tracking)
+    # Optional section: without it everything runs in-process, as before.
+    execution = ExecutionConfig.model_validate(params.get("execution") or {})
+    return PipelineConfig(params, steps, tracking, execution)

@@ -4,6 +4,9 @@ encrypted reverse map."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -15,6 +18,7 @@ from components.audit import render_audit_html
 from components.config import resolve
 from components.curate import curate
 from components.schema import read_records, write_records
+from tasks.parallel import map_partitions
 from tasks.progress import Progress, say
 from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
@@ -29,15 +33,21 @@ def _write_private(path: Path, payload: bytes) -> None:
 
 @task(name="S2 anonymize", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def anonymize_task(cfg: AnonymizeConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                   parent_run_id: str | None = None) -> dict:
+                   parent_run_id: str | None = None, partitions: int = 1) -> dict:
     with step_run("anonymize", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
         curation = curate(records, cfg.curate)
         say(f"S2 curate: {len(curation.removed)} of {len(records)} records removed {curation.counts or ''}")
         deny_list = load_deny_list(resolve(workdir, cfg.deny_list_file)) if cfg.deny_list_file else None
-        anonymizer = Anonymizer(cfg, deny_list=deny_list)
-        curated, audit = anonymize_records(curation.kept, cfg, progress=Progress("S2 anonymize", len(curation.kept)),
-                                           anonymizer=anonymizer)
+        if partitions > 1:
+            if cfg.pseudonyms.reverse_map:
+                raise ValueError("anonymize.pseudonyms.reverse_map needs one partition (execution.partitions: 1): "
+                                 "each partition would hold only its own part of the map")
+            curated, audit = anonymize_partitioned(curation.kept, cfg, partitions, deny_list)
+        else:
+            anonymizer = Anonymizer(cfg, deny_list=deny_list)
+            curated, audit = anonymize_records(curation.kept, cfg, anonymizer=anonymizer,
+                                               progress=Progress("S2 anonymize", len(curation.kept)))
         # Removed records are listed by id and reason only (no text), so nothing leaves S2 unaccounted for.
         audit["curation"] = {"records_in": len(records), "records_removed": len(curation.removed),
                              "removed_by_reason": curation.counts, "removed": curation.removed}
@@ -54,3 +64,28 @@ def anonymize_task(cfg: AnonymizeConfig, workdir: Path, tracking: TrackingConfig
             mlflow.log_artifact(str(html_path))
     say(f"S2 anonymize: {audit['records_with_pii']} of {audit['records_in']} records had PII replaced")
     return audit
+
+
+def anonymize_partition(records: list, cfg: AnonymizeConfig, deny_list: list[str] | None) -> tuple[list, dict]:
+    """One partition with its own analyzer (a Dask worker process cannot share the caller's)."""
+    return anonymize_records(records, cfg, anonymizer=Anonymizer(cfg, deny_list=deny_list))
+
+
+def anonymize_partitioned(records: list, cfg: AnonymizeConfig, partitions: int,
+                          deny_list: list[str] | None = None) -> tuple[list, dict]:
+    """Pseudonyms are per record (or keyed, for the dataset scope), so partitions anonymize independently (on the
+    Dask cluster when there is one); their audits add up to the audit of one pass."""
+    started = time.perf_counter()
+    parts = map_partitions(partial(anonymize_partition, cfg=cfg, deny_list=deny_list), records, partitions)
+    curated = [record for part_records, _ in parts for record in part_records]
+    audits = [audit for _, audit in parts]
+    audit = dict(audits[0])
+    for key in ("records_in", "records_out", "records_with_pii"):
+        audit[key] = sum(a[key] for a in audits)
+    for key in ("entities", "records_per_entity"):
+        audit[key] = dict(sorted(sum((Counter(a[key]) for a in audits), Counter()).items()))
+    audit["examples"] = [example for a in audits for example in a["examples"]][:cfg.audit_examples]
+    audit["seconds"] = round(time.perf_counter() - started, 3)
+    audit["records_per_second"] = round(len(records) / audit["seconds"], 2) if audit["seconds"] > 0 else None
+    audit["partitions"] = len(audits)
+    return curated, audit

@@ -3,31 +3,43 @@ previous fit; write assignments, clusters, splits, the cluster model, the map an
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import mlflow
+import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.cluster_identity import load_model, save_model
 from components.config import resolve
-from components.discover import DiscoverConfig, discover, write_cluster_report
+from components.discover import DiscoverConfig, discover, embed_records, write_cluster_report
 from components.schema import read_records, write_table
+from tasks.parallel import map_partitions
 from tasks.progress import say
 from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
+def embed_partition(records: list, cfg: DiscoverConfig) -> np.ndarray:
+    """The task embeddings of one partition (a module-level function, so a Dask worker process can run it)."""
+    return embed_records(records, cfg)[0]
+
+
 @task(name="S3 discover", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                  parent_run_id: str | None = None) -> dict:
+                  parent_run_id: str | None = None, partitions: int = 1) -> dict:
     with step_run("discover", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
         model_dir = resolve(workdir, cfg.model_dir)
         # An earlier fit in this work dir: its cluster ids are kept for the clusters that match (cluster_identity).
         previous = load_model(model_dir) if (model_dir / "model.json").exists() else None
         cache_dir = resolve(workdir, cfg.embedding_cache) if cfg.embedding_cache else None
-        result = discover(records, cfg, previous=previous, cache_dir=cache_dir)
+        embeddings = None
+        if partitions > 1 and records:  # the embedding is the data-parallel part; clustering needs them all
+            # Partitions embed without the cache: its shards are appended by one writer at a time.
+            embeddings = np.concatenate(map_partitions(partial(embed_partition, cfg=cfg), records, partitions))
+        result = discover(records, cfg, embeddings=embeddings, previous=previous, cache_dir=cache_dir)
         write_table(result.assignments, resolve(workdir, cfg.assignments))
         write_table(result.splits, resolve(workdir, cfg.splits))
         log_json_artifact(result.clusters, resolve(workdir, cfg.clusters))
