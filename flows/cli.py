@@ -88,17 +88,18 @@ def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of
 
 
 @app.command()
-def refresh(input: Path = typer.Option(..., "--input", help="JSONL log of the new calls (the batch)"),
+def refresh(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of the new calls (default: "
+                                                 "params collect.input under the work dir)"),
             params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
             experiment: Optional[str] = ExperimentOption) -> None:
     """S6 flywheel: add a batch, measure drift, retrain what grew or degraded, promote through the gate."""
     from flows.refresh import refresh as refresh_flow
     from flows.steps import default_params_path
 
-    if not input.exists():
+    if input is not None and not input.exists():
         raise typer.BadParameter(f"input log not found: {input}", param_hint="--input")
     result = refresh_flow(params_path=str((params or default_params_path()).resolve()), workdir=str(workdir),
-                          input_path=str(input), experiment=experiment)
+                          input_path=str(input) if input else None, experiment=experiment)
     drift = result["drift"]
     typer.echo(f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, cluster-mix PSI "
                f"{drift['psi']:.3f}{' (drifted)' if drift['drifted'] else ''}")

@@ -24,7 +24,8 @@ from tasks.compare import compare_task
 from tasks.discover import discover_task
 from tasks.finetune import finetune_task
 from tasks.refresh import (
-    champion_scores_task, drift_task, merge_batch_task, plan_task, retraining_config_task, stabilize_clusters_task,
+    champion_scores_task, drift_task, merge_batch_task, plan_task, retraining_config_task, seed_history_task,
+    stabilize_clusters_task,
 )
 from tasks.select import select_task
 from tasks.tracking import end_parent_run, log_json_artifact_to_run, start_parent_run
@@ -45,6 +46,7 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
                               {k: v for k, v in config.params.items() if k in ("refresh", "promotion", "finetune")},
                               kind="refresh")
     try:
+        seed_history_task(refresh_cfg, steps["anonymize"].output, steps["discover"].assignments, root)
         collect_task(steps["collect"], root, tracking, parent, Path(input_path).resolve() if input_path else None)
         anonymize_task(steps["anonymize"], root, tracking, parent)
         batch_ids = merge_batch_task(refresh_cfg, steps["anonymize"].output, root, tracking, parent)

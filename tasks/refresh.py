@@ -38,6 +38,20 @@ def registered_name(cfg: EvaluateConfig, cluster_id: int) -> str:
     return f"{cfg.registered_model_prefix}-cluster-{cluster_id}"
 
 
+@task(name="refresh: seed history", cache_policy=NO_CACHE)
+def seed_history_task(cfg: RefreshConfig, curated: str, assignments: str, workdir: Path) -> bool:
+    """Before the first refresh of a work dir that already holds a conversion (`llm2slm run`): its curated calls
+    start the history and its clusters the stable ids, so its registered champions keep meaning the same task."""
+    history, stable = resolve(workdir, cfg.history), resolve(workdir, cfg.state).parent / STABLE_ASSIGNMENTS
+    if history.exists() or not resolve(workdir, curated).exists():
+        return False
+    write_records(read_records(resolve(workdir, curated)), history)
+    if not stable.exists() and resolve(workdir, assignments).exists():
+        write_table(pd.read_parquet(resolve(workdir, assignments)), stable)
+    say(f"refresh: history seeded from the previous conversion's {curated}")
+    return True
+
+
 @task(name="refresh: merge batch", cache_policy=NO_CACHE)
 def merge_batch_task(cfg: RefreshConfig, curated: str, workdir: Path, tracking: TrackingConfig | None = None,
                      parent_run_id: str | None = None) -> list[str]:

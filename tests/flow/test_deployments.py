@@ -30,6 +30,16 @@ def test_prefect_yaml_declares_both_deployments_on_the_declared_pools():
     assert flow_of(deployments["llm-to-slm"]["entrypoint"]).name == "llm_to_slm"
 
 
+def test_prefect_deploy_accepts_the_file():
+    # The model `prefect deploy` validates prefect.yaml with (private: if it moves, follow it, don't drop the check).
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    model = PrefectYamlModel.model_validate(yaml.safe_load(SPEC.read_text()))
+    by_name = {d.name: d for d in model.deployments}
+    assert by_name["refresh"].schedules[0].cron == "0 3 * * *"
+    assert by_name["llm-to-slm"].work_pool.name == "llm2slm-gpu"
+
+
 def test_serve_deployments_builds_the_spec_and_serves_it(tmp_path, monkeypatch):
     import prefect
 

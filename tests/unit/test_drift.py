@@ -80,3 +80,19 @@ def test_next_state_keeps_the_first_regression_set_and_counts_refreshes():
     state = next_state(state, {"0": 0.5, "1": 0.5}, {0: 16}, {0: 0.4}, {0: ["t9"]})
     assert state["refresh"] == 2 and state["mix"] == {"0": 0.5, "1": 0.5}
     assert state["clusters"]["0"] == {"trained_on": 16, "champion_score": 0.4, "regression_ids": ["t1", "t2"]}
+
+
+def test_first_refresh_after_a_conversion_seeds_history_and_stable_ids(records, tmp_path):
+    from components.refresh import RefreshConfig
+    from components.schema import read_records, write_records, write_table
+    from tasks.refresh import STABLE_ASSIGNMENTS, seed_history_task
+
+    cfg = RefreshConfig()
+    assert seed_history_task.fn(cfg, "curated.parquet", "assignments.parquet", tmp_path) is False  # nothing yet
+    write_records(records, tmp_path / "curated.parquet")
+    write_table(pd.DataFrame({"record_id": [r.record_id for r in records], "cluster_id": 0, "probability": 1.0}),
+                tmp_path / "assignments.parquet")
+    assert seed_history_task.fn(cfg, "curated.parquet", "assignments.parquet", tmp_path) is True
+    assert [r.record_id for r in read_records(tmp_path / cfg.history)] == [r.record_id for r in records]
+    assert len(pd.read_parquet((tmp_path / cfg.state).parent / STABLE_ASSIGNMENTS)) == len(records)
+    assert seed_history_task.fn(cfg, "curated.parquet", "assignments.parquet", tmp_path) is False  # only once

@@ -11,6 +11,17 @@ from components.promotion import GateScores, PromotionPolicy, decide_promotion
 POLICY = PromotionPolicy(floor_vs_llm=0.3, min_gain_over_champion=0.05, min_gain_over_base=0.0, max_regression=0.0)
 
 
+def test_params_sections_of_the_gate_and_the_refresh_validate():
+    from pathlib import Path
+
+    from components.config import load_params, load_section
+    from components.refresh import RefreshConfig
+
+    params = load_params(Path(__file__).resolve().parents[2] / "params.yaml")
+    assert load_section(params, "promotion", PromotionPolicy).min_gain_over_champion > 0
+    assert load_section(params, "refresh", RefreshConfig).drift.psi_threshold > 0
+
+
 def test_better_challenger_is_promoted_with_every_check_in_the_reason():
     decision = decide_promotion(GateScores(llm=1.0, challenger=0.7, champion=0.6, challenger_regression=0.8,
                                            champion_regression=0.8), POLICY, "full_call_match")
