@@ -25,6 +25,10 @@ from tasks.registry import promote, register_challenger
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
+def _regression_score(result: dict | None, metric: str) -> float | None:
+    return (result.get("regression_scores") or {}).get(metric) if result else None
+
+
 def _system(score: float, cost: float, regression: float | None = None, version: str | None = None) -> dict:
     return {"score": score, "cost_per_1k_calls": cost, "regression_score": regression, "version": version}
 
@@ -50,12 +54,11 @@ def compare_task(cfg: EvaluateConfig, refresh_cfg: RefreshConfig, policy: Promot
             base = next((r for r in base_of.get(cluster_id, {}).get("results", [])
                          if r["candidate"] == base_of[cluster_id].get("selected")), None)
             llm_score = score_pairs([r.response for r in fresh], [r.response for r in fresh], kind)[metric]
-            regression_of = lambda result: (result["regression_scores"] or {}).get(metric)  # noqa: E731
             gate = GateScores(llm=llm_score, challenger=challenger["scores"][metric],
                               champion=champion["scores"][metric] if champion else None,
                               base=base["scores"].get(metric) if base else None,
-                              challenger_regression=regression_of(challenger),
-                              champion_regression=regression_of(champion) if champion else None)
+                              challenger_regression=_regression_score(challenger, metric),
+                              champion_regression=_regression_score(champion, metric))
             decision = decide_promotion(gate, policy, metric)
             name = registered_name(cfg, cluster_id)
             version = register_challenger(model["model_uri"], name, {
