@@ -138,6 +138,73 @@ def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of
 
 
 @app.command()
+def refresh(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of the new calls (default: "
+                                                 "params collect.input under the work dir)"),
+            params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+            experiment: Optional[str] = ExperimentOption) -> None:
+    """S6 flywheel: add a batch, measure drift, retrain what grew or degraded, promote through the gate."""
+    from flows.refresh import refresh as refresh_flow
+    from flows.steps import default_params_path
+
+    if input is not None and not input.exists():
+        raise typer.BadParameter(f"input log not found: {input}", param_hint="--input")
+    result = refresh_flow(params_path=str((params or default_params_path()).resolve()), workdir=str(workdir),
+                          input_path=str(input) if input else None, experiment=experiment)
+    drift = result["drift"]
+    typer.echo(f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, cluster-mix PSI "
+               f"{drift['psi']:.3f}{' (drifted)' if drift['drifted'] else ''}")
+    for entry in result["clusters"]:
+        model = entry["registered_model"]
+        typer.echo(f"Cluster #{entry['cluster_id']} {entry['label']}: {model['name']} v{model['version']} "
+                   f"@{model['alias']} - {entry['reason']}")
+    typer.echo(f"Refresh report: {result['report']}")
+
+
+@app.command()
+def rollback(cluster: int = typer.Option(..., "--cluster", help="Cluster id whose champion to roll back"),
+             params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+             experiment: Optional[str] = ExperimentOption) -> None:
+    """Move the cluster's `champion` alias back to the previous champion version (logged in the promotions log)."""
+    from datetime import datetime, timezone
+
+    from components.config import load_section, resolve
+    from components.refresh import RefreshConfig
+    from tasks.registry import rollback as rollback_alias
+    from tasks.tracking import configure_tracking
+
+    config = _config(params, experiment)
+    configure_tracking(workdir.resolve(), config.tracking)
+    name = f"{config.steps['evaluate'].registered_model_prefix}-cluster-{cluster}"
+    try:
+        rolled_back, restored = rollback_alias(name)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--cluster") from None
+    log = resolve(workdir, load_section(config.params, "refresh", RefreshConfig).promotions_log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        handle.write(json.dumps({"event": "rollback", "cluster_id": cluster, "name": name, "from_version":
+                                 rolled_back, "version": restored, "alias": "champion",
+                                 "at": datetime.now(timezone.utc).isoformat()}) + "\n")
+    typer.echo(f"{name}: champion v{rolled_back} -> v{restored} (v{rolled_back} is now @challenger)")
+
+
+@app.command("serve-deployments")
+def serve_deployments(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+                      spec: Path = typer.Option(Path(__file__).resolve().parents[1] / "prefect.yaml", "--spec",
+                                                help="prefect.yaml whose deployments to serve")) -> None:
+    """Serve the deployments of prefect.yaml (`llm-to-slm` on demand, `refresh` on its cron) from this process,
+    on the embedded Prefect default or PREFECT_API_URL; no Docker, no work pool needed. Blocks until stopped."""
+    from prefect import serve
+
+    from flows.deployments import build_deployments
+    from flows.steps import default_params_path
+
+    deployments = build_deployments(spec, (params or default_params_path()).resolve(), workdir.resolve())
+    typer.echo("serving: " + ", ".join(d.name for d in deployments))
+    serve(*deployments)
+
+
+@app.command()
 def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
                                            help="OpenAI-compatible base URL of the real LLM, including /v1"),
           store: Path = typer.Option(..., "--store", help="Directory of the encrypted calls-YYYYMMDD.jsonl logs"),

@@ -18,14 +18,11 @@ from components.evaluate import (
     slm_cost_per_1k_calls, write_markdown_summary, write_report,
 )
 from components.schema import read_records, split_records, write_table
-from tasks.registry import register_with_alias
+from tasks.registry import CHALLENGER, CHAMPION, promote, register_challenger
 from tasks.select import generate_answers
 from tasks.progress import say
 from tasks.retries import retry_on_transient_io
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
-
-CHALLENGER_ALIAS = "challenger"
-
 
 def metrics_view(entries: list[dict]) -> dict:
     """The evaluation figures keyed by cluster (DVC metrics want mappings, not lists)."""
@@ -72,9 +69,13 @@ def evaluate_task(cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig |
             latencies = {"slm_base": [l for _, l in base_answers], "slm_finetuned": [l for _, l in tuned_answers]}
             promoted, reason = promotion_decision(scores, PRIMARY_METRIC[kind], cfg.promotion)
             name = f"{cfg.registered_model_prefix}-cluster-{cluster_id}"
-            alias = cfg.alias if promoted else CHALLENGER_ALIAS
-            version = register_with_alias(model["model_uri"], name, alias,
+            alias = CHAMPION if promoted else CHALLENGER
+            # Every new version starts as `challenger`; only the gate moves `champion` (and records the history
+            # that `llm2slm rollback` walks back).
+            version = register_challenger(model["model_uri"], name,
                                           {"cluster_label": cluster["label"], "promotion_reason": reason})
+            if promoted:
+                promote(name, version, reason)
             entries.append({
                 "cluster_id": cluster_id, "label": cluster["label"], "output_kind": kind,
                 "primary_metric": PRIMARY_METRIC[kind], "n_train": model["n_train"], "n_test": len(test_records),

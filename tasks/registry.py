@@ -54,3 +54,74 @@ def register_with_alias(model_uri: str, name: str, alias: str, tags: dict[str, s
     version = mlflow.register_model(model_uri, name, tags=tags)
     MlflowClient().set_registered_model_alias(name, alias, version.version)
     return str(version.version)
+
+
+# ---- champion / challenger lifecycle ------------------------------------------------------------------------
+# Every new version is registered as `challenger`; the gate moves `champion` to it. The registered model's tag
+# CHAMPION_HISTORY lists the versions that were champion, oldest first, so a rollback knows where to go back to.
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+CHAMPION_HISTORY = "llm2slm.champion_history"
+
+
+def register_challenger(model_uri: str, name: str, tags: dict[str, str]) -> str:
+    """Register a new version of ``name`` with alias ``challenger``; returns its version number."""
+    return register_with_alias(model_uri, name, CHALLENGER, tags)
+
+
+def champion_history(name: str) -> list[str]:
+    import json
+
+    model = MlflowClient().get_registered_model(name)
+    return json.loads(model.tags.get(CHAMPION_HISTORY, "[]"))
+
+
+def champion_version(name: str) -> str | None:
+    """The version the alias ``champion`` points at, or None (no such model, or no champion yet)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def promote(name: str, version: str, reason: str) -> None:
+    """Point ``champion`` at ``version`` and record it in the history; the reason goes on the version's tags."""
+    import json
+
+    client = MlflowClient()
+    history = champion_history(name)
+    if not history or history[-1] != str(version):
+        history.append(str(version))
+    client.set_registered_model_tag(name, CHAMPION_HISTORY, json.dumps(history))
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    client.set_model_version_tag(name, str(version), "promotion_reason", reason)
+
+
+def rollback(name: str) -> tuple[str, str]:
+    """Move ``champion`` back to the previous champion version; returns (from, to). The rolled-back version keeps
+    its number and gets alias ``challenger``, so it can still be inspected."""
+    import json
+
+    client = MlflowClient()
+    history = champion_history(name)
+    if len(history) < 2:
+        raise ValueError(f"{name} has no previous champion to roll back to (champion history: {history or 'empty'})")
+    current, previous = history[-1], history[-2]
+    client.set_registered_model_alias(name, CHAMPION, previous)
+    client.set_registered_model_alias(name, CHALLENGER, current)
+    client.set_registered_model_tag(name, CHAMPION_HISTORY, json.dumps(history[:-1]))
+    client.set_model_version_tag(name, current, "rolled_back", "true")
+    return current, previous
+
+
+def adapter_of_version(name: str, version: str, destination: Path) -> tuple[str, str]:
+    """Download a registered version's adapter; returns (adapter folder, base model it applies to)."""
+    import yaml
+
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}", dst_path=str(destination)))
+    # MLmodel's pyfunc flavour: `artifacts.adapter.path` (artifacts/<folder name>), `config` = the model_config.
+    flavour = yaml.safe_load((folder / "MLmodel").read_text())["flavors"]["python_function"]
+    return str(folder / flavour["artifacts"]["adapter"]["path"]), flavour["config"]["base_model"]

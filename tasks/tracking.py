@@ -58,10 +58,11 @@ def configure_tracking(workdir: Path, cfg: TrackingConfig) -> str:
     return experiment.experiment_id
 
 
-def start_parent_run(workdir: Path, cfg: TrackingConfig, run_name: str, params: dict[str, Any]) -> str:
+def start_parent_run(workdir: Path, cfg: TrackingConfig, run_name: str, params: dict[str, Any],
+                     kind: str = "conversion") -> str:
     experiment_id = configure_tracking(workdir, cfg)
     client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_name, tags={STEP_TAG: "conversion"})
+    run = client.create_run(experiment_id, run_name=run_name, tags={STEP_TAG: kind})
     for key, value in flatten(params).items():
         client.log_param(run.info.run_id, key, value)
     return run.info.run_id
@@ -99,6 +100,13 @@ def log_json_artifact(payload: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
     mlflow.log_artifact(str(path))
+
+
+def log_json_artifact_to_run(run_id: str, payload: Any, path: Path) -> None:
+    """Write a JSON file and attach it to a given run (e.g. the parent run, outside any active run)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    MlflowClient().log_artifact(run_id, str(path))
 
 
 def log_numeric_metrics(metrics: dict[str, Any], prefix: str = "") -> None:
