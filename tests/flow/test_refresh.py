@@ -21,7 +21,7 @@ import yaml
 
 from components.finetune import FinetuneResult
 from components.slm import render_target
-from tests.unit.tiny_models import build_tiny_model
+from tests.unit.tiny_models import build_tiny_model, write_tiny_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = {
@@ -72,12 +72,14 @@ def tool_embeddings(records):
     return matrix + rng.normal(0, 0.01, matrix.shape)
 
 
-def stand_in_finetune(base_reference, train_records, cfg, output_dir, eval_records=None, progress_callback=None):
+def stand_in_finetune(base_reference, train_records, cfg, output_dir, eval_records=None, progress_callback=None,
+                      checkpoint_dir=None):
     output_dir.mkdir(parents=True, exist_ok=True)
     quality = min(1.0, max(cfg.max_steps, 0) / 10)
     (output_dir / "quality.json").write_text(json.dumps({"quality": quality}))
     return FinetuneResult(adapter_dir=str(output_dir), base_model=base_reference, steps=max(cfg.max_steps, 0),
-                          train_loss=1.0 - quality, loss_history=[1.0 - quality])
+                          train_loss=1.0 - quality, loss_history=[(1, 1.0 - quality)],
+                          n_train=len(train_records))
 
 
 def stand_in_answers(reference, records, max_new_tokens, batch_size, label, adapter_dir=None, loaded=None):
@@ -110,8 +112,8 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
     monkeypatch.setattr(tasks.finetune, "finetune", stand_in_finetune)
     monkeypatch.setattr(tasks.select, "generate_answers", stand_in_answers)
     monkeypatch.setattr(tasks.discover, "discover",
-                        lambda records, cfg: discover(records, cfg, embeddings=tool_embeddings(records),
-                                                      reducer=Identity()))
+                        lambda records, cfg, previous=None, **_: discover(
+                            records, cfg, embeddings=tool_embeddings(records), reducer=Identity(), previous=previous))
     tiny = build_tiny_model(tmp_path / "tiny")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["anonymize"]["entities"] = ["EMAIL_ADDRESS", "PHONE_NUMBER"]
@@ -119,7 +121,7 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
     params["discover"].update({"hdbscan": {"min_cluster_size": 4, "min_samples": 2}, "test_fraction": 0.3,
                                "max_test_per_cluster": 4, "min_cluster_size_to_convert": 8,
                                "max_clusters_to_convert": 3})
-    params["select"]["candidates"] = [{"ref": tiny, "name": "tiny", "licence": "MIT", "parameters_m": 1}]
+    params["select"].update(candidates=["tiny"], catalog=write_tiny_catalog(tmp_path / "catalog.yaml", tiny))
     params["refresh"]["max_fresh_test_per_cluster"] = 4
     work, experiment = tmp_path / "work", f"refresh-{uuid.uuid4().hex[:8]}"
 

@@ -45,3 +45,15 @@ def build_tiny_model(folder: Path) -> str:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def write_tiny_catalog(path: Path, model_dir: str, name: str = "tiny", licence: str = "MIT") -> str:
+    """A one-entry S4 catalog naming the tiny model, for tests that run S4 end to end; returns its path."""
+    import yaml
+
+    entry = {"name": name, "ref": str(model_dir), "family": "test", "parameters_m": 1, "context_length": 2048,
+             "licence": licence, "instruction_tuned": True, "chat_template": "builtin", "tool_calling": "prompted",
+             "memory_gb": {"bf16": 0.01, "int4": 0.01}, "available_offline": True, "availability": "built for tests"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"models": [entry]}))
+    return str(path)
