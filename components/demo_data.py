@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from pydantic import Field
 
 from components.assets import asset_path
+from components.collect import content_id
 from components.config import StepConfig
 
 AGENT = "bfcl-assistant"
@@ -54,6 +56,8 @@ _PII_TEMPLATES = [
 
 class DemoDataConfig(StepConfig):
     output: str = "data/raw/calls.jsonl"
+    # The source's known task of each call (for the S3 quality benchmark), kept out of the log itself.
+    known_groups: str | None = "data/raw/known_groups.jsonl"
     categories: list[str] = ["simple_python", "multiple", "parallel"]
     max_records: int = Field(300, gt=0)
     pii_share: float = Field(0.25, ge=0.0, le=1.0)
@@ -226,6 +230,24 @@ def _call_line(item: dict[str, Any], index: int, add_pii: bool, fine_tuning_form
     })
 
 
+# Schema-Guided-Dialogue services in BFCL's live categories are named Domain_Version_Method (Music_3_PlayMedia).
+_SERVICE_NAME = re.compile(r"^([A-Za-z]+)_\d+_\w+$")
+
+
+def known_group(item: dict[str, Any]) -> str:
+    """The source's own task of a BFCL item: the service domain of its first expected call when the function is
+    a Schema-Guided-Dialogue service (``Music_3_PlayMedia`` -> ``Music``), else its BFCL category."""
+    calls = ground_truth_calls(item["ground_truth"])
+    match = _SERVICE_NAME.match(calls[0][0]) if calls else None
+    return match.group(1) if match else item["category"]
+
+
+def _record_id(line: str) -> str:
+    """The id S1 gives the line's record: its ``id``, else the content hash (the fine-tuning form has no id)."""
+    obj = json.loads(line)
+    return str(obj["id"]) if obj.get("id") not in (None, "") else content_id(obj)
+
+
 def malformed_line(kind: int, good_line: str) -> str:
     """One broken line of a few realistic kinds; every kind is one non-blank line that S1 must quarantine."""
     good = json.loads(good_line)
@@ -241,6 +263,12 @@ def malformed_line(kind: int, good_line: str) -> str:
 
 def build_demo_calls(cfg: DemoDataConfig, data_dir: Path | None = None) -> list[str]:
     """The demo log as JSON lines (no trailing newlines), malformed ones at seeded random positions."""
+    return build_demo_log(cfg, data_dir)[0]
+
+
+def build_demo_log(cfg: DemoDataConfig, data_dir: Path | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """The demo log's lines and, per call, its known groups: ``record_id``, BFCL ``category`` and ``bfcl_id``,
+    and the ``task`` (:func:`known_group`)."""
     rng = random.Random(cfg.seed)
     by_category = {category: load_bfcl(category, data_dir) for category in cfg.categories}
     items = sample_items(by_category, cfg.max_records, rng)
@@ -248,13 +276,15 @@ def build_demo_calls(cfg: DemoDataConfig, data_dir: Path | None = None) -> list[
     fine_tuning_indices = set(rng.sample(range(len(items)), round(FINE_TUNING_FORM_SHARE * len(items))))
     lines = [_call_line(item, index, index in with_pii_indices, index in fine_tuning_indices, cfg, rng)
              for index, item in enumerate(items)]
+    groups = [{"record_id": _record_id(line), "category": item["category"], "bfcl_id": item["id"],
+               "task": known_group(item)} for line, item in zip(lines, items)]
     # A proxy writes in arrival order: sort the request/response lines by time, the others stay where they fell.
     lines = _time_ordered(lines)
     request_lines = [line for line in lines if "request" in json.loads(line)]
     for kind in range(cfg.malformed_lines):
         broken = malformed_line(kind, rng.choice(request_lines))
         lines.insert(rng.randint(0, len(lines)), broken)
-    return lines
+    return lines, groups
 
 
 def _time_ordered(lines: list[str]) -> list[str]:
@@ -267,7 +297,13 @@ def _time_ordered(lines: list[str]) -> list[str]:
     return ordered
 
 
-def write_demo_calls(cfg: DemoDataConfig, path: Path, data_dir: Path | None = None) -> Path:
+def write_demo_calls(cfg: DemoDataConfig, path: Path, data_dir: Path | None = None,
+                     known_groups_path: Path | None = None) -> Path:
+    """Write the log to ``path`` and, when ``known_groups_path`` is given, the known groups beside it."""
+    lines, groups = build_demo_log(cfg, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in build_demo_calls(cfg, data_dir)), encoding="utf-8")
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    if known_groups_path is not None:
+        known_groups_path.parent.mkdir(parents=True, exist_ok=True)
+        known_groups_path.write_text("".join(json.dumps(g) + "\n" for g in groups), encoding="utf-8")
     return path

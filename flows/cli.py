@@ -48,7 +48,8 @@ def demo_data(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOpti
     from flows.steps import default_params_path
 
     cfg = load_section(load_params(params or default_params_path()), "demo_data", DemoDataConfig)
-    path = write_demo_calls(cfg, resolve(workdir, cfg.output))
+    groups = resolve(workdir, cfg.known_groups) if cfg.known_groups else None
+    path = write_demo_calls(cfg, resolve(workdir, cfg.output), known_groups_path=groups)
     typer.echo(f"demo data: {path}")
 
 

@@ -1,4 +1,5 @@
-"""S3 task: embed, cluster and label the curated calls; write assignments, clusters, splits and a report."""
+"""S3 task: embed (through the cache), cluster and label the curated calls, keep cluster ids stable against the
+previous fit; write assignments, clusters, splits, the cluster model, the map and the report."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.cluster_identity import load_model, save_model
 from components.config import resolve
 from components.discover import DiscoverConfig, discover, write_cluster_report
 from components.schema import read_records, write_table
@@ -21,21 +23,39 @@ def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig |
                   parent_run_id: str | None = None) -> dict:
     with step_run("discover", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
-        result = discover(records, cfg)
+        model_dir = resolve(workdir, cfg.model_dir)
+        # An earlier fit in this work dir: its cluster ids are kept for the clusters that match (cluster_identity).
+        previous = load_model(model_dir) if (model_dir / "model.json").exists() else None
+        cache_dir = resolve(workdir, cfg.embedding_cache) if cfg.embedding_cache else None
+        result = discover(records, cfg, previous=previous, cache_dir=cache_dir)
         write_table(result.assignments, resolve(workdir, cfg.assignments))
         write_table(result.splits, resolve(workdir, cfg.splits))
         log_json_artifact(result.clusters, resolve(workdir, cfg.clusters))
-        report = write_cluster_report(result, resolve(workdir, cfg.report))
+        if result.model is not None:
+            save_model(result.model, model_dir)
+            mlflow.log_artifacts(str(model_dir), "cluster_model")
+        report = write_cluster_report(result, resolve(workdir, cfg.report), resolve(workdir, cfg.cluster_map))
         mlflow.log_artifact(str(report))
+        if resolve(workdir, cfg.cluster_map).exists():
+            mlflow.log_artifact(str(resolve(workdir, cfg.cluster_map)))
         to_convert = [c for c in result.clusters if c["convert"]]
         summary = {"records": len(records), "clusters": len(result.clusters),
-                   "clusters_to_convert": len(to_convert), "outlier_share": result.outlier_share}
+                   "candidates": sum(c["candidate"] for c in result.clusters),
+                   "clusters_to_convert": len(to_convert), "outlier_share": result.outlier_share,
+                   "texts_embedded_now": result.embedded_now,
+                   "kept_cluster_ids": len({c["cluster_id"] for c in result.clusters}
+                                           & set(previous.cluster_ids if previous else []))}
         log_numeric_metrics(summary)
-    labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']})" for c in to_convert)
-    say(f"S3 discover: {summary['clusters']} clusters, outliers {summary['outlier_share']:.0%}; "
+        log_numeric_metrics({f"cluster_{c['cluster_id']}": {"size": c["size"], "fitness": c["fitness"]}
+                             for c in result.clusters})
+    labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']}, fitness {c['fitness']:.2f})"
+                       for c in to_convert)
+    say(f"S3 discover: {summary['clusters']} clusters ({summary['candidates']} candidates), outliers "
+        f"{summary['outlier_share']:.0%}, {summary['texts_embedded_now']} texts embedded (the rest cached); "
         f"to convert: {labels or 'none'}")
     if not to_convert:
         largest = max((c["size"] for c in result.clusters), default=0)
-        say(f"S3 discover: no cluster reaches min_cluster_size_to_convert={cfg.min_cluster_size_to_convert} "
-            f"(largest: {largest} calls); every call stays with the LLM and S4-S6 have nothing to convert")
+        say(f"S3 discover: no cluster passes the conversion thresholds (min_cluster_size_to_convert="
+            f"{cfg.min_cluster_size_to_convert}, fitness.*; largest: {largest} calls; see the reasons in "
+            f"{cfg.report}); every call stays with the LLM and S4-S6 have nothing to convert")
     return summary

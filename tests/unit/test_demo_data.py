@@ -7,7 +7,8 @@ import pytest
 
 from components.assets import asset_path
 from components.collect import CollectConfig, collect_lines
-from components.demo_data import FAKE_PEOPLE, DemoDataConfig, build_demo_calls, convert_schema, write_demo_calls
+from components.demo_data import (FAKE_PEOPLE, DemoDataConfig, build_demo_calls, build_demo_log, convert_schema,
+                                  known_group, write_demo_calls)
 
 OPENAI_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 CFG = DemoDataConfig(max_records=120, pii_share=0.3, malformed_lines=5, seed=7)
@@ -182,3 +183,25 @@ def test_categories_are_sampled_in_proportion(lines):
     # BFCL sizes 400 / 200 / 200: half simple, a quarter each of the others (parallel items with one call aside).
     assert counts["simple_python"] >= 0.4 * CFG.max_records
     assert counts["multiple"] >= 0.15 * CFG.max_records and counts["parallel"] >= 0.15 * CFG.max_records
+
+
+def test_known_groups_are_kept_aside_and_name_every_collected_record(tmp_path):
+    cfg = DemoDataConfig(categories=["live_multiple", "multiple"], max_records=80, malformed_lines=2, seed=3)
+    path = write_demo_calls(cfg, tmp_path / "calls.jsonl", known_groups_path=tmp_path / "groups.jsonl")
+    groups = [json.loads(line) for line in (tmp_path / "groups.jsonl").read_text().splitlines()]
+    records = collect_lines(path.read_text().splitlines(), CollectConfig()).records
+    assert sorted(g["record_id"] for g in groups) == sorted(r.record_id for r in records)  # fine-tuning form too
+    assert any("messages" in json.loads(line) and "request" not in json.loads(line)
+               for line in build_demo_log(cfg)[0])
+    by_id = {g["record_id"]: g for g in groups}
+    for record in records:
+        group = by_id[record.record_id]
+        called = record.response.tool_calls[0].name
+        service = re.match(r"^([A-Za-z]+)_\d+_", called)
+        assert group["task"] == (service.group(1) if service else group["category"])
+    assert {g["category"] for g in groups} == {"live_multiple", "multiple"}
+    assert any(g["task"] not in ("live_multiple", "multiple") for g in groups)
+    log = path.read_text()  # never inside the log: no group key, no BFCL item id
+    assert '"bfcl_id"' not in log and '"task"' not in log and not any(g["bfcl_id"] in log for g in groups)
+    assert known_group({"category": "simple_python", "ground_truth": [{"math.factorial": {"number": [5]}}]}) \
+        == "simple_python"
