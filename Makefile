@@ -14,15 +14,15 @@ export PYTHONUNBUFFERED = 1
 # The ephemeral Prefect API migrates its SQLite database on first start; 20 s (the default) is short on 2 cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: setup demo test test-fast integration repro clean-demo
+.PHONY: setup demo test test-fast integration repro clean-demo lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml infra/constraints.txt | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c infra/constraints.txt -e '.[dev]'
 	$(BIN)/llm2slm fetch-assets
 	touch $@
 
@@ -48,3 +48,8 @@ repro: setup
 
 clean-demo:
 	rm -rf $(WORKDIR)
+
+# Re-pin infra/constraints.txt from the current venv (torch left out: it is installed first, CPU or CUDA build).
+lock: setup
+	{ sed -n '1,4p' infra/constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^torch=='; } > infra/constraints.txt.new
+	mv infra/constraints.txt.new infra/constraints.txt
