@@ -211,3 +211,37 @@ def test_a_real_tiny_slm_is_loaded_once_and_its_unusable_answer_falls_back(tmp_p
                                                          ("get_weather", {"city": "Tokyo"})]
     assert {record.metadata["route"]["route"] for record in stored.values()} == {"fallback"}
     assert {record.metadata["route"]["reason"] for record in stored.values()} == {"no tool call parsed"}
+
+
+def test_route_report_over_the_store_is_written_and_tracked(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    responder = RouterResponder(router_config(), cluster_model(), embed=bag_of_words, generator=slm_stand_in)
+    with Proxy(tmp_path / "store", responder) as proxy:
+        for request in (body(WEATHER, "Paris"), body(WEATHER, "Oslo"), body(SKI, "Perth"),
+                        {"model": "gpt-4o", "messages": [{"role": "user", "content": "Tell me a joke"}]}):
+            proxy.ask(request)
+        proxy.records(4)
+    result = CliRunner().invoke(app, ["route-report", "--store", str(tmp_path / "store"), "--out",
+                                      str(tmp_path / "report"), "--workdir", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "report" / "route_summary.json").read_text())
+    llm_cost = (100 * 2.5 + 20 * 10.0) / 1e6  # the fake upstream's usage at the test's prices
+    assert summary["llm_cost_per_call"] == pytest.approx(llm_cost)
+    overall, clusters = summary["overall"], summary["clusters"]
+    assert (overall["calls"], overall["slm_share"], overall["routes"]) == (
+        4, 0.25, {"slm": 1, "fallback": 1, "shadow": 1, "llm": 1})
+    assert overall["cost_saved_per_1k"] == pytest.approx(250 * (llm_cost - summary["slm_cost_per_call"]))
+    assert clusters[str(WEATHER)]["fallback_rate"] == 0.5 and clusters[str(SKI)]["agreement"] == 1.0
+    assert clusters["-1"]["routes"] == {"llm": 1}
+    page = (tmp_path / "report" / "route_report.html").read_text()
+    assert "data:image/png;base64," in page and "<td>#1</td>" in page
+    assert "SLM share 25.0%" in result.output
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.data.metrics["overall.slm_share"] == 0.25 and run.data.metrics["cluster_0.fallback_rate"] == 0.5
