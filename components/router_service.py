@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from components.cluster_identity import ClusterModel, assign, load_model
 from components.config import StepConfig
@@ -53,6 +54,12 @@ class ClusterServing(StepConfig):
     canary_share: float = Field(0.1, ge=0.0, le=1.0)
     known_tools: list[str] = Field(default_factory=list)  # tools the SLM was trained on; others go to the LLM
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `on`/`off` as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class RouterConfig(StepConfig):
     cluster_model_dir: str = "data/clusters/model"  # S3's output (params discover.model_dir)
@@ -60,6 +67,9 @@ class RouterConfig(StepConfig):
     seed: int = 0                        # of the canary draw (same call, same seed -> same route)
     max_new_tokens: int = 96
     shadow_timeout_s: float = 120.0      # how long the record of a shadow call waits for the SLM's answer
+    # SLM calls queued at most: beyond it a call goes to the LLM (a shadow call skips its SLM run), so a burst
+    # never makes the agent wait behind a long SLM queue.
+    max_queued: int = Field(8, ge=1)
 
     def routes(self) -> dict[int, ClusterRoute]:
         return {cid: ClusterRoute(c.mode, frozenset(c.known_tools), c.canary_share) for cid, c in self.clusters.items()}
@@ -142,6 +152,8 @@ class RouterResponder:
         # long generation never delays the routing of the next call.
         self._assigner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-assign")
         self._slm_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-slm")
+        self._queued = 0
+        self._queue_lock = threading.Lock()
 
     def cluster_of(self, record: CallRecord) -> int:
         return int(assign([record], self.cluster_model, embed=self.embed).cluster_id.iloc[0])
@@ -188,7 +200,12 @@ class RouterResponder:
         note.fields["route"] = route
         if decision.route == "llm":
             return None
-        pending: Future = self._slm_worker.submit(self.slm_answer, cluster_id, record, request_body)
+        if self._queued >= self.config.max_queued:
+            if decision.route == "slm":
+                route["route"] = "llm"
+            route["reason"] = "SLM busy"
+            return None
+        pending = self._submit(cluster_id, record, request_body)
         if decision.route == "shadow":
             note.on_llm_answer = lambda llm_answer: self._compare(pending, llm_answer, route)
             return None
@@ -198,6 +215,17 @@ class RouterResponder:
             logger.info("router: cluster %s falls back to the LLM: %s", cluster_id, rejected)
             return None
         return as_completion(message, f"slm-cluster-{cluster_id}")
+
+    def _submit(self, cluster_id: int, record: CallRecord, request_body: dict[str, Any]) -> Future:
+        with self._queue_lock:  # the count drops in the worker thread, when a generation ends
+            self._queued += 1
+        pending = self._slm_worker.submit(self.slm_answer, cluster_id, record, request_body)
+        pending.add_done_callback(self._done)
+        return pending
+
+    def _done(self, _: Future) -> None:
+        with self._queue_lock:
+            self._queued -= 1
 
     def _compare(self, pending: Future, llm_answer: ChatMessage, route: dict[str, Any]) -> None:
         # Runs in the proxy's writer thread once the LLM has answered: the agent never waited for the SLM.

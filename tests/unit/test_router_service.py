@@ -186,9 +186,11 @@ def test_canary_mode_sends_the_seeded_share_to_the_slm(routed):
 
 def test_router_config_reads_a_route_section(tmp_path):
     path = tmp_path / "params.yaml"
-    path.write_text("route:\n  cluster_model_dir: m\n  clusters:\n    3: {mode: canary, base_model: b, canary_share: 0.2}\n")
+    path.write_text("route:\n  cluster_model_dir: m\n  clusters:\n    3: {mode: canary, base_model: b, canary_share: 0.2}\n"
+                    "    4: {mode: on, base_model: b}\n    5: {mode: off, base_model: b}\n")
     config = load_router_config(path)
     assert config.cluster_model_dir == "m" and config.routes()[3].canary_share == 0.2
+    assert (config.routes()[4].mode, config.routes()[5].mode) == ("on", "off")  # YAML's booleans, unquoted
     with pytest.raises(ValueError):
         RouterConfig.model_validate({"clusters": {3: {"mode": "sometimes", "base_model": "b"}}})
 
@@ -245,3 +247,26 @@ def test_route_report_over_the_store_is_written_and_tracked(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert run.data.metrics["overall.slm_share"] == 0.25 and run.data.metrics["cluster_0.fallback_rate"] == 0.5
+
+
+def test_a_full_slm_queue_sends_calls_to_the_llm(tmp_path):
+    import threading
+
+    release = threading.Event()
+
+    def slow_slm(cluster_id: int, record: CallRecord) -> str:
+        release.wait(timeout=20)
+        return slm_stand_in(cluster_id, record)
+
+    responder = RouterResponder(router_config(max_queued=1), cluster_model(), embed=bag_of_words, generator=slow_slm)
+    with Proxy(tmp_path, responder) as proxy:
+        assert proxy.ask(body(SKI, "Perth")).model == "gpt-4o"  # its SLM run holds the only queue place
+        assert proxy.ask(body(WEATHER, "Paris")).model == "gpt-4o"
+        assert proxy.ask(body(SKI, "Lima")).model == "gpt-4o"
+        release.set()
+        stored = proxy.records(3)
+    assert stored[TASKS[WEATHER][1].format("Paris")].metadata["route"] == {
+        "route": "llm", "cluster_id": WEATHER, "reason": "SLM busy"}
+    assert stored[TASKS[SKI][1].format("Lima")].metadata["route"] == {
+        "route": "shadow", "cluster_id": SKI, "reason": "SLM busy"}  # not compared: no agreement either way
+    assert stored[TASKS[SKI][1].format("Perth")].metadata["route"]["agree"] is True
