@@ -103,11 +103,20 @@ def task_text(record: CallRecord, settings: TextSettings | None = None) -> str:
     return "\n".join(lines)
 
 
-def embed_texts(texts: list[str], model_ref: str, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
-    """Unit-length sentence embeddings (float32), one row per text, computed on the CPU."""
+def load_sentence_model(model_ref: str):
+    """The sentence-transformers model on the CPU (a long-running caller, e.g. the router, keeps it)."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(resolve_model_ref(model_ref), device="cpu")
+    return SentenceTransformer(resolve_model_ref(model_ref), device="cpu")
+
+
+def embed_texts(texts: list[str], model_ref: str, batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+    """Unit-length sentence embeddings (float32), one row per text, computed on the CPU."""
+    return encode_texts(load_sentence_model(model_ref), texts, batch_size, show_progress)
+
+
+def encode_texts(model, texts: list[str], batch_size: int = 64, show_progress: bool = False) -> np.ndarray:
+    """:func:`embed_texts` with an already loaded model."""
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
     vectors = model.encode(list(texts), batch_size=batch_size, show_progress_bar=show_progress,

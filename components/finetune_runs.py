@@ -89,7 +89,8 @@ def records_sha256(records: list[CallRecord]) -> str:
     """Content hash of a list of calls, order included (the order seeds the data loader's shuffle)."""
     digest = hashlib.sha256()
     for record in records:
-        digest.update(record.model_dump_json().encode())
+        # Metadata (e.g. the route a call took) is not trained on: it must not change the data's identity.
+        digest.update(record.model_dump_json(exclude={"metadata"}).encode())
         digest.update(b"\n")
     return digest.hexdigest()
 

@@ -20,6 +20,9 @@ accepted record. Recording never breaks the agent: a call that cannot be recorde
 Responders (the hook for routing): ``responders`` are tried in order before the upstream; each gets the request and
 agent name and returns a ``chat.completion`` dict to answer with, or None to pass. A router that answers a task
 cluster with its promoted SLM is one more responder; the upstream stays the fallback and recording is unchanged.
+A responder annotates the call through :func:`current_note`: the note's ``fields`` are stored as the call's
+``metadata`` (collect keeps them as the record's metadata), and ``on_llm_answer``, if set, is called with the LLM's
+answer just before the call is written (e.g. to compare a shadow SLM's answer with it; it may add to ``fields``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, Sequence
@@ -41,7 +46,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from components.collect_config import CollectConfig
-from components.schema import CallRecord
+from components.schema import CallRecord, ChatMessage
 from components.secure_store import EncryptedAppendLog
 from components.sources.common import ChunkAccumulator, RecordError
 from components.sources.openai_jsonl import parse_call
@@ -59,6 +64,22 @@ class Responder(Protocol):
     name: str
 
     def __call__(self, request_body: dict[str, Any], agent: str) -> Awaitable[dict[str, Any] | None]: ...
+
+
+@dataclass
+class CallNote:
+    """What responders add to the call being served (see the module docstring); no prompt text belongs here."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+    on_llm_answer: Callable[[ChatMessage], None] | None = None
+
+
+_call_note: ContextVar[CallNote | None] = ContextVar("llm2slm_call_note", default=None)
+
+
+def current_note() -> CallNote:
+    """The note of the call being served; outside a proxy request, a throwaway one (a responder called directly)."""
+    return _call_note.get() or CallNote()
 
 
 class CallStore:
@@ -155,12 +176,24 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
             headers["authorization"] = f"Bearer {upstream_api_key}"
         return headers
 
-    def store_call(call: dict[str, Any], started_at: datetime) -> None:
+    def annotate(call: dict[str, Any], note: CallNote, answer: CallRecord | None) -> None:
+        """Run the note's LLM-answer hook and put its fields on the call; a failing hook never loses the call."""
+        if answer is not None and note.on_llm_answer is not None and call["served_by"] == "upstream":
+            try:
+                note.on_llm_answer(answer.response)
+            except Exception:  # noqa: BLE001
+                logger.exception("proxy: the LLM-answer hook of call %s failed", call["id"])
+        if note.fields:
+            call["metadata"] = {**note.fields}
+
+    def store_call(call: dict[str, Any], started_at: datetime, note: CallNote) -> None:
         """Check, transform and write one call (runs in a worker thread after the answer has been sent)."""
         cost = 0.0
         try:
-            if "response" in call:
-                parsed = parse_call(call, cfg)
+            parsed = parse_call(call, cfg) if "response" in call else None
+            annotate(call, note, parsed)
+            if parsed is not None:
+                parsed = parsed.model_copy(update={"metadata": call.get("metadata", {})})
                 cost = parsed.cost_usd or 0.0
                 if on_write is not None:
                     call = {"record": on_write(parsed).model_dump(mode="json")}
@@ -184,14 +217,14 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
             stats["llm_cost_usd"] += cost
 
     def recording(request_body: dict[str, Any], agent_name: str, started_at: datetime, started: float,
-                  response_body: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                  note: CallNote, response_body: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
                   served_by: str = "upstream") -> BackgroundTask:
         """The task that records this call once its answer is out; latency is taken now, at answer time."""
         call = {"id": (response_body or {}).get("id") or f"call-{uuid.uuid4().hex}",
                 "timestamp": started_at.isoformat(), "agent": agent_name, "request": request_body,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3), "served_by": served_by}
         call.update({"error": error} if error is not None else {"response": response_body})
-        return BackgroundTask(store_call, call, started_at)
+        return BackgroundTask(store_call, call, started_at, note)
 
     def passthrough(answer: httpx.Response, background: BackgroundTask | None = None) -> Response:
         return Response(content=answer.content, status_code=answer.status_code, background=background,
@@ -229,6 +262,9 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
         recordable = isinstance(request_body, dict)
         agent_name = request.headers.get(AGENT_HEADER) or agent
         started_at, started = datetime.now(timezone.utc), time.perf_counter()
+        # Set in this request's own context: concurrent requests each see their own note.
+        note = CallNote()
+        _call_note.set(note)
 
         if recordable:
             for responder in responders:
@@ -236,7 +272,7 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
                 if completion is None:
                     continue
                 stats["answered_by_responder"] += 1
-                background = recording(request_body, agent_name, started_at, started, completion,
+                background = recording(request_body, agent_name, started_at, started, note, completion,
                                        served_by=responder.name)
                 if request_body.get("stream"):
                     return Response(completion_as_sse(completion), media_type="text/event-stream",
@@ -262,13 +298,14 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
             if answer.is_error:
                 stats["upstream_errors"] += 1
                 failure = {"status": answer.status_code, "body": answer.text[:4000]}
-                return passthrough(answer, recording(request_body, agent_name, started_at, started, error=failure))
+                return passthrough(answer, recording(request_body, agent_name, started_at, started, note,
+                                                           error=failure))
             try:
                 body = answer.json()
             except ValueError:  # a 2xx that is not JSON
                 stats["unrecordable"] += 1
                 return passthrough(answer)
-            return passthrough(answer, recording(request_body, agent_name, started_at, started, body)
+            return passthrough(answer, recording(request_body, agent_name, started_at, started, note, body)
                                if isinstance(body, dict) else None)
 
         accumulator = SSEAccumulator()
@@ -286,7 +323,7 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
         def record_stream() -> None:
             # Only a stream that reached its end is a call; a client that hung up mid-way left a partial one.
             if outcome["completed"] and recordable:
-                task = recording(request_body, agent_name, started_at, started, accumulator.response())
+                task = recording(request_body, agent_name, started_at, started, note, accumulator.response())
                 task.func(*task.args, **task.kwargs)
 
         return StreamingResponse(relay(), status_code=answer.status_code, media_type="text/event-stream",
@@ -297,10 +334,11 @@ def create_app(upstream_url: str, store_dir: Path, cfg: CollectConfig, client_ke
 
 def serve(host: str, port: int, upstream_url: str, store_dir: Path, cfg: CollectConfig, client_keys: Sequence[str],
           agent: str = "default", upstream_api_key: str | None = None, timeout_s: float = 120.0,
-          on_write: Callable[[CallRecord], CallRecord] | None = None, log_level: str = "info") -> None:
+          on_write: Callable[[CallRecord], CallRecord] | None = None, log_level: str = "info",
+          responders: Sequence[Responder] = ()) -> None:
     """Run the proxy with uvicorn until interrupted (what ``llm2slm proxy`` calls)."""
     import uvicorn
 
     app = create_app(upstream_url, store_dir, cfg, client_keys, agent=agent, upstream_api_key=upstream_api_key,
-                     timeout_s=timeout_s, on_write=on_write)
+                     timeout_s=timeout_s, on_write=on_write, responders=responders)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -118,7 +119,8 @@ def agreement(slm: ChatMessage, llm: ChatMessage) -> bool:
 
 def route_summary(routes_taken: list[dict[str, Any]], llm_cost_per_call: float, slm_cost_per_call: float
                   ) -> dict[str, Any]:
-    """Per cluster and overall: share served by SLMs, agreement (shadow/canary), cost saved per 1k calls.
+    """Per cluster and overall: share served by SLMs, calls per route, share of SLM answers the guardrail sent back
+    to the LLM, agreement (shadow), cost saved per 1k calls.
 
     ``routes_taken``: one ``{"cluster_id", "route", "agree"?}`` per call (as recorded by the router).
     """
@@ -126,7 +128,9 @@ def route_summary(routes_taken: list[dict[str, Any]], llm_cost_per_call: float, 
         served = sum(row["route"] == "slm" for row in rows)
         compared = [row["agree"] for row in rows if row.get("agree") is not None]
         share = served / len(rows) if rows else 0.0
-        return {"calls": len(rows), "slm_share": share,
+        fallbacks = sum(row["route"] == "fallback" for row in rows)
+        return {"calls": len(rows), "slm_share": share, "routes": dict(Counter(row["route"] for row in rows)),
+                "fallback_rate": fallbacks / (served + fallbacks) if served + fallbacks else None,
                 "agreement": sum(compared) / len(compared) if compared else None,
                 "cost_saved_per_1k": 1000 * share * (llm_cost_per_call - slm_cost_per_call)}
 

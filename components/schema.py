@@ -65,6 +65,9 @@ class CallRecord(BaseModel):
     completion_tokens: int | None = None
     latency_ms: float | None = None
     cost_usd: float | None = None
+    # Facts about the call beyond the exchange itself, e.g. the S6 router's ``route`` (which model answered, why).
+    # Never prompt text: it is not anonymized by S2.
+    metadata: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def system_prompt(self) -> str:
@@ -88,10 +91,11 @@ class CallRecord(BaseModel):
 
 
 # Columns holding nested structures as JSON text; the rest are scalars.
-_JSON_COLUMNS = {"messages": "messages_json", "tools": "tools_json", "response": "response_json"}
+_JSON_COLUMNS = {"messages": "messages_json", "tools": "tools_json", "response": "response_json",
+                 "metadata": "metadata_json"}
 RECORD_COLUMNS = [
     "record_id", "timestamp", "agent", "source", "model", "messages_json", "tools_json", "response_json",
-    "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd",
+    "prompt_tokens", "completion_tokens", "latency_ms", "cost_usd", "metadata_json",
 ]
 
 
@@ -102,6 +106,7 @@ def records_to_frame(records: list[CallRecord]) -> pd.DataFrame:
         row["messages_json"] = json.dumps([m.model_dump(mode="json", exclude_none=True) for m in record.messages])
         row["tools_json"] = json.dumps(record.tools)
         row["response_json"] = json.dumps(record.response.model_dump(mode="json", exclude_none=True))
+        row["metadata_json"] = json.dumps(record.metadata)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RECORD_COLUMNS)
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
@@ -131,6 +136,8 @@ def frame_to_records(frame: pd.DataFrame) -> list[CallRecord]:
                 completion_tokens=clean.get("completion_tokens"),
                 latency_ms=clean.get("latency_ms"),
                 cost_usd=clean.get("cost_usd"),
+                # Tables written before the column existed read as calls without metadata.
+                metadata=json.loads(clean.get("metadata_json") or "{}"),
             )
         )
     return records

@@ -218,10 +218,13 @@ def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
           anonymize: bool = typer.Option(False, "--anonymize", help="Pseudonymize each call with S2's analyzer "
                                          "(params anonymize.*) before it is written: raw PII never touches disk"),
           timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
+          route: Optional[Path] = typer.Option(None, "--route", help="S6 router config (YAML: per-cluster mode, "
+                                               "base model, adapter, canary share, known tools; or a params file "
+                                               "with a `route` section): answer routed clusters with their SLMs"),
           params: Optional[Path] = ParamsOption) -> None:
     """S1 live: OpenAI-compatible logging proxy; point the agent's base_url at it, then
-    `collect --source proxy-store:DIR`. Client keys: $LLM2SLM_PROXY_KEYS (comma-separated); store key:
-    $LLM2SLM_STORE_KEY or the key file."""
+    `collect --source proxy-store:DIR`. With --route it is also the S6 router. Client keys: $LLM2SLM_PROXY_KEYS
+    (comma-separated); store key: $LLM2SLM_STORE_KEY or the key file."""
     import os
 
     from components.proxy import PROXY_KEYS_ENV, serve
@@ -249,9 +252,49 @@ def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
 
         anonymizer = Anonymizer(config.steps["anonymize"])
         on_write = lambda record: anonymizer.anonymize_record(record)[0]  # noqa: E731
+    responders = []
+    if route is not None:
+        from components.router_service import RouterResponder, load_router_config
+
+        try:
+            router = RouterResponder(load_router_config(route))
+        except (FileNotFoundError, ValueError) as error:  # a missing cluster model or an invalid config
+            typer.echo(f"error: router: {error}", err=True)
+            raise typer.Exit(code=2) from None
+        responders.append(router)
+        modes = ", ".join(f"#{cid} {c.mode}" for cid, c in router.config.clusters.items()) or "no cluster routed"
+        typer.echo(f"router: {modes}")
     typer.echo(f"logging proxy: http://{host}:{port}/v1 -> {upstream_url}, encrypted calls -> {store}")
     serve(host, port, upstream_url, store, collect_cfg, client_keys, agent=agent,
-          upstream_api_key=os.environ.get(upstream_api_key_env) or None, timeout_s=timeout_s, on_write=on_write)
+          upstream_api_key=os.environ.get(upstream_api_key_env) or None, timeout_s=timeout_s, on_write=on_write,
+          responders=responders)
+
+
+@app.command("route-report")
+def route_report(store: Path = typer.Option(..., "--store", help="The proxy's store directory"),
+                 out: Path = typer.Option(Path("reports/route"), "--out", help="Where the HTML page and JSON go"),
+                 params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
+                 experiment: Optional[str] = ExperimentOption) -> None:
+    """S6: what the router did (per cluster: SLM share, fallbacks, shadow agreement, cost saved per 1k calls),
+    as an HTML report logged to MLflow."""
+    from components.route_report import RouteReportConfig
+    from components.secure_store import StoreKeyError
+    from components.sources import SourceError
+    from tasks.route_report import route_report_task
+
+    config = _config(params, experiment)
+    cfg = RouteReportConfig(store_dir=str(store.resolve()), out_dir=str(out.resolve()),
+                            slm_hourly_cost_usd=config.steps["evaluate"].slm_hourly_cost_usd)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = route_report_task.fn(cfg, config.steps["collect"], workdir.resolve(), config.tracking)
+    except (StoreKeyError, SourceError) as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    overall = result["overall"]
+    typer.echo(f"{overall['calls']} routed calls: SLM share {overall['slm_share']:.1%}, "
+               f"saved ${overall['cost_saved_per_1k']:.4f} per 1k calls")
+    typer.echo(f"Report: {result['report']}")
 
 
 @app.command("fetch-assets")

@@ -121,7 +121,7 @@ def check_answer(answer: ChatMessage) -> None:
 def build_record(cfg: CollectConfig, *, record_id: str, source: str, messages: list[ChatMessage],
                  answer: ChatMessage, tools: list[dict[str, Any]], model: Any = None, usage: Any = None,
                  timestamp: Any = None, agent: Any = None, latency_ms: Any = None,
-                 cost_usd: Any = None) -> CallRecord:
+                 cost_usd: Any = None, metadata: Any = None) -> CallRecord:
     """The one place a CallRecord is made from parsed parts: answer checks, usage, cost from the price table."""
     check_answer(answer)
     if not messages:
@@ -133,7 +133,8 @@ def build_record(cfg: CollectConfig, *, record_id: str, source: str, messages: l
         record = CallRecord(record_id=record_id, timestamp=timestamp, agent=agent or cfg.default_agent,
                             source=source, model=model, messages=messages, tools=tools, response=answer,
                             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                            latency_ms=latency_ms, cost_usd=cost_usd)
+                            latency_ms=latency_ms, cost_usd=cost_usd,
+                            metadata=metadata if isinstance(metadata, dict) else {})
     except ValidationError as error:
         first = error.errors()[0]
         raise RecordError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None

