@@ -68,6 +68,9 @@ class CurateConfig(StepConfig):
     drop_refusals: bool = True
     drop_truncated: bool = True
     validate_tool_calls: bool = True
+    # Calls the S6 router answered with an SLM carry metadata.route.route == "slm": their response is not the
+    # LLM's, so training on them would teach the SLM its own mistakes. Shadow/fallback calls keep the LLM's answer.
+    drop_slm_answers: bool = True
 
 
 @dataclass
@@ -233,6 +236,9 @@ def _language_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str] 
 
 def _record_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str] | None:
     response = record.response
+    route = (record.metadata or {}).get("route") or {}
+    if cfg.drop_slm_answers and route.get("route") == "slm":
+        return "slm_answer", f"answered by the SLM of cluster {route.get('cluster_id')}, not by the LLM"
     if not response.tool_calls and not (response.content or "").strip():
         return "empty_response", "no text and no tool call"
     size = prompt_chars(record)

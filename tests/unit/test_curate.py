@@ -222,3 +222,17 @@ def test_responses_over_the_length_limit_are_removed():
     result = curate(records, CurateConfig(max_response_chars=150))
     assert kept_ids(result) == ["ok"]
     assert reasons(result) == {"long": "response_too_long", "long_call": "response_too_long"}
+
+
+def test_calls_the_router_answered_with_an_slm_are_not_training_labels():
+    def routed(record_id: str, route: str, user: str) -> CallRecord:
+        record = rec(record_id, user, call("book_table", {"party_size": 2}), [BOOK_TABLE])
+        return record.model_copy(update={"metadata": {"route": {"route": route, "cluster_id": 3}}})
+
+    records = [routed("by-slm", "slm", "Table for two."), routed("by-llm-shadow", "shadow", "Table for two at 8."),
+               routed("fell-back", "fallback", "Table for two at 9.")]
+    result = curate(records, CurateConfig())
+    assert reasons(result) == {"by-slm": "slm_answer"}
+    assert "cluster 3" in result.removed[0]["detail"]
+    assert kept_ids(result) == ["by-llm-shadow", "fell-back"]
+    assert kept_ids(curate(records, CurateConfig(drop_slm_answers=False))) == [r.record_id for r in records]
