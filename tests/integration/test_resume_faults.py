@@ -23,7 +23,7 @@ import yaml
 
 from tests.integration.conftest import deploy_conversion
 from tests.integration.services import Topology
-from tests.integration.test_topology_faults import eventually
+from tests.integration.test_topology_faults import eventually, mlflow_back
 
 pytestmark = pytest.mark.integration
 
@@ -156,12 +156,7 @@ def test_mlflow_outage_during_registration_leaves_no_half_registered_version(top
         with pytest.raises(MlflowException):
             register_challenger(model_uri, name, {"cluster_label": "outage"}, undo_timeout_s=240)
     finally:
-        restart.cancel()
-        if restart.is_alive():
-            restart.join()
-        if not topology.servers["mlflow-server"].running():
-            topology.launch_http_server("mlflow-server")
-        topology.servers["mlflow-server"].wait_healthy(240)
+        mlflow_back(topology, restart)
     monkeypatch.undo()
     assert eventually(lambda: mlflow_client.get_registered_model(name))  # the registration got that far...
     assert mlflow_client.search_model_versions(f"name='{name}'") == []  # ...but its version is gone again
