@@ -37,7 +37,8 @@ def step_task_runs(client, since: datetime) -> list[str]:
 
     runs = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since)),
                                  sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
-    return [run.name for run in runs if run.name[:1] == "S" and run.name[1:2].isdigit()]
+    names = [run.name.rsplit("-", 1)[0] for run in runs]  # Prefect appends "-<suffix>" to a task run's name
+    return [name for name in names if name[:1] == "S" and name[1:2].isdigit()]
 
 
 def upstream_snapshot(workdir: Path, params: Path) -> dict[str, dict]:
