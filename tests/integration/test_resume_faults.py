@@ -78,10 +78,12 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
     params = yaml.safe_load((workdir / "params.yaml").read_text())
     params["finetune"].update(max_steps=10, eval_steps=2, save_steps=2, early_stopping={"patience": 100,
                                                                                         "threshold": 0.0})
+    # Its own experiment and registered models: the conversion's stay as test_topology.py checks them.
+    params["evaluate"]["registered_model_prefix"] = "resumed"
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     before = upstream_snapshot(workdir, workdir / "params.yaml")
     parameters = {"params_path": str(workdir / "params.yaml"), "workdir": str(workdir),
-                  "input_path": str(workdir / "agent-log.jsonl"), "experiment": conversion["experiment"],
+                  "input_path": str(workdir / "agent-log.jsonl"), "experiment": f"resume-{uuid.uuid4().hex[:8]}",
                   "resume": True}
     deployment = deploy_conversion()
     checkpoints = workdir / "models" / "checkpoints"
@@ -116,8 +118,8 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
     assert all(c["steps"] == 10 for c in finetuned)
     assert not any(checkpoints.glob("cluster_*/checkpoint-*"))  # removed once the run finished
 
-    # The same end state as the clean conversion: the same clusters converted, the same figures, a new version
-    # registered under the same name with its alias.
+    # The same end state as the clean conversion: the same clusters converted, the same figures, one version
+    # registered with its alias.
     clean = json.loads((conversion["workdir"] / "reports" / "evaluation.json").read_text())["clusters"]
     resumed = json.loads((workdir / "reports" / "evaluation.json").read_text())["clusters"]
     assert [c["cluster_id"] for c in resumed] == [c["cluster_id"] for c in clean]
@@ -125,8 +127,8 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
         assert new["scores"].keys() == old["scores"].keys() and new["n_test"] == old["n_test"]
         assert new["scores"]["llm"] == old["scores"]["llm"]
         model = new["registered_model"]
-        assert model["name"] == old["registered_model"]["name"]
-        assert int(model["version"]) > int(old["registered_model"]["version"])
+        assert model["name"] == old["registered_model"]["name"].replace("llm2slm-", "resumed-", 1)
+        assert model["version"] == "1"  # one version: the killed run never got to S6
         assert str(mlflow_client.get_model_version_by_alias(model["name"], model["alias"]).version) == \
             model["version"]
     shutil.rmtree(workdir, ignore_errors=True)
