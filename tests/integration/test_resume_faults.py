@@ -76,7 +76,7 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
     workdir = topology.base / f"resume-{uuid.uuid4().hex[:6]}"
     shutil.copytree(conversion["workdir"], workdir)
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["finetune"].update(max_steps=10, eval_steps=2, save_steps=2, early_stopping={"patience": 100,
+    params["finetune"].update(max_steps=6, eval_steps=2, save_steps=2, early_stopping={"patience": 100,
                                                                                         "threshold": 0.0})
     # Its own experiment and registered models: the conversion's stay as test_topology.py checks them.
     params["evaluate"]["registered_model_prefix"] = "resumed"
@@ -115,7 +115,7 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
     assert upstream_snapshot(workdir, workdir / "params.yaml") == before  # S1-S4 outputs byte for byte unchanged
     finetuned = json.loads((workdir / "reports" / "finetune.json").read_text())["clusters"]
     assert finetuned and all(c["resumed_from_step"] and c["resumed_from_step"] > 0 for c in finetuned)
-    assert all(c["steps"] == 10 for c in finetuned)
+    assert all(c["steps"] == 6 for c in finetuned)
     assert not any(checkpoints.glob("cluster_*/checkpoint-*"))  # removed once the run finished
 
     # The same end state as the clean conversion: the same clusters converted, the same figures, one version
