@@ -90,3 +90,33 @@ def test_every_step_names_real_fields_and_s1_locks_its_sources(tmp_path):
     assert step_lock("collect", mlflow_source, tmp_path).why_stale() == "an input has no file to digest"
     assert step_lock("finetune", FinetuneConfig(), tmp_path).current()["params_sha256"] != \
         step_lock("finetune", FinetuneConfig(max_steps=99), tmp_path).current()["params_sha256"]
+
+
+def test_run_step_runs_records_and_under_resume_skips_what_is_up_to_date(tmp_path):
+    from flows.llm_to_slm import run_step
+
+    cfg = FinetuneConfig()
+    for name in (cfg.curated, cfg.splits, cfg.leaderboard):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    runs: list[int] = []
+
+    def train() -> str:
+        runs.append(1)
+        (tmp_path / cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (tmp_path / cfg.summary).write_text("{}")
+        return "trained"
+
+    skipped: list[str] = []
+    assert run_step("finetune", cfg, tmp_path, False, skipped, train) == "trained"  # resume off: always runs
+    assert run_step("finetune", cfg, tmp_path, False, skipped, train) == "trained" and len(runs) == 2
+    assert run_step("finetune", cfg, tmp_path, True, skipped, train) is None and skipped == ["finetune"]
+    (tmp_path / cfg.leaderboard).write_text("another pick")
+    assert run_step("finetune", cfg, tmp_path, True, skipped, train) == "trained" and len(runs) == 3
+
+    def killed() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_step("finetune", cfg, tmp_path, False, skipped, killed)
+    assert run_step("finetune", cfg, tmp_path, True, [], train) == "trained"  # a step stopped half-way reruns
