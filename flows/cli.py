@@ -115,7 +115,10 @@ _step_command("evaluate", "S6: LLM vs base vs fine-tuned SLM, promotion gate, re
 def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of the agent's LLM calls "
                                              "(default: params collect.input under the work dir)"),
         params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-        experiment: Optional[str] = ExperimentOption) -> None:
+        experiment: Optional[str] = ExperimentOption,
+        resume: bool = typer.Option(False, "--resume", help="Skip the steps that are up to date (params, inputs "
+                                    "and outputs unchanged since they last succeeded); S5 resumes from its last "
+                                    "checkpoint")) -> None:
     """Run the whole conversion S1 -> S6 as the Prefect flow `llm_to_slm`."""
     from flows.llm_to_slm import llm_to_slm
     from flows.steps import default_params_path
@@ -124,7 +127,9 @@ def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of
     if input is not None and not input.exists():
         raise typer.BadParameter(f"input log not found: {input}", param_hint="--input")
     result = llm_to_slm(params_path=str((params or default_params_path()).resolve()), workdir=str(workdir),
-                        input_path=str(input) if input else None, experiment=experiment)
+                        input_path=str(input) if input else None, experiment=experiment, resume=resume)
+    if result["skipped"]:
+        typer.echo(f"\nUp to date, skipped: {', '.join(result['skipped'])}")
     typer.echo(f"\nRecords: {result['records']}, quarantined lines: {result['quarantined']}")
     for entry in result["evaluation"]["clusters"]:
         scores = {k: round(v[entry['primary_metric']], 3) for k, v in entry["scores"].items()}

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from components.anonymize import AnonymizeConfig
-from components.collect import CollectConfig
-from components.config import StepConfig, load_params, load_section
+from components.collect import CollectConfig, source_specs
+from components.config import StepConfig, load_params, load_section, resolve
 from components.discover import DiscoverConfig
 from components.evaluate import EvaluateConfig
 from components.finetune import FinetuneConfig
 from components.select import SelectConfig
+from components.stage_lock import StageLock
 from tasks.parallel import ExecutionConfig
 from tasks.tracking import TrackingConfig
 
@@ -24,6 +25,39 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
     "finetune": FinetuneConfig,
     "evaluate": EvaluateConfig,
 }
+
+# Each step's files, by the field names of its config: (inputs, outputs). Paths are written once in params.yaml;
+# this table only says which of them a step reads and which it writes (the stage locks of `llm2slm run --resume`).
+# S1's inputs are its sources (see step_lock); a step also reads an output it keeps between runs (S1's records
+# and state, S3's model), which the lock checks as an unchanged output.
+STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "collect": ((), ("output", "state", "quarantine", "summary")),
+    "anonymize": (("input", "deny_list_file"), ("output", "audit", "audit_html")),
+    "discover": (("input",), ("assignments", "clusters", "splits", "model_dir", "report", "cluster_map")),
+    "select": (("curated", "clusters", "splits", "ground_truth", "catalog"),
+               ("leaderboard", "leaderboard_table", "metrics", "predictions", "candidate_predictions")),
+    "finetune": (("curated", "splits", "leaderboard"), ("output_dir", "summary")),
+    "evaluate": (("curated", "splits", "leaderboard", "base_predictions", "adapters", "finetune_summary"),
+                 ("evaluation", "metrics", "report", "predictions")),
+}
+
+
+def step_lock(name: str, cfg: StepConfig, workdir: Path, input_path: Path | None = None) -> StageLock:
+    """The stage lock of one step: its params section, and the files the table names (None fields left out).
+    S1 reads its sources: each file or folder is digested; an MLflow source makes the step never up to date."""
+    input_fields, output_fields = STEP_FILES[name]
+
+    def paths(fields: tuple[str, ...]) -> tuple[Path, ...]:
+        return tuple(resolve(workdir, getattr(cfg, f)) for f in fields if getattr(cfg, f) is not None)
+
+    inputs: tuple[Path, ...] | None = paths(input_fields)
+    params: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
+    if name == "collect":
+        specs = source_specs(cfg, workdir, [str(input_path)] if input_path else ())
+        params["sources"] = [spec.kind for spec in specs]
+        inputs = None if any(spec.kind == "mlflow" for spec in specs) else tuple(Path(s.location) for s in specs)
+    return StageLock(name, workdir, params, inputs, paths(output_fields))
+
 
 # params.yaml beside the code: the default when the current directory has none (e.g. `--workdir` elsewhere).
 PACKAGED_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"

@@ -21,7 +21,7 @@ from components.promotion import GateScores, PromotionPolicy, decide_promotion
 from components.refresh import RefreshConfig
 from tasks.progress import say
 from tasks.refresh import answer_and_score, cluster_calls, registered_name
-from tasks.registry import promote, register_challenger
+from tasks.registry import register_challenger
 from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
@@ -63,9 +63,8 @@ def compare_task(cfg: EvaluateConfig, refresh_cfg: RefreshConfig, policy: Promot
             name = registered_name(cfg, cluster_id)
             version = register_challenger(model["model_uri"], name, {
                 "cluster_label": cluster["label"], "refresh": str(refresh_number),
-                "promotion_reason": decision.reason, "n_train": str(model["n_train"])})
-            if decision.promote:
-                promote(name, version, decision.reason)
+                "promotion_reason": decision.reason, "n_train": str(model["n_train"])},
+                promote_reason=decision.reason if decision.promote else None)
             hourly = cfg.slm_hourly_cost_usd
             entry = {
                 "cluster_id": cluster_id, "label": cluster["label"], "primary_metric": metric,

@@ -18,7 +18,7 @@ from components.evaluate import (
     slm_cost_per_1k_calls, write_markdown_summary, write_report,
 )
 from components.schema import read_records, split_records, write_table
-from tasks.registry import CHALLENGER, CHAMPION, promote, register_challenger
+from tasks.registry import CHALLENGER, CHAMPION, register_challenger
 from tasks.select import generate_answers
 from tasks.progress import say
 from tasks.retries import retry_on_transient_io
@@ -73,9 +73,8 @@ def evaluate_task(cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig |
             # Every new version starts as `challenger`; only the gate moves `champion` (and records the history
             # that `llm2slm rollback` walks back).
             version = register_challenger(model["model_uri"], name,
-                                          {"cluster_label": cluster["label"], "promotion_reason": reason})
-            if promoted:
-                promote(name, version, reason)
+                                          {"cluster_label": cluster["label"], "promotion_reason": reason},
+                                          promote_reason=reason if promoted else None)
             entries.append({
                 "cluster_id": cluster_id, "label": cluster["label"], "output_kind": kind,
                 "primary_metric": PRIMARY_METRIC[kind], "n_train": model["n_train"], "n_test": len(test_records),

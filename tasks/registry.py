@@ -6,7 +6,9 @@ Logging it as a pyfunc (not only the adapter files) lets the registry hold a mod
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Callable
 
 import mlflow
 from mlflow.tracking import MlflowClient
@@ -49,11 +51,43 @@ def log_adapter_model(name: str, adapter_dir: Path, base_model: str, max_new_tok
     return info.model_uri
 
 
-def register_with_alias(model_uri: str, name: str, alias: str, tags: dict[str, str]) -> str:
-    """Register a new version and point ``alias`` at it; returns the version number."""
-    version = mlflow.register_model(model_uri, name, tags=tags)
-    MlflowClient().set_registered_model_alias(name, alias, version.version)
-    return str(version.version)
+def register_with_alias(model_uri: str, name: str, alias: str, tags: dict[str, str],
+                        then: Callable[[str], None] | None = None, undo_timeout_s: float = 300) -> str:
+    """Register a new version and point ``alias`` at it (then run ``then(version)``, e.g. a promotion); returns
+    the version number. All or nothing: if anything after the version's creation fails (the MLflow server went
+    away half-way), the version is deleted again, so the registry never holds a version without its alias."""
+    version = str(mlflow.register_model(model_uri, name, tags=tags).version)
+    try:
+        MlflowClient().set_registered_model_alias(name, alias, version)
+        if then is not None:
+            then(version)
+    except BaseException:
+        _retry_until(lambda: _delete_version(name, version), undo_timeout_s)
+        raise
+    return version
+
+
+def _delete_version(name: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().delete_model_version(name, version)  # its aliases go with it
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":  # a retried delete that already got through
+            raise
+
+
+def _retry_until(action: Callable[[], None], timeout_s: float, every_s: float = 2.0) -> None:
+    """Run ``action`` until it succeeds (an outage may outlast the client's own retries) or ``timeout_s`` passes;
+    then its last error is raised."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return action()
+        except Exception:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(every_s)
 
 
 # ---- champion / challenger lifecycle ------------------------------------------------------------------------
@@ -65,9 +99,42 @@ CHALLENGER = "challenger"
 CHAMPION_HISTORY = "llm2slm.champion_history"
 
 
-def register_challenger(model_uri: str, name: str, tags: dict[str, str]) -> str:
-    """Register a new version of ``name`` with alias ``challenger``; returns its version number."""
-    return register_with_alias(model_uri, name, CHALLENGER, tags)
+def register_challenger(model_uri: str, name: str, tags: dict[str, str], promote_reason: str | None = None,
+                        undo_timeout_s: float = 300) -> str:
+    """Register a new version of ``name`` with alias ``challenger`` and, with ``promote_reason``, promote it to
+    ``champion``; returns its version number. All or nothing: on a failure the new version is deleted and the
+    champion alias and history are back where they were."""
+    if promote_reason is None:
+        return register_with_alias(model_uri, name, CHALLENGER, tags, undo_timeout_s=undo_timeout_s)
+    previous, history = champion_version(name), _champion_history_or_empty(name)
+
+    def promote_or_restore(version: str) -> None:
+        try:
+            promote(name, version, promote_reason)
+        except BaseException:
+            _retry_until(lambda: _restore_champion(name, previous, history), undo_timeout_s)
+            raise
+
+    return register_with_alias(model_uri, name, CHALLENGER, tags, then=promote_or_restore,
+                               undo_timeout_s=undo_timeout_s)
+
+
+def _champion_history_or_empty(name: str) -> list[str]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return champion_history(name)
+    except MlflowException:  # no such registered model yet
+        return []
+
+
+def _restore_champion(name: str, version: str | None, history: list[str]) -> None:
+    import json
+
+    client = MlflowClient()
+    client.set_registered_model_tag(name, CHAMPION_HISTORY, json.dumps(history))
+    if version is not None:
+        client.set_registered_model_alias(name, CHAMPION, version)
 
 
 def champion_history(name: str) -> list[str]:

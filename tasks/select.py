@@ -93,7 +93,8 @@ def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | Non
         clusters = json.loads(resolve(workdir, cfg.clusters).read_text())
         splits = pd.read_parquet(resolve(workdir, cfg.splits))
         labels = read_ground_truth(resolve(workdir, cfg.ground_truth)) if cfg.ground_truth else None
-        result = benchmark_candidates(records, clusters, splits, cfg, load_catalog(cfg.catalog), make_answerer(cfg),
+        catalog = load_catalog(resolve(workdir, cfg.catalog) if cfg.catalog else None)  # like every params path
+        result = benchmark_candidates(records, clusters, splits, cfg, catalog, make_answerer(cfg),
                                       slm.parse_completion, embed=make_embedder(cfg.embedding_model),
                                       judge=make_judge(cfg.judge), ground_truth=labels)
         write_table(result.predictions, resolve(workdir, cfg.predictions))

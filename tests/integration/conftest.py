@@ -39,8 +39,9 @@ def small_params(workdir: Path, model_dir: str) -> Path:
     params["demo_data"].update(max_records=90, malformed_lines=2, pii_share=0.3)
     params["discover"].update(min_cluster_size_to_convert=8, max_clusters_to_convert=1, max_test_per_cluster=3,
                               hdbscan={"min_cluster_size": 8, "min_samples": 3})
-    catalog = write_tiny_catalog(workdir / "catalog.yaml", model_dir, name="tiny-llama", licence="Apache-2.0")
-    params["select"].update(candidates=["tiny-llama"], catalog=catalog, max_new_tokens=8)
+    write_tiny_catalog(workdir / "catalog.yaml", model_dir, name="tiny-llama", licence="Apache-2.0")
+    # Relative to the work dir, like every path of params: a copy of the work dir keeps its S4 stage lock.
+    params["select"].update(candidates=["tiny-llama"], catalog="catalog.yaml", max_new_tokens=8)
     params["finetune"].update(max_steps=2, max_length=256)
     params["evaluate"].update(max_new_tokens=8)
     # S2 and S3 on a local Dask cluster through prefect-dask, two record partitions each.

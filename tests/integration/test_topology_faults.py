@@ -34,6 +34,16 @@ def eventually(check, timeout_s: float = 120, every_s: float = 1.0):
     raise AssertionError(f"not within {timeout_s} s; last error: {last_error!r}")
 
 
+def mlflow_back(topology: Topology, restart: threading.Timer) -> None:
+    """After an MLflow outage, whichever way the test ended: the pending restart done or cancelled, the server up."""
+    restart.cancel()
+    if restart.is_alive():
+        restart.join()
+    if not topology.servers["mlflow-server"].running():
+        topology.launch_http_server("mlflow-server")
+    topology.servers["mlflow-server"].wait_healthy(240)
+
+
 def test_prefect_server_recovers_from_a_postgres_restart_and_loses_no_flow_run(topology: Topology, conversion,
                                                                                 prefect_client_settings):
     from prefect import get_client
@@ -96,12 +106,7 @@ def test_mlflow_outage_fails_clearly_past_the_retry_budget_and_is_bridged_by_bac
         run_id = start_parent_run(conversion["workdir"], TrackingConfig(experiment=bridged), "outage", {"a": 1})
         waited = time.monotonic() - started
     finally:  # the server is back for whatever runs next, whichever way this test ended
-        restart.cancel()
-        if restart.is_alive():
-            restart.join()
-        if not topology.servers["mlflow-server"].running():
-            topology.launch_http_server("mlflow-server")
-        topology.servers["mlflow-server"].wait_healthy(240)
+        mlflow_back(topology, restart)
     assert waited >= 5  # the call really waited for the server
     run = client.get_run(run_id)
     assert run.data.params == {"a": "1"} and run.info.status == "RUNNING"

@@ -70,3 +70,53 @@ def test_register_promote_and_roll_back_move_the_aliases(tmp_path, monkeypatch):
     assert champion_version(name) == versions[0]
     assert str(client.get_model_version_by_alias(name, "challenger").version) == versions[2]
     assert champion_version("no-such-model") is None
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    source = tmp_path / "model"
+    source.mkdir()
+    return f"atomic-{uuid.uuid4().hex[:6]}", source.as_uri()
+
+
+def fail_once(monkeypatch, method: str) -> None:
+    """The MLflow server goes away at the first call of `MlflowClient.<method>`, and is back for the next."""
+    original, calls = getattr(mlflow.MlflowClient, method), []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise mlflow.exceptions.MlflowException("API request failed: connection refused")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlflow.MlflowClient, method, flaky)
+
+
+def test_registration_is_all_or_nothing_when_the_alias_cannot_be_set(registry, monkeypatch):
+    from tasks.registry import register_challenger
+
+    name, uri = registry
+    fail_once(monkeypatch, "delete_model_version")  # the clean-up itself outlasts one failure
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", lambda *a: (_ for _ in ()).throw(
+        mlflow.exceptions.MlflowException("API request failed: connection refused")))
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        register_challenger(uri, name, {"cluster_label": "x"}, undo_timeout_s=10)
+    assert mlflow.MlflowClient().search_model_versions(f"name='{name}'") == []
+
+
+def test_a_failed_promotion_deletes_the_version_and_keeps_the_old_champion(registry, monkeypatch):
+    from tasks.registry import champion_history, champion_version, register_challenger
+
+    name, uri = registry
+    first = register_challenger(uri, name, {}, promote_reason="first")
+    fail_once(monkeypatch, "set_model_version_tag")  # the last call of promote()
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        register_challenger(uri, name, {}, promote_reason="better", undo_timeout_s=10)
+    versions = mlflow.MlflowClient().search_model_versions(f"name='{name}'")
+    assert [str(v.version) for v in versions] == [first]
+    assert champion_version(name) == first and champion_history(name) == [first]
+    second = register_challenger(uri, name, {}, promote_reason="better")  # and the next attempt goes through
+    assert champion_version(name) == second and champion_history(name) == [first, second]
