@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.unit.fake_openai, when run as a script from anywhere
 CLIENT_KEY = "sk-bench-client"
 BODY = {"model": "gpt-4o", "messages": [{"role": "system", "content": "You are a weather agent."},
                                         {"role": "user", "content": "Weather in Paris?"}],
