@@ -193,3 +193,54 @@ def test_on_write_hook_transforms_the_record_before_it_touches_disk(tmp_path):
     assert record.user_request == "write to <EMAIL_1>"
     # The fake upstream echoes the prompt; the hook above only cleans the prompt, so the answer still has it.
     assert record.response.content == "You said: write to jane@example.com"
+
+
+def test_capture_through_s2s_analyzer_writes_no_raw_pii_to_the_store(tmp_path):
+    """`llm2slm proxy --anonymize`: the real S2 analyzer on the on-write hook; the fake upstream echoes the prompt,
+    so the PII is in the response too, and neither may reach the (decrypted) store."""
+    from components.secure_store import decrypt_lines
+    from tests.unit.anonymizer_fixture import shared_anonymizer
+
+    anonymizer = shared_anonymizer()
+    values = ["John Smith", "john.smith@example.com", "(415) 867-5309"]
+    prompt = f"Hi, I am {values[0]}, write to {values[1]} or call me at {values[2]}."
+    with serve_in_thread(fake_openai_app()) as upstream_url:
+        app = create_app(f"{upstream_url}/v1", tmp_path, CFG, [CLIENT_KEY],
+                         on_write=lambda record: anonymizer.anonymize_record(record)[0])
+        with serve_in_thread(app) as url:
+            answer = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0).chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": prompt}])
+            deadline = time.monotonic() + 30
+            while app.state.stats["recorded"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert answer.choices[0].message.content == f"You said: {prompt}"  # the agent still gets the real answer
+    stored = [line for path in tmp_path.rglob("*") if path.is_file()
+              for line in decrypt_lines(iter(path.read_bytes().splitlines()), str(path)) if line]
+    assert stored, "nothing was recorded"
+    for value in [*values, "867-5309"]:
+        assert not any(value.encode() in line for line in stored), value
+    [record] = collect_sources([parse_source(f"proxy-store:{tmp_path}", Path("/"))], CFG).records
+    expected = "Hi, I am <PERSON_1>, write to <EMAIL_ADDRESS_1> or call me at <PHONE_NUMBER_1>."
+    assert record.user_request == expected and record.response.content == f"You said: {expected}"
+
+
+def test_the_proxy_command_wires_the_analyzer_when_asked_to_anonymize(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import components.proxy as proxy_module
+    from components.schema import CallRecord, ChatMessage
+    from flows.cli import app
+
+    served = {}
+    monkeypatch.setattr(proxy_module, "serve", lambda *args, **kwargs: served.update(kwargs))
+    monkeypatch.setenv("LLM2SLM_PROXY_KEYS", CLIENT_KEY)
+    monkeypatch.setenv("LLM2SLM_STORE_KEY_FILE", str(tmp_path / "store.key"))
+    arguments = ["proxy", "--upstream-url", "http://127.0.0.1:9/v1", "--store", str(tmp_path / "store")]
+    plain = CliRunner().invoke(app, arguments)
+    assert plain.exit_code == 0, plain.output
+    assert served["on_write"] is None
+    anonymizing = CliRunner().invoke(app, [*arguments, "--anonymize"])
+    assert anonymizing.exit_code == 0, anonymizing.output
+    record = CallRecord(record_id="r1", messages=[ChatMessage(role="user", content="Mail john.smith@example.com")],
+                        response=ChatMessage(role="assistant", content="Done."))
+    assert served["on_write"](record).user_request == "Mail <EMAIL_ADDRESS_1>"
