@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from components.assets import sha256_of
+
 LOCK_DIR = Path(".llm2slm") / "steps"
 LOCK_VERSION = 1
 
@@ -23,11 +25,7 @@ LOCK_VERSION = 1
 def file_digest(path: Path) -> str | None:
     """sha256 of a file's bytes, or of a folder's files (relative names and contents); None when absent."""
     if path.is_file():
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_of(path)
     if path.is_dir():
         digest = hashlib.sha256(b"dir\0")
         for child in sorted(p for p in path.rglob("*") if p.is_file()):
