@@ -37,7 +37,8 @@ class EvaluateConfig(StepConfig):
     metrics: str = "reports/metrics.json"
     report: str = "reports/report.html"
     predictions: str = "data/predictions/slm_finetuned.parquet"
-    max_new_tokens: int = 96
+    max_new_tokens: int = 256  # a cap: the adapter's prompt spec holds its own, smaller budget
+    constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
     slm_hourly_cost_usd: float = 0.40
     promotion: PromotionGate = PromotionGate()

@@ -26,7 +26,7 @@ from components.finetune_runs import (
 )
 from components.prompt_pruning import PromptSpec, PruningSettings, derive_prompt_spec, save_prompt_spec
 from components.schema import CallRecord
-from components.slm import build_messages, count_parameters, prepare_model, render_target
+from components.slm import answer_token_budget, build_messages, count_parameters, prepare_model, render_target
 
 # (global step, total steps, training loss of that step)
 FinetuneProgress = Callable[[int, int, float], None]
@@ -325,6 +325,9 @@ def finetune(
     too_long += too_long_validation
     if not train_records:
         raise ValueError(f"all {len(too_long)} training records are longer than max_length={cfg.max_length} tokens")
+    if spec is not None:  # serving then lets the model write about as much as its longest training answer
+        spec.max_answer_tokens = answer_token_budget(
+            [len(tokenizer(render_target(r.response), add_special_tokens=False)["input_ids"]) for r in train_records])
 
     checkpoints = checkpoint_dir or output_dir.with_name(f"{output_dir.name}.checkpoints")
     resume_from = prepare_checkpoints(checkpoints, fingerprint)

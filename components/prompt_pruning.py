@@ -43,6 +43,10 @@ class PromptSpec(BaseModel):
     system_prompt_sha256: str | None = None  # of the dropped prompt, so a router can check a call carries it
     tools: ToolListing = "signatures"
     tool_set_sha256: str | None = None  # of the one tool set, when the listing is dropped
+    # What the model answers: "tool_calls" when every training answer was a call, so decoding may require one.
+    answers: Literal["any", "tool_calls"] = "any"
+    # Tokens an answer may take (the longest training answer with a margin); generation stops there.
+    max_answer_tokens: int | None = None
 
     def system_content(self, record: CallRecord) -> str:
         """The system message of the compact prompt: the kept system prompt and the tool listing, no more."""
@@ -71,6 +75,7 @@ def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> 
         system_prompt_sha256=_sha256(next(iter(system_prompts))) if static_system else None,
         tools="dropped" if single_tool_set else "signatures" if settings.tool_descriptions else "bare_signatures",
         tool_set_sha256=next(iter(tool_sets)) if single_tool_set else None,
+        answers="tool_calls" if records and all(record.response.tool_calls for record in records) else "any",
     )
 
 

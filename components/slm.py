@@ -247,6 +247,19 @@ def parse_completion(text: str) -> ChatMessage:
 # ---------------------------------------------------------------------------------------------------- generation
 
 
+def answer_token_budget(answer_lengths: list[int], cap: int | None = None, margin: float = 1.5,
+                        slack: int = 16) -> int | None:
+    """How many tokens to let a model write for a task: its longest known answer with a margin, at most ``cap``.
+
+    A fixed small limit cuts answers with several calls short (a truncated call scores as wrong); a fixed large
+    one lets a model that rambles run on. ``None`` (no lengths, no cap) leaves the caller's limit.
+    """
+    if not answer_lengths:
+        return cap
+    budget = int(max(answer_lengths) * margin) + slack
+    return min(budget, cap) if cap is not None else budget
+
+
 def render_prompt(tokenizer: PreTrainedTokenizerBase, record: CallRecord, spec: PromptSpec | None = None) -> str:
     return tokenizer.apply_chat_template(build_messages(record, spec), tokenize=False, add_generation_prompt=True)
 
@@ -268,18 +281,30 @@ def generate(
     max_new_tokens: int = 96,
     batch_size: int = 8,
     progress: ProgressCallback | None = None,
+    constrain_tool_calls: bool = True,
+    require_tool_calls: bool | None = None,
 ) -> list[Generation]:
     """Greedy completions, one per record in the given order; latency is the batch's wall time shared evenly.
 
     The prompt is the one the model was trained on: its folder's prompt spec when :func:`load_model` found one.
+    With ``constrain_tool_calls``, a call that offers tools is decoded under their grammar
+    (components/constrained.py); ``require_tool_calls`` (default: what the spec says the model answers) allows
+    calls only.
     """
     import torch
+    from transformers import LogitsProcessorList
+
+    from components.constrained import make_logits_processor
 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     stop_ids = _stop_token_ids(tokenizer)
     spec = getattr(model, PROMPT_SPEC_ATTRIBUTE, None)
+    if require_tool_calls is None:
+        require_tool_calls = spec is not None and spec.answers == "tool_calls"
+    if spec is not None and spec.max_answer_tokens:
+        max_new_tokens = min(max_new_tokens, spec.max_answer_tokens)
     prompts = [render_prompt(tokenizer, record, spec) for record in records]
     # Batching prompts of similar length wastes less compute on padding; results go back to the input order.
     order = sorted(range(len(prompts)), key=lambda index: len(prompts[index]))
@@ -291,10 +316,13 @@ def generate(
         inputs = tokenizer([prompts[i] for i in batch_indices], return_tensors="pt", padding=True,
                            add_special_tokens=False).to(model.device)
         began = time.perf_counter()
+        grammar = make_logits_processor(tokenizer, stop_ids, [records[i].tools for i in batch_indices],
+                                        require_tool_calls) if constrain_tool_calls else None
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
-                                    temperature=None, top_p=None, top_k=None)
+                                    temperature=None, top_p=None, top_k=None,
+                                    logits_processor=LogitsProcessorList([grammar] if grammar else []))
         latency_ms = (time.perf_counter() - began) * 1000 / len(batch_indices)
         new_tokens = output[:, inputs["input_ids"].shape[1]:].tolist()
         prompt_lengths = inputs["attention_mask"].sum(dim=1).tolist()

@@ -59,7 +59,8 @@ def evaluate_task(cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig |
                             for r in test_records]
             tuned_answers = generate_answers(model["base_model"], test_records, cfg.max_new_tokens,
                                              cfg.batch_size, f"S6 cluster #{cluster_id}",
-                                             adapter_dir=model["adapter_dir"])
+                                             adapter_dir=model["adapter_dir"],
+                                             constrain_tool_calls=cfg.constrained_decoding)
             scores = {
                 # The LLM's logged answers are the reference the SLMs are distilled towards.
                 "llm": score_pairs(expected, expected, kind),

@@ -135,7 +135,8 @@ def answer_and_score(base_model: str, adapter_dir: str, fresh: list[CallRecord],
                      kind: str, cfg: EvaluateConfig, label: str) -> dict[str, Any]:
     """One model's scores on the fresh held-out calls and on the regression set (one generation pass)."""
     answers = select_tasks.generate_answers(base_model, fresh + regression, cfg.max_new_tokens, cfg.batch_size,
-                                            label, adapter_dir=adapter_dir)
+                                            label, adapter_dir=adapter_dir,
+                                            constrain_tool_calls=cfg.constrained_decoding)
     parsed = [slm.parse_completion(text) for text, _ in answers]
     return {
         "scores": score_pairs([r.response for r in fresh], parsed[:len(fresh)], kind),

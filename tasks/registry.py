@@ -20,7 +20,7 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from components import slm
 
-        self.max_new_tokens = int(context.model_config.get("max_new_tokens", 96))
+        self.max_new_tokens = int(context.model_config.get("max_new_tokens", 256))
         self.model, self.tokenizer = slm.load_model(context.model_config["base_model"],
                                                     adapter_dir=context.artifacts["adapter"])
 
@@ -38,7 +38,7 @@ class AdapterChatModel(mlflow.pyfunc.PythonModel):
         return [slm.parse_completion(g.text).model_dump(mode="json", exclude_none=True) for g in generations]
 
 
-def log_adapter_model(name: str, adapter_dir: Path, base_model: str, max_new_tokens: int = 96) -> str:
+def log_adapter_model(name: str, adapter_dir: Path, base_model: str, max_new_tokens: int = 256) -> str:
     """Log the adapter as a pyfunc model in the active run; returns its model URI."""
     info = mlflow.pyfunc.log_model(
         name=name,

@@ -24,12 +24,13 @@ from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metric
 
 
 def generate_answers(reference: str, records: list[CallRecord], max_new_tokens: int, batch_size: int,
-                     label: str, adapter_dir: str | None = None, loaded=None) -> list[tuple[str, float]]:
+                     label: str, adapter_dir: str | None = None, loaded=None,
+                     constrain_tool_calls: bool = True) -> list[tuple[str, float]]:
     """Answer the records with a model (optionally with an adapter): [(completion, latency ms)].
     ``loaded`` is a (model, tokenizer) pair already in memory; without it the model is loaded here."""
     model, tokenizer = loaded or slm.load_model(reference, adapter_dir=adapter_dir)
     generations = slm.generate(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               progress=Progress(label, len(records)))
+                               progress=Progress(label, len(records)), constrain_tool_calls=constrain_tool_calls)
     return [(g.text, g.latency_ms) for g in generations]
 
 
@@ -51,7 +52,7 @@ def load_candidate(entry: CatalogEntry):
 def make_answerer(cfg: SelectConfig):
     loaded: dict[str, tuple] = {}  # one candidate in memory at a time, loaded once for every cluster and mode
 
-    def answer(entry: CatalogEntry, records: list[CallRecord]) -> Answers:
+    def answer(entry: CatalogEntry, records: list[CallRecord], max_new_tokens: int) -> Answers:
         if entry.name not in loaded:
             loaded.clear()
             loaded[entry.name] = load_candidate(entry)
@@ -63,8 +64,9 @@ def make_answerer(cfg: SelectConfig):
             peak.append(rss_mb())  # after each batch: the KV cache of the batch is still alive
             progress(done, total)
 
-        generations = slm.generate(model, tokenizer, records, max_new_tokens=cfg.max_new_tokens,
-                                   batch_size=cfg.batch_size, progress=sample)
+        generations = slm.generate(model, tokenizer, records, max_new_tokens=max_new_tokens,
+                                   batch_size=cfg.batch_size, progress=sample,
+                                   constrain_tool_calls=cfg.constrained_decoding)
         return Answers([Answer(g.text, g.latency_ms, g.completion_tokens) for g in generations], max(peak))
 
     return answer

@@ -82,7 +82,8 @@ def stand_in_finetune(base_reference, train_records, cfg, output_dir, eval_recor
                           n_train=len(train_records))
 
 
-def stand_in_answers(reference, records, max_new_tokens, batch_size, label, adapter_dir=None, loaded=None):
+def stand_in_answers(reference, records, max_new_tokens, batch_size, label, adapter_dir=None, loaded=None,
+                     constrain_tool_calls=True):
     """The first quality × n calls answered right, the rest wrong; a base model (no adapter) answers none."""
     marker = Path(adapter_dir) / "quality.json" if adapter_dir else None
     quality = json.loads(marker.read_text())["quality"] if marker and marker.exists() else 0.0

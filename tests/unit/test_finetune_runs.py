@@ -80,6 +80,14 @@ def test_the_adapter_is_trained_and_served_on_the_pruned_prompt(tiny_model_dir: 
     unpruned = generate(*load_model(tiny_model_dir, adapter_dir=full.adapter_dir), records[:2], max_new_tokens=2)
     assert all(p.prompt_tokens < f.prompt_tokens for p, f in zip(served, unpruned))
 
+    # Every training answer is a call, so the spec asks for calls only, and for about the longest answer's length.
+    spec = load_prompt_spec(pruned.adapter_dir)
+    assert spec.answers == "tool_calls" and 20 < spec.max_answer_tokens < 100
+    capped = generate(*load_model(tiny_model_dir, adapter_dir=pruned.adapter_dir), records[:2], max_new_tokens=500)
+    assert all(0 < g.completion_tokens <= spec.max_answer_tokens for g in capped)
+    # The untrained model may fill the city with noise up to the budget, but it can only open a call.
+    assert all(g.text.startswith('<tool_call>{"name": "get_weather", "arguments": {"city": "') for g in capped)
+
 
 # ------------------------------------------------------------------------------------------ validation
 

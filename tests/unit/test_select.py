@@ -48,7 +48,7 @@ def parse(text: str) -> ChatMessage:
 
 def answerer(calls_seen: list, latency: dict | None = None):
     """'good' answers right zero-shot; 'learner' only when the prompt holds examples; others say Nowhere."""
-    def answer(candidate: CatalogEntry, records: list[CallRecord]) -> Answers:
+    def answer(candidate: CatalogEntry, records: list[CallRecord], max_new_tokens: int) -> Answers:
         few_shot = any(m.role == "assistant" for m in records[0].messages)
         calls_seen.append((candidate.name, few_shot, [r.record_id for r in records]))
         if candidate.name == "broken":

@@ -1,0 +1,171 @@
+"""Grammar-constrained decoding of tool calls: a small model cannot write a malformed call.
+
+A fine-tuned 135M model mostly knows *which* call to make, yet a share of its answers fail on form: a JSON brace
+too many, an argument the tool does not have, a string where the schema wants a number, a call nested in its own
+arguments. Here each call that offers tools is decoded under a grammar built from those tools (llguidance): every
+``<tool_call>`` body is a JSON object whose ``name`` is one of the offered tools and whose ``arguments`` follow
+that tool's parameter schema (required arguments present, no others, types and enums respected). The model still
+chooses the tool and the values; the grammar only removes the tokens that would break the format.
+
+``required`` answers are calls only (a cluster whose logged answers are all calls); otherwise the model may also
+answer in text, and only what it writes inside ``<tool_call>`` is constrained. llguidance is optional: without
+it, generation is unconstrained (and says so once in the log).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+# BFCL and some agents write Python type names; JSON schema spells them differently.
+_TYPE_ALIASES = {"dict": "object", "float": "number", "tuple": "array", "int": "integer", "bool": "boolean",
+                 "str": "string", "list": "array", "any": None}
+# The separators of components/slm.py's targets (json.dumps defaults), so constrained answers read like the
+# answers the model was trained on.
+_JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+
+
+def available() -> bool:
+    try:
+        import llguidance  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def strict_schema(schema: Any) -> Any:
+    """A copy of a tool's parameter schema that a grammar can enforce: JSON type names, objects closed to extra
+    keys, descriptions and examples dropped (they constrain nothing and only slow the grammar's compilation)."""
+    if isinstance(schema, list):
+        return [strict_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key in ("description", "examples", "title", "default", "$comment"):
+            continue
+        if key == "type":
+            kinds = [_TYPE_ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+                     for kind in (value if isinstance(value, list) else [value])]
+            if None in kinds:  # "any": leave the type open
+                continue
+            result[key] = kinds[0] if len(kinds) == 1 else kinds
+        elif key == "properties" and isinstance(value, dict):
+            result[key] = {name: strict_schema(spec) for name, spec in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "prefixItems"):
+            result[key] = strict_schema(value)
+        else:
+            result[key] = copy.deepcopy(value)
+    if result.get("type") == "object" or "properties" in result:
+        result.setdefault("type", "object")
+        result.setdefault("properties", {})
+        result.setdefault("additionalProperties", False)
+        result["required"] = [name for name in result.get("required", []) if name in result["properties"]]
+    return result
+
+
+def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The JSON schema of one call to any of ``tools``: ``{"name": <tool>, "arguments": {...}}``."""
+    options = []
+    for tool in tools:
+        function = tool.get("function", tool) if isinstance(tool, dict) else {}
+        if not isinstance(function.get("name"), str):
+            continue
+        parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
+        arguments = strict_schema(parameters) or {"type": "object"}
+        if arguments.get("type") != "object":
+            arguments = {"type": "object", "properties": {}, "additionalProperties": False}
+        options.append({"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": arguments},
+                        "required": ["name", "arguments"], "additionalProperties": False})
+    if not options:
+        raise ValueError("no tool with a name to call")
+    schema = {"anyOf": options} if len(options) > 1 else options[0]
+    return {**schema, "x-guidance": _JSON_OPTIONS}
+
+
+def tool_call_grammar(tools: list[dict[str, Any]], required: bool) -> str:
+    """A Lark grammar (llguidance's dialect) for answers made of ``<tool_call>...</tool_call>`` lines."""
+    schema = json.dumps(call_schema(tools), ensure_ascii=False)
+    calls = f'calls: call ("\\n" call)*\ncall: "<tool_call>" %json {schema} "</tool_call>"\n'
+    if required:
+        return "start: calls\n" + calls
+    # Text that does not open with a tag is left free; once the model writes "<", it is writing a call.
+    return "start: calls | TEXT\nTEXT: /[^<][\\s\\S]*/\n" + calls
+
+
+@lru_cache(maxsize=8)
+def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase, stop_ids: tuple[int, ...]) -> Any:
+    import llguidance.hf
+
+    # Converting the vocabulary takes about a second: once per tokenizer.
+    return llguidance.hf.from_tokenizer(tokenizer, eos_token=list(stop_ids))
+
+
+def make_logits_processor(tokenizer: PreTrainedTokenizerBase, stop_ids: list[int],
+                          tools_per_row: list[list[dict[str, Any]] | None], required: bool) -> Any | None:
+    """A transformers logits processor constraining each row with tools; ``None`` when no row has tools or
+    llguidance is missing (generation then runs unconstrained)."""
+    if not any(tools_per_row):
+        return None
+    if not available():
+        logger.warning("llguidance is not installed: tool calls are decoded without a grammar")
+        return None
+    import llguidance
+    import numpy as np
+    import torch
+    from transformers import LogitsProcessor
+
+    ll_tokenizer = _ll_tokenizer(tokenizer, tuple(stop_ids))
+    matchers = []
+    for tools in tools_per_row:
+        if not tools:
+            matchers.append(None)
+            continue
+        grammar = llguidance.LLMatcher.grammar_from_lark(tool_call_grammar(tools, required))
+        matcher = llguidance.LLMatcher(ll_tokenizer, grammar, log_level=0)
+        if matcher.is_error():  # a schema the compiler refuses: this row goes unconstrained, said once
+            logger.warning("tool-call grammar refused (%s): row decoded without it", matcher.get_error()[:200])
+            matcher = None
+        matchers.append(matcher)
+    if all(matcher is None for matcher in matchers):
+        return None
+
+    class ToolCallGrammar(LogitsProcessor):
+        """Masks, per row, the tokens its grammar forbids next; rows that finished or have no grammar are left."""
+
+        def __init__(self) -> None:
+            self.prompt_length: int | None = None
+            # One bit per token of llguidance's vocabulary (which may count a token more than the model's).
+            self.words = len(next(m for m in matchers if m is not None).compute_bitmask()) // 4
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if self.prompt_length is None:
+                self.prompt_length = input_ids.shape[1]
+            elif input_ids.shape[1] > self.prompt_length:
+                for row, matcher in enumerate(matchers):
+                    if matcher is not None and not matcher.is_stopped() and not matcher.is_error():
+                        matcher.consume_token(int(input_ids[row, -1]))
+            bitmask = np.full((len(matchers), self.words), -1, dtype=np.int32)
+            constrained = np.zeros(len(matchers), dtype=bool)
+            for row, matcher in enumerate(matchers):
+                if matcher is not None and not matcher.is_stopped() and not matcher.is_error():
+                    bitmask[row] = np.frombuffer(matcher.compute_bitmask(), dtype=np.int32)
+                    constrained[row] = True
+            if not constrained.any():
+                return scores
+            allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, :scores.shape[1]]
+            if allowed.shape[1] < scores.shape[1]:  # the model's embedding is padded past the vocabulary
+                allowed = np.pad(allowed, ((0, 0), (0, scores.shape[1] - allowed.shape[1])))
+            forbidden = torch.from_numpy(allowed == 0).to(scores.device)
+            forbidden[torch.from_numpy(~constrained).to(scores.device)] = False
+            return scores.masked_fill(forbidden, float("-inf"))
+
+    return ToolCallGrammar()
