@@ -103,9 +103,9 @@ class Answers:
     peak_rss_mb: float = 0.0  # resident memory of the process, sampled while answering
 
 
-# Loads the candidate (once) and answers the records in at most the given number of new tokens; may raise: the
-# candidate is then skipped with the reason.
-Answerer = Callable[[CatalogEntry, list[CallRecord], int], Answers]
+# Loads the candidate (once) and answers the records in at most ``max_new_tokens`` new tokens, with calls only when
+# ``calls_only`` (a cluster whose answers are all calls); may raise: the candidate is then skipped with the reason.
+Answerer = Callable[..., Answers]
 PREDICTION_COLUMNS = ["record_id", "cluster_id", "candidate", "text", "latency_ms"]
 
 
@@ -249,7 +249,8 @@ def benchmark_candidates(
             for report in reports:
                 test = report["test"]
                 for mode in modes:
-                    result = answer(entry, report["prompts"][mode], report["max_new_tokens"])
+                    result = answer(entry, report["prompts"][mode], max_new_tokens=report["max_new_tokens"],
+                                    calls_only=report["output_kind"] == "tool_call")
                     predicted = [parse(a.text) for a in result.answers]
                     scores = score_pairs([r.response for r in test], predicted, report["output_kind"],
                                          tools=[r.tools for r in test], embed=embed, judge=judge)

@@ -46,11 +46,13 @@ def parse(text: str) -> ChatMessage:
     return ChatMessage(role="assistant", tool_calls=[ToolCall(name=name, arguments=json.dumps({"city": city}))])
 
 
-def answerer(calls_seen: list, latency: dict | None = None):
+def answerer(calls_seen: list, latency: dict | None = None, limits_seen: list | None = None):
     """'good' answers right zero-shot; 'learner' only when the prompt holds examples; others say Nowhere."""
-    def answer(candidate: CatalogEntry, records: list[CallRecord], max_new_tokens: int) -> Answers:
+    def answer(candidate: CatalogEntry, records: list[CallRecord], max_new_tokens: int, calls_only: bool) -> Answers:
         few_shot = any(m.role == "assistant" for m in records[0].messages)
         calls_seen.append((candidate.name, few_shot, [r.record_id for r in records]))
+        if limits_seen is not None:
+            limits_seen.append((max_new_tokens, calls_only))
         if candidate.name == "broken":
             raise OSError("weights not found")
         right = candidate.name == "good" or (candidate.name == "learner" and few_shot)
@@ -87,6 +89,18 @@ def test_constraints_skip_with_reasons_and_the_best_candidate_wins():
     assert cluster["finetune_needed"] is False and "cheapest" in cluster["reason"]
     assert {r["candidate"]: r["scores"]["full_call_match"] for r in cluster["results"]} == {"weak": 0.0, "good": 1.0}
     assert set(result.predictions.candidate) == {"weak", "good"} and len(result.predictions) == 4
+
+
+def test_generation_is_sized_by_the_training_answers_and_calls_only_for_a_call_cluster():
+    limits: list = []
+    cfg, catalog = config("weak", modes=["zero_shot"])
+    benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer([], limits_seen=limits), parse)
+    # One ~80-character call per training answer: a few dozen tokens, far under the 256-token cap.
+    [(budget, calls_only)] = limits
+    assert calls_only and 20 < budget < 80
+    cfg, catalog = config("weak", modes=["zero_shot"], max_new_tokens=16)
+    benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer([], limits_seen=limits), parse)
+    assert limits[-1] == (16, True)
 
 
 def test_few_shot_can_make_fine_tuning_unnecessary_and_costs_are_measured():
