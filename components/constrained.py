@@ -101,6 +101,11 @@ def tool_call_grammar(tools: list[dict[str, Any]], required: bool) -> str:
     return "start: calls | TEXT\nTEXT: /[^<][\\s\\S]*/\n" + calls
 
 
+@lru_cache(maxsize=1)
+def _warn_unconstrained() -> None:
+    logger.warning("llguidance is not installed: tool calls are decoded without a grammar")
+
+
 @lru_cache(maxsize=8)
 def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase, stop_ids: tuple[int, ...]) -> Any:
     import llguidance.hf
@@ -116,7 +121,7 @@ def make_logits_processor(tokenizer: PreTrainedTokenizerBase, stop_ids: list[int
     if not any(tools_per_row):
         return None
     if not available():
-        logger.warning("llguidance is not installed: tool calls are decoded without a grammar")
+        _warn_unconstrained()
         return None
     import llguidance
     import numpy as np

@@ -95,3 +95,19 @@ def test_answer_budget_follows_the_longest_answer_up_to_the_cap() -> None:
     assert answer_token_budget([10, 40, 20]) == 76
     assert answer_token_budget([10, 40, 20], cap=50) == 50
     assert answer_token_budget([], cap=96) == 96 and answer_token_budget([]) is None
+
+
+def test_without_llguidance_generation_is_left_unconstrained(tiny_model_dir: str, monkeypatch, caplog) -> None:
+    from transformers import AutoTokenizer
+
+    from components import constrained
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    stop = [tokenizer.eos_token_id]
+    assert constrained.make_logits_processor(tokenizer, stop, [[BOOKING_TOOL]], True) is not None
+    assert constrained.make_logits_processor(tokenizer, stop, [None, []], True) is None  # no row offers tools
+    monkeypatch.setattr(constrained, "available", lambda: False)
+    constrained._warn_unconstrained.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert constrained.make_logits_processor(tokenizer, stop, [[BOOKING_TOOL]], True) is None
+    assert "without a grammar" in caplog.text
