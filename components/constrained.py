@@ -136,7 +136,7 @@ def make_logits_processor(tokenizer: PreTrainedTokenizerBase, stop_ids: list[int
             continue
         grammar = llguidance.LLMatcher.grammar_from_lark(tool_call_grammar(tools, required))
         matcher = llguidance.LLMatcher(ll_tokenizer, grammar, log_level=0)
-        if matcher.is_error():  # a schema the compiler refuses: this row goes unconstrained, said once
+        if matcher.is_error():  # a schema the compiler refuses: this row is decoded without a grammar
             logger.warning("tool-call grammar refused (%s): row decoded without it", matcher.get_error()[:200])
             matcher = None
         matchers.append(matcher)
