@@ -14,20 +14,18 @@ it, generation is unconstrained (and says so once in the log).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
+
+from components.tool_calls import json_schema_form, tool_parameters
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-# BFCL and some agents write Python type names; JSON schema spells them differently.
-_TYPE_ALIASES = {"dict": "object", "float": "number", "tuple": "array", "int": "integer", "bool": "boolean",
-                 "str": "string", "list": "array", "any": None}
 # The separators of components/slm.py's targets (json.dumps defaults), so constrained answers read like the
 # answers the model was trained on.
 _JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
@@ -42,48 +40,19 @@ def available() -> bool:
 
 
 def strict_schema(schema: Any) -> Any:
-    """A copy of a tool's parameter schema that a grammar can enforce: JSON type names, objects closed to extra
-    keys, descriptions and examples dropped (they constrain nothing and only slow the grammar's compilation)."""
-    if isinstance(schema, list):
-        return [strict_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    result: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key in ("description", "examples", "title", "default", "$comment"):
-            continue
-        if key == "type":
-            kinds = [_TYPE_ALIASES.get(kind, kind) if isinstance(kind, str) else kind
-                     for kind in (value if isinstance(value, list) else [value])]
-            if None in kinds:  # "any": leave the type open
-                continue
-            result[key] = kinds[0] if len(kinds) == 1 else kinds
-        elif key == "properties" and isinstance(value, dict):
-            result[key] = {name: strict_schema(spec) for name, spec in value.items()}
-        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "prefixItems"):
-            result[key] = strict_schema(value)
-        else:
-            result[key] = copy.deepcopy(value)
-    if result.get("type") == "object" or "properties" in result:
-        result.setdefault("type", "object")
-        result.setdefault("properties", {})
-        result.setdefault("additionalProperties", False)
-        result["required"] = [name for name in result.get("required", []) if name in result["properties"]]
-    return result
+    """A tool's parameter schema in the form a grammar can enforce: JSON Schema type names, objects closed to
+    extra keys, annotations (descriptions, examples) dropped, as they constrain nothing and slow compilation."""
+    return json_schema_form(schema, closed=True)
 
 
 def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     """The JSON schema of one call to any of ``tools``: ``{"name": <tool>, "arguments": {...}}``."""
     options = []
-    for tool in tools:
-        function = tool.get("function", tool) if isinstance(tool, dict) else {}
-        if not isinstance(function.get("name"), str):
-            continue
-        parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-        arguments = strict_schema(parameters) or {"type": "object"}
-        if arguments.get("type") != "object":
-            arguments = {"type": "object", "properties": {}, "additionalProperties": False}
-        options.append({"type": "object", "properties": {"name": {"const": function["name"]}, "arguments": arguments},
+    for name, parameters in tool_parameters(tools).items():
+        arguments = strict_schema({"type": "object", **parameters})
+        if arguments.get("type") != "object":  # parameters that are not an object: the tool takes none
+            arguments = strict_schema({"type": "object"})
+        options.append({"type": "object", "properties": {"name": {"const": name}, "arguments": arguments},
                         "required": ["name", "arguments"], "additionalProperties": False})
     if not options:
         raise ValueError("no tool with a name to call")

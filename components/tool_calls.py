@@ -257,24 +257,38 @@ def _schema_valid(call: ToolCall, parameters: dict[str, dict[str, Any]], has_too
         return True  # the tool's own schema is not JSON Schema (e.g. "String"): only JSON validity is known
 
 
-def json_schema_form(schema: Any) -> Any:
-    """BFCL's Python type names (dict, float, tuple, any) as JSON Schema (object, number, array, no type)."""
+# BFCL's and some agents' Python type names, as JSON Schema spells them ("any" has no JSON Schema type).
+_JSON_SCHEMA_TYPES = {"dict": "object", "float": "number", "tuple": "array", "int": "integer", "bool": "boolean",
+                      "str": "string", "list": "array"}
+# Keys that describe a value without constraining it.
+_ANNOTATIONS = {"description", "examples", "title", "default", "$comment"}
+
+
+def json_schema_form(schema: Any, closed: bool = False) -> Any:
+    """BFCL's Python type names (dict, float, tuple, any) as JSON Schema (object, number, array, no type).
+
+    ``closed`` also makes every object refuse keys it does not list (and keep only listed ``required`` keys) and
+    drops annotations: the form a grammar enforces (components/constrained.py)."""
     if isinstance(schema, list):
-        return [json_schema_form(item) for item in schema]
+        return [json_schema_form(item, closed) for item in schema]
     if not isinstance(schema, dict):
         return schema
-    renamed = {"dict": "object", "float": "number", "tuple": "array"}
     converted = {}
     for key, value in schema.items():
         if key == "type" and isinstance(value, str):
             if value != "any":
-                converted[key] = renamed.get(value, value)
+                converted[key] = _JSON_SCHEMA_TYPES.get(value, value)
         elif key == "properties" and isinstance(value, dict):
-            converted[key] = {name: json_schema_form(spec) for name, spec in value.items()}
+            converted[key] = {name: json_schema_form(spec, closed) for name, spec in value.items()}
         elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf"):
-            converted[key] = json_schema_form(value)
-        else:
+            converted[key] = json_schema_form(value, closed)
+        elif not (closed and key in _ANNOTATIONS):
             converted[key] = value
+    if closed and (converted.get("type") == "object" or "properties" in converted):
+        converted.setdefault("type", "object")
+        converted.setdefault("properties", {})
+        converted.setdefault("additionalProperties", False)
+        converted["required"] = [name for name in converted.get("required", []) if name in converted["properties"]]
     return converted
 
 
