@@ -4,8 +4,10 @@ A fine-tuned 135M model mostly knows *which* call to make, yet a share of its an
 too many, an argument the tool does not have, a string where the schema wants a number, a call nested in its own
 arguments. Here each call that offers tools is decoded under a grammar built from those tools (llguidance): every
 ``<tool_call>`` body is a JSON object whose ``name`` is one of the offered tools and whose ``arguments`` follow
-that tool's parameter schema (required arguments present, no others, types and enums respected). The model still
-chooses the tool and the values; the grammar only removes the tokens that would break the format.
+that tool's parameter schema (required arguments present, no others, types and enums respected, integers within
+what a JSON parser keeps exactly), and an answer makes at most as many calls as the task allows (the adapter's
+prompt spec). The model still chooses the tool and the values; the grammar only removes the tokens that would
+break the format.
 
 ``required`` answers are calls only (a cluster whose logged answers are all calls); otherwise the model may also
 answer in text, and only what it writes inside ``<tool_call>`` is constrained. llguidance is optional: without
@@ -60,10 +62,15 @@ def call_schema(tools: list[dict[str, Any]]) -> dict[str, Any]:
     return {**schema, "x-guidance": _JSON_OPTIONS}
 
 
-def tool_call_grammar(tools: list[dict[str, Any]], required: bool) -> str:
-    """A Lark grammar (llguidance's dialect) for answers made of ``<tool_call>...</tool_call>`` lines."""
+def tool_call_grammar(tools: list[dict[str, Any]], required: bool, max_calls: int | None = None) -> str:
+    """A Lark grammar (llguidance's dialect) for answers made of ``<tool_call>...</tool_call>`` lines, at most
+    ``max_calls`` of them (no limit when ``None``)."""
     schema = json.dumps(call_schema(tools), ensure_ascii=False)
-    calls = f'calls: call ("\\n" call)*\ncall: "<tool_call>" %json {schema} "</tool_call>"\n'
+    if max_calls is None:
+        calls = 'calls: call ("\\n" call)*\n'
+    else:  # llguidance refuses a {0,0} repetition
+        calls = "calls: call\n" if max_calls <= 1 else f'calls: call ("\\n" call){{0,{max_calls - 1}}}\n'
+    calls += f'call: "<tool_call>" %json {schema} "</tool_call>"\n'
     if required:
         return "start: calls\n" + calls
     # Text that does not open with a tag is left free; once the model writes "<", it is writing a call.
@@ -84,9 +91,10 @@ def _ll_tokenizer(tokenizer: PreTrainedTokenizerBase, stop_ids: tuple[int, ...])
 
 
 def make_logits_processor(tokenizer: PreTrainedTokenizerBase, stop_ids: list[int],
-                          tools_per_row: list[list[dict[str, Any]] | None], required: bool) -> Any | None:
-    """A transformers logits processor constraining each row with tools; ``None`` when no row has tools or
-    llguidance is missing (generation then runs unconstrained)."""
+                          tools_per_row: list[list[dict[str, Any]] | None], required: bool,
+                          max_calls: int | None = None) -> Any | None:
+    """A transformers logits processor constraining each row with tools (see :func:`tool_call_grammar`); ``None``
+    when no row has tools or llguidance is missing (generation then runs unconstrained)."""
     if not any(tools_per_row):
         return None
     if not available():
@@ -103,7 +111,7 @@ def make_logits_processor(tokenizer: PreTrainedTokenizerBase, stop_ids: list[int
         if not tools:
             matchers.append(None)
             continue
-        grammar = llguidance.LLMatcher.grammar_from_lark(tool_call_grammar(tools, required))
+        grammar = llguidance.LLMatcher.grammar_from_lark(tool_call_grammar(tools, required, max_calls))
         matcher = llguidance.LLMatcher(ll_tokenizer, grammar, log_level=0)
         if matcher.is_error():  # a schema the compiler refuses: this row is decoded without a grammar
             logger.warning("tool-call grammar refused (%s): row decoded without it", matcher.get_error()[:200])

@@ -26,7 +26,8 @@ from components.finetune_runs import (
 )
 from components.prompt_pruning import PromptSpec, PruningSettings, derive_prompt_spec, save_prompt_spec
 from components.schema import CallRecord
-from components.slm import answer_token_budget, build_messages, count_parameters, prepare_model, render_target
+from components.slm import (answer_token_budget, build_messages, count_parameters, prepare_model, render_target,
+                            tool_call_budget)
 
 # (global step, total steps, training loss of that step)
 FinetuneProgress = Callable[[int, int, float], None]
@@ -325,9 +326,10 @@ def finetune(
     too_long += too_long_validation
     if not train_records:
         raise ValueError(f"all {len(too_long)} training records are longer than max_length={cfg.max_length} tokens")
-    if spec is not None:  # serving then lets the model write about as much as its longest training answer
-        spec.max_answer_tokens = answer_token_budget(
-            [len(tokenizer(render_target(r.response), add_special_tokens=False)["input_ids"]) for r in train_records])
+    # Serving then lets the model write about as much, and as many calls, as its largest training answer.
+    spec.max_answer_tokens = answer_token_budget(
+        [len(tokenizer(render_target(r.response), add_special_tokens=False)["input_ids"]) for r in train_records])
+    spec.max_tool_calls = tool_call_budget([len(r.response.tool_calls) for r in train_records])
 
     checkpoints = checkpoint_dir or output_dir.with_name(f"{output_dir.name}.checkpoints")
     resume_from = prepare_checkpoints(checkpoints, fingerprint)
@@ -356,7 +358,7 @@ def finetune(
         n_train=len(train_records),
         mean_tokens_per_call=sum(example_length(r, tokenizer, spec) for r in train_records) / len(train_records),
         trained_tokens=int(state.num_input_tokens_seen or 0),
-        prompt_spec=spec.model_dump() if spec else None,
+        prompt_spec=spec.model_dump(),
         device=device.kind,
         dtype=device.dtype_name,
         fingerprint=fingerprint,

@@ -36,9 +36,12 @@ class PruningSettings(StepConfig):
 
 
 class PromptSpec(BaseModel):
-    """What the compact prompt keeps; ``None`` in place of a spec means the full prompt (a base model's)."""
+    """What the compact prompt keeps, and how the model answers; ``None`` in place of a spec means the full prompt
+    and nothing known about the answers (a base model's)."""
 
     version: int = 1
+    # False: the model was trained on the full prompt (pruning off); the spec then only describes its answers.
+    pruned: bool = True
     drop_system_prompt: bool = False
     system_prompt_sha256: str | None = None  # of the dropped prompt, so a router can check a call carries it
     tools: ToolListing = "signatures"
@@ -47,6 +50,8 @@ class PromptSpec(BaseModel):
     answers: Literal["any", "tool_calls"] = "any"
     # Tokens an answer may take (the longest training answer with a margin); generation stops there.
     max_answer_tokens: int | None = None
+    # Calls an answer may make (the most a training answer made, with a margin); the grammar stops there.
+    max_tool_calls: int | None = None
 
     def system_content(self, record: CallRecord) -> str:
         """The system message of the compact prompt: the kept system prompt and the tool listing, no more."""
@@ -61,10 +66,11 @@ def _sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> PromptSpec | None:
-    """The spec for a cluster's training calls, or ``None`` (full prompt) when pruning is off."""
+def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> PromptSpec:
+    """The spec for a cluster's training calls; with pruning off it keeps the full prompt and records the answers."""
+    answers = "tool_calls" if records and all(record.response.tool_calls for record in records) else "any"
     if not settings.enabled:
-        return None
+        return PromptSpec(pruned=False, answers=answers)
     enough = len(records) >= settings.min_records
     system_prompts = {record.system_prompt.strip() for record in records}
     static_system = enough and settings.drop_static_system_prompt and len(system_prompts) == 1
@@ -75,13 +81,13 @@ def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> 
         system_prompt_sha256=_sha256(next(iter(system_prompts))) if static_system else None,
         tools="dropped" if single_tool_set else "signatures" if settings.tool_descriptions else "bare_signatures",
         tool_set_sha256=next(iter(tool_sets)) if single_tool_set else None,
-        answers="tool_calls" if records and all(record.response.tool_calls for record in records) else "any",
+        answers=answers,
     )
 
 
 def spec_accepts(spec: PromptSpec | None, record: CallRecord) -> bool:
     """Whether the compact prompt loses nothing for this call: what it dropped is what the call carries."""
-    if spec is None:
+    if spec is None or not spec.pruned:
         return True
     if spec.drop_system_prompt and _sha256(record.system_prompt.strip()) != spec.system_prompt_sha256:
         return False
@@ -89,7 +95,7 @@ def spec_accepts(spec: PromptSpec | None, record: CallRecord) -> bool:
 
 
 def save_prompt_spec(spec: PromptSpec | None, folder: Path) -> None:
-    """Write the spec into a model or adapter folder; no file means the full prompt."""
+    """Write the spec into a model or adapter folder; no file means the full prompt (a base model's)."""
     path = Path(folder) / PROMPT_SPEC_FILE
     if spec is None:
         path.unlink(missing_ok=True)

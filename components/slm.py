@@ -170,10 +170,10 @@ def tool_signature(tool: dict[str, Any], with_description: bool = True) -> str:
 def build_messages(record: CallRecord, spec: PromptSpec | None = None) -> list[dict[str, str]]:
     """The chat messages the SLM sees for a call: tools in the system prompt, tool turns as plain text.
 
-    Without a spec this is the full prompt (what a base model needs); with one, the cluster's compact prompt
-    (components/prompt_pruning.py).
+    Without a spec (or with one trained unpruned) this is the full prompt, what a base model needs; with one, the
+    cluster's compact prompt (components/prompt_pruning.py).
     """
-    if spec is not None:
+    if spec is not None and spec.pruned:
         system = spec.system_content(record)
     else:
         system = record.system_prompt.strip() or DEFAULT_SYSTEM_PROMPT
@@ -260,6 +260,13 @@ def answer_token_budget(answer_lengths: list[int], cap: int | None = None, margi
     return min(budget, cap) if cap is not None else budget
 
 
+def tool_call_budget(call_counts: list[int]) -> int | None:
+    """How many calls one answer may make: the most a known answer made, plus half as many again (1 stays 1, so
+    a single-call task cannot loop into a second call). ``None`` when no known answer made a call."""
+    most = max(call_counts, default=0)
+    return most + most // 2 if most else None
+
+
 def render_prompt(tokenizer: PreTrainedTokenizerBase, record: CallRecord, spec: PromptSpec | None = None) -> str:
     return tokenizer.apply_chat_template(build_messages(record, spec), tokenize=False, add_generation_prompt=True)
 
@@ -288,8 +295,8 @@ def generate(
 
     The prompt is the one the model was trained on: its folder's prompt spec when :func:`load_model` found one.
     With ``constrain_tool_calls``, a call that offers tools is decoded under their grammar
-    (components/constrained.py); ``require_tool_calls`` (default: what the spec says the model answers) allows
-    calls only.
+    (components/constrained.py), with at most the spec's number of calls; ``require_tool_calls`` (default: what
+    the spec says the model answers) allows calls only.
     """
     import torch
     from transformers import LogitsProcessorList
@@ -317,7 +324,8 @@ def generate(
                            add_special_tokens=False).to(model.device)
         began = time.perf_counter()
         grammar = make_logits_processor(tokenizer, stop_ids, [records[i].tools for i in batch_indices],
-                                        require_tool_calls) if constrain_tool_calls else None
+                                        require_tool_calls, spec.max_tool_calls if spec else None,
+                                        ) if constrain_tool_calls else None
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,

@@ -260,6 +260,8 @@ def _schema_valid(call: ToolCall, parameters: dict[str, dict[str, Any]], has_too
 # BFCL's and some agents' Python type names, as JSON Schema spells them ("any" has no JSON Schema type).
 _JSON_SCHEMA_TYPES = {"dict": "object", "float": "number", "tuple": "array", "int": "integer", "bool": "boolean",
                       "str": "string", "list": "array"}
+# The largest integer every JSON parser keeps exactly (IEEE-754 doubles; RFC 8259, section 6).
+MAX_EXACT_INTEGER = 2**53 - 1
 # Keys that describe a value without constraining it.
 _ANNOTATIONS = {"description", "examples", "title", "default", "$comment"}
 
@@ -267,8 +269,9 @@ _ANNOTATIONS = {"description", "examples", "title", "default", "$comment"}
 def json_schema_form(schema: Any, closed: bool = False) -> Any:
     """BFCL's Python type names (dict, float, tuple, any) as JSON Schema (object, number, array, no type).
 
-    ``closed`` also makes every object refuse keys it does not list (and keep only listed ``required`` keys) and
-    drops annotations: the form a grammar enforces (components/constrained.py)."""
+    ``closed`` also makes every object refuse keys it does not list (and keep only listed ``required`` keys),
+    bounds integers to the exactly representable range and drops annotations: the form a grammar enforces
+    (components/constrained.py)."""
     if isinstance(schema, list):
         return [json_schema_form(item, closed) for item in schema]
     if not isinstance(schema, dict):
@@ -284,6 +287,9 @@ def json_schema_form(schema: Any, closed: bool = False) -> Any:
             converted[key] = json_schema_form(value, closed)
         elif not (closed and key in _ANNOTATIONS):
             converted[key] = value
+    if closed and converted.get("type") == "integer":  # else a grammar lets a digit loop run to the token budget
+        converted.setdefault("minimum", -MAX_EXACT_INTEGER)
+        converted.setdefault("maximum", MAX_EXACT_INTEGER)
     if closed and (converted.get("type") == "object" or "properties" in converted):
         converted.setdefault("type", "object")
         converted.setdefault("properties", {})

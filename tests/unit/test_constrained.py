@@ -9,7 +9,7 @@ import pytest
 
 from components.constrained import call_schema, strict_schema, tool_call_grammar
 from components.schema import CallRecord, ChatMessage
-from components.slm import answer_token_budget, generate, load_model, parse_completion
+from components.slm import answer_token_budget, generate, load_model, parse_completion, tool_call_budget
 
 BOOKING_TOOL = {"type": "function", "function": {
     "name": "book_table", "description": "Book a restaurant table.",
@@ -35,7 +35,11 @@ def test_strict_schema_maps_python_type_names_and_closes_objects() -> None:
         "ratio": {"type": "float", "default": 0.5}, "pair": {"type": "tuple", "items": {"type": "int"}},
         "anything": {"type": "any"}}, "required": ["ratio", "missing"]})
     assert schema == {"type": "object", "additionalProperties": False, "required": ["ratio"], "properties": {
-        "ratio": {"type": "number"}, "pair": {"type": "array", "items": {"type": "integer"}}, "anything": {}}}
+        "ratio": {"type": "number"}, "anything": {},
+        "pair": {"type": "array", "items": {"type": "integer", "minimum": -(2**53 - 1), "maximum": 2**53 - 1}}}}
+    # A bound the tool sets itself is kept.
+    assert strict_schema(BOOKING_TOOL["function"]["parameters"])["properties"]["guests"] == {
+        "type": "integer", "minimum": 1, "maximum": 12}
 
 
 def test_call_schema_accepts_right_calls_and_refuses_wrong_ones() -> None:
@@ -74,6 +78,24 @@ def test_required_grammar_takes_calls_only_and_guided_also_text(tiny_model_dir: 
     assert not _accepts(guided, call.replace("}}<", ', "vip": true}}<'), tokenizer)
 
 
+def test_grammar_bounds_the_calls_per_answer_and_the_digits_of_an_integer(tiny_model_dir: str) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    call = '<tool_call>{"name": "cancel_booking", "arguments": {"reference": "A1"}}</tool_call>'
+    at_most_two, at_most_one = tool_call_grammar([CANCEL_TOOL], True, 2), tool_call_grammar([CANCEL_TOOL], True, 1)
+    assert _accepts(at_most_two, call, tokenizer) and _accepts(at_most_two, f"{call}\n{call}", tokenizer)
+    assert not _accepts(at_most_two, f"{call}\n{call}\n{call}", tokenizer)
+    assert _accepts(at_most_one, call, tokenizer) and not _accepts(at_most_one, f"{call}\n{call}", tokenizer)
+
+    counter = {"type": "function", "function": {"name": "count", "parameters": {
+        "type": "dict", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}}
+    grammar = tool_call_grammar([counter], True)
+    count = '<tool_call>{{"name": "count", "arguments": {{"n": {}}}}}</tool_call>'
+    assert _accepts(grammar, count.format(2**53 - 1), tokenizer) and _accepts(grammar, count.format(-7), tokenizer)
+    assert not _accepts(grammar, count.format("5" * 30), tokenizer)  # the digit loop a small model can fall into
+
+
 def test_a_random_model_writes_only_valid_calls_under_the_grammar(tiny_model_dir: str) -> None:
     model, tokenizer = load_model(tiny_model_dir)
     records = [booking_record(0, [BOOKING_TOOL]), booking_record(1, [BOOKING_TOOL, CANCEL_TOOL]),
@@ -95,6 +117,12 @@ def test_answer_budget_follows_the_longest_answer_up_to_the_cap() -> None:
     assert answer_token_budget([10, 40, 20]) == 76
     assert answer_token_budget([10, 40, 20], cap=50) == 50
     assert answer_token_budget([], cap=96) == 96 and answer_token_budget([]) is None
+
+
+def test_call_budget_follows_the_answer_with_most_calls() -> None:
+    assert tool_call_budget([1, 1, 1]) == 1  # a single-call task cannot loop into a second call
+    assert tool_call_budget([1, 2, 0]) == 3 and tool_call_budget([4, 1]) == 6
+    assert tool_call_budget([0, 0]) is None and tool_call_budget([]) is None
 
 
 def test_without_llguidance_generation_is_left_unconstrained(tiny_model_dir: str, monkeypatch, caplog) -> None:

@@ -63,7 +63,10 @@ def test_varying_tools_keep_signatures_and_small_clusters_keep_everything(record
     assert not few.drop_system_prompt and few.tools == "signatures"
     assert build_messages(records[0], few)[0]["content"] == (
         "You help travellers.\nget_weather(city: string) - Current weather in a city.")
-    assert derive_prompt_spec(records, PruningSettings(enabled=False)) is None
+    unpruned = derive_prompt_spec(records, PruningSettings(enabled=False))
+    assert not unpruned.pruned and unpruned.answers == "tool_calls"  # it still says how the model answers
+    assert build_messages(records[0], unpruned) == build_messages(records[0])  # the full prompt
+    assert spec_accepts(unpruned, records[0].model_copy(update={"tools": []}))
 
 
 def test_the_adapter_is_trained_and_served_on_the_pruned_prompt(tiny_model_dir: str, records: list[CallRecord],
@@ -72,7 +75,7 @@ def test_the_adapter_is_trained_and_served_on_the_pruned_prompt(tiny_model_dir: 
     full = finetune(tiny_model_dir, records, tiny_config(max_steps=1, prompt_pruning=PruningSettings(enabled=False)),
                     tmp_path / "full")
     assert (Path(pruned.adapter_dir) / PROMPT_SPEC_FILE).exists() and pruned.prompt_spec["tools"] == "dropped"
-    assert not (Path(full.adapter_dir) / PROMPT_SPEC_FILE).exists() and full.prompt_spec is None
+    assert full.prompt_spec["pruned"] is False and load_prompt_spec(full.adapter_dir).answers == "tool_calls"
     assert pruned.mean_tokens_per_call < full.mean_tokens_per_call / 2
     assert 0 < pruned.trained_tokens < full.trained_tokens
 
@@ -82,7 +85,7 @@ def test_the_adapter_is_trained_and_served_on_the_pruned_prompt(tiny_model_dir: 
 
     # Every training answer is a call, so the spec asks for calls only, and for about the longest answer's length.
     spec = load_prompt_spec(pruned.adapter_dir)
-    assert spec.answers == "tool_calls" and 20 < spec.max_answer_tokens < 100
+    assert spec.answers == "tool_calls" and 20 < spec.max_answer_tokens < 100 and spec.max_tool_calls == 1
     capped = generate(*load_model(tiny_model_dir, adapter_dir=pruned.adapter_dir), records[:2], max_new_tokens=500)
     assert all(0 < g.completion_tokens <= spec.max_answer_tokens for g in capped)
     # The untrained model may fill the city with noise up to the budget, but it can only open a call.
