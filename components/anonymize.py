@@ -35,7 +35,8 @@ from components.pseudonyms import PseudonymConfig, Pseudonymizer, RecordPseudony
 from components.recognizers import (
     HEALTH_PLAN_ID, MEDICAL_RECORD_NUMBER, SECRET, STREET_ADDRESS, build_recognizers, luhn_valid,  # noqa: F401
 )
-from components.record_texts import map_schema_strings, record_texts, rewrite_message
+from components.record_texts import (argument_texts, map_schema_strings, message_contents, record_texts,
+                                    rewrite_message)
 from components.schema import CallRecord
 
 DEFAULT_ENTITIES = [
@@ -49,6 +50,13 @@ _LOWER_LEMMA = "llm2slm_lower_lemma"
 _NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
 # A name or place has two letters in a row; small NER models tag ids such as "A-20931" as people.
 _WORDLIKE = re.compile(r"[^\W\d_]{2}")
+# What NER spans often take along that is not part of the name: a leading "the", quotes, brackets, final
+# punctuation ("the Eiffel Tower", "'Bohemian Rhapsody'"). Left in, the same name in a bare argument value no longer
+# matches it and gets a placeholder of its own.
+_NER_LEADING = re.compile(r"^(?:[Tt]he\s+|[\s'\"‘’“”(\[])+")
+_NER_TRAILING = re.compile(r"[\s'\"‘’“”)\].,;:!?]+$")
+# A date written with digits ("05-12-2022", "2022-05-12"), which libphonenumber accepts in some regions.
+_DATE_SHAPED = re.compile(r"^(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})$")
 _MASKED_BEFORE_PHONES = frozenset({"CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "EMAIL_ADDRESS", SECRET,
                                    MEDICAL_RECORD_NUMBER, HEALTH_PLAN_ID})
 
@@ -149,6 +157,18 @@ def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
     if group:
         merged.append(_collapse(group))
     return merged
+
+
+def _trimmed(text: str, span: _Span) -> _Span:
+    """An NER span without the article, quotes and punctuation around the name (patterns are exact already)."""
+    if span.entity_type not in _NER_TYPES:
+        return span
+    value = text[span.start:span.end]
+    leading = _NER_LEADING.match(value)
+    start = span.start + (leading.end() if leading else 0)
+    trailing = _NER_TRAILING.search(text, start, span.end)
+    end = trailing.start() if trailing else span.end
+    return _Span(start, max(start, end), span.entity_type, span.score)
 
 
 def _collapse(group: list[_Span]) -> _Span:
@@ -265,13 +285,31 @@ class Anonymizer:
                                               entities=["PHONE_NUMBER"], nlp_artifacts=artifacts, score_threshold=floor)
         # `entities=` already restricts the types; checking again guards against recognizers that ignore it.
         allowed_types = set(self.cfg.entities)
-        spans = [_Span(r.start, r.end, r.entity_type, r.score) for r in results
+        spans = [_trimmed(text, _Span(r.start, r.end, r.entity_type, r.score)) for r in results
                  if r.entity_type in allowed_types and r.score >= self.cfg.threshold_for(r.entity_type)
                  and text[r.start:r.end].strip().upper() not in self._allowed_words
-                 and not (r.entity_type in _NER_TYPES and not _WORDLIKE.search(text[r.start:r.end]))]
-        return _merge_overlapping(spans)
+                 and not (r.entity_type in _NER_TYPES and not _WORDLIKE.search(text[r.start:r.end]))
+                 and not (r.entity_type == "PHONE_NUMBER" and _DATE_SHAPED.match(text[r.start:r.end].strip()))]
+        return _merge_overlapping([span for span in spans if span.end > span.start])
 
     # ------------------------------------------------------------------------------------------- rewriting
+
+    @staticmethod
+    def _drop_guesses_without_context(record: CallRecord, detected: dict[str, list[_Span]]) -> dict[str, list[_Span]]:
+        """NER guesses (names, places, organisations) in bare argument values, unless the conversation holds them.
+
+        Alone, a short value gives spaCy no context: "JPY", "vacuum" and "Bronze" come out as names, and a place in
+        the prompt comes out as a person in the arguments, which breaks the copy from prompt to call the SLM has to
+        learn. A value the conversation holds (any case) stays replaced, so is everything found by a pattern
+        (emails, cards, secrets...), and values found in the conversation are replaced in the arguments by the
+        literal pass. A name or place the conversation does not hold was written by the LLM from general
+        knowledge ("JPY" for "Japanese yen"), not taken from the user."""
+        contents = message_contents(record)
+        conversation = "\n".join(contents).casefold()
+        bare = set(argument_texts(record)) - set(contents)
+        return {text: [span for span in spans if span.entity_type not in _NER_TYPES
+                       or text[span.start:span.end].casefold() in conversation] if text in bare else spans
+                for text, spans in detected.items()}
 
     def anonymize_record(self, record: CallRecord) -> tuple[CallRecord, Counter[str]]:
         """The record with every text pseudonymized, and the count of replaced occurrences per entity type."""
@@ -284,6 +322,7 @@ class Anonymizer:
             schema_types = self.cfg.schema_entity_types()
             detected = {text: spans if text in conversation else [s for s in spans if s.entity_type in schema_types]
                         for text, spans in detected.items()}
+        detected = self._drop_guesses_without_context(record, detected)
         pseudonyms = self.pseudonymizer.for_record(record.record_id)
         # First pass fixes the numbering in reading order and collects every value to look for literally.
         for text in texts:

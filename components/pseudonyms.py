@@ -147,8 +147,8 @@ def _normal_form(entity_type: str, value: str) -> str:
 
 class RecordPseudonyms:
     """The mapping of one record: (type, original value) -> placeholder, plus how many occurrences of each type
-    were replaced. The same value always gets the same placeholder here, which keeps prompt and expected tool
-    call consistent."""
+    were replaced. The same value always gets the same placeholder here, even when tagged as another type, which
+    keeps prompt and expected tool call consistent."""
 
     def __init__(self, pseudonymizer: Pseudonymizer, reverse: dict[str, str] | None = None) -> None:
         self._owner = pseudonymizer
@@ -161,6 +161,13 @@ class RecordPseudonyms:
     def placeholder_for(self, entity_type: str, value: str) -> str:
         key = (entity_type, _normal_form(entity_type, value))
         if key not in self.placeholders:
+            # The same text under another type (a place in the prompt that NER calls a person in the arguments)
+            # keeps its placeholder: one value, one placeholder, whatever the guess.
+            same_text = next((placeholder for (_, known), placeholder in self.placeholders.items()
+                              if known == key[1]), None)
+            if same_text is not None:
+                self.placeholders[key] = same_text
+                return same_text
             placeholder = self._new_placeholder(entity_type, key[1])
             self.placeholders[key] = placeholder
             if self._reverse is not None:

@@ -14,13 +14,21 @@ from components.schema import CallRecord, ChatMessage, ToolCall
 _SCHEMA_SYNTAX_KEYS = frozenset({"type", "name", "required", "format", "pattern", "$ref", "$schema", "$id"})
 
 
-def _map_argument_strings(value: Any, rewrite: Callable[[str], str]) -> Any:
+def _map_argument_strings(value: Any, rewrite: Callable[[str], str], top_level: bool = True) -> Any:
+    """Strings of a call's arguments, including the keys of nested objects: the top-level keys are the tool's
+    parameter names, but below them a key can be data (``{"cards": {"Alex": [...]}}``)."""
     if isinstance(value, str):
         return rewrite(value)
     if isinstance(value, dict):
-        return {key: _map_argument_strings(item, rewrite) for key, item in value.items()}
+        mapped: dict[str, Any] = {}
+        for key, item in value.items():
+            new_key = key if top_level else rewrite(key)
+            if new_key in mapped:  # two keys, one placeholder ("Emma Johnson" and "Emma"): both entries stay
+                new_key = next(f"{new_key}#{n}" for n in range(2, len(value) + 2) if f"{new_key}#{n}" not in mapped)
+            mapped[new_key] = _map_argument_strings(item, rewrite, False)
+        return mapped
     if isinstance(value, list):
-        return [_map_argument_strings(item, rewrite) for item in value]
+        return [_map_argument_strings(item, rewrite, False) for item in value]
     return value  # numbers, booleans and null keep their JSON type
 
 
@@ -48,6 +56,18 @@ def _call_texts(call: ToolCall) -> list[str]:
         return _collect(_map_argument_strings, json.loads(call.arguments))
     except json.JSONDecodeError:
         return [call.arguments]
+
+
+def message_contents(record: CallRecord) -> list[str]:
+    """The free text of the conversation: every message's content and the response's (no arguments, no schemas)."""
+    return [message.content for message in [*record.messages, record.response] if message.content]
+
+
+def argument_texts(record: CallRecord) -> list[str]:
+    """The strings of every tool call's arguments (history and response), deduplicated."""
+    texts = [text for message in [*record.messages, record.response] for call in message.tool_calls
+             for text in _call_texts(call)]
+    return list(dict.fromkeys(texts))
 
 
 def record_texts(record: CallRecord, include_tool_schemas: bool = True) -> list[str]:

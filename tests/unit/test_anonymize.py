@@ -73,6 +73,56 @@ def test_a_name_missed_by_ner_in_an_argument_follows_the_prompt_mapping(anonymiz
                                                                 "party_size": 2}
 
 
+def test_ner_guesses_in_bare_arguments_need_the_conversation_to_hold_the_value(anonymizer):
+    # Alone, these values look like names to spaCy (as seen on the demo data)...
+    guessed = anonymizer.analyze_texts(["JPY", "vacuum"])
+    assert all(any(span.entity_type == "PERSON" for span in guessed[value]) for value in ("JPY", "vacuum"))
+    # ... but the LLM wrote them from general knowledge (a currency code, a schema default), not from the user.
+    original = record(f"Convert 100 British pounds to Japanese yen for {EMAIL}.",
+                      tool_response("convert", {"to": "JPY", "medium": "vacuum", "notify": EMAIL}))
+    clean, _ = anonymizer.anonymize_record(original)
+    assert clean.response.tool_calls[0].parsed_arguments() == {"to": "JPY", "medium": "vacuum",
+                                                                "notify": "<EMAIL_ADDRESS_1>"}
+    # A name the conversation does hold is replaced in the arguments, with the prompt's placeholder.
+    named = record("Please book a table for Emma Johnson tonight.",
+                   tool_response("book_table", {"guest": "Emma Johnson", "medium": "vacuum"}))
+    clean, _ = anonymizer.anonymize_record(named)
+    assert clean.response.tool_calls[0].parsed_arguments() == {"guest": "<PERSON_1>", "medium": "vacuum"}
+
+
+def test_a_name_with_an_article_or_quotes_in_the_prompt_keeps_its_placeholder_in_the_arguments(anonymizer):
+    # Demo calls where spaCy took "the" and a quote into the span, so the argument got a second placeholder.
+    trip = record("Get me the travel distance and duration from the Eiffel Tower to the Louvre Museum",
+                  tool_response("distance", {"start_location": "Eiffel Tower", "traffic": False}))
+    clean, _ = anonymizer.anonymize_record(trip)
+    start = clean.response.tool_calls[0].parsed_arguments()["start_location"]
+    assert start.startswith("<") and f"from the {start} to" in clean.messages[-1].content
+    song = record("Find the lyrics to the song 'Bohemian Rhapsody' by Queen.",
+                  tool_response("lyrics", {"song_title": "Bohemian Rhapsody"}))
+    clean, _ = anonymizer.anonymize_record(song)
+    title = clean.response.tool_calls[0].parsed_arguments()["song_title"]
+    assert title.startswith("<") and f"song '{title}' by" in clean.messages[-1].content
+
+
+def test_a_date_in_digits_is_not_a_phone_number(anonymizer):
+    # libphonenumber accepts "07-20-2022" in one of the configured regions (seen on the demo data).
+    original = record(f"Book a room from May 12, 2022 to July 20, 2022 and call me at {PHONE}.",
+                      tool_response("book", {"from_date": "05-12-2022", "to_date": "07-20-2022", "phone": PHONE}))
+    clean, _ = anonymizer.anonymize_record(original)
+    assert clean.response.tool_calls[0].parsed_arguments() == {"from_date": "05-12-2022", "to_date": "07-20-2022",
+                                                                "phone": "<PHONE_NUMBER_1>"}
+
+
+def test_keys_inside_an_argument_are_data_and_top_level_keys_are_parameter_names(anonymizer):
+    original = record("Deal the cards to Emma Johnson and to me.",
+                      tool_response("deal", {"hands": {"Emma Johnson": ["A"], "Emma": ["Q"], "me": ["K"]}}))
+    clean, _ = anonymizer.anonymize_record(original)
+    arguments = clean.response.tool_calls[0].arguments
+    assert "Emma" not in arguments and "Johnson" not in arguments
+    # The first name takes the full name's placeholder; the two hands stay two entries.
+    assert json.loads(arguments) == {"hands": {"<PERSON_1>": ["A"], "<PERSON_1>#2": ["Q"], "me": ["K"]}}
+
+
 def test_tool_call_arguments_stay_valid_json_with_their_non_string_values(anonymizer):
     arguments = {"recipients": [EMAIL, {"cc": OTHER_EMAIL}], "urgent": True, "retries": 3, "note": None}
     clean, _ = anonymizer.anonymize_record(record(f"Mail {EMAIL}.", tool_response("send", arguments)))

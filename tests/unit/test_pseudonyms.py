@@ -32,6 +32,13 @@ def test_record_scope_numbers_per_record_and_needs_no_key(tmp_path):
     assert not (tmp_path / "never.key").exists() and pseudonymizer.reverse_map == {}
 
 
+def test_one_value_keeps_one_placeholder_whatever_type_it_is_tagged_with(tmp_path):
+    mapping = Pseudonymizer(PseudonymConfig(key_file=str(tmp_path / "never.key"))).for_record("a")
+    assert mapping.placeholder_for("LOCATION", "Montreal") == "<LOCATION_1>"
+    assert mapping.placeholder_for("PERSON", "Montreal") == "<LOCATION_1>"  # NER's guess in a bare argument
+    assert mapping.placeholder_for("PERSON", "Ann Lee") == "<PERSON_1>"  # numbering of a new value is unchanged
+
+
 def test_dataset_scope_tags_are_the_same_across_records_and_runs_and_depend_on_the_key(key_env, monkeypatch):
     cfg = PseudonymConfig(scope="dataset")
     tag = Pseudonymizer(cfg).for_record("a").placeholder_for("EMAIL_ADDRESS", EMAIL)
