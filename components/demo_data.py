@@ -26,6 +26,7 @@ from pydantic import Field
 from components.assets import asset_path
 from components.collect import content_id
 from components.config import StepConfig
+from components.tool_calls import json_schema_form
 
 AGENT = "bfcl-assistant"
 SYSTEM_PROMPT = ("You are a helpful assistant with access to tools. When a request can be served by the tools, "
@@ -35,10 +36,6 @@ CHARS_PER_TOKEN = 4
 # A fixed end of the log, not "now": the same seed must give the same file (DVC caches on it).
 LOG_END = datetime(2026, 3, 23, 9, 0, tzinfo=timezone.utc)
 LOG_DAYS = 7
-
-# BFCL uses Python type names; OpenAI tools want JSON Schema ones. "any" has no JSON Schema type: it is dropped.
-_TYPE_MAP = {"dict": "object", "float": "number", "tuple": "array"}
-_DROPPED_TYPES = {"any"}
 
 FAKE_PEOPLE = ["Maria Lopez", "Priya Raman", "Jonas Becker", "Aisha Okafor", "Tomasz Nowak", "Hiroshi Tanaka",
                "Elena Petrova", "Samuel Adeyemi", "Claire Dubois", "Rafael Moreno", "Ingrid Johansson", "Kevin O'Brien"]
@@ -71,32 +68,11 @@ def openai_function_name(name: str) -> str:
     return name.replace(".", "_")
 
 
-def convert_schema(schema: Any) -> Any:
-    """A BFCL parameter schema in JSON Schema terms. Walks schema positions only, so a property that happens to
-    be called "type" keeps its name."""
-    if not isinstance(schema, dict):
-        return schema
-    converted: dict[str, Any] = {}
-    for key, value in schema.items():
-        if key == "type" and isinstance(value, str):
-            if value not in _DROPPED_TYPES:
-                converted[key] = _TYPE_MAP.get(value, value)
-        elif key == "properties" and isinstance(value, dict):
-            converted[key] = {name: convert_schema(sub) for name, sub in value.items()}
-        elif key in ("items", "additionalProperties"):
-            converted[key] = [convert_schema(s) for s in value] if isinstance(value, list) else convert_schema(value)
-        elif key in ("anyOf", "oneOf", "allOf") and isinstance(value, list):
-            converted[key] = [convert_schema(s) for s in value]
-        else:
-            converted[key] = value
-    return converted
-
-
 def openai_tool(function: dict[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": {
         "name": openai_function_name(function["name"]),
         "description": function.get("description", ""),
-        "parameters": convert_schema(function.get("parameters") or {"type": "dict", "properties": {}}),
+        "parameters": json_schema_form(function.get("parameters") or {"type": "dict", "properties": {}}),
     }}
 
 

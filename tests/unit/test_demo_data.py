@@ -7,8 +7,9 @@ import pytest
 
 from components.assets import asset_path
 from components.collect import CollectConfig, collect_lines
-from components.demo_data import (FAKE_PEOPLE, DemoDataConfig, build_demo_calls, build_demo_log, convert_schema,
+from components.demo_data import (FAKE_PEOPLE, DemoDataConfig, build_demo_calls, build_demo_log,
                                   known_group, write_demo_calls)
+from components.tool_calls import json_schema_form
 
 OPENAI_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
 CFG = DemoDataConfig(max_records=120, pii_share=0.3, malformed_lines=5, seed=7)
@@ -113,7 +114,7 @@ def test_tool_schemas_are_json_schema_and_names_are_valid(lines):
 def test_schema_conversion_keeps_a_property_named_type():
     schema = {"type": "dict", "properties": {
         "type": {"type": "string"}, "point": {"type": "tuple", "items": {"type": "float"}}, "data": {"type": "any"}}}
-    assert convert_schema(schema) == {"type": "object", "properties": {
+    assert json_schema_form(schema) == {"type": "object", "properties": {
         "type": {"type": "string"}, "point": {"type": "array", "items": {"type": "number"}}, "data": {}}}
 
 
