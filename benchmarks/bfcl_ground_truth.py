@@ -86,7 +86,8 @@ def main() -> None:
                          "full_call_vs_llm": round(entry["scores"][system]["full_call_match"], 3),
                          "full_call_vs_bfcl": round(sum(matches) / max(len(matches), 1), 3)})
             print(json.dumps(rows[-1]), flush=True)
-    print("\n| cluster | system | n_test | full-call match vs the LLM | full-call match vs BFCL's answers |\n|---|---|---|---|---|")
+    print("\n| cluster | system | n_test | full-call match vs the LLM | full-call match vs BFCL's answers |")
+    print("|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['cluster']} | {row['system']} | {row['n_test']} | {row['full_call_vs_llm']:.0%} | "
               f"{row['full_call_vs_bfcl']:.0%} |")
