@@ -73,6 +73,29 @@ def latency_percentile(latencies_ms: Iterable[float], percentile: float) -> floa
     return float(np.percentile(latencies, percentile)) if latencies else 0.0
 
 
+# Metrics that are 0 or 1 per answer: their mean over n held-out calls is a proportion.
+BINARY_METRICS = frozenset({"full_call_match", "exact_match", "valid_json", "json_valid", "schema_valid"})
+
+
+def proportion_interval(rate: float, n: int, confidence: float = 0.95) -> list[float] | None:
+    """Wilson interval of a rate measured on ``n`` calls (sound at n = 10 and at 0 % or 100 %, where the normal
+    approximation is not); None without calls. With 10 held-out calls, 50 % means anything from 24 % to 76 %."""
+    if n <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    interval = binomtest(round(rate * n), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def primary_metric_intervals(scores: dict[str, dict[str, float]], primary_metric: str,
+                             n: int) -> dict[str, list[float] | None] | None:
+    """The 95 % interval of each system's primary metric, when that metric is a proportion; else None."""
+    if primary_metric not in BINARY_METRICS:
+        return None
+    return {system: proportion_interval(scores[system].get(primary_metric, 0.0), n) for system in scores}
+
+
 def promotion_decision(scores: dict[str, dict[str, float]], primary_metric: str,
                        gate: PromotionGate) -> tuple[bool, str]:
     """Promote iff fine-tuned ≥ floor × LLM and fine-tuned > base + min gain, on the primary metric."""
@@ -138,14 +161,20 @@ def _scatter_png(entries: list[dict[str, Any]]) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _interval(bounds: list[float] | None) -> str:
+    return f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
+
+
 def _cluster_section(entry: dict[str, Any]) -> str:
     columns = _metric_columns(entry)
     primary = entry.get("primary_metric")
     head = "".join(f"<th>{html.escape(c)}{' ★' if c == primary else ''}</th>" for c in columns)
     rows = []
+    intervals = entry.get("primary_metric_ci95") or {}
     for system in SYSTEMS:
         scores = entry.get("scores", {}).get(system, {})
-        cells = "".join(f"<td>{_number(scores.get(c))}</td>" for c in columns)
+        cells = "".join(f"<td>{_number(scores.get(c))}{_interval(intervals.get(system)) if c == primary else ''}</td>"
+                        for c in columns)
         cost = entry.get("cost_per_1k_calls", {}).get(system)
         latency = entry.get("latency_ms_p50", {}).get(system)
         rows.append(f"<tr><th>{system}</th>{cells}<td>{_number(cost, 4)}</td><td>{_number(latency, 0)}</td></tr>")
@@ -153,7 +182,8 @@ def _cluster_section(entry: dict[str, Any]) -> str:
     return (
         f"<h2>Cluster #{html.escape(str(entry.get('cluster_id')))}: {html.escape(str(entry.get('label', '')))}</h2>"
         f"<p>{html.escape(str(entry.get('output_kind', '')))} answers · {entry.get('n_train', '–')} training / "
-        f"{entry.get('n_test', '–')} test calls · primary metric ★ {html.escape(str(primary))}</p>"
+        f"{entry.get('n_test', '–')} test calls · primary metric ★ {html.escape(str(primary))}"
+        f"{' with its 95 % interval [low, high]' if intervals else ''}</p>"
         f"<table><tr><th>system</th>{head}<th>cost / 1k calls (USD)</th><th>p50 latency (ms)</th></tr>"
         f"{''.join(rows)}</table>"
         f"<p class='{'yes' if entry.get('promoted') else 'no'}'>Promoted: <b>{promoted}</b> — "
@@ -179,13 +209,16 @@ def write_report(entries: list[dict[str, Any]], path: Path) -> Path:
 
 
 def write_markdown_summary(entries: list[dict[str, Any]]) -> str:
-    """One Markdown table row per cluster: primary metric of each system, costs per 1k calls, promotion."""
+    """One Markdown table row per cluster: primary metric of each system (with its 95 % interval when it is a
+    proportion), costs per 1k calls, promotion."""
     lines = ["| cluster | label | primary metric | llm | slm_base | slm_finetuned | "
              "cost/1k llm | cost/1k slm_finetuned | promoted |",
              "|---|---|---|---|---|---|---|---|---|"]
     for entry in entries:
         metric = entry.get("primary_metric", "")
-        scores = [_number(entry.get("scores", {}).get(system, {}).get(metric)) for system in SYSTEMS]
+        intervals = entry.get("primary_metric_ci95") or {}
+        scores = [_number(entry.get("scores", {}).get(system, {}).get(metric)) + _interval(intervals.get(system))
+                  for system in SYSTEMS]
         costs = entry.get("cost_per_1k_calls", {})
         label = str(entry.get("label", "")).replace("|", "/")
         lines.append(f"| {entry.get('cluster_id')} | {label} | {metric} | {' | '.join(scores)} | "

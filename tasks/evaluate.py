@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from components import slm
 from components.config import resolve
 from components.evaluate import (
-    PRIMARY_METRIC, EvaluateConfig, latency_p50, llm_cost_per_1k_calls, promotion_decision, score_pairs,
-    slm_cost_per_1k_calls, write_markdown_summary, write_report,
+    PRIMARY_METRIC, EvaluateConfig, latency_p50, llm_cost_per_1k_calls, primary_metric_intervals,
+    promotion_decision, score_pairs, slm_cost_per_1k_calls, write_markdown_summary, write_report,
 )
 from components.schema import read_records, split_records, write_table
 from tasks.registry import CHALLENGER, CHAMPION, register_challenger
@@ -80,6 +80,7 @@ def evaluate_task(cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig |
                 "cluster_id": cluster_id, "label": cluster["label"], "output_kind": kind,
                 "primary_metric": PRIMARY_METRIC[kind], "n_train": model["n_train"], "n_test": len(test_records),
                 "base_model": cluster["selected"], "scores": scores,
+                "primary_metric_ci95": primary_metric_intervals(scores, PRIMARY_METRIC[kind], len(test_records)),
                 "cost_per_1k_calls": {
                     "llm": llm_cost_per_1k_calls(test_records),
                     "slm_base": slm_cost_per_1k_calls(latencies["slm_base"], cfg.slm_hourly_cost_usd),

@@ -7,7 +7,8 @@ import pytest
 
 from components.evaluate import (
     PRIMARY_METRIC, EvaluateConfig, PromotionGate, latency_p50, llm_cost_per_1k_calls, promotion_decision,
-    score_pairs, score_text, score_tool_calls, slm_cost_per_1k_calls, write_markdown_summary, write_report,
+    primary_metric_intervals, proportion_interval, score_pairs, score_text, score_tool_calls,
+    slm_cost_per_1k_calls, write_markdown_summary, write_report,
 )
 from components.schema import CallRecord, ChatMessage, ToolCall
 
@@ -171,7 +172,19 @@ def entry(cluster_id: int, label: str, promoted: bool) -> dict:
         "cost_per_1k_calls": {"llm": 3.1, "slm_base": 0.05, "slm_finetuned": 0.06},
         "latency_ms_p50": {"slm_base": 450.0, "slm_finetuned": 480.0},
         "promoted": promoted, "promotion_reason": "promoted: because <reasons>" if promoted else "not promoted",
+        "primary_metric_ci95": {"llm": [0.722, 1.0], "slm_base": [0.057, 0.51], "slm_finetuned": [0.397, 0.892]},
     }
+
+
+def test_a_proportion_on_few_calls_gets_a_wide_wilson_interval():
+    assert proportion_interval(0.5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)
+    assert proportion_interval(0.0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)  # never below 0
+    assert proportion_interval(1.0, 100)[0] == pytest.approx(0.963, abs=1e-3) and proportion_interval(1.0, 0) is None
+    scores = {"llm": {"full_call_match": 1.0, "token_f1": 1.0}, "slm_finetuned": {"full_call_match": 0.4}}
+    intervals = primary_metric_intervals(scores, "full_call_match", 10)
+    assert set(intervals) == {"llm", "slm_finetuned"} and intervals["slm_finetuned"][0] < 0.4 < intervals[
+        "slm_finetuned"][1]
+    assert primary_metric_intervals(scores, "token_f1", 10) is None  # a mean of fractions is not a proportion
 
 
 def test_report_is_self_contained_html_with_every_cluster_and_system(tmp_path):
@@ -180,7 +193,7 @@ def test_report_is_self_contained_html_with_every_cluster_and_system(tmp_path):
     page = path.read_text()
     assert page.startswith("<!DOCTYPE html>") and "</html>" in page
     for expected in ("weather lookups", "music &amp; playback", "llm", "slm_base", "slm_finetuned",
-                     "&lt;reasons&gt;", "3.1000", "480"):
+                     "&lt;reasons&gt;", "3.1000", "480", "0.700 [0.40, 0.89]"):
         assert expected in page
     image = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page)
     assert image and base64.b64decode(image.group(1)).startswith(b"\x89PNG")
@@ -190,5 +203,6 @@ def test_report_is_self_contained_html_with_every_cluster_and_system(tmp_path):
 def test_markdown_summary_has_a_row_per_cluster():
     summary = write_markdown_summary([entry(0, "weather | lookups", True), entry(3, "music", False)])
     rows = summary.strip().splitlines()
-    assert len(rows) == 4 and rows[2].startswith("| 0 | weather / lookups | full_call_match | 1.000 | 0.200 | 0.700")
+    assert len(rows) == 4 and rows[2].startswith("| 0 | weather / lookups | full_call_match | 1.000 [0.72, 1.00] | "
+                                                  "0.200 [0.06, 0.51] | 0.700 [0.40, 0.89]")
     assert rows[2].endswith("| yes |") and rows[3].endswith("| no |")
