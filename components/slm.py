@@ -323,9 +323,9 @@ def generate(
         inputs = tokenizer([prompts[i] for i in batch_indices], return_tensors="pt", padding=True,
                            add_special_tokens=False).to(model.device)
         began = time.perf_counter()
-        grammar = make_logits_processor(tokenizer, stop_ids, [records[i].tools for i in batch_indices],
-                                        require_tool_calls, spec.max_tool_calls if spec else None,
-                                        ) if constrain_tool_calls else None
+        grammar = None if not constrain_tool_calls else make_logits_processor(
+            tokenizer, stop_ids, [records[i].tools for i in batch_indices], require_tool_calls,
+            spec.max_tool_calls if spec else None)
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,
