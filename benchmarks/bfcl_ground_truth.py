@@ -27,6 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SYSTEMS = ["llm", "slm_base", "slm_finetuned"]
 
 
+def _arguments(call: Any) -> dict[str, Any]:
+    try:
+        return call.parsed_arguments()
+    except ValueError:  # not JSON, or not an object: nothing to learn a replacement from
+        return {}
+
+
 def expected_from_bfcl(ground_truth: list[dict[str, dict[str, list[Any]]]], raw: Any, anonymized: Any) -> list:
     """BFCL's possible answers as (OpenAI name, {argument: acceptable values}), plus each value S2 replaced."""
     from components.demo_data import openai_function_name
@@ -35,11 +42,12 @@ def expected_from_bfcl(ground_truth: list[dict[str, dict[str, list[Any]]]], raw:
     for index, (name, arguments) in enumerate((n, a) for entry in ground_truth for n, a in entry.items()):
         acceptable = {argument: list(options) for argument, options in arguments.items()}
         if index < len(raw.tool_calls) and index < len(anonymized.tool_calls):
-            raw_arguments = raw.tool_calls[index].parsed_arguments() or {}
-            anonymized_arguments = anonymized.tool_calls[index].parsed_arguments() or {}
+            raw_arguments, anonymized_arguments = (_arguments(raw.tool_calls[index]),
+                                                   _arguments(anonymized.tool_calls[index]))
             for argument, value in raw_arguments.items():
-                if argument in acceptable and anonymized_arguments.get(argument) != value:
-                    acceptable[argument].append(anonymized_arguments.get(argument))
+                if argument in acceptable and argument in anonymized_arguments \
+                        and anonymized_arguments[argument] != value:
+                    acceptable[argument].append(anonymized_arguments[argument])
         expected.append((openai_function_name(name), acceptable))
     return expected
 
@@ -67,12 +75,13 @@ def main() -> None:
     items = {item["id"]: item for category in {g["category"] for g in groups} for item in load_bfcl(category)}
     bfcl_item = {g["record_id"]: items[g["bfcl_id"]] for g in groups}
     evaluation = {e["cluster_id"]: e for e in json.loads((workdir / evaluate_cfg.evaluation).read_text())["clusters"]}
-    predictions = {"slm_base": pd.read_parquet(workdir / evaluate_cfg.base_predictions),
-                   "slm_finetuned": pd.read_parquet(workdir / evaluate_cfg.predictions)}
+    base = pd.read_parquet(workdir / evaluate_cfg.base_predictions)  # S4's: one row per call and candidate
+    predictions = {"slm_finetuned": pd.read_parquet(workdir / evaluate_cfg.predictions)}
 
     rows = []
     for cluster_id, entry in sorted(evaluation.items()):
         test = predictions["slm_finetuned"].loc[lambda frame: frame.cluster_id == cluster_id, "record_id"].tolist()
+        predictions["slm_base"] = base[(base.cluster_id == cluster_id) & (base.candidate == entry["base_model"])]
         for system in SYSTEMS:
             texts = dict(zip(predictions[system].record_id, predictions[system].text)) if system != "llm" else {}
             matches = []

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,13 +51,17 @@ _LOWER_LEMMA = "llm2slm_lower_lemma"
 _NER_TYPES = frozenset({"PERSON", "LOCATION", "ORGANIZATION", "NRP", "DATE_TIME"})
 # A name or place has two letters in a row; small NER models tag ids such as "A-20931" as people.
 _WORDLIKE = re.compile(r"[^\W\d_]{2}")
-# What NER spans often take along that is not part of the name: a leading "the", quotes, brackets, final
-# punctuation ("the Eiffel Tower", "'Bohemian Rhapsody'"). Left in, the same name in a bare argument value no longer
-# matches it and gets a placeholder of its own.
-_NER_LEADING = re.compile(r"^(?:[Tt]he\s+|[\s'\"‘’“”(\[])+")
+# What NER spans often take along that is not part of the name: quotes, brackets, final punctuation and, before a
+# place or an organisation, "the" ("the Eiffel Tower", "'Bohemian Rhapsody'"). Left in, the same name in a bare
+# argument value no longer matches it and gets a placeholder of its own. A person's "The" may be a name: kept.
+# Used with match() at the span's start, which anchors them.
+_NER_LEADING = re.compile(r"[\s'\"‘’“”(\[]+")
+_NER_ARTICLE = re.compile(r"[Tt]he\s+")
 _NER_TRAILING = re.compile(r"[\s'\"‘’“”)\].,;:!?]+$")
-# A date written with digits ("05-12-2022", "2022-05-12"), which libphonenumber accepts in some regions.
-_DATE_SHAPED = re.compile(r"^(?:\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4})$")
+# A date written with digits ("05-12-2022", "2022-05-12"), which libphonenumber accepts in some regions. Not
+# redacted, like dates in words: add DATE_TIME to `entities` to redact dates.
+_DATE_SHAPED = re.compile(r"^(?:(?:19|20)\d\d[-/.](?:0?[1-9]|1[0-2])[-/.](?:0?[1-9]|[12]\d|3[01])"
+                          r"|(?:0?[1-9]|[12]\d|3[01])[-/.](?:0?[1-9]|[12]\d|3[01])[-/.](?:19|20)\d\d)$")
 _MASKED_BEFORE_PHONES = frozenset({"CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "EMAIL_ADDRESS", SECRET,
                                    MEDICAL_RECORD_NUMBER, HEALTH_PLAN_ID})
 
@@ -159,13 +164,23 @@ def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
     return merged
 
 
+def _loose_words(text: str) -> set[str]:
+    """The words of three letters or more, without case, accents or quote styles (names compared loosely)."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    plain = "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
+    return set(re.findall(r"[^\W\d_]{3,}", plain))
+
+
 def _trimmed(text: str, span: _Span) -> _Span:
     """An NER span without the article, quotes and punctuation around the name (patterns are exact already)."""
     if span.entity_type not in _NER_TYPES:
         return span
-    value = text[span.start:span.end]
-    leading = _NER_LEADING.match(value)
-    start = span.start + (leading.end() if leading else 0)
+    # Quotes, then (not for a person) an article, then quotes again: "'the Louvre" and "the 'Louvre'".
+    leading = [_NER_LEADING] + ([_NER_ARTICLE, _NER_LEADING] if span.entity_type != "PERSON" else [])
+    start = span.start
+    for pattern in leading:
+        found = pattern.match(text, start, span.end)
+        start = found.end() if found else start
     trailing = _NER_TRAILING.search(text, start, span.end)
     end = trailing.start() if trailing else span.end
     return _Span(start, max(start, end), span.entity_type, span.score)
@@ -285,30 +300,41 @@ class Anonymizer:
                                               entities=["PHONE_NUMBER"], nlp_artifacts=artifacts, score_threshold=floor)
         # `entities=` already restricts the types; checking again guards against recognizers that ignore it.
         allowed_types = set(self.cfg.entities)
-        spans = [_trimmed(text, _Span(r.start, r.end, r.entity_type, r.score)) for r in results
-                 if r.entity_type in allowed_types and r.score >= self.cfg.threshold_for(r.entity_type)
-                 and text[r.start:r.end].strip().upper() not in self._allowed_words
-                 and not (r.entity_type in _NER_TYPES and not _WORDLIKE.search(text[r.start:r.end]))
-                 and not (r.entity_type == "PHONE_NUMBER" and _DATE_SHAPED.match(text[r.start:r.end].strip()))]
-        return _merge_overlapping([span for span in spans if span.end > span.start])
+        spans = []
+        for result in results:
+            if result.entity_type not in allowed_types or result.score < self.cfg.threshold_for(result.entity_type):
+                continue
+            span = _trimmed(text, _Span(result.start, result.end, result.entity_type, result.score))
+            value = text[span.start:span.end].strip()
+            if (not value or value.upper() in self._allowed_words
+                    or (span.entity_type in _NER_TYPES and not _WORDLIKE.search(value))
+                    or (span.entity_type == "PHONE_NUMBER" and _DATE_SHAPED.match(value))):
+                continue
+            spans.append(span)
+        return _merge_overlapping(spans)
 
     # ------------------------------------------------------------------------------------------- rewriting
 
     @staticmethod
     def _drop_guesses_without_context(record: CallRecord, detected: dict[str, list[_Span]]) -> dict[str, list[_Span]]:
-        """NER guesses (names, places, organisations) in bare argument values, unless the conversation holds them.
+        """NER guesses (names, places, organisations) in bare argument values that share no word with the conversation.
 
-        Alone, a short value gives spaCy no context: "JPY", "vacuum" and "Bronze" come out as names, and a place in
-        the prompt comes out as a person in the arguments, which breaks the copy from prompt to call the SLM has to
-        learn. A value the conversation holds (any case) stays replaced, so is everything found by a pattern
-        (emails, cards, secrets...), and values found in the conversation are replaced in the arguments by the
-        literal pass. A name or place the conversation does not hold was written by the LLM from general
-        knowledge ("JPY" for "Japanese yen"), not taken from the user."""
+        Alone, a short value gives spaCy no context: "JPY" and "vacuum" come out as names, which breaks the copy
+        from prompt to call the SLM has to learn. A guess that shares a word with the conversation (compared without
+        case, accents or quote styles: "John Smith" for "Smith, John", "Kevin O'Brien" for "Kevin O’Brien") stays
+        replaced, so does everything found by a pattern (emails, cards, secrets...), and values found in the
+        conversation are replaced in the arguments by the literal pass. A name or place that shares no word with
+        the conversation was written by the LLM from general knowledge ("JPY" for "Japanese yen"), not taken from
+        the user."""
         contents = message_contents(record)
-        conversation = "\n".join(contents).casefold()
+        conversation = _loose_words("\n".join(contents))
         bare = set(argument_texts(record)) - set(contents)
-        return {text: [span for span in spans if span.entity_type not in _NER_TYPES
-                       or text[span.start:span.end].casefold() in conversation] if text in bare else spans
+
+        def kept(text: str, span: _Span) -> bool:
+            words = _loose_words(text[span.start:span.end])
+            return span.entity_type not in _NER_TYPES or not words or bool(words & conversation)
+
+        return {text: [span for span in spans if kept(text, span)] if text in bare else spans
                 for text, spans in detected.items()}
 
     def anonymize_record(self, record: CallRecord) -> tuple[CallRecord, Counter[str]]:

@@ -317,8 +317,6 @@ def finetune(
     spec = derive_prompt_spec(train_records, cfg.prompt_pruning)
     fingerprint = run_fingerprint(base_folder, train_records, eval_records, training_settings(cfg))
     previous = finished_result(output_dir, fingerprint)
-    if previous is not None:
-        return FinetuneResult(**{**previous, "reused": True})
 
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
     train_records, too_long = split_by_length(train_records, tokenizer, cfg.max_length, spec)
@@ -330,6 +328,12 @@ def finetune(
     spec.max_answer_tokens = answer_token_budget(
         [len(tokenizer(render_target(r.response), add_special_tokens=False)["input_ids"]) for r in train_records])
     spec.max_tool_calls = tool_call_budget([len(r.response.tool_calls) for r in train_records])
+    if previous is not None:
+        # The same run finished before. Its spec is written again: a run of an older release may lack fields that
+        # decoding reads (the call budget, or the whole spec when pruning was off).
+        if is_main_process():
+            save_prompt_spec(spec, output_dir)
+        return FinetuneResult(**{**previous, "reused": True, "prompt_spec": spec.model_dump()})
 
     checkpoints = checkpoint_dir or output_dir.with_name(f"{output_dir.name}.checkpoints")
     resume_from = prepare_checkpoints(checkpoints, fingerprint)

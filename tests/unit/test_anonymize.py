@@ -88,6 +88,14 @@ def test_ner_guesses_in_bare_arguments_need_the_conversation_to_hold_the_value(a
                    tool_response("book_table", {"guest": "Emma Johnson", "medium": "vacuum"}))
     clean, _ = anonymizer.anonymize_record(named)
     assert clean.response.tool_calls[0].parsed_arguments() == {"guest": "<PERSON_1>", "medium": "vacuum"}
+    # Written another way than in the prompt (word order, apostrophe, accents), a name is still replaced.
+    for prompt, argument in (("Book a table for Smith, John tonight.", "John Smith"),
+                             ("Book a table for Kevin O’Brien tonight.", "Kevin O'Brien"),
+                             ("Book a table for José García tonight.", "Jose Garcia")):
+        assert any(span.entity_type == "PERSON" for span in anonymizer.analyze_texts([argument])[argument])
+        clean, _ = anonymizer.anonymize_record(record(prompt, tool_response("book_table", {"guest": argument})))
+        written = clean.response.tool_calls[0].parsed_arguments()["guest"]
+        assert written.startswith("<PERSON_") and not set(argument.split()) & set(written.split()), written
 
 
 def test_a_name_with_an_article_or_quotes_in_the_prompt_keeps_its_placeholder_in_the_arguments(anonymizer):

@@ -141,8 +141,10 @@ def test_killed_run_resumes_and_a_finished_run_is_not_repeated(tiny_model_dir: s
 
     weights = output / "adapter_model.safetensors"
     written = weights.stat().st_mtime_ns
+    (output / PROMPT_SPEC_FILE).unlink()  # as an older release left it: no spec, or one without the call budget
     again = finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints)
     assert again.reused and again.fingerprint == resumed.fingerprint and weights.stat().st_mtime_ns == written
+    assert load_prompt_spec(output).max_tool_calls == 1 == again.prompt_spec["max_tool_calls"]
     changed = finetune(tiny_model_dir, records, tiny_config(max_steps=1, learning_rate=5e-3), output,
                        checkpoint_dir=checkpoints)
     assert not changed.reused and changed.fingerprint != resumed.fingerprint and weights.stat().st_mtime_ns != written
