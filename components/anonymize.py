@@ -369,10 +369,17 @@ class Anonymizer:
 
 
 def _literal_patterns(pseudonyms: RecordPseudonyms) -> list[tuple[re.Pattern[str], str]]:
-    """For each value known in the record, a whole-word pattern finding it in the record's other texts."""
-    return [(re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE if entity_type == "EMAIL_ADDRESS" else 0),
+    """For each value known in the record, a whole-word pattern finding it in the record's other texts.
+
+    Emails and names of several words match in any case: a user who types "emma johnson" gives NER nothing to
+    go on, yet the call's "Emma Johnson" is found. A one-word name stays case-sensitive ("Will" is not "will")."""
+    return [(re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE if _any_case(entity_type, value) else 0),
              entity_type)
             for entity_type, value in pseudonyms.placeholders if len(value.strip()) >= 2]
+
+
+def _any_case(entity_type: str, value: str) -> bool:
+    return entity_type == "EMAIL_ADDRESS" or (entity_type in _NER_TYPES and len(value.split()) > 1)
 
 
 def _literal_spans(text: str, patterns: list[tuple[re.Pattern[str], str]]) -> list[_Span]:

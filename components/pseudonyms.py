@@ -162,9 +162,9 @@ class RecordPseudonyms:
         key = (entity_type, _normal_form(entity_type, value))
         if key not in self.placeholders:
             # The same text under another type (a place in the prompt that NER calls a person in the arguments)
-            # keeps its placeholder: one value, one placeholder, whatever the guess.
+            # or in another case ("emma johnson" typed, "Emma Johnson" in the call) keeps its placeholder.
             same_text = next((placeholder for (_, known), placeholder in self.placeholders.items()
-                              if known == key[1]), None)
+                              if known.casefold() == key[1].casefold()), None)
             if same_text is not None:
                 self.placeholders[key] = same_text
                 return same_text

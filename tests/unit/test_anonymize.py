@@ -121,6 +121,16 @@ def test_a_date_in_digits_is_not_a_phone_number(anonymizer):
                                                                 "phone": "<PHONE_NUMBER_1>"}
 
 
+def test_a_name_typed_in_lower_case_is_found_through_the_call_that_spells_it(anonymizer):
+    prompt = "please book a table for emma johnson tonight, and one for will."
+    found = anonymizer.analyze_texts([prompt])[prompt]
+    assert not any(span.start <= prompt.index("emma") < span.end for span in found)  # NER alone misses "emma"
+    clean, _ = anonymizer.anonymize_record(record(prompt, tool_response("book_table", {"guest": "Emma Johnson"})))
+    guest = clean.response.tool_calls[0].parsed_arguments()["guest"]
+    assert guest.startswith("<PERSON_")
+    assert clean.messages[-1].content == f"please book a table for {guest} tonight, and one for will."
+
+
 def test_keys_inside_an_argument_are_data_and_top_level_keys_are_parameter_names(anonymizer):
     original = record("Deal the cards to Emma Johnson and to me.",
                       tool_response("deal", {"hands": {"Emma Johnson": ["A"], "Emma": ["Q"], "me": ["K"]}}))

@@ -37,6 +37,7 @@ def test_one_value_keeps_one_placeholder_whatever_type_it_is_tagged_with(tmp_pat
     assert mapping.placeholder_for("LOCATION", "Montreal") == "<LOCATION_1>"
     assert mapping.placeholder_for("PERSON", "Montreal") == "<LOCATION_1>"  # NER's guess in a bare argument
     assert mapping.placeholder_for("PERSON", "Ann Lee") == "<PERSON_1>"  # numbering of a new value is unchanged
+    assert mapping.placeholder_for("PERSON", "ann lee") == "<PERSON_1>"  # typed in lower case
 
 
 def test_dataset_scope_tags_are_the_same_across_records_and_runs_and_depend_on_the_key(key_env, monkeypatch):
