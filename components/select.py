@@ -26,7 +26,7 @@ from components.evaluate import latency_percentile, llm_cost_per_1k_calls, slm_c
 from components.metrics import PRIMARY_METRIC, Embedder, Judge, detect_output_type, score_pairs
 from components.schema import CallRecord, ChatMessage, split_records
 from components.select_labels import GroundTruth, score_against_labels
-from components.slm import answer_token_budget, render_target
+from components.slm import answer_token_budget, render_target, tool_call_budget
 
 Mode = Literal["zero_shot", "few_shot"]
 SELECTION_RULE = (
@@ -103,8 +103,9 @@ class Answers:
     peak_rss_mb: float = 0.0  # resident memory of the process, sampled while answering
 
 
-# Loads the candidate (once) and answers the records in at most ``max_new_tokens`` new tokens, with calls only when
-# ``calls_only`` (a cluster whose answers are all calls); may raise: the candidate is then skipped with the reason.
+# Loads the candidate (once) and answers the records in at most ``max_new_tokens`` new tokens and ``max_calls`` calls,
+# with calls only when ``calls_only`` (a cluster whose answers are all calls); may raise: the candidate is then
+# skipped with the reason.
 Answerer = Callable[..., Answers]
 PREDICTION_COLUMNS = ["record_id", "cluster_id", "candidate", "text", "latency_ms"]
 
@@ -232,6 +233,8 @@ def benchmark_candidates(
             # The training answers size the generation: long enough for this cluster's longest, no longer.
             "max_new_tokens": answer_token_budget([len(render_target(r.response)) // CHARS_PER_TOKEN + 1
                                                    for r in train], cfg.max_new_tokens),
+            # ... and as many calls as S5 will allow the fine-tuned model, so S6 compares like with like.
+            "max_tool_calls": tool_call_budget([len(r.response.tool_calls) for r in train]),
             "results": [],
         })
     required_context = max((estimated_tokens(p) for r in reports for ps in r["prompts"].values() for p in ps),
@@ -250,7 +253,8 @@ def benchmark_candidates(
                 test = report["test"]
                 for mode in modes:
                     result = answer(entry, report["prompts"][mode], max_new_tokens=report["max_new_tokens"],
-                                    calls_only=report["output_kind"] == "tool_call")
+                                    calls_only=report["output_kind"] == "tool_call",
+                                    max_calls=report["max_tool_calls"])
                     predicted = [parse(a.text) for a in result.answers]
                     scores = score_pairs([r.response for r in test], predicted, report["output_kind"],
                                          tools=[r.tools for r in test], embed=embed, judge=judge)

@@ -290,13 +290,14 @@ def generate(
     progress: ProgressCallback | None = None,
     constrain_tool_calls: bool = True,
     require_tool_calls: bool | None = None,
+    max_tool_calls: int | None = None,
 ) -> list[Generation]:
     """Greedy completions, one per record in the given order; latency is the batch's wall time shared evenly.
 
     The prompt is the one the model was trained on: its folder's prompt spec when :func:`load_model` found one.
     With ``constrain_tool_calls``, a call that offers tools is decoded under their grammar
-    (components/constrained.py), with at most the spec's number of calls; ``require_tool_calls`` (default: what
-    the spec says the model answers) allows calls only.
+    (components/constrained.py), with at most ``max_tool_calls`` calls (default: the spec's budget);
+    ``require_tool_calls`` (default: what the spec says the model answers) allows calls only.
     """
     import torch
     from transformers import LogitsProcessorList
@@ -310,6 +311,8 @@ def generate(
     spec = getattr(model, PROMPT_SPEC_ATTRIBUTE, None)
     if require_tool_calls is None:
         require_tool_calls = spec is not None and spec.answers == "tool_calls"
+    if max_tool_calls is None and spec is not None:
+        max_tool_calls = spec.max_tool_calls
     if spec is not None and spec.max_answer_tokens:
         max_new_tokens = min(max_new_tokens, spec.max_answer_tokens)
     prompts = [render_prompt(tokenizer, record, spec) for record in records]
@@ -324,8 +327,7 @@ def generate(
                            add_special_tokens=False).to(model.device)
         began = time.perf_counter()
         grammar = None if not constrain_tool_calls else make_logits_processor(
-            tokenizer, stop_ids, [records[i].tools for i in batch_indices], require_tool_calls,
-            spec.max_tool_calls if spec else None)
+            tokenizer, stop_ids, [records[i].tools for i in batch_indices], require_tool_calls, max_tool_calls)
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
                                     eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id,

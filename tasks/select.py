@@ -52,7 +52,8 @@ def load_candidate(entry: CatalogEntry):
 def make_answerer(cfg: SelectConfig):
     loaded: dict[str, tuple] = {}  # one candidate in memory at a time, loaded once for every cluster and mode
 
-    def answer(entry: CatalogEntry, records: list[CallRecord], max_new_tokens: int, calls_only: bool) -> Answers:
+    def answer(entry: CatalogEntry, records: list[CallRecord], max_new_tokens: int, calls_only: bool,
+               max_calls: int | None = None) -> Answers:
         if entry.name not in loaded:
             loaded.clear()
             loaded[entry.name] = load_candidate(entry)
@@ -66,7 +67,8 @@ def make_answerer(cfg: SelectConfig):
 
         generations = slm.generate(model, tokenizer, records, max_new_tokens=max_new_tokens,
                                    batch_size=cfg.batch_size, progress=sample,
-                                   constrain_tool_calls=cfg.constrained_decoding, require_tool_calls=calls_only)
+                                   constrain_tool_calls=cfg.constrained_decoding, require_tool_calls=calls_only,
+                                   max_tool_calls=max_calls)
         return Answers([Answer(g.text, g.latency_ms, g.completion_tokens) for g in generations], max(peak))
 
     return answer

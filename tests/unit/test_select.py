@@ -48,11 +48,12 @@ def parse(text: str) -> ChatMessage:
 
 def answerer(calls_seen: list, latency: dict | None = None, limits_seen: list | None = None):
     """'good' answers right zero-shot; 'learner' only when the prompt holds examples; others say Nowhere."""
-    def answer(candidate: CatalogEntry, records: list[CallRecord], max_new_tokens: int, calls_only: bool) -> Answers:
+    def answer(candidate: CatalogEntry, records: list[CallRecord], max_new_tokens: int, calls_only: bool,
+               max_calls: int | None) -> Answers:
         few_shot = any(m.role == "assistant" for m in records[0].messages)
         calls_seen.append((candidate.name, few_shot, [r.record_id for r in records]))
         if limits_seen is not None:
-            limits_seen.append((max_new_tokens, calls_only))
+            limits_seen.append((max_new_tokens, calls_only, max_calls))
         if candidate.name == "broken":
             raise OSError("weights not found")
         right = candidate.name == "good" or (candidate.name == "learner" and few_shot)
@@ -96,11 +97,11 @@ def test_generation_is_sized_by_the_training_answers_and_calls_only_for_a_call_c
     cfg, catalog = config("weak", modes=["zero_shot"])
     benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer([], limits_seen=limits), parse)
     # One ~80-character call per training answer: a few dozen tokens, far under the 256-token cap.
-    [(budget, calls_only)] = limits
-    assert calls_only and 20 < budget < 80
+    [(budget, calls_only, max_calls)] = limits
+    assert calls_only and 20 < budget < 80 and max_calls == 1  # every training answer makes one call
     cfg, catalog = config("weak", modes=["zero_shot"], max_new_tokens=16)
     benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer([], limits_seen=limits), parse)
-    assert limits[-1] == (16, True)
+    assert limits[-1] == (16, True, 1)
 
 
 def test_few_shot_can_make_fine_tuning_unnecessary_and_costs_are_measured():
