@@ -43,8 +43,11 @@ class LoraSettings(StepConfig):
 
 
 class EarlyStopping(StepConfig):
-    patience: int = 3  # evaluations without a lower eval loss before training stops
-    threshold: float = 0.0  # how much lower counts as lower
+    patience: int = 3  # evaluations without a better validation score before training stops
+    threshold: float = 0.0  # how much better counts as better
+    # The validation score: "eval_loss" (lower is better) or "eval_mean_token_accuracy" (TRL's share of answer
+    # tokens predicted right; higher is better).
+    metric: Literal["eval_loss", "eval_mean_token_accuracy"] = "eval_loss"
 
 
 class Dispatch(StepConfig):
@@ -233,8 +236,8 @@ def build_trainer(base_folder: str, train_records: list[CallRecord], cfg: Finetu
         save_steps=cfg.eval_steps if validating else cfg.save_steps,
         save_total_limit=2,
         load_best_model_at_end=validating,
-        metric_for_best_model="eval_loss" if validating else None,
-        greater_is_better=False if validating else None,
+        metric_for_best_model=cfg.early_stopping.metric if validating else None,
+        greater_is_better=cfg.early_stopping.metric != "eval_loss" if validating else None,
         include_num_input_tokens_seen="non_padding",
         report_to="none",  # the caller tracks the run
         logging_steps=1,

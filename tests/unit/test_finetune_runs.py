@@ -105,12 +105,15 @@ def test_validation_split_is_seeded_and_skipped_for_tiny_clusters(records: list[
     assert split_validation(records, 0.1, 4, 20, seed=1) == (records, [])
 
 
-def test_early_stopping_on_validation_loss(tiny_model_dir: str, records: list[CallRecord], tmp_path: Path) -> None:
+@pytest.mark.parametrize("metric", ["eval_loss", "eval_mean_token_accuracy"])
+def test_early_stopping_on_a_validation_score(metric: str, tiny_model_dir: str, records: list[CallRecord],
+                                              tmp_path: Path) -> None:
     from components.finetune import EarlyStopping
 
     # An improvement must exceed a huge threshold to count, so the second evaluation already runs out of patience.
     config = tiny_config(max_steps=6, eval_steps=1, min_records_for_validation=8, validation_fraction=0.25,
-                         min_validation_records=2, early_stopping=EarlyStopping(patience=1, threshold=1e9))
+                         min_validation_records=2, early_stopping=EarlyStopping(patience=1, threshold=1e9,
+                                                                                metric=metric))
     result = finetune(tiny_model_dir, records, config, tmp_path / "adapter")
     assert len(result.validation_record_ids) == 2 and result.n_train == 6
     assert result.stopped_early and result.steps == 2
