@@ -57,6 +57,7 @@ _WORDLIKE = re.compile(r"[^\W\d_]{2}")
 # Used with match() at the span's start, which anchors them.
 _NER_LEADING = re.compile(r"[\s'\"‘’“”(\[]+")
 _NER_ARTICLE = re.compile(r"[Tt]he\s+")
+_ARTICLE_TYPES = frozenset({"LOCATION", "ORGANIZATION"})
 _NER_TRAILING = re.compile(r"[\s'\"‘’“”)\].,;:!?]+$")
 # A date written with digits ("05-12-2022", "2022-05-12"), which libphonenumber accepts in some regions. Not
 # redacted, like dates in words: add DATE_TIME to `entities` to redact dates.
@@ -164,11 +165,16 @@ def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
     return merged
 
 
+# Words every conversation has: sharing one of them says nothing about a name.
+_COMMON_WORDS = frozenset({"the", "and", "for", "with", "from", "into", "this", "that", "your", "our", "its"})
+
+
 def _loose_words(text: str) -> set[str]:
-    """The words of three letters or more, without case, accents or quote styles (names compared loosely)."""
+    """The words of three letters or more, without case, accents or quote styles (names compared loosely),
+    common function words left out."""
     decomposed = unicodedata.normalize("NFKD", text)
     plain = "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
-    return set(re.findall(r"[^\W\d_]{3,}", plain))
+    return set(re.findall(r"[^\W\d_]{3,}", plain)) - _COMMON_WORDS
 
 
 def _trimmed(text: str, span: _Span) -> _Span:
@@ -176,7 +182,7 @@ def _trimmed(text: str, span: _Span) -> _Span:
     if span.entity_type not in _NER_TYPES:
         return span
     # Quotes, then (not for a person) an article, then quotes again: "'the Louvre" and "the 'Louvre'".
-    leading = [_NER_LEADING] + ([_NER_ARTICLE, _NER_LEADING] if span.entity_type != "PERSON" else [])
+    leading = [_NER_LEADING] + ([_NER_ARTICLE, _NER_LEADING] if span.entity_type in _ARTICLE_TYPES else [])
     start = span.start
     for pattern in leading:
         found = pattern.match(text, start, span.end)
@@ -371,15 +377,16 @@ class Anonymizer:
 def _literal_patterns(pseudonyms: RecordPseudonyms) -> list[tuple[re.Pattern[str], str]]:
     """For each value known in the record, a whole-word pattern finding it in the record's other texts.
 
-    Emails and names of several words match in any case: a user who types "emma johnson" gives NER nothing to
-    go on, yet the call's "Emma Johnson" is found. A one-word name stays case-sensitive ("Will" is not "will")."""
+    Emails and person names of several words match in any case: a user who types "emma johnson" gives NER
+    nothing to go on, yet the call's "Emma Johnson" is found. A one-word name stays case-sensitive ("Will" is not
+    "will"), and so do places and organisations (their guesses are often common phrases)."""
     return [(re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE if _any_case(entity_type, value) else 0),
              entity_type)
             for entity_type, value in pseudonyms.placeholders if len(value.strip()) >= 2]
 
 
 def _any_case(entity_type: str, value: str) -> bool:
-    return entity_type == "EMAIL_ADDRESS" or (entity_type in _NER_TYPES and len(value.split()) > 1)
+    return entity_type == "EMAIL_ADDRESS" or (entity_type == "PERSON" and len(value.split()) > 1)
 
 
 def _literal_spans(text: str, patterns: list[tuple[re.Pattern[str], str]]) -> list[_Span]:

@@ -114,8 +114,17 @@ def config_for_cluster(cfg: FinetuneConfig, cluster_id: int | str) -> FinetuneCo
     return FinetuneConfig.model_validate(_deep_merge(cfg.model_dump(), override))
 
 
+# Settings added after runs were fingerprinted, at the value that trains as before: left out of the fingerprint
+# while at that value, so a finished run stays reusable after an upgrade.
+_LATER_SETTINGS = {("early_stopping", "metric"): "eval_loss"}
+
+
 def training_settings(cfg: FinetuneConfig) -> dict[str, Any]:
-    return {key: value for key, value in cfg.model_dump(mode="json").items() if key not in _NOT_TRAINING}
+    settings = {key: value for key, value in cfg.model_dump(mode="json").items() if key not in _NOT_TRAINING}
+    for (section, key), unchanged in _LATER_SETTINGS.items():
+        if settings[section].get(key) == unchanged:
+            settings[section] = {k: v for k, v in settings[section].items() if k != key}
+    return settings
 
 
 @dataclass
@@ -332,11 +341,15 @@ def finetune(
         [len(tokenizer(render_target(r.response), add_special_tokens=False)["input_ids"]) for r in train_records])
     spec.max_tool_calls = tool_call_budget([len(r.response.tool_calls) for r in train_records])
     if previous is not None:
-        # The same run finished before. Its spec is written again: a run of an older release may lack fields that
-        # decoding reads (the call budget, or the whole spec when pruning was off).
+        # The same run finished before. Its spec is written again (beside a merged model too): a run of an older
+        # release may lack fields that decoding reads (the call budget, or the whole spec when pruning was off).
+        previous = {**previous, "prompt_spec": spec.model_dump()}
         if is_main_process():
-            save_prompt_spec(spec, output_dir)
-        return FinetuneResult(**{**previous, "reused": True, "prompt_spec": spec.model_dump()})
+            for folder in (output_dir, previous.get("merged_dir")):
+                if folder and Path(folder).is_dir():
+                    save_prompt_spec(spec, Path(folder))
+            mark_finished(output_dir, fingerprint, previous)
+        return FinetuneResult(**{**previous, "reused": True})
 
     checkpoints = checkpoint_dir or output_dir.with_name(f"{output_dir.name}.checkpoints")
     resume_from = prepare_checkpoints(checkpoints, fingerprint)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from components.finetune import FinetuneConfig, LoraSettings, config_for_cluster, finetune
+from components.finetune import FinetuneConfig, LoraSettings, build_trainer, config_for_cluster, finetune
 from components.finetune_runs import UnsupportedDeviceError, detect_device, split_validation
 from components.prompt_pruning import (
     PROMPT_SPEC_FILE, PruningSettings, derive_prompt_spec, load_prompt_spec, load_prompt_transform,
@@ -114,6 +114,9 @@ def test_early_stopping_on_a_validation_score(metric: str, tiny_model_dir: str, 
     config = tiny_config(max_steps=6, eval_steps=1, min_records_for_validation=8, validation_fraction=0.25,
                          min_validation_records=2, early_stopping=EarlyStopping(patience=1, threshold=1e9,
                                                                                 metric=metric))
+    trainer = build_trainer(tiny_model_dir, records[:6], config, tmp_path / "checkpoints", records[6:])
+    assert trainer.args.metric_for_best_model == metric
+    assert trainer.args.greater_is_better is (metric == "eval_mean_token_accuracy")
     result = finetune(tiny_model_dir, records, config, tmp_path / "adapter")
     assert len(result.validation_record_ids) == 2 and result.n_train == 6
     assert result.stopped_early and result.steps == 2
@@ -121,6 +124,14 @@ def test_early_stopping_on_a_validation_score(metric: str, tiny_model_dir: str, 
 
 
 # ------------------------------------------------------------------------------------------ resume and re-runs
+
+
+def test_a_setting_added_later_at_its_old_behaviour_keeps_finished_runs_reusable() -> None:
+    from components.finetune import EarlyStopping, training_settings
+
+    assert "metric" not in training_settings(tiny_config())["early_stopping"]  # fingerprints from before it match
+    changed = training_settings(tiny_config(early_stopping=EarlyStopping(metric="eval_mean_token_accuracy")))
+    assert changed["early_stopping"]["metric"] == "eval_mean_token_accuracy"
 
 
 def test_killed_run_resumes_and_a_finished_run_is_not_repeated(tiny_model_dir: str, records: list[CallRecord],
@@ -148,6 +159,7 @@ def test_killed_run_resumes_and_a_finished_run_is_not_repeated(tiny_model_dir: s
     again = finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints)
     assert again.reused and again.fingerprint == resumed.fingerprint and weights.stat().st_mtime_ns == written
     assert load_prompt_spec(output).max_tool_calls == 1 == again.prompt_spec["max_tool_calls"]
+    assert json.loads((output / "training_result.json").read_text())["prompt_spec"]["max_tool_calls"] == 1
     changed = finetune(tiny_model_dir, records, tiny_config(max_steps=1, learning_rate=5e-3), output,
                        checkpoint_dir=checkpoints)
     assert not changed.reused and changed.fingerprint != resumed.fingerprint and weights.stat().st_mtime_ns != written
