@@ -63,8 +63,8 @@ def main() -> None:
     from components.demo_data import load_bfcl
     from components.evaluate import EvaluateConfig
     from components.schema import read_records
+    from components.select_labels import score_against_labels
     from components.slm import parse_completion
-    from components.tool_calls import score_tool_calls
 
     workdir = args.workdir.resolve()
     params = yaml.safe_load((workdir / "params.yaml").read_text())
@@ -78,22 +78,27 @@ def main() -> None:
     base = pd.read_parquet(workdir / evaluate_cfg.base_predictions)  # S4's: one row per call and candidate
     predictions = {"slm_finetuned": pd.read_parquet(workdir / evaluate_cfg.predictions)}
 
+    # BFCL's answers as S4's ground-truth labels (components/select_labels.py), scored by the same function.
+    labels = {record_id: expected_from_bfcl(bfcl_item[record_id]["ground_truth"], raw[record_id].response,
+                                            record.response)
+              for record_id, record in anonymized.items() if record_id in bfcl_item and record_id in raw}
     rows = []
     for cluster_id, entry in sorted(evaluation.items()):
-        test = predictions["slm_finetuned"].loc[lambda frame: frame.cluster_id == cluster_id, "record_id"].tolist()
+        tuned = predictions["slm_finetuned"].loc[lambda frame: frame.cluster_id == cluster_id]
+        test = [anonymized[record_id] for record_id in tuned.record_id]
         predictions["slm_base"] = base[(base.cluster_id == cluster_id) & (base.candidate == entry["base_model"])]
         for system in SYSTEMS:
-            texts = dict(zip(predictions[system].record_id, predictions[system].text)) if system != "llm" else {}
-            matches = []
-            for record_id in test:
-                record = anonymized[record_id]
-                answer = record.response if system == "llm" else parse_completion(texts[record_id])
-                expected = expected_from_bfcl(bfcl_item[record_id]["ground_truth"], raw[record_id].response,
-                                              record.response)
-                matches.append(score_tool_calls(answer.tool_calls, expected, record.tools)["full_call_match"])
+            if system == "llm":
+                answers = [record.response for record in test]
+            else:
+                texts = dict(zip(predictions[system].record_id, predictions[system].text))
+                answers = [parse_completion(texts[record.record_id]) for record in test]
+            scores = score_against_labels(answers, test, "tool_call", labels)
+            if scores is None or scores["n_labelled"] < len(test):
+                raise SystemExit(f"cluster {cluster_id}: held-out calls without a BFCL item; is this a demo run?")
             rows.append({"cluster": cluster_id, "system": system, "n_test": len(test),
                          "full_call_vs_llm": round(entry["scores"][system]["full_call_match"], 3),
-                         "full_call_vs_bfcl": round(sum(matches) / max(len(matches), 1), 3)})
+                         "full_call_vs_bfcl": round(scores["full_call_match"], 3)})
             print(json.dumps(rows[-1]), flush=True)
     print("\n| cluster | system | n_test | full-call match vs the LLM | full-call match vs BFCL's answers |")
     print("|---|---|---|---|---|")

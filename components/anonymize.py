@@ -321,40 +321,39 @@ class Anonymizer:
 
     # ------------------------------------------------------------------------------------------- rewriting
 
-    @staticmethod
-    def _drop_guesses_without_context(record: CallRecord, detected: dict[str, list[_Span]]) -> dict[str, list[_Span]]:
-        """NER guesses (names, places, organisations) in bare argument values that share no word with the conversation.
+    def _in_context(self, record: CallRecord, detected: dict[str, list[_Span]]) -> dict[str, list[_Span]]:
+        """The detections that count, by where their text is.
 
-        Alone, a short value gives spaCy no context: "JPY" and "vacuum" come out as names, which breaks the copy
-        from prompt to call the SLM has to learn. A guess that shares a word with the conversation (compared without
-        case, accents or quote styles: "John Smith" for "Smith, John", "Kevin O'Brien" for "Kevin O’Brien") stays
-        replaced, so does everything found by a pattern (emails, cards, secrets...), and values found in the
-        conversation are replaced in the arguments by the literal pass. A name or place that shares no word with
-        the conversation was written by the LLM from general knowledge ("JPY" for "Japanese yen"), not taken from
-        the user."""
+        * The conversation (message contents, tool results included): every one.
+        * Tool schemas only: the schema types, as NER on schema prose is noise; a value also found in the
+          conversation is still replaced there through the record's mapping.
+        * Bare tool-call argument values: an NER guess (name, place, organisation) only when it shares a word with
+          the conversation, compared without case, accents or quote styles ("John Smith" for "Smith, John"). Alone,
+          a short value gives spaCy no context: "JPY" and "vacuum" come out as names, which breaks the copy from
+          prompt to call the SLM has to learn. A name that shares no word with the conversation was written by the
+          LLM from general knowledge ("JPY" for "Japanese yen"), not taken from the user. Pattern types (emails,
+          cards, secrets...) always count, and values found in the conversation reach the arguments through the
+          literal pass.
+        """
         contents = message_contents(record)
-        conversation = _loose_words("\n".join(contents))
-        bare = set(argument_texts(record)) - set(contents)
+        in_conversation, arguments = set(contents), set(argument_texts(record))
+        conversation_words = _loose_words("\n".join(contents))
+        schema_types = self.cfg.schema_entity_types()
 
-        def kept(text: str, span: _Span) -> bool:
-            words = _loose_words(text[span.start:span.end])
-            return span.entity_type not in _NER_TYPES or not words or bool(words & conversation)
+        def counts(text: str, span: _Span) -> bool:
+            if text in in_conversation:
+                return True
+            if text in arguments:
+                words = _loose_words(text[span.start:span.end])
+                return span.entity_type not in _NER_TYPES or not words or bool(words & conversation_words)
+            return span.entity_type in schema_types
 
-        return {text: [span for span in spans if kept(text, span)] if text in bare else spans
-                for text, spans in detected.items()}
+        return {text: [span for span in spans if counts(text, span)] for text, spans in detected.items()}
 
     def anonymize_record(self, record: CallRecord) -> tuple[CallRecord, Counter[str]]:
         """The record with every text pseudonymized, and the count of replaced occurrences per entity type."""
         texts = record_texts(record, self.cfg.anonymize_tool_schemas)
-        detected = self.analyze_texts(texts)
-        if self.cfg.anonymize_tool_schemas and record.tools:
-            # Text found only in the tool schemas keeps just the schema types; a value also found in the
-            # conversation is still replaced there through the record's mapping.
-            conversation = set(record_texts(record, include_tool_schemas=False))
-            schema_types = self.cfg.schema_entity_types()
-            detected = {text: spans if text in conversation else [s for s in spans if s.entity_type in schema_types]
-                        for text, spans in detected.items()}
-        detected = self._drop_guesses_without_context(record, detected)
+        detected = self._in_context(record, self.analyze_texts(texts))
         pseudonyms = self.pseudonymizer.for_record(record.record_id)
         # First pass fixes the numbering in reading order and collects every value to look for literally.
         for text in texts:
