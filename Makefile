@@ -14,7 +14,7 @@ export PYTHONUNBUFFERED = 1
 # The ephemeral Prefect API migrates its SQLite database on first start; 20 s (the default) is short on 2 cores.
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
 
-.PHONY: setup demo test test-fast integration repro clean-demo lock
+.PHONY: setup demo test lint test-fast integration repro clean-demo lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ demo: setup
 	$(BIN)/llm2slm demo-data --workdir $(WORKDIR)
 	$(BIN)/llm2slm run --workdir $(WORKDIR)
 
-test: setup
+# Lint and format check first (seconds), then the suite.
+test: setup lint
 	$(BIN)/python -m pytest -q -ra -m "not integration"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Everything but the end-to-end run with the real SmolLM2.
 test-fast: setup

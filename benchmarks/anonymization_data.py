@@ -12,8 +12,28 @@ import random
 import string
 from dataclasses import dataclass, field
 
-AREA_CODES = ["212", "415", "617", "312", "206", "303", "512", "404", "305", "718", "646", "202", "213", "702",
-              "808", "919", "614", "971", "503", "720"]
+AREA_CODES = [
+    "212",
+    "415",
+    "617",
+    "312",
+    "206",
+    "303",
+    "512",
+    "404",
+    "305",
+    "718",
+    "646",
+    "202",
+    "213",
+    "702",
+    "808",
+    "919",
+    "614",
+    "971",
+    "503",
+    "720",
+]
 
 
 @dataclass
@@ -37,7 +57,7 @@ def _luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
 
 def _group(number: str, rng: random.Random) -> str:
     separator = rng.choice([" ", "-", ""])
-    return separator.join(number[i:i + 4] for i in range(0, len(number), 4))
+    return separator.join(number[i : i + 4] for i in range(0, len(number), 4))
 
 
 class PiiFactory:
@@ -59,14 +79,23 @@ class PiiFactory:
 
     def phone(self) -> str:
         area, exchange, line = self.rng.choice(AREA_CODES), self.rng.randint(201, 989), self.rng.randint(0, 9999)
-        return self.rng.choice([f"({area}) {exchange}-{line:04d}", f"{area}-{exchange}-{line:04d}",
-                                f"+1 {area} {exchange} {line:04d}", f"{area}.{exchange}.{line:04d}"])
+        return self.rng.choice(
+            [
+                f"({area}) {exchange}-{line:04d}",
+                f"{area}-{exchange}-{line:04d}",
+                f"+1 {area} {exchange} {line:04d}",
+                f"{area}.{exchange}.{line:04d}",
+            ]
+        )
 
     def card(self) -> str:
         prefix = self.rng.choice(["4", "51", "55", "2221", "2300", "2720", "2499", "37", "6011"])
         length = 15 if prefix == "37" else 16
-        return _group(_luhn_complete(prefix, length, self.rng), self.rng) if length == 16 \
+        return (
+            _group(_luhn_complete(prefix, length, self.rng), self.rng)
+            if length == 16
             else _luhn_complete(prefix, length, self.rng)
+        )
 
     def ssn(self) -> str:
         area = self.rng.choice([n for n in range(1, 900) if n != 666])
@@ -81,10 +110,15 @@ class PiiFactory:
     def secret(self) -> str:
         alphabet = string.ascii_letters + string.digits
         pick = lambda n, chars=alphabet: "".join(self.rng.choice(chars) for _ in range(n))  # noqa: E731
-        return self.rng.choice([
-            f"sk-proj-{pick(48)}", f"AKIA{pick(16, string.ascii_uppercase + string.digits)}", f"ghp_{pick(36)}",
-            f"xoxb-{pick(12, string.digits)}-{pick(24)}", pick(40),
-        ])
+        return self.rng.choice(
+            [
+                f"sk-proj-{pick(48)}",
+                f"AKIA{pick(16, string.ascii_uppercase + string.digits)}",
+                f"ghp_{pick(36)}",
+                f"xoxb-{pick(12, string.digits)}-{pick(24)}",
+                pick(40),
+            ]
+        )
 
     def address(self) -> str:
         street = self.fake.street_address()
@@ -101,10 +135,17 @@ class PiiFactory:
 
 # Each template: text with {slot} markers; the slot's generator and entity type come from SLOTS.
 SLOTS = {
-    "name": ("person", "PERSON"), "email": ("email", "EMAIL_ADDRESS"), "phone": ("phone", "PHONE_NUMBER"),
-    "card": ("card", "CREDIT_CARD"), "ssn": ("ssn", "US_SSN"), "ip": ("ip", "IP_ADDRESS"),
-    "iban": ("iban", "IBAN_CODE"), "secret": ("secret", "SECRET"), "address": ("address", "STREET_ADDRESS"),
-    "mrn": ("mrn", "MEDICAL_RECORD_NUMBER"), "plan": ("plan_id", "HEALTH_PLAN_ID"),
+    "name": ("person", "PERSON"),
+    "email": ("email", "EMAIL_ADDRESS"),
+    "phone": ("phone", "PHONE_NUMBER"),
+    "card": ("card", "CREDIT_CARD"),
+    "ssn": ("ssn", "US_SSN"),
+    "ip": ("ip", "IP_ADDRESS"),
+    "iban": ("iban", "IBAN_CODE"),
+    "secret": ("secret", "SECRET"),
+    "address": ("address", "STREET_ADDRESS"),
+    "mrn": ("mrn", "MEDICAL_RECORD_NUMBER"),
+    "plan": ("plan_id", "HEALTH_PLAN_ID"),
 }
 TEMPLATES = [
     "Hi, this is {name}. Please update my contact email to {email} and my phone to {phone}.",

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.anonymization_data import LabelledText, build_labelled_set  # noqa: E402
-from components.anonymize import AnonymizeConfig, Anonymizer, anonymize_records  # noqa: E402
-from components.schema import CallRecord, ChatMessage  # noqa: E402
+from components.core.schema import CallRecord, ChatMessage  # noqa: E402
+from components.curate.anonymize import AnonymizeConfig, Anonymizer, anonymize_records  # noqa: E402
 
 STRUCTURED_TARGET, NER_TARGET = 0.99, 0.90
 NER_TYPES = {"PERSON", "STREET_ADDRESS", "LOCATION"}
@@ -61,16 +61,23 @@ def plain_presidio(cfg: AnonymizeConfig):
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
-    from components.assets import resolve_model_ref
-    from components.recognizers import build_recognizers
+    from components.core.assets import resolve_model_ref
+    from components.curate.recognizers import build_recognizers
 
-    engine = NlpEngineProvider(nlp_configuration={
-        "nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": resolve_model_ref(cfg.spacy_model)}],
-    }).create_engine()
+    engine = NlpEngineProvider(
+        nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": resolve_model_ref(cfg.spacy_model)}],
+        }
+    ).create_engine()
     analyzer = AnalyzerEngine(nlp_engine=engine, supported_languages=["en"])
-    added, _ = build_recognizers("en", phone_regions=cfg.phone_regions, deny_list={},
-                                 secret_min_length=cfg.secret_min_length,
-                                 secret_min_bits_per_char=cfg.secret_min_bits_per_char)
+    added, _ = build_recognizers(
+        "en",
+        phone_regions=cfg.phone_regions,
+        deny_list={},
+        secret_min_length=cfg.secret_min_length,
+        secret_min_bits_per_char=cfg.secret_min_bits_per_char,
+    )
     for recognizer in added:
         if recognizer.name != "DigitGatedPhoneRecognizer":  # the plain path keeps Presidio's own phone recognizer
             analyzer.registry.add_recognizer(recognizer)
@@ -78,10 +85,13 @@ def plain_presidio(cfg: AnonymizeConfig):
 
 
 def _merged(results, cfg: AnonymizeConfig, text: str) -> list[tuple[int, int, str]]:
-    from components.anonymize import _merge_overlapping, _Span
+    from components.curate.anonymize import _merge_overlapping, _Span
 
-    spans = [_Span(r.start, r.end, r.entity_type, r.score) for r in results
-             if r.score >= cfg.threshold_for(r.entity_type) and text[r.start:r.end].strip().upper() != "SSN"]
+    spans = [
+        _Span(r.start, r.end, r.entity_type, r.score)
+        for r in results
+        if r.score >= cfg.threshold_for(r.entity_type) and text[r.start : r.end].strip().upper() != "SSN"
+    ]
     return [(s.start, s.end, s.entity_type) for s in _merge_overlapping(spans)]
 
 
@@ -89,7 +99,9 @@ def print_table(title: str, table: dict[str, dict[str, float]]) -> None:
     print(f"\n{title}\n{'entity type':<24}{'gold':>6}{'recall':>9}{'detected':>10}{'precision':>11}  target")
     for entity, row in table.items():
         target = "" if not row["gold"] else f"recall >= {NER_TARGET if entity in NER_TYPES else STRUCTURED_TARGET:.0%}"
-        print(f"{entity:<24}{row['gold']:>6}{row['recall']:>9.3f}{row['detected']:>10}{row['precision']:>11.3f}  {target}")
+        print(
+            f"{entity:<24}{row['gold']:>6}{row['recall']:>9.3f}{row['detected']:>10}{row['precision']:>11.3f}  {target}"
+        )
 
 
 def main() -> None:
@@ -98,31 +110,45 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     labelled = build_labelled_set(args.records, args.seed)
-    print(f"{len(labelled)} texts, mean {sum(len(x.text) for x in labelled) / len(labelled):.0f} characters, "
-          f"{sum(len(x.spans) for x in labelled)} injected values")
+    print(
+        f"{len(labelled)} texts, mean {sum(len(x.text) for x in labelled) / len(labelled):.0f} characters, "
+        f"{sum(len(x.spans) for x in labelled)} injected values"
+    )
     cfg = AnonymizeConfig(input="-", output="-", audit="-")
 
     plain = plain_presidio(cfg)
     plain.analyze(text="warm up John Smith 415-555-0100", language="en")
     started = time.perf_counter()
-    plain_detected = [_merged(plain.analyze(text=item.text, language="en", entities=list(cfg.entities),
-                                            score_threshold=0.4), cfg, item.text) for item in labelled]
+    plain_detected = [
+        _merged(
+            plain.analyze(text=item.text, language="en", entities=list(cfg.entities), score_threshold=0.4),
+            cfg,
+            item.text,
+        )
+        for item in labelled
+    ]
     plain_seconds = time.perf_counter() - started
 
     anonymizer = Anonymizer(cfg)
     anonymizer.analyze_texts(["warm up John Smith 415-555-0100"])
-    records = [CallRecord(record_id=str(i), messages=[ChatMessage(role="user", content=item.text)],
-                          response=ChatMessage(role="assistant", content="Done."))
-               for i, item in enumerate(labelled)]
+    records = [
+        CallRecord(
+            record_id=str(i),
+            messages=[ChatMessage(role="user", content=item.text)],
+            response=ChatMessage(role="assistant", content="Done."),
+        )
+        for i, item in enumerate(labelled)
+    ]
     started = time.perf_counter()
     anonymized, _ = anonymize_records(records, cfg, anonymizer=anonymizer)  # the pipeline's own call
     fast_seconds = time.perf_counter() - started
     spans = anonymizer.analyze_texts(item.text for item in labelled)  # cached by the run above
     fast_detected = [[(s.start, s.end, s.entity_type) for s in spans[item.text]] for item in labelled]
-    leaked = sum(value in record.messages[0].content
-                 for item, record in zip(labelled, anonymized) for value, _ in item.values())
+    leaked = sum(
+        value in record.messages[0].content for item, record in zip(labelled, anonymized) for value, _ in item.values()
+    )
 
-    print_table("Pipeline path (components.anonymize.anonymize_records)", score(labelled, fast_detected))
+    print_table("Pipeline path (components.curate.anonymize.anonymize_records)", score(labelled, fast_detected))
     print_table("Plain Presidio AnalyzerEngine.analyze, one by one", score(labelled, plain_detected))
     print(f"\nInjected values still present verbatim after the pipeline's anonymization: {leaked}")
     plain_rate, fast_rate = len(labelled) / plain_seconds, len(labelled) / fast_seconds

@@ -5,7 +5,7 @@ model really produces (exact, another acceptable value, optional arguments left 
 strings, case/spacing changes, wrong values, wrong function, extra or missing arguments, reordered calls, invalid
 JSON, a call missing or repeated). Optionally also real completions: ``--generate N`` has a small model (``--model``, SmolLM2 by default) answer N
 items few-shot, or ``--completions`` reads JSON lines {id, text}.
-Each output is judged by the harness (components/tool_calls.py, in this environment) and by BFCL's own
+Each output is judged by the harness (components/scoring/tool_calls.py, in this environment) and by BFCL's own
 ``ast_checker`` in a separate environment where ``bfcl-eval==2026.3.23`` is installed with ``--no-deps`` plus
 what its checker imports (it is a reference, not a dependency):
 
@@ -28,13 +28,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components.demo_data import load_bfcl, openai_function_name, openai_tool  # noqa: E402
-from components.schema import ToolCall  # noqa: E402
-from components.tool_calls import score_tool_calls  # noqa: E402
+from components.collect.demo_data import load_bfcl, openai_function_name, openai_tool  # noqa: E402
+from components.core.schema import ToolCall  # noqa: E402
+from components.scoring.tool_calls import score_tool_calls  # noqa: E402
 
-VARIANTS = ["exact", "alternative_value", "drop_optional", "int_to_float", "float_to_int", "number_as_string",
-            "string_variant", "wrong_value", "wrong_function", "extra_argument", "missing_required", "reorder",
-            "invalid_json", "call_count"]
+VARIANTS = [
+    "exact",
+    "alternative_value",
+    "drop_optional",
+    "int_to_float",
+    "float_to_int",
+    "number_as_string",
+    "string_variant",
+    "wrong_value",
+    "wrong_function",
+    "extra_argument",
+    "missing_required",
+    "reorder",
+    "invalid_json",
+    "call_count",
+]
 CHECKER = Path(__file__).with_name("bfcl_official_check.py")
 
 
@@ -74,25 +87,35 @@ def perturb(item: dict, variant: str, rng: random.Random) -> tuple[str, list[lis
         return rng.choice(found) if found else None
 
     if variant == "drop_optional":
-        optional = {openai_function_name(n): {a for a, o in args.items() if "" in o}
-                    for e in item["ground_truth"] for n, args in e.items()}
+        optional = {
+            openai_function_name(n): {a for a, o in args.items() if "" in o}
+            for e in item["ground_truth"]
+            for n, args in e.items()
+        }
         dropped = [[n, {k: v for k, v in a.items() if k not in optional.get(n, set())}] for n, a in calls]
         return (variant, dropped) if dropped != calls else ("exact", calls)
     if variant in ("int_to_float", "float_to_int", "number_as_string", "string_variant", "wrong_value"):
-        tests = {"int_to_float": lambda v: type(v) is int, "float_to_int": lambda v: type(v) is float and v.is_integer(),
-                 "number_as_string": lambda v: type(v) in (int, float), "string_variant": lambda v: type(v) is str,
-                 "wrong_value": lambda v: type(v) in (int, float, str, bool)}
+        tests = {
+            "int_to_float": lambda v: type(v) is int,
+            "float_to_int": lambda v: type(v) is float and v.is_integer(),
+            "number_as_string": lambda v: type(v) in (int, float),
+            "string_variant": lambda v: type(v) is str,
+            "wrong_value": lambda v: type(v) in (int, float, str, bool),
+        }
         target = choose(tests[variant])
         if target is None:
             return "exact", calls
         i, key = target
         value = calls[i][1][key]
-        calls[i][1][key] = {"int_to_float": lambda: float(value), "float_to_int": lambda: int(value),
-                            "number_as_string": lambda: str(value),
-                            "string_variant": lambda: f"  {value.upper().replace(' ', '-')} ",
-                            "wrong_value": lambda: (not value if type(value) is bool else
-                                                    value + 7 if type(value) in (int, float) else value + " xyz"),
-                            }[variant]()
+        calls[i][1][key] = {
+            "int_to_float": lambda: float(value),
+            "float_to_int": lambda: int(value),
+            "number_as_string": lambda: str(value),
+            "string_variant": lambda: f"  {value.upper().replace(' ', '-')} ",
+            "wrong_value": lambda: (
+                not value if type(value) is bool else value + 7 if type(value) in (int, float) else value + " xyz"
+            ),
+        }[variant]()
         return variant, calls
     if variant == "wrong_function":
         calls[0][0] = calls[0][0] + "_v2"
@@ -127,8 +150,9 @@ def harness_scores(item: dict, output: list[list] | str) -> dict[str, float]:
 
 def official_verdicts(rows: list[dict], bfcl_python: str) -> dict[str, dict]:
     lines = "".join(json.dumps(row) + "\n" for row in rows)
-    done = subprocess.run([bfcl_python, str(CHECKER)], input=lines, capture_output=True, text=True,
-                          cwd="/tmp")  # not the repo: its folders must not shadow the installed package
+    done = subprocess.run(
+        [bfcl_python, str(CHECKER)], input=lines, capture_output=True, text=True, cwd="/tmp"
+    )  # not the repo: its folders must not shadow the installed package
     if done.returncode != 0:
         raise SystemExit(f"the BFCL checker failed:\n{done.stderr[-3000:]}")
     return {v["id"]: v for v in map(json.loads, done.stdout.splitlines())}
@@ -137,16 +161,19 @@ def official_verdicts(rows: list[dict], bfcl_python: str) -> dict[str, dict]:
 def generate_completions(items: list[dict], model_ref: str, count: int, rng: random.Random) -> list[dict]:
     """Real completions of a small model, few-shot (one solved item of the same category before each question),
     as {id, text}."""
-    from components.demo_data import SYSTEM_PROMPT
-    from components.schema import CallRecord, ChatMessage
-    from components.select import with_examples
+    from components.collect.demo_data import SYSTEM_PROMPT
+    from components.core.schema import CallRecord, ChatMessage
+    from components.select.benchmark import with_examples
     from components.slm import generate, load_model
 
     def record(item: dict) -> CallRecord:
         calls = [ToolCall(name=name, arguments=json.dumps(args)) for name, args in ground_truth_calls(item, rng)]
-        return CallRecord(record_id=item["id"], tools=[openai_tool(f) for f in item["function"]],
-                          messages=[ChatMessage(role="system", content=SYSTEM_PROMPT), *item["question"][0]],
-                          response=ChatMessage(role="assistant", tool_calls=calls))
+        return CallRecord(
+            record_id=item["id"],
+            tools=[openai_tool(f) for f in item["function"]],
+            messages=[ChatMessage(role="system", content=SYSTEM_PROMPT), *item["question"][0]],
+            response=ChatMessage(role="assistant", tool_calls=calls),
+        )
 
     chosen = rng.sample(items, min(count, len(items)))
     prompts = []
@@ -154,8 +181,10 @@ def generate_completions(items: list[dict], model_ref: str, count: int, rng: ran
         example = rng.choice([o for o in items if o["category"] == item["category"] and o["id"] != item["id"]])
         prompts.append(with_examples(record(item), [record(example)]))
     model, tokenizer = load_model(model_ref)
-    return [{"id": item["id"], "text": g.text}
-            for item, g in zip(chosen, generate(model, tokenizer, prompts, max_new_tokens=96, batch_size=8))]
+    return [
+        {"id": item["id"], "text": g.text}
+        for item, g in zip(chosen, generate(model, tokenizer, prompts, max_new_tokens=96, batch_size=8))
+    ]
 
 
 def completions_outputs(rows: list[dict], items: dict[str, dict]) -> list[tuple[str, dict, list[list] | str]]:
@@ -194,19 +223,25 @@ def main() -> None:
             applied, output = perturb(item, variant, rng)
             outputs.append((applied, item, output))
     if args.completions:
-        outputs += completions_outputs([json.loads(line) for line in args.completions.read_text().splitlines()],
-                                       items)
+        outputs += completions_outputs([json.loads(line) for line in args.completions.read_text().splitlines()], items)
     if args.generate:
         generated = generate_completions(list(items.values()), args.model, args.generate, rng)
         outputs += completions_outputs(generated, items)
 
     rows, harness = [], {}
-    for index, (variant, item, output) in enumerate(outputs):
+    for index, (_variant, item, output) in enumerate(outputs):
         key = f"{index}"
         harness[key] = harness_scores(item, output)
         decoded = None if isinstance(output, str) else [{name: arguments} for name, arguments in output]
-        rows.append({"id": key, "category": item["category"], "function": item["function"],
-                     "ground_truth": item["ground_truth"], "model_output": decoded})
+        rows.append(
+            {
+                "id": key,
+                "category": item["category"],
+                "function": item["function"],
+                "ground_truth": item["ground_truth"],
+                "model_output": decoded,
+            }
+        )
     official = official_verdicts(rows, args.bfcl_python)
 
     table: dict[tuple[str, str], Counter] = defaultdict(Counter)
@@ -214,25 +249,41 @@ def main() -> None:
     for key, (variant, item, output) in zip(harness, outputs):
         ours, theirs = harness[key]["full_call_match"] == 1.0, official[key]["valid"]
         for group in ((item["category"], variant), (item["category"], "ALL"), ("ALL", "ALL")):
-            table[group].update({"n": 1, "harness": ours, "official": theirs, "agree": ours == theirs,
-                                 "name_acc": harness[key]["function_name_accuracy"],
-                                 "arg_acc": harness[key]["argument_accuracy"]})
+            table[group].update(
+                {
+                    "n": 1,
+                    "harness": ours,
+                    "official": theirs,
+                    "agree": ours == theirs,
+                    "name_acc": harness[key]["function_name_accuracy"],
+                    "arg_acc": harness[key]["argument_accuracy"],
+                }
+            )
         if ours != theirs:
             disagreements.append((item["id"], variant, ours, official[key]["error_type"], output))
 
-    print(f"{'category':15} {'variant':18} {'n':>5} {'harness':>8} {'official':>9} {'agree':>7} "
-          f"{'name acc':>9} {'arg acc':>8}")
-    for (category, variant), c in sorted(table.items(), key=lambda kv: (kv[0][0] == "ALL", kv[0][0],
-                                                                       kv[0][1] == "ALL", kv[0][1])):
+    print(
+        f"{'category':15} {'variant':18} {'n':>5} {'harness':>8} {'official':>9} {'agree':>7} "
+        f"{'name acc':>9} {'arg acc':>8}"
+    )
+    for (category, variant), c in sorted(
+        table.items(), key=lambda kv: (kv[0][0] == "ALL", kv[0][0], kv[0][1] == "ALL", kv[0][1])
+    ):
         n = c["n"]
-        print(f"{category:15} {variant:18} {n:>5} {c['harness'] / n:>8.3f} {c['official'] / n:>9.3f} "
-              f"{c['agree'] / n:>7.1%} {c['name_acc'] / n:>9.3f} {c['arg_acc'] / n:>8.3f}")
+        print(
+            f"{category:15} {variant:18} {n:>5} {c['harness'] / n:>8.3f} {c['official'] / n:>9.3f} "
+            f"{c['agree'] / n:>7.1%} {c['name_acc'] / n:>9.3f} {c['arg_acc'] / n:>8.3f}"
+        )
     total = table[("ALL", "ALL")]
-    print(f"\nagreement on full-call match: {total['agree']}/{total['n']} = {total['agree'] / total['n']:.2%} "
-          f"(target >= 98%)")
+    print(
+        f"\nagreement on full-call match: {total['agree']}/{total['n']} = {total['agree'] / total['n']:.2%} "
+        f"(target >= 98%)"
+    )
     for bfcl_id, variant, ours, error, output in disagreements[:15]:
-        print(f"  disagree {bfcl_id} [{variant}] harness={'pass' if ours else 'fail'} official={error or 'pass'}: "
-              f"{json.dumps(output)[:160]}")
+        print(
+            f"  disagree {bfcl_id} [{variant}] harness={'pass' if ours else 'fail'} official={error or 'pass'}: "
+            f"{json.dumps(output)[:160]}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,10 +23,17 @@ def main() -> None:
         if item["model_output"] is None:
             result = {"valid": False, "error_type": "decode_error"}
         else:
-            result = ast_checker(item["function"], item["model_output"], item["ground_truth"], Language.PYTHON,
-                                 item["category"], MODEL.replace("/", "_"))
-        print(json.dumps({"id": item["id"], "valid": bool(result["valid"]),
-                          "error_type": result.get("error_type", "")}))
+            result = ast_checker(
+                item["function"],
+                item["model_output"],
+                item["ground_truth"],
+                Language.PYTHON,
+                item["category"],
+                MODEL.replace("/", "_"),
+            )
+        print(
+            json.dumps({"id": item["id"], "valid": bool(result["valid"]), "error_type": result.get("error_type", "")})
+        )
 
 
 if __name__ == "__main__":

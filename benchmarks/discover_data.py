@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from components.collect import CollectConfig, collect_lines
-from components.demo_data import DemoDataConfig, build_demo_log
-from components.discover import DiscoverConfig, embed_records
-from components.schema import CallRecord
+from components.collect.demo_data import DemoDataConfig, build_demo_log
+from components.collect.ingest import CollectConfig, collect_lines
+from components.core.schema import CallRecord
+from components.discover.discovery import DiscoverConfig, embed_records
 
 CACHE = Path("runs/benchmarks/embeddings")
 

@@ -20,18 +20,21 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score, completeness_score, homogeneity_score
 
 from benchmarks.discover_data import demo_records, embeddings_for
-from components.config import load_params, load_section
-from components.discover import DiscoverConfig, discover
+from components.core.config import load_params, load_section
+from components.discover.discovery import DiscoverConfig, discover
 
 
 def agreement(truth: list[str], labels: np.ndarray) -> dict[str, float]:
     truth_array = np.asarray(truth)
     clustered = labels >= 0
-    return {"calls": len(truth), "ari": round(adjusted_rand_score(truth_array, labels), 3),
-            "ari_clustered_only": round(adjusted_rand_score(truth_array[clustered], labels[clustered]), 3),
-            "homogeneity": round(homogeneity_score(truth_array[clustered], labels[clustered]), 3),
-            "completeness": round(completeness_score(truth_array[clustered], labels[clustered]), 3),
-            "outlier_share": round(float(np.mean(~clustered)), 3)}
+    return {
+        "calls": len(truth),
+        "ari": round(adjusted_rand_score(truth_array, labels), 3),
+        "ari_clustered_only": round(adjusted_rand_score(truth_array[clustered], labels[clustered]), 3),
+        "homogeneity": round(homogeneity_score(truth_array[clustered], labels[clustered]), 3),
+        "completeness": round(completeness_score(truth_array[clustered], labels[clustered]), 3),
+        "outlier_share": round(float(np.mean(~clustered)), 3),
+    }
 
 
 def main() -> None:
@@ -48,9 +51,14 @@ def main() -> None:
     labels = result.assignments["cluster_id"].to_numpy()
     # Only calls whose known task is a real task count: the BFCL-category fallback lumps unrelated requests.
     known = np.array([g["task"] != g["category"] for g in groups])
-    report = {"categories": args.categories, "calls": len(records), "clusters": len(result.clusters),
-              "outlier_share": round(result.outlier_share, 3), "fit_seconds": round(seconds, 1),
-              "calls_without_known_task": int((~known).sum())}
+    report = {
+        "categories": args.categories,
+        "calls": len(records),
+        "clusters": len(result.clusters),
+        "outlier_share": round(result.outlier_share, 3),
+        "fit_seconds": round(seconds, 1),
+        "calls_without_known_task": int((~known).sum()),
+    }
     if known.any():
         report["known_task_calls"] = agreement([g["task"] for g, k in zip(groups, known) if k], labels[known])
     print(json.dumps(report, indent=2))

@@ -30,9 +30,9 @@ NOISE = 0.03
 
 def run_one(size: int) -> dict:
     from benchmarks.discover_data import demo_records, embeddings_for
-    from components import clustering
-    from components.config import load_params, load_section
-    from components.discover import DiscoverConfig, discover
+    from components.core.config import load_params, load_section
+    from components.discover import clustering
+    from components.discover.discovery import DiscoverConfig, discover
 
     cfg = load_section(load_params(), "discover", DiscoverConfig)
     records, _ = demo_records(["live_multiple"], 1053)
@@ -69,14 +69,20 @@ def run_one(size: int) -> dict:
     total = time.perf_counter() - started
     timings["rest_s"] = round(total - timings["umap_s"] - timings["hdbscan_s"], 1)
     usage = resource.getrusage(resource.RUSAGE_SELF)  # cpu_s: the whole process, data building included
-    return {"calls": size, **timings, "total_s": round(total, 1), "clusters": len(result.clusters),
-            "outlier_share": round(result.outlier_share, 3),
-            "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+    return {
+        "calls": size,
+        **timings,
+        "total_s": round(total, 1),
+        "clusters": len(result.clusters),
+        "outlier_share": round(result.outlier_share, 3),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "peak_rss_mb": round(usage.ru_maxrss / 1024),
+    }
 
 
 def throughput(n: int) -> dict:
     from benchmarks.discover_data import demo_records
-    from components.embeddings import embed_texts
+    from components.discover.embeddings import embed_texts
 
     records, _ = demo_records(["live_multiple"], 1053)
     texts = [r.user_request for r in records][:n]
@@ -100,12 +106,17 @@ def main() -> None:
     if args.throughput:
         print(json.dumps({"embedding_throughput": throughput(args.throughput)}), flush=True)
     threads = str(args.threads)
-    env = {**os.environ, "NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads,
-           "MKL_NUM_THREADS": threads}
+    env = {
+        **os.environ,
+        "NUMBA_NUM_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
     for size in args.sizes:
         started = time.perf_counter()
         done = subprocess.run([sys.executable, __file__, "--one", str(size)], env=env, capture_output=True, text=True)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("{\"calls\"")]
+        lines = [line for line in done.stdout.splitlines() if line.startswith('{"calls"')]
         if done.returncode or not lines:
             print(json.dumps({"calls": size, "error": done.stderr[-800:]}), flush=True)
             continue

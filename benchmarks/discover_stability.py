@@ -18,9 +18,9 @@ import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
 from benchmarks.discover_data import demo_records, embeddings_for
-from components.cluster_identity import assign
-from components.config import load_params, load_section
-from components.discover import DiscoverConfig, discover
+from components.core.config import load_params, load_section
+from components.discover.discovery import DiscoverConfig, discover
+from components.discover.identity import assign
 
 
 def labels_of(records, embeddings, cfg):
@@ -46,7 +46,9 @@ def main() -> None:
     placed = assign(embeddings[held_out], part.model, [records[i].record_id for i in held_out])
     both = (placed.cluster_id.to_numpy() >= 0) & (labels[held_out] >= 0)
     report = {
-        "calls": len(records), "clusters": len(full.clusters), "outlier_share": round(full.outlier_share, 3),
+        "calls": len(records),
+        "clusters": len(full.clusters),
+        "outlier_share": round(full.outlier_share, 3),
         "fit_seconds": round(seconds, 1),
         "ari_same_seed": round(adjusted_rand_score(labels, again), 3),
         "ari_seed_42_vs_7": round(adjusted_rand_score(labels, other_seed), 3),
@@ -54,7 +56,8 @@ def main() -> None:
         "assign_held_out_20pct": {
             "ari_vs_full_fit": round(adjusted_rand_score(labels[held_out], placed.cluster_id), 3),
             "ari_placed_and_clustered": round(adjusted_rand_score(labels[held_out][both], placed.cluster_id[both]), 3),
-            "placed_share": round(float(np.mean(placed.cluster_id >= 0)), 3)},
+            "placed_share": round(float(np.mean(placed.cluster_id >= 0)), 3),
+        },
     }
     print(json.dumps(report, indent=2))
 

@@ -9,7 +9,7 @@ pruning off, into <workdir>/benchmarks/finetune_quality/. Each adapter answers t
 
 - before: no grammar, at most 96 new tokens (main's decoding before the grammar and the answer budget)
 - free: no grammar, the adapter's answer budget (its longest training answer x 1.5 + 16, capped by params)
-- grammar: the budget, and calls decoded under the grammar of the offered tools (components/constrained.py)
+- grammar: the budget, and calls decoded under the grammar of the offered tools (components/slm/grammar.py)
 
 Prints one row per cluster x training x decoding and writes the rows to
 <workdir>/reports/finetune_quality.json. Seconds per step are wall time on whatever else the machine runs.
@@ -29,8 +29,8 @@ DECODINGS = {"before": (False, 96), "free": (False, None), "grammar": (True, Non
 
 
 def train_full_prompt(workdir: Path, params: dict, cluster_id: int, records: dict, splits) -> dict:
-    from components.finetune import FinetuneConfig, config_for_cluster, finetune
-    from components.schema import split_records
+    from components.core.schema import split_records
+    from components.finetune.train import FinetuneConfig, config_for_cluster, finetune
 
     cfg = config_for_cluster(FinetuneConfig.model_validate(params["finetune"]), cluster_id)
     cfg = cfg.model_copy(update={"prompt_pruning": cfg.prompt_pruning.model_copy(update={"enabled": False})})
@@ -39,9 +39,13 @@ def train_full_prompt(workdir: Path, params: dict, cluster_id: int, records: dic
     output = workdir / "benchmarks/finetune_quality/full" / f"cluster_{cluster_id}"
     began = time.perf_counter()
     result = finetune(base, split_records(records, splits, cluster_id, "train"), cfg, output)
-    return {"adapter_dir": result.adapter_dir, "base_model": base, "steps": result.steps,
-            "seconds": result.seconds or time.perf_counter() - began,
-            "mean_tokens_per_call": result.mean_tokens_per_call}
+    return {
+        "adapter_dir": result.adapter_dir,
+        "base_model": base,
+        "steps": result.steps,
+        "seconds": result.seconds or time.perf_counter() - began,
+        "mean_tokens_per_call": result.mean_tokens_per_call,
+    }
 
 
 def main() -> None:
@@ -57,9 +61,9 @@ def main() -> None:
     import yaml
 
     from components import slm
-    from components.evaluate import EvaluateConfig, latency_p50
-    from components.metrics import score_pairs
-    from components.schema import read_records, split_records
+    from components.core.schema import read_records, split_records
+    from components.evaluate.evaluation import EvaluateConfig, latency_p50
+    from components.scoring.metrics import score_pairs
 
     workdir = args.workdir.resolve()
     params_path = args.params or next(p for p in (workdir / "params.yaml", Path("params.yaml")) if p.exists())
@@ -75,25 +79,48 @@ def main() -> None:
             continue
         test = split_records(records, splits, cluster_id, "test")
         for training in args.trainings:
-            model_info = trained if training == "pruned" else train_full_prompt(workdir, params, cluster_id,
-                                                                                 records, splits)
+            model_info = (
+                trained if training == "pruned" else train_full_prompt(workdir, params, cluster_id, records, splits)
+            )
             model, tokenizer = slm.load_model(model_info["base_model"], model_info["adapter_dir"])
             for decoding in args.decodings:
                 constrain, cap = DECODINGS[decoding]
-                generations = slm.generate(model, tokenizer, test, batch_size=evaluate_cfg.batch_size,
-                                           max_new_tokens=cap or evaluate_cfg.max_new_tokens,
-                                           constrain_tool_calls=constrain)
+                generations = slm.generate(
+                    model,
+                    tokenizer,
+                    test,
+                    batch_size=evaluate_cfg.batch_size,
+                    max_new_tokens=cap or evaluate_cfg.max_new_tokens,
+                    constrain_tool_calls=constrain,
+                )
                 answers = [slm.parse_completion(g.text) for g in generations]
                 scores = score_pairs([r.response for r in test], answers, "tool_call", tools=[r.tools for r in test])
-                row = {"cluster": cluster_id, "training": training, "decoding": decoding, "n_test": len(test),
-                       "tokens_per_call": round(model_info["mean_tokens_per_call"], 1), "steps": model_info["steps"],
-                       "seconds_per_step": round(model_info["seconds"] / max(model_info["steps"], 1), 1),
-                       **{k: round(v, 3) for k, v in scores.items()},
-                       "latency_ms_p50": round(latency_p50(g.latency_ms for g in generations))}
+                row = {
+                    "cluster": cluster_id,
+                    "training": training,
+                    "decoding": decoding,
+                    "n_test": len(test),
+                    "tokens_per_call": round(model_info["mean_tokens_per_call"], 1),
+                    "steps": model_info["steps"],
+                    "seconds_per_step": round(model_info["seconds"] / max(model_info["steps"], 1), 1),
+                    **{k: round(v, 3) for k, v in scores.items()},
+                    "latency_ms_p50": round(latency_p50(g.latency_ms for g in generations)),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    columns = ["cluster", "training", "decoding", "tokens_per_call", "steps", "seconds_per_step",
-               "full_call_match", "function_name_accuracy", "argument_accuracy", "valid_json", "latency_ms_p50"]
+    columns = [
+        "cluster",
+        "training",
+        "decoding",
+        "tokens_per_call",
+        "steps",
+        "seconds_per_step",
+        "full_call_match",
+        "function_name_accuracy",
+        "argument_accuracy",
+        "valid_json",
+        "latency_ms_p50",
+    ]
     print("\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(str(row.get(c, "")) for c in columns) + " |")

@@ -27,15 +27,20 @@ SETTINGS: dict[str, dict] = {
     "pruned, packing": {"packing": True},
     "pruned, 1 torch thread": {"torch_threads": 1},
 }
-DEMO = {"max_length": 512, "per_device_train_batch_size": 4, "gradient_checkpointing": False,
-        "validation_fraction": 0.0, "learning_rate": 1e-3}
+DEMO = {
+    "max_length": 512,
+    "per_device_train_batch_size": 4,
+    "gradient_checkpointing": False,
+    "validation_fraction": 0.0,
+    "learning_rate": 1e-3,
+}
 
 
 def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str) -> dict:
     import pandas as pd
 
-    from components.finetune import FinetuneConfig, finetune
-    from components.schema import read_records, split_records
+    from components.core.schema import read_records, split_records
+    from components.finetune.train import FinetuneConfig, finetune
 
     records = {r.record_id: r for r in read_records(workdir / "data/curated/records.parquet")}
     train = split_records(records, pd.read_parquet(workdir / "data/splits/splits.parquet"), cluster, "train")
@@ -56,13 +61,18 @@ def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str) 
     seconds_per_step = sum(steady) / len(steady)
     cpu_seconds_per_step = sum(steady_cpu) / len(steady_cpu)
     tokens_per_step = result.trained_tokens / max(result.steps, 1)
-    return {"setting": name, "seconds_per_step": round(seconds_per_step, 2),
-            "cpu_seconds_per_step": round(cpu_seconds_per_step, 2),
-            "tokens_per_cpu_s": round(tokens_per_step / cpu_seconds_per_step, 1),
-            "tokens_per_call": round(result.mean_tokens_per_call, 1), "tokens_per_step": round(tokens_per_step),
-            "trained_tokens_per_s": round(tokens_per_step / seconds_per_step, 1),
-            "first_step_s": round(step_times[0], 2), "total_s": round(result.seconds, 1),
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)}
+    return {
+        "setting": name,
+        "seconds_per_step": round(seconds_per_step, 2),
+        "cpu_seconds_per_step": round(cpu_seconds_per_step, 2),
+        "tokens_per_cpu_s": round(tokens_per_step / cpu_seconds_per_step, 1),
+        "tokens_per_call": round(result.mean_tokens_per_call, 1),
+        "tokens_per_step": round(tokens_per_step),
+        "trained_tokens_per_s": round(tokens_per_step / seconds_per_step, 1),
+        "first_step_s": round(step_times[0], 2),
+        "total_s": round(result.seconds, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+    }
 
 
 def main() -> None:
@@ -78,8 +88,20 @@ def main() -> None:
         print(json.dumps(run_setting(args.child, args.workdir, args.cluster, args.steps, args.model)), flush=True)
         return
     for name in args.only or SETTINGS:
-        command = [sys.executable, __file__, "--workdir", str(args.workdir), "--model", args.model,
-                   "--cluster", str(args.cluster), "--steps", str(args.steps), "--child", name]
+        command = [
+            sys.executable,
+            __file__,
+            "--workdir",
+            str(args.workdir),
+            "--model",
+            args.model,
+            "--cluster",
+            str(args.cluster),
+            "--steps",
+            str(args.steps),
+            "--child",
+            name,
+        ]
         done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith('{"setting"')]
         print(lines[-1] if lines else json.dumps({"setting": name, "error": done.stderr.strip()[-400:]}), flush=True)

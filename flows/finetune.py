@@ -14,10 +14,10 @@ from pathlib import Path
 
 from prefect import flow
 
-from components.config import resolve
-from components.finetune import FinetuneConfig
+from components.core.config import resolve
+from components.finetune.train import FinetuneConfig
 from tasks.finetune import finetune_task
-from tasks.tracking import TrackingConfig
+from tasks.helpers.tracking import TrackingConfig
 
 
 @flow(name="s5-finetune")
@@ -25,22 +25,28 @@ def finetune_flow(cfg: dict, workdir: str, tracking: dict | None = None, parent_
     """S5 alone: what a GPU worker runs. Settings arrive as plain dicts (deployment parameters are JSON)."""
     config = FinetuneConfig.model_validate(cfg)
     return finetune_task.with_options(retries=config.retries)(
-        config, Path(workdir), TrackingConfig.model_validate(tracking or {}), parent_run_id)
+        config, Path(workdir), TrackingConfig.model_validate(tracking or {}), parent_run_id
+    )
 
 
-def run_finetune(cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                 parent_run_id: str | None = None) -> dict:
+def run_finetune(
+    cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
+) -> dict:
     """S5 where params.yaml says: the configured deployment (GPU pool), else in-process."""
     if cfg.dispatch.deployment is None:
         return finetune_task.with_options(retries=cfg.retries, tags=cfg.dispatch.tags)(
-            cfg, workdir, tracking, parent_run_id)
+            cfg, workdir, tracking, parent_run_id
+        )
     from prefect.deployments import run_deployment
 
     flow_run = run_deployment(
         name=cfg.dispatch.deployment,
-        parameters={"cfg": cfg.model_dump(mode="json"), "workdir": str(workdir),
-                    "tracking": (tracking or TrackingConfig()).model_dump(mode="json"),
-                    "parent_run_id": parent_run_id},
+        parameters={
+            "cfg": cfg.model_dump(mode="json"),
+            "workdir": str(workdir),
+            "tracking": (tracking or TrackingConfig()).model_dump(mode="json"),
+            "parent_run_id": parent_run_id,
+        },
         work_queue_name=cfg.dispatch.work_queue,
         tags=cfg.dispatch.tags,
         as_subflow=True,

@@ -14,26 +14,30 @@ from pathlib import Path
 
 from prefect import flow
 
-from components.config import load_section, resolve
-from components.promotion import PromotionPolicy
-from components.refresh import RefreshConfig, champion_scores_after, load_state, next_state, save_state
+from components.core.config import load_section, resolve
+from components.evaluate.promotion import PromotionPolicy
+from components.evaluate.refresh import RefreshConfig, champion_scores_after, load_state, next_state, save_state
 from flows.steps import load_pipeline_config
 from tasks.anonymize import anonymize_task
 from tasks.collect import collect_task
 from tasks.compare import compare_task
 from tasks.discover import discover_task
 from tasks.finetune import finetune_task
+from tasks.helpers.tracking import end_parent_run, log_json_artifact_to_run, start_parent_run
 from tasks.refresh import (
-    champion_scores_task, drift_task, merge_batch_task, plan_task, retraining_config_task, seed_history_task,
+    champion_scores_task,
+    drift_task,
+    merge_batch_task,
+    plan_task,
+    retraining_config_task,
+    seed_history_task,
     stabilize_clusters_task,
 )
 from tasks.select import select_task
-from tasks.tracking import end_parent_run, log_json_artifact_to_run, start_parent_run
 
 
 @flow(name="refresh")
-def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
-            experiment: str | None = None) -> dict:
+def refresh(params_path: str, workdir: str = ".", input_path: str | None = None, experiment: str | None = None) -> dict:
     root = Path(workdir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     config = load_pipeline_config(Path(params_path), experiment)
@@ -42,9 +46,13 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
     policy = load_section(config.params, "promotion", PromotionPolicy)
     state = load_state(resolve(root, refresh_cfg.state))
     number = int(state["refresh"]) + 1
-    parent = start_parent_run(root, tracking, f"refresh_{number}",
-                              {k: v for k, v in config.params.items() if k in ("refresh", "promotion", "finetune")},
-                              kind="refresh")
+    parent = start_parent_run(
+        root,
+        tracking,
+        f"refresh_{number}",
+        {k: v for k, v in config.params.items() if k in ("refresh", "promotion", "finetune")},
+        kind="refresh",
+    )
     try:
         seed_history_task(refresh_cfg, steps["anonymize"].output, steps["discover"].assignments, root)
         collect_task(steps["collect"], root, tracking, parent, Path(input_path).resolve() if input_path else None)
@@ -60,20 +68,37 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
             leaderboard = select_task(steps["select"], root, tracking, parent)
             finetune_cfg = retraining_config_task(steps["finetune"], refresh_cfg, root, plan, number)
             trained = finetune_task(finetune_cfg, root, tracking, parent)
-        comparison = compare_task(steps["evaluate"], refresh_cfg, policy, root, number, clusters, trained,
-                                  champions, leaderboard, tracking, parent)
-        new_state = next_state(state, clusters["mix_all"],
-                               {int(m["cluster_id"]): m["n_train"] for m in trained["clusters"]},
-                               champion_scores_after(champions, comparison["clusters"]),
-                               {int(e["cluster_id"]): clusters["test_ids"].get(int(e["cluster_id"]), [])
-                                for e in comparison["clusters"]})
+        comparison = compare_task(
+            steps["evaluate"],
+            refresh_cfg,
+            policy,
+            root,
+            number,
+            clusters,
+            trained,
+            champions,
+            leaderboard,
+            tracking,
+            parent,
+        )
+        new_state = next_state(
+            state,
+            clusters["mix_all"],
+            {int(m["cluster_id"]): m["n_train"] for m in trained["clusters"]},
+            champion_scores_after(champions, comparison["clusters"]),
+            {int(e["cluster_id"]): clusters["test_ids"].get(int(e["cluster_id"]), []) for e in comparison["clusters"]},
+        )
         save_state(new_state, resolve(root, refresh_cfg.state))
-        summary = {"refresh": number, "batch_records": len(batch_ids), "drift": drift,
-                   "retrained": {str(k): v for k, v in plan.items()}, "clusters": comparison["clusters"]}
+        summary = {
+            "refresh": number,
+            "batch_records": len(batch_ids),
+            "drift": drift,
+            "retrained": {str(k): v for k, v in plan.items()},
+            "clusters": comparison["clusters"],
+        }
         log_json_artifact_to_run(parent, summary, resolve(root, refresh_cfg.report))
     except BaseException:
         end_parent_run(parent, "FAILED")
         raise
     end_parent_run(parent)
     return {"parent_run_id": parent, **summary, "report": str(resolve(root, refresh_cfg.report))}
-

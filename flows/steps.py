@@ -6,16 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.anonymize import AnonymizeConfig
-from components.collect import CollectConfig, source_specs
-from components.config import StepConfig, load_params, load_section, resolve
-from components.discover import DiscoverConfig
-from components.evaluate import EvaluateConfig
-from components.finetune import FinetuneConfig
-from components.select import SelectConfig
-from components.stage_lock import StageLock
-from tasks.parallel import ExecutionConfig
-from tasks.tracking import TrackingConfig
+from components.collect.ingest import CollectConfig, source_specs
+from components.core.config import StepConfig, load_params, load_section, resolve
+from components.core.stage_lock import StageLock
+from components.curate.anonymize import AnonymizeConfig
+from components.discover.discovery import DiscoverConfig
+from components.evaluate.evaluation import EvaluateConfig
+from components.finetune.train import FinetuneConfig
+from components.select.benchmark import SelectConfig
+from tasks.helpers.parallel import ExecutionConfig
+from tasks.helpers.tracking import TrackingConfig
 
 STEP_CONFIGS: dict[str, type[StepConfig]] = {
     "collect": CollectConfig,
@@ -34,11 +34,15 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "collect": ((), ("output", "state", "quarantine", "summary")),
     "anonymize": (("input", "deny_list_file"), ("output", "audit", "audit_html")),
     "discover": (("input",), ("assignments", "clusters", "splits", "model_dir", "report", "cluster_map")),
-    "select": (("curated", "clusters", "splits", "ground_truth", "catalog"),
-               ("leaderboard", "leaderboard_table", "metrics", "predictions", "candidate_predictions")),
+    "select": (
+        ("curated", "clusters", "splits", "ground_truth", "catalog"),
+        ("leaderboard", "leaderboard_table", "metrics", "predictions", "candidate_predictions"),
+    ),
     "finetune": (("curated", "splits", "leaderboard"), ("output_dir", "summary")),
-    "evaluate": (("curated", "splits", "leaderboard", "base_predictions", "adapters", "finetune_summary"),
-                 ("evaluation", "metrics", "report", "predictions")),
+    "evaluate": (
+        ("curated", "splits", "leaderboard", "base_predictions", "adapters", "finetune_summary"),
+        ("evaluation", "metrics", "report", "predictions"),
+    ),
 }
 
 

@@ -13,15 +13,15 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components.anonymize import AnonymizeConfig, Anonymizer, anonymize_records, load_deny_list
-from components.audit import render_audit_html
-from components.config import resolve
-from components.curate import curate
-from components.schema import read_records, write_records
-from tasks.parallel import map_partitions
-from tasks.progress import Progress, say
-from tasks.retries import retry_on_transient_io
-from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
+from components.core.config import resolve
+from components.core.schema import read_records, write_records
+from components.curate.anonymize import AnonymizeConfig, Anonymizer, anonymize_records, load_deny_list
+from components.curate.audit import render_audit_html
+from components.curate.filters import curate
+from tasks.helpers.parallel import map_partitions
+from tasks.helpers.progress import Progress, say
+from tasks.helpers.retries import retry_on_transient_io
+from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
 def _write_private(path: Path, payload: bytes) -> None:
@@ -32,8 +32,13 @@ def _write_private(path: Path, payload: bytes) -> None:
 
 
 @task(name="S2 anonymize", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
-def anonymize_task(cfg: AnonymizeConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                   parent_run_id: str | None = None, partitions: int = 1) -> dict:
+def anonymize_task(
+    cfg: AnonymizeConfig,
+    workdir: Path,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+    partitions: int = 1,
+) -> dict:
     with step_run("anonymize", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
         curation = curate(records, cfg.curate)
@@ -41,19 +46,28 @@ def anonymize_task(cfg: AnonymizeConfig, workdir: Path, tracking: TrackingConfig
         deny_list = load_deny_list(resolve(workdir, cfg.deny_list_file)) if cfg.deny_list_file else None
         if partitions > 1:
             if cfg.pseudonyms.reverse_map:
-                raise ValueError("anonymize.pseudonyms.reverse_map needs one partition (execution.partitions: 1): "
-                                 "each partition would hold only its own part of the map")
+                raise ValueError(
+                    "anonymize.pseudonyms.reverse_map needs one partition (execution.partitions: 1): "
+                    "each partition would hold only its own part of the map"
+                )
             curated, audit = anonymize_partitioned(curation.kept, cfg, partitions, deny_list)
         else:
             anonymizer = Anonymizer(cfg, deny_list=deny_list)
-            curated, audit = anonymize_records(curation.kept, cfg, anonymizer=anonymizer,
-                                               progress=Progress("S2 anonymize", len(curation.kept)))
+            curated, audit = anonymize_records(
+                curation.kept, cfg, anonymizer=anonymizer, progress=Progress("S2 anonymize", len(curation.kept))
+            )
         # Removed records are listed by id and reason only (no text), so nothing leaves S2 unaccounted for.
-        audit["curation"] = {"records_in": len(records), "records_removed": len(curation.removed),
-                             "removed_by_reason": curation.counts, "removed": curation.removed}
+        audit["curation"] = {
+            "records_in": len(records),
+            "records_removed": len(curation.removed),
+            "removed_by_reason": curation.counts,
+            "removed": curation.removed,
+        }
         write_records(curated, resolve(workdir, cfg.output))
         if cfg.pseudonyms.reverse_map:
-            _write_private(resolve(workdir, cfg.pseudonyms.reverse_map), anonymizer.pseudonymizer.encrypted_reverse_map())
+            _write_private(
+                resolve(workdir, cfg.pseudonyms.reverse_map), anonymizer.pseudonymizer.encrypted_reverse_map()
+            )
         # The audit holds counts, entity types, ids and anonymized examples only, so it may go to MLflow.
         log_numeric_metrics({key: value for key, value in audit.items() if key != "examples"})
         log_json_artifact(audit, resolve(workdir, cfg.audit))
@@ -71,8 +85,9 @@ def anonymize_partition(records: list, cfg: AnonymizeConfig, deny_list: list[str
     return anonymize_records(records, cfg, anonymizer=Anonymizer(cfg, deny_list=deny_list))
 
 
-def anonymize_partitioned(records: list, cfg: AnonymizeConfig, partitions: int,
-                          deny_list: list[str] | None = None) -> tuple[list, dict]:
+def anonymize_partitioned(
+    records: list, cfg: AnonymizeConfig, partitions: int, deny_list: list[str] | None = None
+) -> tuple[list, dict]:
     """Pseudonyms are per record (or keyed, for the dataset scope), so partitions anonymize independently (on the
     Dask cluster when there is one); their audits add up to the audit of one pass."""
     started = time.perf_counter()
@@ -84,7 +99,7 @@ def anonymize_partitioned(records: list, cfg: AnonymizeConfig, partitions: int,
         audit[key] = sum(a[key] for a in audits)
     for key in ("entities", "records_per_entity"):
         audit[key] = dict(sorted(sum((Counter(a[key]) for a in audits), Counter()).items()))
-    audit["examples"] = [example for a in audits for example in a["examples"]][:cfg.audit_examples]
+    audit["examples"] = [example for a in audits for example in a["examples"]][: cfg.audit_examples]
     audit["seconds"] = round(time.perf_counter() - started, 3)
     audit["records_per_second"] = round(len(records) / audit["seconds"], 2) if audit["seconds"] > 0 else None
     audit["partitions"] = len(audits)

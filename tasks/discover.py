@@ -11,14 +11,14 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components.cluster_identity import load_model, save_model
-from components.config import resolve
-from components.discover import DiscoverConfig, discover, embed_records, write_cluster_report
-from components.schema import read_records, write_table
-from tasks.parallel import map_partitions
-from tasks.progress import say
-from tasks.retries import retry_on_transient_io
-from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
+from components.core.config import resolve
+from components.core.schema import read_records, write_table
+from components.discover.discovery import DiscoverConfig, discover, embed_records, write_cluster_report
+from components.discover.identity import load_model, save_model
+from tasks.helpers.parallel import map_partitions
+from tasks.helpers.progress import say
+from tasks.helpers.retries import retry_on_transient_io
+from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
 def embed_partition(records: list, cfg: DiscoverConfig) -> np.ndarray:
@@ -27,8 +27,13 @@ def embed_partition(records: list, cfg: DiscoverConfig) -> np.ndarray:
 
 
 @task(name="S3 discover", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
-def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                  parent_run_id: str | None = None, partitions: int = 1) -> dict:
+def discover_task(
+    cfg: DiscoverConfig,
+    workdir: Path,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+    partitions: int = 1,
+) -> dict:
     with step_run("discover", cfg, workdir, tracking, parent_run_id):
         records = read_records(resolve(workdir, cfg.input))
         model_dir = resolve(workdir, cfg.model_dir)
@@ -51,23 +56,32 @@ def discover_task(cfg: DiscoverConfig, workdir: Path, tracking: TrackingConfig |
         if resolve(workdir, cfg.cluster_map).exists():
             mlflow.log_artifact(str(resolve(workdir, cfg.cluster_map)))
         to_convert = [c for c in result.clusters if c["convert"]]
-        summary = {"records": len(records), "clusters": len(result.clusters),
-                   "candidates": sum(c["candidate"] for c in result.clusters),
-                   "clusters_to_convert": len(to_convert), "outlier_share": result.outlier_share,
-                   "texts_embedded_now": result.embedded_now,
-                   "kept_cluster_ids": len({c["cluster_id"] for c in result.clusters}
-                                           & set(previous.cluster_ids if previous else []))}
+        summary = {
+            "records": len(records),
+            "clusters": len(result.clusters),
+            "candidates": sum(c["candidate"] for c in result.clusters),
+            "clusters_to_convert": len(to_convert),
+            "outlier_share": result.outlier_share,
+            "texts_embedded_now": result.embedded_now,
+            "kept_cluster_ids": len(
+                {c["cluster_id"] for c in result.clusters} & set(previous.cluster_ids if previous else [])
+            ),
+        }
         log_numeric_metrics(summary)
-        log_numeric_metrics({f"cluster_{c['cluster_id']}": {"size": c["size"], "fitness": c["fitness"]}
-                             for c in result.clusters})
-    labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']}, fitness {c['fitness']:.2f})"
-                       for c in to_convert)
-    say(f"S3 discover: {summary['clusters']} clusters ({summary['candidates']} candidates), outliers "
+        log_numeric_metrics(
+            {f"cluster_{c['cluster_id']}": {"size": c["size"], "fitness": c["fitness"]} for c in result.clusters}
+        )
+    labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']}, fitness {c['fitness']:.2f})" for c in to_convert)
+    say(
+        f"S3 discover: {summary['clusters']} clusters ({summary['candidates']} candidates), outliers "
         f"{summary['outlier_share']:.0%}, {summary['texts_embedded_now']} texts embedded (the rest cached); "
-        f"to convert: {labels or 'none'}")
+        f"to convert: {labels or 'none'}"
+    )
     if not to_convert:
         largest = max((c["size"] for c in result.clusters), default=0)
-        say(f"S3 discover: no cluster passes the conversion thresholds (min_cluster_size_to_convert="
+        say(
+            f"S3 discover: no cluster passes the conversion thresholds (min_cluster_size_to_convert="
             f"{cfg.min_cluster_size_to_convert}, fitness.*; largest: {largest} calls; see the reasons in "
-            f"{cfg.report}); every call stays with the LLM and S4-S6 have nothing to convert")
+            f"{cfg.report}); every call stays with the LLM and S4-S6 have nothing to convert"
+        )
     return summary

@@ -18,13 +18,13 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components.config import resolve
-from components.finetune import FinetuneConfig, FinetuneResult, config_for_cluster, finetune, training_settings
-from components.finetune_runs import UnsupportedDeviceError, dvc_md5s, is_main_process, records_sha256
-from components.schema import read_records, split_records
-from tasks.progress import Progress, say
-from tasks.registry import log_adapter_model
-from tasks.tracking import TrackingConfig, flatten, log_json_artifact, step_run
+from components.core.config import resolve
+from components.core.schema import read_records, split_records
+from components.finetune.runs import UnsupportedDeviceError, dvc_md5s, is_main_process, records_sha256
+from components.finetune.train import FinetuneConfig, FinetuneResult, config_for_cluster, finetune, training_settings
+from tasks.helpers.progress import Progress, say
+from tasks.helpers.registry import log_adapter_model
+from tasks.helpers.tracking import TrackingConfig, flatten, log_json_artifact, step_run
 
 
 def _step_reporter(label: str):
@@ -58,12 +58,19 @@ def _log_cluster_run(prefix: str, cfg: FinetuneConfig, result: FinetuneResult, d
             mlflow.log_metric(f"{prefix}.train_loss", loss, step=step)
         for step, loss in result.eval_loss_history:
             mlflow.log_metric(f"{prefix}.eval_loss", loss, step=step)
-    figures = {"seconds": result.seconds, "steps": result.steps, "n_train": result.n_train,
-               "n_validation": len(result.validation_record_ids), "too_long_left_out": len(result.too_long_record_ids),
-               "mean_tokens_per_call": result.mean_tokens_per_call, "trained_tokens": result.trained_tokens,
-               "trained_tokens_per_second": result.trained_tokens / result.seconds if result.seconds else 0.0,
-               "stopped_early": float(result.stopped_early), "reused": float(result.reused),
-               "final_eval_loss": result.eval_loss}
+    figures = {
+        "seconds": result.seconds,
+        "steps": result.steps,
+        "n_train": result.n_train,
+        "n_validation": len(result.validation_record_ids),
+        "too_long_left_out": len(result.too_long_record_ids),
+        "mean_tokens_per_call": result.mean_tokens_per_call,
+        "trained_tokens": result.trained_tokens,
+        "trained_tokens_per_second": result.trained_tokens / result.seconds if result.seconds else 0.0,
+        "stopped_early": float(result.stopped_early),
+        "reused": float(result.reused),
+        "final_eval_loss": result.eval_loss,
+    }
     mlflow.log_metrics({f"{prefix}.{key}": float(value) for key, value in figures.items() if value is not None})
     adapter = Path(result.adapter_dir)
     for name in ("prompt_spec.json", "chat_template.jinja", "tokenizer_config.json"):
@@ -72,8 +79,9 @@ def _log_cluster_run(prefix: str, cfg: FinetuneConfig, result: FinetuneResult, d
 
 
 @task(name="S5 finetune", retry_condition_fn=retry_on_interrupted_training, cache_policy=NO_CACHE)
-def finetune_task(cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                  parent_run_id: str | None = None) -> dict:
+def finetune_task(
+    cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
+) -> dict:
     main = is_main_process()
     with step_run("finetune", cfg, workdir, tracking, parent_run_id) if main else nullcontext():
         records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
@@ -84,18 +92,29 @@ def finetune_task(cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig |
         for cluster in leaderboard["clusters"]:
             cluster_id = cluster["cluster_id"]
             if not cluster.get("selected"):
-                skipped.append({"cluster_id": cluster_id, "label": cluster["label"],
-                                "reason": "no candidate SLM passed S4 (see the leaderboard)"})
+                skipped.append(
+                    {
+                        "cluster_id": cluster_id,
+                        "label": cluster["label"],
+                        "reason": "no candidate SLM passed S4 (see the leaderboard)",
+                    }
+                )
                 continue
             cluster_cfg = config_for_cluster(cfg, cluster_id)
             train_records = split_records(records, splits, cluster_id, "train")
-            say(f"S5 finetune: cluster #{cluster_id} '{cluster['label']}', {len(train_records)} calls, "
-                f"base {cluster['selected']}")
+            say(
+                f"S5 finetune: cluster #{cluster_id} '{cluster['label']}', {len(train_records)} calls, "
+                f"base {cluster['selected']}"
+            )
             try:
-                result = finetune(cluster["selected_ref"], train_records, cluster_cfg,
-                                  resolve(workdir, cfg.output_dir) / f"cluster_{cluster_id}",
-                                  progress_callback=_step_reporter(f"S5 cluster #{cluster_id}"),
-                                  checkpoint_dir=resolve(workdir, cfg.checkpoint_dir) / f"cluster_{cluster_id}")
+                result = finetune(
+                    cluster["selected_ref"],
+                    train_records,
+                    cluster_cfg,
+                    resolve(workdir, cfg.output_dir) / f"cluster_{cluster_id}",
+                    progress_callback=_step_reporter(f"S5 cluster #{cluster_id}"),
+                    checkpoint_dir=resolve(workdir, cfg.checkpoint_dir) / f"cluster_{cluster_id}",
+                )
             except ValueError as error:  # e.g. every call longer than max_length: this cluster stays with the LLM
                 say(f"S5 finetune: cluster #{cluster_id} not trained: {error}")
                 skipped.append({"cluster_id": cluster_id, "label": cluster["label"], "reason": str(error)})
@@ -103,24 +122,41 @@ def finetune_task(cfg: FinetuneConfig, workdir: Path, tracking: TrackingConfig |
             if result.reused:
                 say(f"S5 finetune: cluster #{cluster_id}: same data and settings as the finished adapter, reused")
             if result.too_long_record_ids:
-                say(f"S5 finetune: cluster #{cluster_id}: {len(result.too_long_record_ids)} calls longer than "
-                    f"max_length={cluster_cfg.max_length} tokens left out of training")
+                say(
+                    f"S5 finetune: cluster #{cluster_id}: {len(result.too_long_record_ids)} calls longer than "
+                    f"max_length={cluster_cfg.max_length} tokens left out of training"
+                )
             if not main:
                 continue
             data_version = {"train_split_sha256": records_sha256(train_records), "dvc_md5": inputs_md5}
             _log_cluster_run(f"cluster_{cluster_id}", cluster_cfg, result, data_version)
             model_uri = log_adapter_model(f"cluster-{cluster_id}", Path(result.adapter_dir), result.base_model)
-            trained.append({"cluster_id": cluster_id, "label": cluster["label"], "n_train": result.n_train,
-                            "n_validation": len(result.validation_record_ids),
-                            "too_long_record_ids": result.too_long_record_ids,
-                            "base_model": result.base_model, "adapter_dir": str(result.adapter_dir),
-                            "merged_dir": result.merged_dir, "model_uri": model_uri, "steps": result.steps,
-                            "stopped_early": result.stopped_early, "train_loss": result.train_loss,
-                            "eval_loss": result.eval_loss, "seconds": round(result.seconds, 1),
-                            "mean_tokens_per_call": round(result.mean_tokens_per_call, 1),
-                            "prompt_spec": result.prompt_spec, "device": result.device, "dtype": result.dtype,
-                            "trainable_parameters": result.trainable_parameters, "reused": result.reused,
-                            "resumed_from_step": result.resumed_from_step, "data_version": data_version})
+            trained.append(
+                {
+                    "cluster_id": cluster_id,
+                    "label": cluster["label"],
+                    "n_train": result.n_train,
+                    "n_validation": len(result.validation_record_ids),
+                    "too_long_record_ids": result.too_long_record_ids,
+                    "base_model": result.base_model,
+                    "adapter_dir": str(result.adapter_dir),
+                    "merged_dir": result.merged_dir,
+                    "model_uri": model_uri,
+                    "steps": result.steps,
+                    "stopped_early": result.stopped_early,
+                    "train_loss": result.train_loss,
+                    "eval_loss": result.eval_loss,
+                    "seconds": round(result.seconds, 1),
+                    "mean_tokens_per_call": round(result.mean_tokens_per_call, 1),
+                    "prompt_spec": result.prompt_spec,
+                    "device": result.device,
+                    "dtype": result.dtype,
+                    "trainable_parameters": result.trainable_parameters,
+                    "reused": result.reused,
+                    "resumed_from_step": result.resumed_from_step,
+                    "data_version": data_version,
+                }
+            )
         summary = {"clusters": trained, "skipped": skipped}
         if main:
             log_json_artifact(summary, resolve(workdir, cfg.summary))

@@ -19,17 +19,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import slm
-from components.config import resolve
-from components.discover import DiscoverConfig
-from components.drift import cluster_mix, detect_drift
-from components.evaluate import PRIMARY_METRIC, EvaluateConfig, score_pairs
-from components.finetune import FinetuneConfig
-from components.refresh import RefreshConfig, match_cluster_ids, plan_retraining, refresh_splits
-from components.schema import CallRecord, read_records, split_records, write_records, write_table
+from components.core.config import resolve
+from components.core.schema import CallRecord, read_records, split_records, write_records, write_table
+from components.discover.discovery import DiscoverConfig
+from components.evaluate.drift import cluster_mix, detect_drift
+from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig, score_pairs
+from components.evaluate.refresh import RefreshConfig, match_cluster_ids, plan_retraining, refresh_splits
+from components.finetune.train import FinetuneConfig
 from tasks import select as select_tasks
-from tasks.progress import say
-from tasks.registry import adapter_of_version, champion_version
-from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
+from tasks.helpers.progress import say
+from tasks.helpers.registry import adapter_of_version, champion_version
+from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 STABLE_ASSIGNMENTS = "assignments.parquet"  # beside the state file: the last refresh's stable cluster ids
 
@@ -53,8 +53,13 @@ def seed_history_task(cfg: RefreshConfig, curated: str, assignments: str, workdi
 
 
 @task(name="refresh: merge batch", cache_policy=NO_CACHE)
-def merge_batch_task(cfg: RefreshConfig, curated: str, workdir: Path, tracking: TrackingConfig | None = None,
-                     parent_run_id: str | None = None) -> list[str]:
+def merge_batch_task(
+    cfg: RefreshConfig,
+    curated: str,
+    workdir: Path,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> list[str]:
     """Append the batch's curated calls to the history and make the history the curated set S3-S6 read.
     Returns the ids of the calls this batch added (a call seen before is not new)."""
     with step_run("merge", cfg, workdir, tracking, parent_run_id):
@@ -66,16 +71,28 @@ def merge_batch_task(cfg: RefreshConfig, curated: str, workdir: Path, tracking: 
         merged = history + new
         write_records(merged, history_path)
         write_records(merged, resolve(workdir, curated))
-        log_numeric_metrics({"batch_records": len(batch), "new_records": len(new),
-                             "already_seen": len(batch) - len(new), "history_records": len(merged)})
+        log_numeric_metrics(
+            {
+                "batch_records": len(batch),
+                "new_records": len(new),
+                "already_seen": len(batch) - len(new),
+                "history_records": len(merged),
+            }
+        )
     say(f"refresh: {len(new)} new calls ({len(batch) - len(new)} seen before), {len(merged)} in the history")
     return [r.record_id for r in new]
 
 
 @task(name="refresh: stable clusters", cache_policy=NO_CACHE)
-def stabilize_clusters_task(discover_cfg: DiscoverConfig, cfg: RefreshConfig, workdir: Path, state: dict,
-                            batch_ids: list[str], tracking: TrackingConfig | None = None,
-                            parent_run_id: str | None = None) -> dict[str, Any]:
+def stabilize_clusters_task(
+    discover_cfg: DiscoverConfig,
+    cfg: RefreshConfig,
+    workdir: Path,
+    state: dict,
+    batch_ids: list[str],
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
     """Rewrite S3's outputs with stable cluster ids (the previous refresh's, matched by shared calls) and the
     refresh's splits (frozen regression sets, fresh held-out calls from the batch); returns the mixes."""
     with step_run("stable_clusters", cfg, workdir, tracking, parent_run_id):
@@ -83,10 +100,14 @@ def stabilize_clusters_task(discover_cfg: DiscoverConfig, cfg: RefreshConfig, wo
         clusters = json.loads(resolve(workdir, discover_cfg.clusters).read_text())
         splits = pd.read_parquet(resolve(workdir, discover_cfg.splits))
         stable_path = resolve(workdir, cfg.state).parent / STABLE_ASSIGNMENTS
-        previous = (dict(pd.read_parquet(stable_path)[["record_id", "cluster_id"]].itertuples(index=False))
-                    if stable_path.exists() else {})
-        mapping = match_cluster_ids(previous, dict(assignments[["record_id", "cluster_id"]]
-                                                   .itertuples(index=False)), cfg.min_cluster_overlap)
+        previous = (
+            dict(pd.read_parquet(stable_path)[["record_id", "cluster_id"]].itertuples(index=False))
+            if stable_path.exists()
+            else {}
+        )
+        mapping = match_cluster_ids(
+            previous, dict(assignments[["record_id", "cluster_id"]].itertuples(index=False)), cfg.min_cluster_overlap
+        )
         assignments["cluster_id"] = assignments.cluster_id.map(mapping).astype(int)
         known = state.get("clusters", {})
         for cluster in clusters:
@@ -97,68 +118,107 @@ def stabilize_clusters_task(discover_cfg: DiscoverConfig, cfg: RefreshConfig, wo
         if state.get("refresh", 0) == 0:  # first refresh: S3's own split, its test calls become regression sets
             splits["cluster_id"] = splits.cluster_id.map(mapping).astype(int)
         else:
-            splits = refresh_splits(assignments, set(batch_ids), regression, cfg.max_fresh_test_per_cluster,
-                                    cfg.seed, int(state.get("refresh", 0)) + 1)
+            splits = refresh_splits(
+                assignments,
+                set(batch_ids),
+                regression,
+                cfg.max_fresh_test_per_cluster,
+                cfg.seed,
+                int(state.get("refresh", 0)) + 1,
+            )
         write_table(assignments, resolve(workdir, discover_cfg.assignments))
         write_table(splits, resolve(workdir, discover_cfg.splits))
         log_json_artifact(clusters, resolve(workdir, discover_cfg.clusters))
         write_table(assignments, stable_path)
         in_batch = assignments[assignments.record_id.isin(set(batch_ids))]
         result = {
-            "mix_all": cluster_mix(assignments.cluster_id), "mix_batch": cluster_mix(in_batch.cluster_id),
+            "mix_all": cluster_mix(assignments.cluster_id),
+            "mix_batch": cluster_mix(in_batch.cluster_id),
             "id_mapping": {str(k): v for k, v in mapping.items()},
-            "train_sizes": {int(c): int(n) for c, n in splits[splits.split == "train"].cluster_id.value_counts().items()},
+            "train_sizes": {
+                int(c): int(n) for c, n in splits[splits.split == "train"].cluster_id.value_counts().items()
+            },
             "test_ids": {int(c): sorted(g.record_id) for c, g in splits[splits.split == "test"].groupby("cluster_id")},
             "regression_ids": regression,
             "clusters": clusters,
         }
-        mlflow.log_dict({"id_mapping": result["id_mapping"], "mix_all": result["mix_all"],
-                         "mix_batch": result["mix_batch"]}, "clusters_mix.json")
+        mlflow.log_dict(
+            {"id_mapping": result["id_mapping"], "mix_all": result["mix_all"], "mix_batch": result["mix_batch"]},
+            "clusters_mix.json",
+        )
     return result
 
 
 @task(name="refresh: drift", cache_policy=NO_CACHE)
-def drift_task(cfg: RefreshConfig, workdir: Path, state: dict, clusters: dict,
-               tracking: TrackingConfig | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+def drift_task(
+    cfg: RefreshConfig,
+    workdir: Path,
+    state: dict,
+    clusters: dict,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
     """PSI of the batch's cluster mix against the previous refresh's mix, and the outlier share change."""
     with step_run("drift", cfg.drift, workdir, tracking, parent_run_id):
         report = detect_drift(state.get("mix", {}), clusters["mix_batch"], cfg.drift).to_dict()
         log_numeric_metrics({k: v for k, v in report.items() if k != "reasons"})
-        mlflow.log_dict({**report, "reference_mix": state.get("mix", {}), "batch_mix": clusters["mix_batch"]},
-                        "drift.json")
-    say(f"refresh drift: PSI {report['psi']:.3f}, outliers {report['outlier_share_current']:.1%}"
-        f"{' -> drifted: ' + '; '.join(report['reasons']) if report['drifted'] else ' (no drift)'}")
+        mlflow.log_dict(
+            {**report, "reference_mix": state.get("mix", {}), "batch_mix": clusters["mix_batch"]}, "drift.json"
+        )
+    say(
+        f"refresh drift: PSI {report['psi']:.3f}, outliers {report['outlier_share_current']:.1%}"
+        f"{' -> drifted: ' + '; '.join(report['reasons']) if report['drifted'] else ' (no drift)'}"
+    )
     return report
 
 
-def answer_and_score(base_model: str, adapter_dir: str, fresh: list[CallRecord], regression: list[CallRecord],
-                     kind: str, cfg: EvaluateConfig, label: str) -> dict[str, Any]:
+def answer_and_score(
+    base_model: str,
+    adapter_dir: str,
+    fresh: list[CallRecord],
+    regression: list[CallRecord],
+    kind: str,
+    cfg: EvaluateConfig,
+    label: str,
+) -> dict[str, Any]:
     """One model's scores on the fresh held-out calls and on the regression set (one generation pass)."""
-    answers = select_tasks.generate_answers(base_model, fresh + regression, cfg.max_new_tokens, cfg.batch_size,
-                                            label, adapter_dir=adapter_dir,
-                                            constrain_tool_calls=cfg.constrained_decoding)
+    answers = select_tasks.generate_answers(
+        base_model,
+        fresh + regression,
+        cfg.max_new_tokens,
+        cfg.batch_size,
+        label,
+        adapter_dir=adapter_dir,
+        constrain_tool_calls=cfg.constrained_decoding,
+    )
     parsed = [slm.parse_completion(text) for text, _ in answers]
     return {
-        "scores": score_pairs([r.response for r in fresh], parsed[:len(fresh)], kind),
-        "regression_scores": (score_pairs([r.response for r in regression], parsed[len(fresh):], kind)
-                              if regression else None),
-        "latencies_ms": [latency for _, latency in answers[:len(fresh)]],
+        "scores": score_pairs([r.response for r in fresh], parsed[: len(fresh)], kind),
+        "regression_scores": (
+            score_pairs([r.response for r in regression], parsed[len(fresh) :], kind) if regression else None
+        ),
+        "latencies_ms": [latency for _, latency in answers[: len(fresh)]],
     }
 
 
-def cluster_calls(workdir: Path, cfg: EvaluateConfig, clusters: dict,
-                  cluster_id: int) -> tuple[list[CallRecord], list[CallRecord]]:
+def cluster_calls(
+    workdir: Path, cfg: EvaluateConfig, clusters: dict, cluster_id: int
+) -> tuple[list[CallRecord], list[CallRecord]]:
     """A cluster's fresh held-out calls and its regression set."""
     records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
     splits = pd.read_parquet(resolve(workdir, cfg.splits))
     regression_ids = clusters["regression_ids"].get(cluster_id) or clusters["regression_ids"].get(str(cluster_id), [])
-    return (split_records(records, splits, cluster_id, "test"),
-            [records[r] for r in regression_ids if r in records])
+    return (split_records(records, splits, cluster_id, "test"), [records[r] for r in regression_ids if r in records])
 
 
 @task(name="refresh: score champions", cache_policy=NO_CACHE)
-def champion_scores_task(cfg: EvaluateConfig, workdir: Path, clusters: dict,
-                         tracking: TrackingConfig | None = None, parent_run_id: str | None = None) -> dict[int, dict]:
+def champion_scores_task(
+    cfg: EvaluateConfig,
+    workdir: Path,
+    clusters: dict,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> dict[int, dict]:
     """Each current champion (registry alias) answers its cluster's fresh held-out calls and regression set."""
     results: dict[int, dict] = {}
     with step_run("champions", cfg, workdir, tracking, parent_run_id), tempfile.TemporaryDirectory() as scratch:
@@ -170,24 +230,33 @@ def champion_scores_task(cfg: EvaluateConfig, workdir: Path, clusters: dict,
             if version is None or not fresh:
                 continue
             adapter_dir, base_model = adapter_of_version(name, version, Path(scratch) / f"{name}-{version}")
-            result = answer_and_score(base_model, adapter_dir, fresh, regression, kind, cfg,
-                                      f"champion #{cluster_id} v{version}")
-            results[cluster_id] = {"version": version, "base_model": base_model,
-                                   "primary_metric": PRIMARY_METRIC[kind], **result}
+            result = answer_and_score(
+                base_model, adapter_dir, fresh, regression, kind, cfg, f"champion #{cluster_id} v{version}"
+            )
+            results[cluster_id] = {
+                "version": version,
+                "base_model": base_model,
+                "primary_metric": PRIMARY_METRIC[kind],
+                **result,
+            }
             log_numeric_metrics({f"cluster_{cluster_id}": {"champion": result["scores"]}})
-            say(f"refresh: champion {name} v{version}: {PRIMARY_METRIC[kind]} "
-                f"{result['scores'][PRIMARY_METRIC[kind]]:.3f} on {len(fresh)} fresh calls")
+            say(
+                f"refresh: champion {name} v{version}: {PRIMARY_METRIC[kind]} "
+                f"{result['scores'][PRIMARY_METRIC[kind]]:.3f} on {len(fresh)} fresh calls"
+            )
     return results
 
 
 @task(name="refresh: plan retraining", cache_policy=NO_CACHE)
-def plan_task(cfg: RefreshConfig, state: dict, clusters: dict, champions: dict[int, dict],
-              parent_run_id: str | None = None) -> dict[int, str]:
+def plan_task(
+    cfg: RefreshConfig, state: dict, clusters: dict, champions: dict[int, dict], parent_run_id: str | None = None
+) -> dict[int, str]:
     """Which clusters get a new challenger, and why (also a tag set on the refresh's parent run)."""
     primary = {int(c["cluster_id"]): PRIMARY_METRIC[c["output_kind"]] for c in clusters["clusters"]}
     fresh_scores = {cid: result["scores"][primary[cid]] for cid, result in champions.items()}
-    plan = plan_retraining(clusters["clusters"], state.get("clusters", {}), clusters["train_sizes"], fresh_scores,
-                           cfg.retrain)
+    plan = plan_retraining(
+        clusters["clusters"], state.get("clusters", {}), clusters["train_sizes"], fresh_scores, cfg.retrain
+    )
     if parent_run_id:
         MlflowClient().log_dict(parent_run_id, {str(k): v for k, v in plan.items()}, "retrain_plan.json")
         MlflowClient().set_tag(parent_run_id, "llm2slm.retrained_clusters", ",".join(map(str, sorted(plan))) or "none")
@@ -197,16 +266,19 @@ def plan_task(cfg: RefreshConfig, state: dict, clusters: dict, champions: dict[i
 
 
 @task(name="refresh: retraining config", cache_policy=NO_CACHE)
-def retraining_config_task(cfg: FinetuneConfig, refresh_cfg: RefreshConfig, workdir: Path, plan: dict[int, str],
-                           refresh_number: int) -> FinetuneConfig:
+def retraining_config_task(
+    cfg: FinetuneConfig, refresh_cfg: RefreshConfig, workdir: Path, plan: dict[int, str], refresh_number: int
+) -> FinetuneConfig:
     """S5's config for this refresh: only the planned clusters (a filtered copy of S4's leaderboard), each
     challenger in its own folder so the champion's files are never overwritten."""
     leaderboard = json.loads(resolve(workdir, cfg.leaderboard).read_text())
     leaderboard["clusters"] = [c for c in leaderboard["clusters"] if int(c["cluster_id"]) in plan]
     planned = resolve(workdir, refresh_cfg.state).parent / f"leaderboard_refresh_{refresh_number}.json"
     planned.write_text(json.dumps(leaderboard, indent=2))
-    return cfg.model_copy(update={
-        "leaderboard": str(planned),
-        "output_dir": str(Path(refresh_cfg.adapters) / f"refresh_{refresh_number}"),
-        "summary": str(Path(refresh_cfg.report).with_name(f"finetune_refresh_{refresh_number}.json")),
-    })
+    return cfg.model_copy(
+        update={
+            "leaderboard": str(planned),
+            "output_dir": str(Path(refresh_cfg.adapters) / f"refresh_{refresh_number}"),
+            "summary": str(Path(refresh_cfg.report).with_name(f"finetune_refresh_{refresh_number}.json")),
+        }
+    )

@@ -10,16 +10,21 @@ import mlflow
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components.collect import CollectConfig, collect_sources
-from components.config import resolve
-from components.route_report import RouteReportConfig, route_report, write_route_report
-from components.sources import parse_source
-from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
+from components.collect.ingest import CollectConfig, collect_sources
+from components.collect.sources import parse_source
+from components.core.config import resolve
+from components.serve.route_report import RouteReportConfig, route_report, write_route_report
+from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
 @task(name="S6 route report", cache_policy=NO_CACHE)
-def route_report_task(cfg: RouteReportConfig, collect_cfg: CollectConfig, workdir: Path,
-                      tracking: TrackingConfig | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
+def route_report_task(
+    cfg: RouteReportConfig,
+    collect_cfg: CollectConfig,
+    workdir: Path,
+    tracking: TrackingConfig | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
     store = resolve(workdir, cfg.store_dir)
     out = resolve(workdir, cfg.out_dir)
     # No previous state: the report always covers the whole store.
@@ -29,6 +34,7 @@ def route_report_task(cfg: RouteReportConfig, collect_cfg: CollectConfig, workdi
         page = write_route_report(summary, out / "route_report.html")
         log_json_artifact(summary, out / "route_summary.json")
         mlflow.log_artifact(str(page))
-        log_numeric_metrics({"overall": summary["overall"],
-                             **{f"cluster_{cid}": entry for cid, entry in summary["clusters"].items()}})
+        log_numeric_metrics(
+            {"overall": summary["overall"], **{f"cluster_{cid}": entry for cid, entry in summary["clusters"].items()}}
+        )
     return {**summary, "report": str(page)}

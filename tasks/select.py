@@ -11,26 +11,47 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import slm
-from components.assets import resolve_model_ref
-from components.catalog import CatalogEntry, install_chat_template, load_catalog
-from components.config import resolve
-from components.judge import make_judge
-from components.schema import CallRecord, read_records, write_table
-from components.select import Answer, Answers, SelectConfig, benchmark_candidates, leaderboard_table, metrics_view
-from components.select_labels import read_ground_truth
-from tasks.progress import Progress, say
-from tasks.retries import retry_on_transient_io
-from tasks.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
+from components.core.assets import resolve_model_ref
+from components.core.config import resolve
+from components.core.schema import CallRecord, read_records, write_table
+from components.scoring.judge import make_judge
+from components.scoring.labels import read_ground_truth
+from components.select.benchmark import (
+    Answer,
+    Answers,
+    SelectConfig,
+    benchmark_candidates,
+    leaderboard_table,
+    metrics_view,
+)
+from components.slm.catalog import CatalogEntry, install_chat_template, load_catalog
+from tasks.helpers.progress import Progress, say
+from tasks.helpers.retries import retry_on_transient_io
+from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 
-def generate_answers(reference: str, records: list[CallRecord], max_new_tokens: int, batch_size: int,
-                     label: str, adapter_dir: str | None = None, loaded=None,
-                     constrain_tool_calls: bool = True) -> list[tuple[str, float]]:
+def generate_answers(
+    reference: str,
+    records: list[CallRecord],
+    max_new_tokens: int,
+    batch_size: int,
+    label: str,
+    adapter_dir: str | None = None,
+    loaded=None,
+    constrain_tool_calls: bool = True,
+) -> list[tuple[str, float]]:
     """Answer the records with a model (optionally with an adapter): [(completion, latency ms)].
     ``loaded`` is a (model, tokenizer) pair already in memory; without it the model is loaded here."""
     model, tokenizer = loaded or slm.load_model(reference, adapter_dir=adapter_dir)
-    generations = slm.generate(model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                               progress=Progress(label, len(records)), constrain_tool_calls=constrain_tool_calls)
+    generations = slm.generate(
+        model,
+        tokenizer,
+        records,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=Progress(label, len(records)),
+        constrain_tool_calls=constrain_tool_calls,
+    )
     return [(g.text, g.latency_ms) for g in generations]
 
 
@@ -52,8 +73,13 @@ def load_candidate(entry: CatalogEntry):
 def make_answerer(cfg: SelectConfig):
     loaded: dict[str, tuple] = {}  # one candidate in memory at a time, loaded once for every cluster and mode
 
-    def answer(entry: CatalogEntry, records: list[CallRecord], max_new_tokens: int, calls_only: bool,
-               max_calls: int | None = None) -> Answers:
+    def answer(
+        entry: CatalogEntry,
+        records: list[CallRecord],
+        max_new_tokens: int,
+        calls_only: bool,
+        max_calls: int | None = None,
+    ) -> Answers:
         if entry.name not in loaded:
             loaded.clear()
             loaded[entry.name] = load_candidate(entry)
@@ -65,10 +91,17 @@ def make_answerer(cfg: SelectConfig):
             peak.append(rss_mb())  # after each batch: the KV cache of the batch is still alive
             progress(done, total)
 
-        generations = slm.generate(model, tokenizer, records, max_new_tokens=max_new_tokens,
-                                   batch_size=cfg.batch_size, progress=sample,
-                                   constrain_tool_calls=cfg.constrained_decoding, require_tool_calls=calls_only,
-                                   max_tool_calls=max_calls)
+        generations = slm.generate(
+            model,
+            tokenizer,
+            records,
+            max_new_tokens=max_new_tokens,
+            batch_size=cfg.batch_size,
+            progress=sample,
+            constrain_tool_calls=cfg.constrained_decoding,
+            require_tool_calls=calls_only,
+            max_tool_calls=max_calls,
+        )
         return Answers([Answer(g.text, g.latency_ms, g.completion_tokens) for g in generations], max(peak))
 
     return answer
@@ -90,17 +123,27 @@ def make_embedder(model_ref: str):
 
 
 @task(name="S4 select", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
-def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | None = None,
-                parent_run_id: str | None = None) -> dict:
+def select_task(
+    cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
+) -> dict:
     with step_run("select", cfg, workdir, tracking, parent_run_id):
         records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
         clusters = json.loads(resolve(workdir, cfg.clusters).read_text())
         splits = pd.read_parquet(resolve(workdir, cfg.splits))
         labels = read_ground_truth(resolve(workdir, cfg.ground_truth)) if cfg.ground_truth else None
         catalog = load_catalog(resolve(workdir, cfg.catalog) if cfg.catalog else None)  # like every params path
-        result = benchmark_candidates(records, clusters, splits, cfg, catalog, make_answerer(cfg),
-                                      slm.parse_completion, embed=make_embedder(cfg.embedding_model),
-                                      judge=make_judge(cfg.judge), ground_truth=labels)
+        result = benchmark_candidates(
+            records,
+            clusters,
+            splits,
+            cfg,
+            catalog,
+            make_answerer(cfg),
+            slm.parse_completion,
+            embed=make_embedder(cfg.embedding_model),
+            judge=make_judge(cfg.judge),
+            ground_truth=labels,
+        )
         write_table(result.predictions, resolve(workdir, cfg.predictions))
         write_table(result.candidate_predictions, resolve(workdir, cfg.candidate_predictions))
         table = leaderboard_table(result.leaderboard)
@@ -111,15 +154,22 @@ def select_task(cfg: SelectConfig, workdir: Path, tracking: TrackingConfig | Non
         mlflow.log_table(table, artifact_file="leaderboard_table.json")
         for report in result.leaderboard["clusters"]:
             for entry in report["results"]:
-                log_numeric_metrics({**entry["scores"], "cost_per_1k_calls_usd": entry["cost_per_1k_calls_usd"],
-                                     "latency_ms_p95": entry["latency_ms_p95"]},
-                                    f"cluster_{report['cluster_id']}.{entry['candidate']}.{entry['mode']}.")
+                log_numeric_metrics(
+                    {
+                        **entry["scores"],
+                        "cost_per_1k_calls_usd": entry["cost_per_1k_calls_usd"],
+                        "latency_ms_p95": entry["latency_ms_p95"],
+                    },
+                    f"cluster_{report['cluster_id']}.{entry['candidate']}.{entry['mode']}.",
+                )
         log_json_artifact(result.leaderboard, resolve(workdir, cfg.leaderboard))
         log_json_artifact(metrics_view(result.leaderboard), resolve(workdir, cfg.metrics))
     for candidate in result.leaderboard["candidates"]:
         if candidate["status"] == "skipped":
             say(f"S4 select: {candidate['name']} skipped: {candidate['reason']}")
     for report in result.leaderboard["clusters"]:
-        say(f"S4 select: cluster #{report['cluster_id']} -> {report['selected']} ({report['selected_mode']}): "
-            f"{report['reason']}")
+        say(
+            f"S4 select: cluster #{report['cluster_id']} -> {report['selected']} ({report['selected_mode']}): "
+            f"{report['reason']}"
+        )
     return result.leaderboard

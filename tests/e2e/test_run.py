@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from components.config import load_params
-from components.demo_data import DemoDataConfig, build_demo_calls
+from components.collect.demo_data import DemoDataConfig, build_demo_calls
+from components.core.config import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -20,8 +20,12 @@ def small_params(tmp_path: Path) -> Path:
     """The real params, shrunk so the run takes a few minutes on 2 CPU cores."""
     params = load_params(ROOT / "params.yaml")
     params["demo_data"].update(max_records=120, malformed_lines=5, pii_share=0.3)
-    params["discover"].update(min_cluster_size_to_convert=8, max_clusters_to_convert=1, max_test_per_cluster=4,
-                              hdbscan={"min_cluster_size": 8, "min_samples": 3})
+    params["discover"].update(
+        min_cluster_size_to_convert=8,
+        max_clusters_to_convert=1,
+        max_test_per_cluster=4,
+        hdbscan={"min_cluster_size": 8, "min_samples": 3},
+    )
     params["finetune"].update(max_steps=3, max_length=320)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -43,11 +47,28 @@ def conversion(tmp_path_factory):
     workdir = tmp_path / "work"
     experiment = f"e2e-{uuid.uuid4().hex[:8]}"
     with prefect_test_harness(server_startup_timeout=180):
-        result = CliRunner().invoke(app, ["run", "--input", str(input_path), "--workdir", str(workdir),
-                                          "--params", str(params_path), "--experiment", experiment])
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                "--input",
+                str(input_path),
+                "--workdir",
+                str(workdir),
+                "--params",
+                str(params_path),
+                "--experiment",
+                experiment,
+            ],
+        )
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
-    return {"workdir": workdir, "output": result.output, "experiment": experiment, "lines": lines,
-            "malformed": demo_cfg.malformed_lines}
+    return {
+        "workdir": workdir,
+        "output": result.output,
+        "experiment": experiment,
+        "lines": lines,
+        "malformed": demo_cfg.malformed_lines,
+    }
 
 
 def test_quarantine_holds_every_malformed_line(conversion):
@@ -66,7 +87,8 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_step(conversion):
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     assert sorted(r.data.tags["llm2slm.step"] for r in children) == sorted(
-        ["collect", "anonymize", "discover", "select", "finetune", "evaluate"])
+        ["collect", "anonymize", "discover", "select", "finetune", "evaluate"]
+    )
     assert (conversion["workdir"] / "mlartifacts").is_dir()
 
 
@@ -109,9 +131,14 @@ def test_no_injected_pii_reaches_curated_data_reports_or_mlflow(conversion):
         emails |= set(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", line))
     assert emails, "the demo data should carry synthetic emails"
     workdir = conversion["workdir"]
-    scanned = [p for p in workdir.rglob("*") if p.is_file() and p.suffix in {".json", ".jsonl", ".html", ".md",
-                                                                               ".parquet", ".txt", ".yaml"}
-               and "raw" not in p.parts and "collected" not in p.parts]
+    scanned = [
+        p
+        for p in workdir.rglob("*")
+        if p.is_file()
+        and p.suffix in {".json", ".jsonl", ".html", ".md", ".parquet", ".txt", ".yaml"}
+        and "raw" not in p.parts
+        and "collected" not in p.parts
+    ]
     assert scanned
     for path in scanned:
         content = path.read_bytes().decode("utf-8", errors="ignore")

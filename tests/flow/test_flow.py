@@ -25,8 +25,13 @@ def test_a_failing_step_fails_the_flow_and_the_parent_run(harness, tmp_path, mon
     empty_log = tmp_path / "empty.jsonl"
     empty_log.write_text("not json at all\n")  # every line quarantined: nothing for S2 onwards
     experiment = f"flow-{uuid.uuid4().hex[:8]}"
-    state = llm_to_slm(params_path=str(ROOT / "params.yaml"), workdir=str(tmp_path / "work"),
-                       input_path=str(empty_log), experiment=experiment, return_state=True)
+    state = llm_to_slm(
+        params_path=str(ROOT / "params.yaml"),
+        workdir=str(tmp_path / "work"),
+        input_path=str(empty_log),
+        experiment=experiment,
+        return_state=True,
+    )
     assert state.is_failed()
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")

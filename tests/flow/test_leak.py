@@ -18,11 +18,23 @@ from benchmarks.anonymization_data import PiiFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 CUES = ["My name is {name}", "Hi, this is {name}", "Dear {name}"]
-SEND = {"type": "function", "function": {
-    "name": "update_contact", "description": "Update a customer. Escalations go to {support}.",
-    "parameters": {"type": "object", "required": ["email"], "properties": {
-        "email": {"type": "string"}, "phone": {"type": "string"}, "last_name": {"type": "string"},
-        "note": {"type": "string"}}}}}
+SEND = {
+    "type": "function",
+    "function": {
+        "name": "update_contact",
+        "description": "Update a customer. Escalations go to {support}.",
+        "parameters": {
+            "type": "object",
+            "required": ["email"],
+            "properties": {
+                "email": {"type": "string"},
+                "phone": {"type": "string"},
+                "last_name": {"type": "string"},
+                "note": {"type": "string"},
+            },
+        },
+    },
+}
 
 
 def leaky_calls(n: int, seed: int = 11) -> tuple[list[str], set[str]]:
@@ -33,25 +45,57 @@ def leaky_calls(n: int, seed: int = 11) -> tuple[list[str], set[str]]:
     lines = []
     for index in range(n):
         name, email, phone = factory.person(), factory.email(), factory.phone()
-        extra = {"card": factory.card(), "ssn": factory.ssn(), "ip": factory.ip(), "iban": factory.iban(),
-                 "secret": factory.secret(), "address": factory.address(), "mrn": factory.mrn()}
+        extra = {
+            "card": factory.card(),
+            "ssn": factory.ssn(),
+            "ip": factory.ip(),
+            "iban": factory.iban(),
+            "secret": factory.secret(),
+            "address": factory.address(),
+            "mrn": factory.mrn(),
+        }
         support = factory.email()
         values |= {name, email, phone, support, *extra.values()}
-        prompt = (f"{rng.choice(CUES).format(name=name)}. Please change my email to {email} and my phone to {phone}. "
-                  f"Card {extra['card']}, SSN {extra['ssn']}, login from {extra['ip']}, IBAN {extra['iban']}, "
-                  f"API key {extra['secret']}, I live at {extra['address']}, MRN: {extra['mrn']}.")
+        prompt = (
+            f"{rng.choice(CUES).format(name=name)}. Please change my email to {email} and my phone to {phone}. "
+            f"Card {extra['card']}, SSN {extra['ssn']}, login from {extra['ip']}, IBAN {extra['iban']}, "
+            f"API key {extra['secret']}, I live at {extra['address']}, MRN: {extra['mrn']}."
+        )
         tool = json.loads(json.dumps(SEND).replace("{support}", support))
         arguments = {"email": email, "phone": phone, "last_name": name.split()[-1], "note": f"IBAN {extra['iban']}"}
-        lines.append(json.dumps({
-            "id": f"call-{index:03d}", "agent": "crm",
-            "request": {"model": "gpt-4o", "tools": [tool], "messages": [
-                {"role": "system", "content": "You update CRM contacts. Never repeat the SSN."},
-                {"role": "user", "content": prompt}]},
-            "response": {"choices": [{"message": {"role": "assistant", "tool_calls": [{
-                "id": f"tc{index}", "type": "function",
-                "function": {"name": "update_contact", "arguments": json.dumps(arguments)}}]}}],
-                "usage": {"prompt_tokens": 120, "completion_tokens": 30}},
-        }))
+        lines.append(
+            json.dumps(
+                {
+                    "id": f"call-{index:03d}",
+                    "agent": "crm",
+                    "request": {
+                        "model": "gpt-4o",
+                        "tools": [tool],
+                        "messages": [
+                            {"role": "system", "content": "You update CRM contacts. Never repeat the SSN."},
+                            {"role": "user", "content": prompt},
+                        ],
+                    },
+                    "response": {
+                        "choices": [
+                            {
+                                "message": {
+                                    "role": "assistant",
+                                    "tool_calls": [
+                                        {
+                                            "id": f"tc{index}",
+                                            "type": "function",
+                                            "function": {"name": "update_contact", "arguments": json.dumps(arguments)},
+                                        }
+                                    ],
+                                }
+                            }
+                        ],
+                        "usage": {"prompt_tokens": 120, "completion_tokens": 30},
+                    },
+                }
+            )
+        )
     lines.append(lines[0].replace('"call-000"', '"call-dup"'))  # removed by curation, listed by id only
     lines.append(f'{{"id": "broken", "request": "{sorted(values)[0]} {sorted(values)[1]}"')  # quarantined, never copied
     return lines, values
@@ -77,7 +121,7 @@ def leak_run(tmp_path_factory):
     from flows.steps import load_pipeline_config
     from tasks.anonymize import anonymize_task
     from tasks.collect import collect_task
-    from tasks.tracking import end_parent_run, start_parent_run
+    from tasks.helpers.tracking import end_parent_run, start_parent_run
 
     base = tmp_path_factory.mktemp("leak")
     lines, values = leaky_calls(24)
@@ -96,11 +140,13 @@ def leak_run(tmp_path_factory):
         return audit
 
     with prefect_test_harness(server_startup_timeout=180):
-        with settings.temporary_settings(updates={
-            settings.PREFECT_HOME: prefect_home,
-            settings.PREFECT_LOCAL_STORAGE_PATH: prefect_home / "storage",
-            settings.PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
-        }):
+        with settings.temporary_settings(
+            updates={
+                settings.PREFECT_HOME: prefect_home,
+                settings.PREFECT_LOCAL_STORAGE_PATH: prefect_home / "storage",
+                settings.PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+            }
+        ):
             audit = s1_s2(str(ROOT / "params.yaml"), str(workdir), str(input_path))
         database = Path(settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
         # The harness's server writes its SQLite file while it runs: read it before the harness deletes it.
@@ -119,12 +165,26 @@ def test_no_injected_value_in_any_file_the_run_wrote(capfd, leak_run):
     collected = json.loads((leak_run["workdir"] / "reports" / "collect.json").read_text())
     assert collected["duplicates_skipped"] == 1
     assert audit["records_in"] == 24 and audit["curation"]["removed_by_reason"] == {}
-    for entity in ("PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IP_ADDRESS", "IBAN_CODE",
-                   "SECRET", "STREET_ADDRESS", "MEDICAL_RECORD_NUMBER"):
+    for entity in (
+        "PERSON",
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "US_SSN",
+        "IP_ADDRESS",
+        "IBAN_CODE",
+        "SECRET",
+        "STREET_ADDRESS",
+        "MEDICAL_RECORD_NUMBER",
+    ):
         assert audit["records_per_entity"].get(entity) == 24, entity
     assert (leak_run["workdir"] / "reports" / "anonymization.html").is_file()
-    files = [path for root in (leak_run["workdir"], leak_run["prefect_home"], leak_run["database"])
-             for path in root.rglob("*") if path.is_file()]
+    files = [
+        path
+        for root in (leak_run["workdir"], leak_run["prefect_home"], leak_run["database"])
+        for path in root.rglob("*")
+        if path.is_file()
+    ]
     names = {path.name for path in files}
     assert {"mlflow.db", "records.parquet", "anonymization.json", "prefect-test.db"} <= names
     assert any("storage" in path.parts for path in files), "Prefect persisted no result"

@@ -19,39 +19,134 @@ import numpy as np
 import pytest
 import yaml
 
-from components.finetune import FinetuneResult
+from components.finetune.train import FinetuneResult
 from components.slm import render_target
-from tests.unit.tiny_models import build_tiny_model, write_tiny_catalog
+from tests.support.tiny_models import build_tiny_model, write_tiny_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = {
-    "get_weather": ("city", ["Paris", "Berlin", "Tokyo", "Lima", "Oslo", "Cairo", "Quito", "Perth", "Rome", "Kyiv",
-                             "Dakar", "Hanoi", "Sofia", "Minsk", "Riga", "Bern", "Doha", "Male", "Suva", "Apia",
-                             "Baku", "Lome", "Nuuk", "Oran", "Pune", "Kobe", "Nice", "Bonn", "Graz", "Linz"]),
+    "get_weather": (
+        "city",
+        [
+            "Paris",
+            "Berlin",
+            "Tokyo",
+            "Lima",
+            "Oslo",
+            "Cairo",
+            "Quito",
+            "Perth",
+            "Rome",
+            "Kyiv",
+            "Dakar",
+            "Hanoi",
+            "Sofia",
+            "Minsk",
+            "Riga",
+            "Bern",
+            "Doha",
+            "Male",
+            "Suva",
+            "Apia",
+            "Baku",
+            "Lome",
+            "Nuuk",
+            "Oran",
+            "Pune",
+            "Kobe",
+            "Nice",
+            "Bonn",
+            "Graz",
+            "Linz",
+        ],
+    ),
     "get_time": ("zone", [f"UTC+{i}" for i in range(30)]),
-    "convert_currency": ("currency", ["EUR", "USD", "JPY", "GBP", "CHF", "CAD", "AUD", "NZD", "SEK", "NOK", "DKK",
-                                      "PLN", "CZK", "HUF", "RON", "BGN", "TRY", "ZAR", "BRL", "MXN", "INR", "CNY",
-                                      "KRW", "SGD", "HKD", "THB", "IDR", "MYR", "PHP", "ILS"]),
+    "convert_currency": (
+        "currency",
+        [
+            "EUR",
+            "USD",
+            "JPY",
+            "GBP",
+            "CHF",
+            "CAD",
+            "AUD",
+            "NZD",
+            "SEK",
+            "NOK",
+            "DKK",
+            "PLN",
+            "CZK",
+            "HUF",
+            "RON",
+            "BGN",
+            "TRY",
+            "ZAR",
+            "BRL",
+            "MXN",
+            "INR",
+            "CNY",
+            "KRW",
+            "SGD",
+            "HKD",
+            "THB",
+            "IDR",
+            "MYR",
+            "PHP",
+            "ILS",
+        ],
+    ),
 }
-QUESTION = {"get_weather": "What is the weather like in {} today?", "get_time": "Which time is it now in zone {}?",
-            "convert_currency": "Convert one hundred dollars into {} please."}
+QUESTION = {
+    "get_weather": "What is the weather like in {} today?",
+    "get_time": "Which time is it now in zone {}?",
+    "convert_currency": "Convert one hundred dollars into {} please.",
+}
 
 
 def call_line(batch: int, tool: str, index: int) -> str:
     argument, values = TOOLS[tool]
     value = values[index % len(values)]
-    schema = {"type": "function", "function": {"name": tool, "description": f"{tool} tool.", "parameters": {
-        "type": "object", "properties": {argument: {"type": "string"}}, "required": [argument]}}}
-    return json.dumps({
-        "id": f"b{batch}-{tool}-{index}", "agent": "travel",
-        "request": {"model": "gpt-4o", "tools": [schema], "messages": [
-            {"role": "system", "content": "You are a travel assistant."},
-            {"role": "user", "content": QUESTION[tool].format(value) + f" (request {batch}.{index})"}]},
-        "response": {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [
-            {"id": f"c{index}", "type": "function",
-             "function": {"name": tool, "arguments": json.dumps({argument: value})}}]}}],
-            "usage": {"prompt_tokens": 120, "completion_tokens": 20}},
-    })
+    schema = {
+        "type": "function",
+        "function": {
+            "name": tool,
+            "description": f"{tool} tool.",
+            "parameters": {"type": "object", "properties": {argument: {"type": "string"}}, "required": [argument]},
+        },
+    }
+    return json.dumps(
+        {
+            "id": f"b{batch}-{tool}-{index}",
+            "agent": "travel",
+            "request": {
+                "model": "gpt-4o",
+                "tools": [schema],
+                "messages": [
+                    {"role": "system", "content": "You are a travel assistant."},
+                    {"role": "user", "content": QUESTION[tool].format(value) + f" (request {batch}.{index})"},
+                ],
+            },
+            "response": {
+                "choices": [
+                    {
+                        "message": {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "id": f"c{index}",
+                                    "type": "function",
+                                    "function": {"name": tool, "arguments": json.dumps({argument: value})},
+                                }
+                            ],
+                        }
+                    }
+                ],
+                "usage": {"prompt_tokens": 120, "completion_tokens": 20},
+            },
+        }
+    )
 
 
 def write_batch(path: Path, batch: int, counts: dict[str, int]) -> Path:
@@ -72,24 +167,32 @@ def tool_embeddings(records):
     return matrix + rng.normal(0, 0.01, matrix.shape)
 
 
-def stand_in_finetune(base_reference, train_records, cfg, output_dir, eval_records=None, progress_callback=None,
-                      checkpoint_dir=None):
+def stand_in_finetune(
+    base_reference, train_records, cfg, output_dir, eval_records=None, progress_callback=None, checkpoint_dir=None
+):
     output_dir.mkdir(parents=True, exist_ok=True)
     quality = min(1.0, max(cfg.max_steps, 0) / 10)
     (output_dir / "quality.json").write_text(json.dumps({"quality": quality}))
-    return FinetuneResult(adapter_dir=str(output_dir), base_model=base_reference, steps=max(cfg.max_steps, 0),
-                          train_loss=1.0 - quality, loss_history=[(1, 1.0 - quality)],
-                          n_train=len(train_records))
+    return FinetuneResult(
+        adapter_dir=str(output_dir),
+        base_model=base_reference,
+        steps=max(cfg.max_steps, 0),
+        train_loss=1.0 - quality,
+        loss_history=[(1, 1.0 - quality)],
+        n_train=len(train_records),
+    )
 
 
-def stand_in_answers(reference, records, max_new_tokens, batch_size, label, adapter_dir=None, loaded=None,
-                     constrain_tool_calls=True):
+def stand_in_answers(
+    reference, records, max_new_tokens, batch_size, label, adapter_dir=None, loaded=None, constrain_tool_calls=True
+):
     """The first quality × n calls answered right, the rest wrong; a base model (no adapter) answers none."""
     marker = Path(adapter_dir) / "quality.json" if adapter_dir else None
     quality = json.loads(marker.read_text())["quality"] if marker and marker.exists() else 0.0
     right = round(quality * len(records))
-    return [(render_target(r.response) if i < right else "I cannot help with that.", 5.0)
-            for i, r in enumerate(records)]
+    return [
+        (render_target(r.response) if i < right else "I cannot help with that.", 5.0) for i, r in enumerate(records)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -101,27 +204,36 @@ def harness():
 
 
 def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(harness, tmp_path, monkeypatch):
-    from functools import partial
 
     import tasks.discover
     import tasks.finetune
     import tasks.select
-    from components.discover import discover
+    from components.discover.discovery import discover
     from flows.refresh import refresh
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tasks.finetune, "finetune", stand_in_finetune)
     monkeypatch.setattr(tasks.select, "generate_answers", stand_in_answers)
-    monkeypatch.setattr(tasks.discover, "discover",
-                        lambda records, cfg, previous=None, **_: discover(
-                            records, cfg, embeddings=tool_embeddings(records), reducer=Identity(), previous=previous))
+    monkeypatch.setattr(
+        tasks.discover,
+        "discover",
+        lambda records, cfg, previous=None, **_: discover(
+            records, cfg, embeddings=tool_embeddings(records), reducer=Identity(), previous=previous
+        ),
+    )
     tiny = build_tiny_model(tmp_path / "tiny")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["anonymize"]["entities"] = ["EMAIL_ADDRESS", "PHONE_NUMBER"]
     params["anonymize"]["curate"]["near_duplicate_threshold"] = None
-    params["discover"].update({"hdbscan": {"min_cluster_size": 4, "min_samples": 2}, "test_fraction": 0.3,
-                               "max_test_per_cluster": 4, "min_cluster_size_to_convert": 8,
-                               "max_clusters_to_convert": 3})
+    params["discover"].update(
+        {
+            "hdbscan": {"min_cluster_size": 4, "min_samples": 2},
+            "test_fraction": 0.3,
+            "max_test_per_cluster": 4,
+            "min_cluster_size_to_convert": 8,
+            "max_clusters_to_convert": 3,
+        }
+    )
     params["select"].update(candidates=["tiny"], catalog=write_tiny_catalog(tmp_path / "catalog.yaml", tiny))
     params["refresh"]["max_fresh_test_per_cluster"] = 4
     work, experiment = tmp_path / "work", f"refresh-{uuid.uuid4().hex[:8]}"
@@ -130,8 +242,12 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
         params["finetune"]["max_steps"] = max_steps
         params_path = tmp_path / f"params_{batch}.yaml"
         params_path.write_text(yaml.safe_dump(params))
-        return refresh(params_path=str(params_path), workdir=str(work), experiment=experiment,
-                       input_path=str(write_batch(tmp_path / f"batch{batch}.jsonl", batch, counts)))
+        return refresh(
+            params_path=str(params_path),
+            workdir=str(work),
+            experiment=experiment,
+            input_path=str(write_batch(tmp_path / f"batch{batch}.jsonl", batch, counts)),
+        )
 
     # 1: weather and time calls; both clusters are new, trained 4 steps (40 % right): promoted over the base SLM.
     first = run(1, {"get_weather": 14, "get_time": 12}, max_steps=4)
@@ -153,14 +269,17 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
     third = run(3, {"get_weather": 10, "convert_currency": 6}, max_steps=10)
     weather_3 = next(e for e in third["clusters"] if e["cluster_id"] == weather)
     assert weather_3["promoted"], weather_3["reason"]
-    assert weather_3["systems"]["challenger"]["regression_score"] >= weather_3["systems"]["champion"]["regression_score"]
+    assert (
+        weather_3["systems"]["challenger"]["regression_score"] >= weather_3["systems"]["champion"]["regression_score"]
+    )
 
     name = weather_3["registered_model"]["name"]
     mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(name, "champion").version) == weather_3["registered_model"]["version"]
-    parents = mlflow.search_runs(experiment_names=[experiment], filter_string="tags.`llm2slm.step` = 'refresh'",
-                                 output_format="list")
+    parents = mlflow.search_runs(
+        experiment_names=[experiment], filter_string="tags.`llm2slm.step` = 'refresh'", output_format="list"
+    )
     assert len(parents) == 3 and all(run.info.status == "FINISHED" for run in parents)
     latest = max(parents, key=lambda run: run.info.start_time)
     assert latest.data.tags[f"cluster_{weather}.promoted"] == "True"
@@ -175,8 +294,10 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
 
     from flows.cli import app
 
-    result = CliRunner().invoke(app, ["rollback", "--cluster", str(weather), "--workdir", str(work),
-                                      "--params", str(tmp_path / "params_3.yaml")])
+    result = CliRunner().invoke(
+        app,
+        ["rollback", "--cluster", str(weather), "--workdir", str(work), "--params", str(tmp_path / "params_3.yaml")],
+    )
     assert result.exit_code == 0, result.output
     first_version = next(e for e in first["clusters"] if e["cluster_id"] == weather)["registered_model"]["version"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == first_version

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.config import load_params
+from components.core.config import load_params
 from tests.integration.services import ROOT, Topology, start_topology
-from tests.unit.tiny_models import write_tiny_catalog
+from tests.support.tiny_models import write_tiny_catalog
 
 DEPLOYMENT = "integration"
 
@@ -37,8 +37,12 @@ def small_params(workdir: Path, model_dir: str) -> Path:
     """The real params shrunk to a small slice: few records, one cluster, a tiny model, two LoRA steps, Dask."""
     params = load_params(ROOT / "params.yaml")
     params["demo_data"].update(max_records=90, malformed_lines=2, pii_share=0.3)
-    params["discover"].update(min_cluster_size_to_convert=8, max_clusters_to_convert=1, max_test_per_cluster=3,
-                              hdbscan={"min_cluster_size": 8, "min_samples": 3})
+    params["discover"].update(
+        min_cluster_size_to_convert=8,
+        max_clusters_to_convert=1,
+        max_test_per_cluster=3,
+        hdbscan={"min_cluster_size": 8, "min_samples": 3},
+    )
     write_tiny_catalog(workdir / "catalog.yaml", model_dir, name="tiny-llama", licence="Apache-2.0")
     # Relative to the work dir, like every path of params: a copy of the work dir keeps its S4 stage lock.
     params["select"].update(candidates=["tiny-llama"], catalog="catalog.yaml", max_new_tokens=8)
@@ -55,8 +59,8 @@ def small_params(workdir: Path, model_dir: str) -> Path:
 @pytest.fixture(scope="session")
 def conversion_inputs(topology: Topology):
     """A work directory with the small params, the demo log and a tiny random-weight model."""
-    from components.demo_data import DemoDataConfig, build_demo_calls
-    from tests.unit.tiny_models import build_tiny_model
+    from components.collect.demo_data import DemoDataConfig, build_demo_calls
+    from tests.support.tiny_models import build_tiny_model
 
     workdir = topology.base / "work"
     workdir.mkdir()
@@ -73,8 +77,9 @@ def prefect_client_settings(topology: Topology):
     """Point this test process's Prefect client at the topology's server."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: topology.prefect_api_url,
-                             PREFECT_HOME: str(topology.base / "prefect-home")}):
+    with temporary_settings(
+        {PREFECT_API_URL: topology.prefect_api_url, PREFECT_HOME: str(topology.base / "prefect-home")}
+    ):
         yield
 
 
@@ -109,11 +114,17 @@ def conversion(topology: Topology, conversion_inputs, prefect_client_settings):
     from prefect.deployments import run_deployment
 
     experiment = f"integration-{uuid.uuid4().hex[:8]}"
-    flow_run = run_deployment(deploy_conversion(), timeout=900, parameters={
-        "params_path": str(conversion_inputs["params"]), "workdir": str(conversion_inputs["workdir"]),
-        "input_path": str(conversion_inputs["input"]), "experiment": experiment})
+    flow_run = run_deployment(
+        deploy_conversion(),
+        timeout=900,
+        parameters={
+            "params_path": str(conversion_inputs["params"]),
+            "workdir": str(conversion_inputs["workdir"]),
+            "input_path": str(conversion_inputs["input"]),
+            "experiment": experiment,
+        },
+    )
     if not flow_run.state.is_completed():
         worker = topology.servers["cpu-worker"].log_tail(8000)
         pytest.fail(f"flow run {flow_run.id} ended {flow_run.state.type}: {flow_run.state.message}\n{worker}")
     return {**conversion_inputs, "flow_run": flow_run, "experiment": experiment}
-

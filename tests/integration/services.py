@@ -17,13 +17,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
-from components.assets import cache_dir
+from components.core.assets import cache_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY_FILE = ROOT / "infra" / "topology.yaml"
@@ -69,9 +69,16 @@ class Server:
 
     def launch(self) -> Server:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True, user=self.user,
-                                        cwd=self.log_path.parent)
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            user=self.user,
+            cwd=self.log_path.parent,
+        )
         log.close()
         return self
 
@@ -125,6 +132,7 @@ def http_ok(url: str) -> Callable[[], bool]:
                 return response.status == 200
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             return False
+
     return check
 
 
@@ -175,32 +183,50 @@ class Topology:
     def native_values(self) -> dict[str, str]:
         """The value of every environment name a service of the topology reads, for this native run."""
         return {
-            "POSTGRES_USER": DB_USER, "POSTGRES_PASSWORD": DB_PASSWORD, "POSTGRES_DB": "prefect",
-            "MINIO_ROOT_USER": S3_KEY, "MINIO_ROOT_PASSWORD": S3_SECRET,
-            "S3_ACCESS_KEY_ID": S3_KEY, "S3_SECRET_ACCESS_KEY": S3_SECRET,
+            "POSTGRES_USER": DB_USER,
+            "POSTGRES_PASSWORD": DB_PASSWORD,
+            "POSTGRES_DB": "prefect",
+            "MINIO_ROOT_USER": S3_KEY,
+            "MINIO_ROOT_PASSWORD": S3_SECRET,
+            "S3_ACCESS_KEY_ID": S3_KEY,
+            "S3_SECRET_ACCESS_KEY": S3_SECRET,
             "PREFECT_API_DATABASE_CONNECTION_URL": self.db_url("prefect", "postgresql+asyncpg"),
-            "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_SERVER_API_PORT": str(self.ports["prefect-server"]),
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.ports["prefect-server"]),
             "PREFECT_UI_API_URL": self.prefect_api_url,
             "MLFLOW_BACKEND_STORE_URI": self.db_url("mlflow", "postgresql+psycopg2"),
             "MLFLOW_ARTIFACTS_DESTINATION": "s3://mlflow/artifacts",
-            "MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(self.ports["mlflow-server"]), "MLFLOW_WORKERS": "1",
+            "MLFLOW_HOST": "127.0.0.1",
+            "MLFLOW_PORT": str(self.ports["mlflow-server"]),
+            "MLFLOW_WORKERS": "1",
             "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{self.ports['mlflow-server']},localhost:*",
-            "MLFLOW_S3_ENDPOINT_URL": self.s3_url, "AWS_ENDPOINT_URL_S3": self.s3_url,
-            "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-            "PREFECT_API_URL": self.prefect_api_url, "MLFLOW_TRACKING_URI": self.mlflow_url,
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+            "MLFLOW_S3_ENDPOINT_URL": self.s3_url,
+            "AWS_ENDPOINT_URL_S3": self.s3_url,
+            "AWS_ACCESS_KEY_ID": S3_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "PREFECT_API_URL": self.prefect_api_url,
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
             "LLM2SLM_CACHE": str(cache_dir()),
-            "HF_HUB_OFFLINE": "1", "NVIDIA_VISIBLE_DEVICES": "none",  # the GPU worker is not started here
+            "HF_HUB_OFFLINE": "1",
+            "NVIDIA_VISIBLE_DEVICES": "none",  # the GPU worker is not started here
         }
 
     def service_env(self, name: str) -> dict[str, str]:
         """Process environment for a service: a clean base plus exactly the names the topology lists for it."""
         values = self.native_values()
         env = {key: os.environ[key] for key in ("PATH", "LANG", "LC_ALL", "TMPDIR") if key in os.environ}
-        env.update(PREFECT_HOME=str(self.base / "prefect-home"), HOME=str(self.base / "home"),
-                   PYTHONPATH=str(ROOT), PREFECT_SERVER_ANALYTICS_ENABLED="false",
-                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
-                   PREFECT_API_DATABASE_MIGRATE_ON_START="true", AWS_DEFAULT_REGION="us-east-1")
+        env.update(
+            PREFECT_HOME=str(self.base / "prefect-home"),
+            HOME=str(self.base / "home"),
+            PYTHONPATH=str(ROOT),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            TOKENIZERS_PARALLELISM="false",
+            PYTHONUNBUFFERED="1",
+            PREFECT_API_DATABASE_MIGRATE_ON_START="true",
+            AWS_DEFAULT_REGION="us-east-1",
+        )
         env.update({key: values[key] for key in self.topology["services"][name].get("environment", [])})
         return env
 
@@ -218,16 +244,49 @@ class Topology:
             if user:
                 shutil.chown(data, user)
                 shutil.chown(password_file, user)
-            subprocess.run([postgres_bin("initdb"), "-D", str(data), "-U", DB_USER, "--auth=scram-sha-256",
-                            f"--pwfile={password_file}", "-E", "UTF8", "--no-sync"], check=True,
-                           capture_output=True, user=user, cwd=self.base)
+            subprocess.run(
+                [
+                    postgres_bin("initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    DB_USER,
+                    "--auth=scram-sha-256",
+                    f"--pwfile={password_file}",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ],
+                check=True,
+                capture_output=True,
+                user=user,
+                cwd=self.base,
+            )
             password_file.unlink()
         port = self.ports["postgres"]
-        server = Server("postgres", [postgres_bin("postgres"), "-D", str(data), "-p", str(port),
-                                     "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}",
-                                     "-c", "fsync=off", "-c", "max_connections=200"],
-                        self.service_env("postgres"), self.base / "postgres.log", self._postgres_ready, user=user,
-                        stop_signal=signal.SIGINT)
+        server = Server(
+            "postgres",
+            [
+                postgres_bin("postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                f"unix_socket_directories={data}",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            self.service_env("postgres"),
+            self.base / "postgres.log",
+            self._postgres_ready,
+            user=user,
+            stop_signal=signal.SIGINT,
+        )
         self.servers["postgres"] = server.start()
         self._create_databases()
         return server
@@ -255,9 +314,13 @@ class Topology:
 
     def start_object_store(self) -> Server:
         spec = self.topology["services"]["object-store"]
-        server = Server("object-store", native_argv(spec, self.ports["object-store"]),
-                        self.service_env("object-store"), self.base / "object-store.log",
-                        http_ok(f"{self.s3_url}/moto-api/"))
+        server = Server(
+            "object-store",
+            native_argv(spec, self.ports["object-store"]),
+            self.service_env("object-store"),
+            self.base / "object-store.log",
+            http_ok(f"{self.s3_url}/moto-api/"),
+        )
         self.servers["object-store"] = server.start()
         s3 = self.s3_client()
         for bucket in self.topology["buckets"]:
@@ -267,31 +330,45 @@ class Topology:
     def s3_client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.s3_url, aws_access_key_id=S3_KEY,
-                            aws_secret_access_key=S3_SECRET, region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_url,
+            aws_access_key_id=S3_KEY,
+            aws_secret_access_key=S3_SECRET,
+            region_name="us-east-1",
+        )
 
     def launch_http_server(self, name: str) -> Server:
         """Start without waiting: the Prefect and MLflow servers migrate their databases side by side."""
         spec = self.topology["services"][name]
         url = f"http://127.0.0.1:{self.ports[name]}{spec['health']}"
-        server = Server(name, native_argv(spec, self.ports[name]), self.service_env(name),
-                        self.base / f"{name}.log", http_ok(url))
+        server = Server(
+            name, native_argv(spec, self.ports[name]), self.service_env(name), self.base / f"{name}.log", http_ok(url)
+        )
         self.servers[name] = server.launch()
         return server
 
     def start_worker(self, name: str = "cpu-worker") -> Server:
         spec = self.topology["services"][name]
         pool = spec["command"][spec["command"].index("--pool") + 1]
-        server = Server(name, native_argv(spec, 0), self.service_env(name), self.base / f"{name}.log",
-                        lambda: self.worker_online(pool))
+        server = Server(
+            name,
+            native_argv(spec, 0),
+            self.service_env(name),
+            self.base / f"{name}.log",
+            lambda: self.worker_online(pool),
+        )
         self.servers[name] = server.start(120)
         return server
 
     def worker_online(self, pool: str) -> bool:
         import json
 
-        request = urllib.request.Request(f"{self.prefect_api_url}/work_pools/{pool}/workers/filter",
-                                         data=b"{}", headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.prefect_api_url}/work_pools/{pool}/workers/filter",
+            data=b"{}",
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=2) as response:
                 return any(w.get("status") == "ONLINE" for w in json.load(response))

@@ -44,7 +44,8 @@ def test_each_compose_service_matches_the_topology(name):
 def test_servers_listen_on_the_topology_port_through_their_environment():
     services = COMPOSE["services"]
     assert services["prefect-server"]["environment"]["PREFECT_SERVER_API_PORT"] == str(
-        TOPOLOGY["services"]["prefect-server"]["port"])
+        TOPOLOGY["services"]["prefect-server"]["port"]
+    )
     assert services["mlflow-server"]["environment"]["MLFLOW_PORT"] == str(TOPOLOGY["services"]["mlflow-server"]["port"])
     assert f":{TOPOLOGY['services']['object-store']['port']}" in services["object-store"]["command"]
 
@@ -79,8 +80,9 @@ def test_the_gpu_worker_gets_the_nvidia_runtime_and_a_gpu():
 
 
 def test_named_volumes_are_declared():
-    used = {v.split(":")[0] for s in COMPOSE["services"].values() for v in s.get("volumes", [])
-            if not v.startswith(".")}
+    used = {
+        v.split(":")[0] for s in COMPOSE["services"].values() for v in s.get("volumes", []) if not v.startswith(".")
+    }
     assert used == set(COMPOSE["volumes"])
 
 

@@ -4,7 +4,7 @@
   a run with `resume=True` skips S1-S4 (their stage locks still match), S5 resumes from its last checkpoint, and the
   conversion ends as a clean one does, with S1-S4's outputs byte for byte unchanged.
 - The MLflow server goes away between a model version's creation and its alias: the registration fails and
-  leaves no version behind (tasks/registry.py deletes it once the server is back).
+  leaves no version behind (tasks/helpers/registry.py deletes it once the server is back).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -35,8 +35,11 @@ def step_task_runs(client, since: datetime) -> list[str]:
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterStartTime
     from prefect.client.schemas.sorting import TaskRunSort
 
-    runs = client.read_task_runs(task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since)),
-                                 sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+    runs = client.read_task_runs(
+        task_run_filter=TaskRunFilter(start_time=TaskRunFilterStartTime(after_=since)),
+        sort=TaskRunSort.EXPECTED_START_TIME_ASC,
+        limit=200,
+    )
     names = [run.name.rsplit("-", 1)[0] for run in runs]  # Prefect appends "-<suffix>" to a task run's name
     return [name for name in names if name[:1] == "S" and name[1:2].isdigit()]
 
@@ -65,8 +68,9 @@ def kill_process_tree(pid: int) -> None:
             pass
 
 
-def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topology, conversion,
-                                                               prefect_client_settings, mlflow_client):
+def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(
+    topology: Topology, conversion, prefect_client_settings, mlflow_client
+):
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.states import Crashed
@@ -76,19 +80,24 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
     workdir = topology.base / f"resume-{uuid.uuid4().hex[:6]}"
     shutil.copytree(conversion["workdir"], workdir)
     params = yaml.safe_load((workdir / "params.yaml").read_text())
-    params["finetune"].update(max_steps=6, eval_steps=2, save_steps=2, early_stopping={"patience": 100,
-                                                                                        "threshold": 0.0})
+    params["finetune"].update(
+        max_steps=6, eval_steps=2, save_steps=2, early_stopping={"patience": 100, "threshold": 0.0}
+    )
     # Its own experiment and registered models: the conversion's stay as test_topology.py checks them.
     params["evaluate"]["registered_model_prefix"] = "resumed"
     (workdir / "params.yaml").write_text(yaml.safe_dump(params))
     before = upstream_snapshot(workdir, workdir / "params.yaml")
-    parameters = {"params_path": str(workdir / "params.yaml"), "workdir": str(workdir),
-                  "input_path": str(workdir / "agent-log.jsonl"), "experiment": f"resume-{uuid.uuid4().hex[:8]}",
-                  "resume": True}
+    parameters = {
+        "params_path": str(workdir / "params.yaml"),
+        "workdir": str(workdir),
+        "input_path": str(workdir / "agent-log.jsonl"),
+        "experiment": f"resume-{uuid.uuid4().hex[:8]}",
+        "resume": True,
+    }
     deployment = deploy_conversion()
     checkpoints = workdir / "models" / "checkpoints"
 
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     first = run_deployment(deployment, timeout=0, parameters=parameters)
     with get_client(sync_client=True) as client:
         deadline = time.monotonic() + 300
@@ -105,11 +114,13 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
         assert step_task_runs(client, started) == ["S5 finetune"]
 
         topology.start_worker("cpu-worker")
-        restarted = datetime.now(timezone.utc)
+        restarted = datetime.now(UTC)
         second = run_deployment(deployment, timeout=600, parameters=parameters)
         if not second.state.is_completed():
-            pytest.fail(f"resumed run ended {second.state.type}: {second.state.message}\n"
-                        f"{topology.servers['cpu-worker'].log_tail(8000)}")
+            pytest.fail(
+                f"resumed run ended {second.state.type}: {second.state.message}\n"
+                f"{topology.servers['cpu-worker'].log_tail(8000)}"
+            )
         assert step_task_runs(client, restarted) == ["S5 finetune", "S6 evaluate"]  # S1-S4 up to date
 
     assert upstream_snapshot(workdir, workdir / "params.yaml") == before  # S1-S4 outputs byte for byte unchanged
@@ -129,20 +140,21 @@ def test_killed_worker_mid_s5_resumes_without_redoing_s1_to_s4(topology: Topolog
         model = new["registered_model"]
         assert model["name"] == old["registered_model"]["name"].replace("llm2slm-", "resumed-", 1)
         assert model["version"] == "1"  # one version: the killed run never got to S6
-        assert str(mlflow_client.get_model_version_by_alias(model["name"], model["alias"]).version) == \
-            model["version"]
+        assert str(mlflow_client.get_model_version_by_alias(model["name"], model["alias"]).version) == model["version"]
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def test_mlflow_outage_during_registration_leaves_no_half_registered_version(topology: Topology, conversion,
-                                                                             mlflow_client, monkeypatch):
+def test_mlflow_outage_during_registration_leaves_no_half_registered_version(
+    topology: Topology, conversion, mlflow_client, monkeypatch
+):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.registry import register_challenger
+    from tasks.helpers.registry import register_challenger
 
     model_uri = json.loads((conversion["workdir"] / "reports" / "finetune.json").read_text())["clusters"][0][
-        "model_uri"]
+        "model_uri"
+    ]
     name = f"integration-atomic-{uuid.uuid4().hex[:6]}"
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the alias call fails fast...
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")

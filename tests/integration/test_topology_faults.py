@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -44,8 +44,9 @@ def mlflow_back(topology: Topology, restart: threading.Timer) -> None:
     topology.servers["mlflow-server"].wait_healthy(240)
 
 
-def test_prefect_server_recovers_from_a_postgres_restart_and_loses_no_flow_run(topology: Topology, conversion,
-                                                                                prefect_client_settings):
+def test_prefect_server_recovers_from_a_postgres_restart_and_loses_no_flow_run(
+    topology: Topology, conversion, prefect_client_settings
+):
     from prefect import get_client
     from prefect.client.schemas.sorting import FlowRunSort
     from prefect.states import Scheduled
@@ -68,21 +69,26 @@ def test_prefect_server_recovers_from_a_postgres_restart_and_loses_no_flow_run(t
         after = eventually(lambda: all_runs(client))
         assert after == before
         # Writes work again: schedule a run for tomorrow (no worker picks it up now) and remove it.
-        later = datetime.now(timezone.utc) + timedelta(days=1)
-        created = eventually(lambda: client.create_flow_run_from_deployment(
-            deployment.id, state=Scheduled(scheduled_time=later),
-            parameters={"params_path": str(conversion["params"]), "workdir": str(conversion["workdir"])}))
+        later = datetime.now(UTC) + timedelta(days=1)
+        created = eventually(
+            lambda: client.create_flow_run_from_deployment(
+                deployment.id,
+                state=Scheduled(scheduled_time=later),
+                parameters={"params_path": str(conversion["params"]), "workdir": str(conversion["workdir"])},
+            )
+        )
         assert client.read_flow_run(created.id).state.is_scheduled()
         client.delete_flow_run(created.id)
     assert topology.servers["prefect-server"].running()
 
 
-def test_mlflow_outage_fails_clearly_past_the_retry_budget_and_is_bridged_by_back_off(topology: Topology,
-                                                                                     conversion, monkeypatch):
+def test_mlflow_outage_fails_clearly_past_the_retry_budget_and_is_bridged_by_back_off(
+    topology: Topology, conversion, monkeypatch
+):
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from tasks.tracking import TrackingConfig, start_parent_run
+    from tasks.helpers.tracking import TrackingConfig, start_parent_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", topology.mlflow_url)
     client = MlflowClient(tracking_uri=topology.mlflow_url)

@@ -1,7 +1,7 @@
 import pytest
 
-from components.schema import CallRecord
-from tests.unit.tiny_models import CITIES, build_tiny_model, weather_record
+from components.core.schema import CallRecord
+from tests.support.tiny_models import CITIES, build_tiny_model, weather_record
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from components.config import load_params, load_section
+from components.core.config import load_params, load_section
 from flows.steps import STEP_CONFIGS, load_pipeline_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +24,10 @@ def imported_top_level_modules(path: Path) -> set[str]:
 
 
 def test_components_import_no_orchestration_or_tracking_framework():
-    offenders = {str(p.relative_to(ROOT)): sorted(imported_top_level_modules(p) & FRAMEWORKS)
-                 for p in (ROOT / "components").rglob("*.py")}
+    offenders = {
+        str(p.relative_to(ROOT)): sorted(imported_top_level_modules(p) & FRAMEWORKS)
+        for p in (ROOT / "components").rglob("*.py")
+    }
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

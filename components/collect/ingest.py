@@ -1,0 +1,186 @@
+"""S1 collect: read the agent's logged LLM calls from every configured source, normalize them into CallRecords,
+quarantine what does not fit, and merge them into the collected records incrementally.
+
+The readers live in components/collect/sources/ (one per source kind, see its docstring for the ``--source`` forms).
+This module merges their output:
+
+* **incremental**: each source keeps a watermark in ``collect.state`` (byte offset per file, last trace time for
+  MLflow), so a re-run reads only what is new; the records collected before are read back and kept;
+* **deduplicated**: a record whose content hash (model, prompt, tools, answer) is already collected, from this or
+  another source, is skipped and counted, so a second ingestion of the same sources adds zero records;
+* **nothing silent**: every skipped input is either a quarantine entry (source, line, offset, reason: never the
+  text, it may hold PII) or a counted duplicate.
+
+The watermarks are only valid together with the records they describe: if the records file is gone (a fresh
+work dir, or a DVC stage output deleted before a run), the state is ignored and every source is read again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from components.collect.config import CollectConfig, FieldMapping, TokenPrice
+from components.collect.sources import SourceError, SourceSpec, parse_source, read_source
+from components.collect.sources.common import QuarantineEntry, RecordError, call_cost, content_hash, content_id
+from components.collect.sources.openai_jsonl import parse_call, read_lines
+from components.core.schema import CallRecord
+
+__all__ = [
+    "CollectConfig",
+    "CollectResult",
+    "FieldMapping",
+    "QuarantineEntry",
+    "RecordError",
+    "SourceError",
+    "TokenPrice",
+    "call_cost",
+    "collect_file",
+    "collect_lines",
+    "collect_sources",
+    "content_id",
+    "load_state",
+    "parse_call",
+    "source_specs",
+    "write_quarantine",
+    "write_state",
+]
+
+STATE_VERSION = 1
+
+
+@dataclass
+class CollectResult:
+    records: list[CallRecord] = field(default_factory=list)  # everything collected so far (previous + new)
+    quarantine: list[QuarantineEntry] = field(default_factory=list)  # this run's
+    duplicate_ids: int = 0
+    previous_records: int = 0
+    duplicates_skipped: int = 0
+    new_by_source: dict[str, int] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def new_records(self) -> int:
+        return len(self.records) - self.previous_records
+
+    def summary(self) -> dict[str, Any]:
+        by_source: dict[str, int] = {}
+        for record in self.records:
+            by_source[record.source] = by_source.get(record.source, 0) + 1
+        quarantined_by_source: dict[str, int] = {}
+        for entry in self.quarantine:
+            quarantined_by_source[entry.source] = quarantined_by_source.get(entry.source, 0) + 1
+        return {
+            "records": len(self.records),
+            "new_records": self.new_records,
+            "previous_records": self.previous_records,
+            "quarantined": len(self.quarantine),
+            "duplicates_skipped": self.duplicates_skipped,
+            "duplicate_ids_renamed": self.duplicate_ids,
+            "by_source": by_source,
+            "new_by_input": self.new_by_source,
+            "quarantined_by_input": quarantined_by_source,
+            "tool_call_records": sum(r.output_kind == "tool_call" for r in self.records),
+            "llm_cost_usd": round(sum(r.cost_usd or 0.0 for r in self.records), 6),
+        }
+
+
+class _Merger:
+    """Adds records to a collection, skipping known content and making colliding ids unique."""
+
+    def __init__(self, result: CollectResult) -> None:
+        self.result = result
+        self.hashes = {content_hash(record) for record in result.records}
+        self.ids = {record.record_id for record in result.records}
+
+    def add(self, record: CallRecord, position: str) -> bool:
+        digest = content_hash(record)
+        if digest in self.hashes:
+            self.result.duplicates_skipped += 1
+            return False
+        if record.record_id in self.ids:
+            # Two different calls logged under one id: keep both, make the second id unique and say so.
+            self.result.duplicate_ids += 1
+            record = record.model_copy(update={"record_id": f"{record.record_id}#{position}"})
+        self.hashes.add(digest)
+        self.ids.add(record.record_id)
+        self.result.records.append(record)
+        return True
+
+
+def source_specs(
+    cfg: CollectConfig, workdir: Path, cli_sources: Iterable[str] = (), cwd: Path | None = None
+) -> list[SourceSpec]:
+    """The sources of this run: those given on the command line (relative to ``cwd``), else ``collect.sources``,
+    else the single file ``collect.input`` (both relative to the work directory)."""
+    cli_sources = list(cli_sources)
+    if cli_sources:
+        return [parse_source(spec, cwd or Path.cwd()) for spec in cli_sources]
+    return [parse_source(spec, workdir) for spec in (cfg.sources or [cfg.input])]
+
+
+def load_state(path: Path, records_present: bool) -> dict[str, Any]:
+    if not records_present or not path.exists():
+        return {"version": STATE_VERSION, "sources": {}}
+    state = json.loads(path.read_text())
+    if state.get("version") != STATE_VERSION:
+        return {"version": STATE_VERSION, "sources": {}}
+    return state
+
+
+def write_state(state: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(state, indent=1, sort_keys=True))
+    partial.replace(path)
+    return path
+
+
+def collect_sources(
+    sources: list[SourceSpec],
+    cfg: CollectConfig,
+    previous: list[CallRecord] | None = None,
+    state: dict[str, Any] | None = None,
+    trace_fetcher: Callable[..., list[dict[str, Any]]] | None = None,
+) -> CollectResult:
+    """Read what is new in each source and merge it into ``previous``; the new state is ``result.state``."""
+    result = CollectResult(records=list(previous or []))
+    result.previous_records = len(result.records)
+    state = state or {"version": STATE_VERSION, "sources": {}}
+    result.state = {"version": STATE_VERSION, "sources": dict(state.get("sources", {}))}
+    merger = _Merger(result)
+    for source in sources:
+        batch = read_source(source, cfg, state.get("sources", {}).get(source.key, {}), trace_fetcher)
+        added = sum(merger.add(record, f"{source.kind}{index}") for index, record in enumerate(batch.records))
+        result.new_by_source[source.key] = added
+        result.quarantine.extend(batch.quarantine)
+        result.state["sources"][source.key] = batch.watermark
+    return result
+
+
+def collect_lines(lines: Iterable[str], cfg: CollectConfig) -> CollectResult:
+    """Normalize in-memory JSONL lines (no state, no dedupe by content: every valid call is kept)."""
+    batch = read_lines(lines, cfg)
+    result = CollectResult(quarantine=batch.quarantine)
+    seen_ids: set[str] = set()
+    for record in batch.records:
+        if record.record_id in seen_ids:
+            result.duplicate_ids += 1
+            record = record.model_copy(update={"record_id": f"{record.record_id}#L{len(result.records) + 1}"})
+        seen_ids.add(record.record_id)
+        result.records.append(record)
+    return result
+
+
+def collect_file(path: Path, cfg: CollectConfig) -> CollectResult:
+    """Every call of one JSONL log, read from its start."""
+    return collect_sources([SourceSpec("jsonl", str(Path(path).resolve()))], cfg)
+
+
+def write_quarantine(entries: list[QuarantineEntry], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(entry.to_json() + "\n" for entry in entries))
+    return path

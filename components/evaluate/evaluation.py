@@ -1,0 +1,233 @@
+"""Cost, latency, promotion gate and report, shared by S4 select and S6 evaluate. Framework-free on purpose.
+
+The per-answer metrics live in components/scoring/metrics.py and are re-exported here, where S6 has always found them.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from components.core.config import StepConfig
+from components.scoring.costs import (  # noqa: F401  (re-exported for S6)
+    latency_p50,
+    latency_percentile,
+    llm_cost_per_1k_calls,
+    slm_cost_per_1k_calls,
+)
+from components.scoring.metrics import (  # noqa: F401  (re-exported for S6)
+    METRICS,
+    PRIMARY_METRIC,
+    normalize_text,
+    score_json,
+    score_pairs,
+    score_text,
+    score_tool_calls,
+)
+
+SYSTEMS = ["llm", "slm_base", "slm_finetuned"]
+
+
+class PromotionGate(StepConfig):
+    primary_metric_floor_vs_llm: float = 0.30
+    min_gain_over_base: float = 0.0
+
+
+class EvaluateConfig(StepConfig):
+    curated: str = "data/curated/records.parquet"
+    splits: str = "data/splits/splits.parquet"
+    leaderboard: str = "reports/leaderboard.json"
+    base_predictions: str = "data/predictions/slm_base.parquet"
+    adapters: str = "models/adapters"
+    finetune_summary: str = "reports/finetune.json"
+    evaluation: str = "reports/evaluation.json"
+    metrics: str = "reports/metrics.json"
+    report: str = "reports/report.html"
+    predictions: str = "data/predictions/slm_finetuned.parquet"
+    max_new_tokens: int = 256  # a cap: the adapter's prompt spec holds its own, smaller budget
+    constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
+    batch_size: int = 8
+    slm_hourly_cost_usd: float = 0.40
+    promotion: PromotionGate = PromotionGate()
+    registered_model_prefix: str = "llm2slm"
+    alias: str = "champion"
+
+
+# ---- intervals, promotion -----------------------------------------------------------------------------
+
+
+# Metrics that are 0 or 1 per answer: their mean over n held-out calls is a proportion.
+BINARY_METRICS = frozenset({"full_call_match", "exact_match", "valid_json", "json_valid", "schema_valid"})
+
+
+def proportion_interval(rate: float, n: int, confidence: float = 0.95) -> list[float] | None:
+    """Wilson interval of a rate measured on ``n`` calls (sound at n = 10 and at 0 % or 100 %, where the normal
+    approximation is not); None without calls. With 10 held-out calls, 50 % means anything from 24 % to 76 %."""
+    if n <= 0:
+        return None
+    from scipy.stats import binomtest
+
+    interval = binomtest(round(rate * n), n).proportion_ci(confidence_level=confidence, method="wilson")
+    return [float(interval.low), float(interval.high)]
+
+
+def primary_metric_intervals(
+    scores: dict[str, dict[str, float]], primary_metric: str, n: int
+) -> dict[str, list[float] | None] | None:
+    """The 95 % interval of each system's primary metric, when that metric is a proportion; else None."""
+    if primary_metric not in BINARY_METRICS:
+        return None
+    return {system: proportion_interval(scores[system].get(primary_metric, 0.0), n) for system in scores}
+
+
+def promotion_decision(
+    scores: dict[str, dict[str, float]], primary_metric: str, gate: PromotionGate
+) -> tuple[bool, str]:
+    """Promote iff fine-tuned ≥ floor × LLM and fine-tuned > base + min gain, on the primary metric."""
+    llm, base, tuned = (scores[system].get(primary_metric, 0.0) for system in SYSTEMS)
+    floor = gate.primary_metric_floor_vs_llm * llm
+    bar = base + gate.min_gain_over_base
+    reaches_floor, beats_base = tuned >= floor, tuned > bar
+    reason = (
+        f"fine-tuned {primary_metric} {tuned:.3f} {'≥' if reaches_floor else '<'} "
+        f"{gate.primary_metric_floor_vs_llm:.2f} × LLM {llm:.3f} = {floor:.3f}, and "
+        f"{'>' if beats_base else '≤'} base {base:.3f} + {gate.min_gain_over_base:.3f} = {bar:.3f}"
+    )
+    promoted = reaches_floor and beats_base
+    return promoted, ("promoted: " if promoted else "not promoted: ") + reason
+
+
+# ---- reports ----------------------------------------------------------------------------------------------
+
+
+def _metric_columns(entry: dict[str, Any]) -> list[str]:
+    columns = list(METRICS.get(entry.get("output_kind", ""), []))
+    for system in SYSTEMS:
+        columns += [m for m in entry.get("scores", {}).get(system, {}) if m not in columns]
+    return columns
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "–"
+
+
+def _scatter_png(entries: list[dict[str, Any]]) -> str:
+    """Quality (primary metric) against cost per 1k calls, one point per cluster and system, as base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a buffer
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    styles = {"llm": ("o", "#d62728"), "slm_base": ("s", "#7f7f7f"), "slm_finetuned": ("^", "#1f77b4")}
+    costs = []
+    for entry in entries:
+        for system in SYSTEMS:
+            cost = entry.get("cost_per_1k_calls", {}).get(system)
+            quality = entry.get("scores", {}).get(system, {}).get(entry.get("primary_metric", ""))
+            if cost is None or quality is None:
+                continue
+            costs.append(cost)
+            marker, colour = styles[system]
+            axes.scatter(cost, quality, marker=marker, color=colour, s=60, label=system)
+            axes.annotate(f"#{entry.get('cluster_id')}", (cost, quality), textcoords="offset points", xytext=(5, 4))
+    handles, labels = axes.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        axes.legend(unique.values(), unique.keys())
+    # Costs span orders of magnitude (API vs self-hosted); symlog copes with a zero cost too.
+    if costs and max(costs) > 0:
+        axes.set_xscale("symlog", linthresh=max(min([c for c in costs if c > 0], default=1e-3), 1e-6))
+    axes.set_xlabel("cost per 1k calls (USD)")
+    axes.set_ylabel("primary metric")
+    axes.set_ylim(-0.05, 1.05)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
+
+
+def _cluster_section(entry: dict[str, Any]) -> str:
+    columns = _metric_columns(entry)
+    primary = entry.get("primary_metric")
+    head = "".join(f"<th>{html.escape(c)}{' ★' if c == primary else ''}</th>" for c in columns)
+    rows = []
+    intervals = entry.get("primary_metric_ci95") or {}
+    for system in SYSTEMS:
+        scores = entry.get("scores", {}).get(system, {})
+        cells = "".join(
+            f"<td>{_number(scores.get(c))}{_interval(intervals.get(system)) if c == primary else ''}</td>"
+            for c in columns
+        )
+        cost = entry.get("cost_per_1k_calls", {}).get(system)
+        latency = entry.get("latency_ms_p50", {}).get(system)
+        rows.append(f"<tr><th>{system}</th>{cells}<td>{_number(cost, 4)}</td><td>{_number(latency, 0)}</td></tr>")
+    promoted = "yes" if entry.get("promoted") else "no"
+    return (
+        f"<h2>Cluster #{html.escape(str(entry.get('cluster_id')))}: {html.escape(str(entry.get('label', '')))}</h2>"
+        f"<p>{html.escape(str(entry.get('output_kind', '')))} answers · {entry.get('n_train', '–')} training / "
+        f"{entry.get('n_test', '–')} test calls · primary metric ★ {html.escape(str(primary))}"
+        f"{' with its 95 % interval [low, high]' if intervals else ''}</p>"
+        f"<table><tr><th>system</th>{head}<th>cost / 1k calls (USD)</th><th>p50 latency (ms)</th></tr>"
+        f"{''.join(rows)}</table>"
+        f"<p class='{'yes' if entry.get('promoted') else 'no'}'>Promoted: <b>{promoted}</b> — "
+        f"{html.escape(str(entry.get('promotion_reason', '')))}</p>"
+    )
+
+
+def write_report(entries: list[dict[str, Any]], path: Path) -> Path:
+    """A self-contained HTML report (no external files): one table per cluster and a quality-vs-cost plot."""
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
+        ".yes b{color:#1a7f37}.no b{color:#b42318}"
+    )
+    sections = "".join(_cluster_section(entry) for entry in entries) or "<p>No cluster was evaluated.</p>"
+    plot = (
+        f"<h2>Quality vs cost</h2><img alt='quality vs cost' src='data:image/png;base64,{_scatter_png(entries)}'>"
+        if entries
+        else ""
+    )
+    document = (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>llm2slm evaluation report</title>"
+        f"<style>{style}</style></head><body><h1>llm2slm evaluation report</h1>"
+        f"<p>The LLM's logged answers are the reference; the base and fine-tuned SLMs are scored against "
+        f"them on each cluster's held-out calls.</p>{sections}{plot}</body></html>"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(document, encoding="utf-8")
+    return path
+
+
+def write_markdown_summary(entries: list[dict[str, Any]]) -> str:
+    """One Markdown table row per cluster: primary metric of each system (with its 95 % interval when it is a
+    proportion), costs per 1k calls, promotion."""
+    lines = [
+        "| cluster | label | primary metric | llm | slm_base | slm_finetuned | "
+        "cost/1k llm | cost/1k slm_finetuned | promoted |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in entries:
+        metric = entry.get("primary_metric", "")
+        intervals = entry.get("primary_metric_ci95") or {}
+        scores = [
+            _number(entry.get("scores", {}).get(system, {}).get(metric)) + _interval(intervals.get(system))
+            for system in SYSTEMS
+        ]
+        costs = entry.get("cost_per_1k_calls", {})
+        label = str(entry.get("label", "")).replace("|", "/")
+        lines.append(
+            f"| {entry.get('cluster_id')} | {label} | {metric} | {' | '.join(scores)} | "
+            f"{_number(costs.get('llm'), 4)} | {_number(costs.get('slm_finetuned'), 4)} | "
+            f"{'yes' if entry.get('promoted') else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"

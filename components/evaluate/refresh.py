@@ -1,0 +1,179 @@
+"""The refresh loop's bookkeeping, framework-free: config, the state kept between refreshes, stable cluster ids
+across a refit, the fresh held-out split and which clusters to retrain.
+
+State (``refresh.state``, JSON) after each refresh: its number, the cluster mix and outlier share of all calls
+seen (the drift reference of the next refresh), and per cluster the training size of the last challenger, the
+champion's last score and the frozen regression set (the held-out calls of the cluster's first evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.core.config import StepConfig
+from components.evaluate.drift import DriftConfig
+
+OUTLIER = -1
+
+
+class RetrainPolicy(StepConfig):
+    min_new_train_calls: int = 4  # a cluster grew enough when it gained at least this many training calls
+    min_new_train_share: float = 0.25  # ... and at least this share of the calls its last challenger trained on
+    max_score_drop: float = 0.10  # or when its champion's score fell by more than this on fresh calls
+
+
+class RefreshConfig(StepConfig):
+    history: str = "data/refresh/records.parquet"  # every curated record seen so far
+    state: str = "data/refresh/state.json"
+    report: str = "reports/refresh.json"
+    comparison: str = "reports/comparison.json"
+    promotions_log: str = "reports/promotions.jsonl"
+    adapters: str = "models/refresh"  # <adapters>/cluster_<id>/refresh_<n>: one folder per challenger
+    min_cluster_overlap: float = 0.5  # share of a new cluster's known calls to keep an old id
+    max_fresh_test_per_cluster: int = 10
+    drift: DriftConfig = DriftConfig()
+    retrain: RetrainPolicy = RetrainPolicy()
+    seed: int = 42
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The previous refresh's state; an empty state (refresh 0) when there was none."""
+    if not path.exists():
+        return {"refresh": 0, "mix": {}, "outlier_share": 0.0, "clusters": {}}
+    return json.loads(path.read_text())
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(state, indent=2, sort_keys=True))
+
+
+def match_cluster_ids(previous: Mapping[str, int], current: Mapping[str, int], min_overlap: float) -> dict[int, int]:
+    """Map each cluster id of a refit to a stable id: the previous cluster holding most of its already-known calls
+    (if that is at least ``min_overlap`` of them and no larger new cluster claimed it first); otherwise a fresh id
+    above every id used before. Outliers stay -1."""
+    members: dict[int, list[str]] = {}
+    for record_id, cluster_id in current.items():
+        if cluster_id != OUTLIER:
+            members.setdefault(int(cluster_id), []).append(record_id)
+    used = {int(c) for c in previous.values() if c != OUTLIER}
+    next_id = max(used, default=-1) + 1
+    mapping: dict[int, int] = {OUTLIER: OUTLIER}
+    taken: set[int] = set()
+    for cluster_id in sorted(members, key=lambda c: (-len(members[c]), c)):
+        known = Counter(int(previous[r]) for r in members[cluster_id] if r in previous and previous[r] != OUTLIER)
+        best, count = known.most_common(1)[0] if known else (None, 0)
+        seen = sum(1 for r in members[cluster_id] if r in previous)
+        if best is not None and best not in taken and seen and count / seen >= min_overlap:
+            mapping[cluster_id] = best
+            taken.add(best)
+        else:
+            mapping[cluster_id] = next_id
+            next_id += 1
+    return mapping
+
+
+def refresh_splits(
+    assignments: pd.DataFrame,
+    batch_ids: set[str],
+    regression: Mapping[int, list[str]],
+    max_fresh_test: int,
+    seed: int,
+    refresh_number: int,
+) -> pd.DataFrame:
+    """Splits for a refresh: a cluster's frozen regression set is never trained on (split ``regression``); up to
+    ``max_fresh_test`` calls of the new batch are the fresh held-out set (``test``), drawn with a seeded
+    generator; every other call is ``train``; outliers stay ``outlier``."""
+    regression_ids = {r for ids in regression.values() for r in ids}
+    split_of: dict[str, str] = {}
+    for cluster_id, group in assignments.groupby("cluster_id"):
+        ids = sorted(group.record_id)
+        if cluster_id == OUTLIER:
+            split_of.update({r: "outlier" for r in ids})
+            continue
+        fresh = [r for r in ids if r in batch_ids and r not in regression_ids]
+        order = np.random.default_rng([seed, refresh_number, int(cluster_id)]).permutation(len(fresh))
+        # A cluster keeps at least one training call.
+        n_test = min(max_fresh_test, len(fresh), max(len(ids) - 1, 0))
+        test = {fresh[i] for i in order[:n_test]}
+        for r in ids:
+            split_of[r] = "regression" if r in regression_ids else "test" if r in test else "train"
+    return pd.DataFrame(
+        {
+            "record_id": assignments.record_id,
+            "cluster_id": assignments.cluster_id.astype(int),
+            "split": [split_of[r] for r in assignments.record_id],
+        }
+    )
+
+
+def plan_retraining(
+    clusters: list[dict[str, Any]],
+    state_clusters: Mapping[str, dict[str, Any]],
+    train_sizes: Mapping[int, int],
+    champion_scores: Mapping[int, float],
+    policy: RetrainPolicy,
+) -> dict[int, str]:
+    """Clusters to (re)train, with the reason: a convertible cluster never trained; one whose training data grew
+    by at least ``min_new_train_calls`` and ``min_new_train_share``; one whose champion's fresh score fell by more
+    than ``max_score_drop`` from its last recorded score."""
+    plan: dict[int, str] = {}
+    for cluster in clusters:
+        cluster_id = int(cluster["cluster_id"])
+        known = state_clusters.get(str(cluster_id))
+        size = train_sizes.get(cluster_id, 0)
+        if not known or known.get("trained_on") is None:
+            if cluster.get("convert"):
+                plan[cluster_id] = f"new cluster ({size} training calls)"
+            continue
+        grown = size - int(known["trained_on"])
+        if grown >= policy.min_new_train_calls and grown >= policy.min_new_train_share * int(known["trained_on"]):
+            plan[cluster_id] = f"data grew: {known['trained_on']} -> {size} training calls"
+            continue
+        last, now = known.get("champion_score"), champion_scores.get(cluster_id)
+        if last is not None and now is not None and last - now > policy.max_score_drop:
+            plan[cluster_id] = f"champion score dropped: {last:.3f} -> {now:.3f}"
+    return plan
+
+
+def next_state(
+    state: Mapping[str, Any],
+    mix: Mapping[str, float],
+    trained_on: Mapping[int, int],
+    champion_scores: Mapping[int, float],
+    evaluated_test_ids: Mapping[int, list[str]],
+) -> dict[str, Any]:
+    """The state after a refresh: the new reference mix, and per cluster the training size of its latest
+    challenger, its champion's latest score, and its regression set (frozen at its first evaluation)."""
+    clusters = {key: dict(value) for key, value in state.get("clusters", {}).items()}
+    for cluster_id in set(trained_on) | set(champion_scores) | set(evaluated_test_ids):
+        entry = clusters.setdefault(str(cluster_id), {})
+        if cluster_id in trained_on:
+            entry["trained_on"] = int(trained_on[cluster_id])
+        if cluster_id in champion_scores:
+            entry["champion_score"] = float(champion_scores[cluster_id])
+        if not entry.get("regression_ids") and evaluated_test_ids.get(cluster_id):
+            entry["regression_ids"] = sorted(evaluated_test_ids[cluster_id])
+    return {
+        "refresh": int(state.get("refresh", 0)) + 1,
+        "mix": dict(mix),
+        "outlier_share": float(mix.get("-1", 0.0)),
+        "clusters": clusters,
+    }
+
+
+def champion_scores_after(champions: Mapping[int, dict[str, Any]], entries: list[dict[str, Any]]) -> dict[int, float]:
+    """Each cluster's champion score on this refresh's fresh calls: the promoted challenger's where the gate
+    promoted one, else the standing champion's."""
+    scores = {int(cid): float(result["scores"][result["primary_metric"]]) for cid, result in champions.items()}
+    for entry in entries:
+        if entry["promoted"]:
+            scores[int(entry["cluster_id"])] = float(entry["systems"]["challenger"]["score"])
+    return scores

@@ -1,0 +1,14 @@
+"""S5 finetune: train the selected base on a cluster's calls with TRL's SFTTrainer (LoRA a switch), resumable runs
+keyed by a fingerprint, CPU or GPU. Imports core and slm."""
+
+from components.finetune.runs import UnsupportedDeviceError
+from components.finetune.train import FinetuneConfig, FinetuneResult, config_for_cluster, finetune, training_settings
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneResult",
+    "UnsupportedDeviceError",
+    "config_for_cluster",
+    "finetune",
+    "training_settings",
+]

@@ -1,0 +1,117 @@
+"""Drift (PSI of the cluster mix, outlier share) and the refresh bookkeeping (stable ids, splits, retrain plan)."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from components.evaluate.drift import DriftConfig, cluster_mix, detect_drift, population_stability_index
+from components.evaluate.refresh import RetrainPolicy, match_cluster_ids, next_state, plan_retraining, refresh_splits
+
+
+def test_cluster_mix_counts_outliers_and_sums_to_one():
+    mix = cluster_mix([0, 0, 1, -1])
+    assert mix == {"-1": 0.25, "0": 0.5, "1": 0.25}
+    assert cluster_mix([]) == {}
+
+
+def test_psi_is_zero_for_the_same_mix_and_matches_the_formula():
+    reference = {"0": 0.5, "1": 0.5}
+    assert population_stability_index(reference, reference) == 0.0
+    shifted = {"0": 0.2, "1": 0.8}
+    expected = (0.2 - 0.5) * math.log(0.2 / 0.5) + (0.8 - 0.5) * math.log(0.8 / 0.5)
+    assert population_stability_index(reference, shifted) == pytest.approx(expected)
+
+
+def test_a_new_cluster_counts_through_the_epsilon_floor():
+    psi = population_stability_index({"0": 1.0}, {"0": 0.5, "2": 0.5}, epsilon=1e-4)
+    assert psi == pytest.approx((0.5 - 1.0) * math.log(0.5) + (0.5 - 1e-4) * math.log(0.5 / 1e-4))
+
+
+def test_detect_drift_flags_mix_and_outliers_against_thresholds():
+    cfg = DriftConfig(psi_threshold=0.2, outlier_share_increase=0.1)
+    steady = detect_drift({"0": 0.5, "1": 0.45, "-1": 0.05}, {"0": 0.48, "1": 0.46, "-1": 0.06}, cfg)
+    assert not steady.drifted and steady.reasons == []
+    shifted = detect_drift({"0": 0.5, "1": 0.45, "-1": 0.05}, {"0": 0.2, "1": 0.4, "-1": 0.4}, cfg)
+    assert shifted.mix_drifted and shifted.outliers_drifted and len(shifted.reasons) == 2
+    assert shifted.to_dict()["drifted"] is True
+    assert not detect_drift({}, {"0": 1.0}, cfg).drifted  # first refresh: no reference, no drift
+
+
+def test_refit_clusters_keep_their_ids_by_shared_calls_and_new_ones_get_fresh_ids():
+    previous = {"a": 0, "b": 0, "c": 1, "d": 1, "e": -1}
+    # the refit numbered by size: old cluster 1 is now 0, old 0 is now 1, and a new cluster 2 appeared
+    current = {"a": 1, "b": 1, "c": 0, "d": 0, "x": 0, "y": 2, "z": 2, "e": -1}
+    assert match_cluster_ids(previous, current, min_overlap=0.5) == {-1: -1, 0: 1, 1: 0, 2: 2}
+    merged = {"a": 0, "b": 0, "c": 0, "d": 0}  # two old clusters merged: only one can keep its id
+    mapping = match_cluster_ids(previous, merged, min_overlap=0.5)
+    assert mapping[0] in (0, 1)
+    assert match_cluster_ids(previous, {"a": 0, "c": 0, "q": 0}, min_overlap=0.8)[0] == 2  # too mixed: new id
+
+
+def test_refresh_splits_freeze_regression_sets_and_draw_fresh_tests_from_the_batch():
+    assignments = pd.DataFrame(
+        {"record_id": ["o1", "o2", "o3", "n1", "n2", "n3", "n4", "q"], "cluster_id": [0, 0, 0, 0, 0, 0, 0, -1]}
+    )
+    splits = refresh_splits(
+        assignments, {"n1", "n2", "n3", "n4", "q"}, {0: ["o1"]}, max_fresh_test=2, seed=1, refresh_number=2
+    )
+    split = dict(zip(splits.record_id, splits.split))
+    assert split["o1"] == "regression" and split["q"] == "outlier"
+    assert split["o2"] == split["o3"] == "train"  # old calls are never fresh
+    assert (
+        sorted(r for r, s in split.items() if s == "test")
+        == sorted(r for r in ["n1", "n2", "n3", "n4"] if split[r] == "test")
+        and list(split.values()).count("test") == 2
+    )
+    again = refresh_splits(assignments, {"n1", "n2", "n3", "n4", "q"}, {0: ["o1"]}, 2, 1, 2)
+    assert again.equals(splits)  # seeded
+
+
+def test_plan_retrains_new_grown_and_degraded_clusters_only():
+    clusters = [
+        {"cluster_id": 0, "convert": True},
+        {"cluster_id": 1, "convert": True},
+        {"cluster_id": 2, "convert": True},
+        {"cluster_id": 3, "convert": True},
+        {"cluster_id": 4, "convert": False},
+    ]
+    state = {
+        "0": {"trained_on": 10, "champion_score": 0.8},
+        "1": {"trained_on": 10, "champion_score": 0.8},
+        "2": {"trained_on": 10, "champion_score": 0.8},
+    }
+    plan = plan_retraining(
+        clusters,
+        state,
+        {0: 16, 1: 12, 2: 11, 3: 9, 4: 30},
+        {1: 0.75, 2: 0.5},
+        RetrainPolicy(min_new_train_calls=4, min_new_train_share=0.25, max_score_drop=0.1),
+    )
+    assert set(plan) == {0, 2, 3}
+    assert "grew" in plan[0] and "dropped" in plan[2] and "new" in plan[3]
+
+
+def test_next_state_keeps_the_first_regression_set_and_counts_refreshes():
+    state = next_state({"refresh": 0, "clusters": {}}, {"0": 1.0}, {0: 10}, {0: 0.4}, {0: ["t1", "t2"]})
+    state = next_state(state, {"0": 0.5, "1": 0.5}, {0: 16}, {0: 0.4}, {0: ["t9"]})
+    assert state["refresh"] == 2 and state["mix"] == {"0": 0.5, "1": 0.5}
+    assert state["clusters"]["0"] == {"trained_on": 16, "champion_score": 0.4, "regression_ids": ["t1", "t2"]}
+
+
+def test_first_refresh_after_a_conversion_seeds_history_and_stable_ids(records, tmp_path):
+    from components.core.schema import read_records, write_records, write_table
+    from components.evaluate.refresh import RefreshConfig
+    from tasks.refresh import STABLE_ASSIGNMENTS, seed_history_task
+
+    cfg = RefreshConfig()
+    assert seed_history_task.fn(cfg, "curated.parquet", "assignments.parquet", tmp_path) is False  # nothing yet
+    write_records(records, tmp_path / "curated.parquet")
+    write_table(
+        pd.DataFrame({"record_id": [r.record_id for r in records], "cluster_id": 0, "probability": 1.0}),
+        tmp_path / "assignments.parquet",
+    )
+    assert seed_history_task.fn(cfg, "curated.parquet", "assignments.parquet", tmp_path) is True
+    assert [r.record_id for r in read_records(tmp_path / cfg.history)] == [r.record_id for r in records]
+    assert len(pd.read_parquet((tmp_path / cfg.state).parent / STABLE_ASSIGNMENTS)) == len(records)
+    assert seed_history_task.fn(cfg, "curated.parquet", "assignments.parquet", tmp_path) is False  # only once

@@ -1,0 +1,243 @@
+"""S5 beyond one training loop: prompt pruning stored with the adapter, validation and early stopping, resume
+after a kill, skipping a finished run, device rules, per-cluster overrides, merged output (tiny random llama)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from components.core.schema import CallRecord, ChatMessage
+from components.finetune.runs import UnsupportedDeviceError, detect_device, split_validation
+from components.finetune.train import FinetuneConfig, LoraSettings, build_trainer, config_for_cluster, finetune
+from components.slm import build_messages, generate, load_model
+from components.slm.prompt_pruning import (
+    PROMPT_SPEC_FILE,
+    PruningSettings,
+    derive_prompt_spec,
+    load_prompt_spec,
+    load_prompt_transform,
+    save_prompt_spec,
+    spec_accepts,
+)
+from tests.support.tiny_models import WEATHER_TOOL
+
+
+def tiny_config(**overrides: object) -> FinetuneConfig:
+    settings = {
+        "max_steps": 2,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-2,
+        "max_length": 256,
+        "lora": LoraSettings(r=4, alpha=8, dropout=0.0),
+        "min_records_for_validation": 100,
+        **overrides,
+    }
+    return FinetuneConfig(**settings)
+
+
+class Interrupted(Exception):
+    """Stands for a killed worker."""
+
+
+# ------------------------------------------------------------------------------------------ prompt pruning
+
+
+def test_static_system_prompt_and_single_tool_set_are_pruned(records: list[CallRecord], tmp_path: Path) -> None:
+    spec = derive_prompt_spec(records, PruningSettings())
+    assert spec is not None and spec.drop_system_prompt and spec.tools == "dropped"
+    pruned = build_messages(records[0], spec)
+    assert pruned == [{"role": "system", "content": ""}, {"role": "user", "content": "What is the weather in Paris?"}]
+    assert spec_accepts(spec, records[0])
+    other_prompt = records[0].model_copy(
+        update={"messages": [ChatMessage(role="system", content="Be terse."), *records[0].messages[1:]]}
+    )
+    assert not spec_accepts(spec, other_prompt)
+    assert not spec_accepts(spec, records[0].model_copy(update={"tools": []}))
+
+    save_prompt_spec(spec, tmp_path)
+    assert load_prompt_spec(tmp_path) == spec
+    assert load_prompt_transform(tmp_path)(records[1]) == build_messages(records[1], spec)
+    assert load_prompt_transform(tmp_path / "none")(records[1]) == build_messages(records[1])  # no spec: full prompt
+
+
+def test_varying_tools_keep_signatures_and_small_clusters_keep_everything(records: list[CallRecord]) -> None:
+    time_tool = {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "Local time.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+    mixed = [
+        r.model_copy(update={"tools": [WEATHER_TOOL, time_tool] if i % 2 else [WEATHER_TOOL]})
+        for i, r in enumerate(records)
+    ]
+    spec = derive_prompt_spec(mixed, PruningSettings(tool_descriptions=False))
+    assert spec.drop_system_prompt and spec.tools == "bare_signatures"
+    assert build_messages(mixed[1], spec)[0]["content"] == "get_weather(city: string)\nget_time()"
+    assert spec_accepts(spec, mixed[0]) and spec_accepts(spec, mixed[1])
+    few = derive_prompt_spec(records[:2], PruningSettings())
+    assert not few.drop_system_prompt and few.tools == "signatures"
+    assert build_messages(records[0], few)[0]["content"] == (
+        "You help travellers.\nget_weather(city: string) - Current weather in a city."
+    )
+    unpruned = derive_prompt_spec(records, PruningSettings(enabled=False))
+    assert not unpruned.pruned and unpruned.answers == "tool_calls"  # it still says how the model answers
+    assert build_messages(records[0], unpruned) == build_messages(records[0])  # the full prompt
+    assert spec_accepts(unpruned, records[0].model_copy(update={"tools": []}))
+
+
+def test_the_adapter_is_trained_and_served_on_the_pruned_prompt(
+    tiny_model_dir: str, records: list[CallRecord], tmp_path: Path
+) -> None:
+    pruned = finetune(tiny_model_dir, records, tiny_config(max_steps=1), tmp_path / "pruned")
+    full = finetune(
+        tiny_model_dir,
+        records,
+        tiny_config(max_steps=1, prompt_pruning=PruningSettings(enabled=False)),
+        tmp_path / "full",
+    )
+    assert (Path(pruned.adapter_dir) / PROMPT_SPEC_FILE).exists() and pruned.prompt_spec["tools"] == "dropped"
+    assert full.prompt_spec["pruned"] is False and load_prompt_spec(full.adapter_dir).answers == "tool_calls"
+    assert pruned.mean_tokens_per_call < full.mean_tokens_per_call / 2
+    assert 0 < pruned.trained_tokens < full.trained_tokens
+
+    served = generate(*load_model(tiny_model_dir, adapter_dir=pruned.adapter_dir), records[:2], max_new_tokens=2)
+    unpruned = generate(*load_model(tiny_model_dir, adapter_dir=full.adapter_dir), records[:2], max_new_tokens=2)
+    assert all(p.prompt_tokens < f.prompt_tokens for p, f in zip(served, unpruned))
+
+    # Every training answer is a call, so the spec asks for calls only, and for about the longest answer's length.
+    spec = load_prompt_spec(pruned.adapter_dir)
+    assert spec.answers == "tool_calls" and 20 < spec.max_answer_tokens < 100 and spec.max_tool_calls == 1
+    capped = generate(*load_model(tiny_model_dir, adapter_dir=pruned.adapter_dir), records[:2], max_new_tokens=500)
+    assert all(0 < g.completion_tokens <= spec.max_answer_tokens for g in capped)
+    # The untrained model may fill the city with noise up to the budget, but it can only open a call.
+    assert all(g.text.startswith('<tool_call>{"name": "get_weather", "arguments": {"city": "') for g in capped)
+
+
+# ------------------------------------------------------------------------------------------ validation
+
+
+def test_validation_split_is_seeded_and_skipped_for_tiny_clusters(records: list[CallRecord]) -> None:
+    many = [r.model_copy(update={"record_id": f"{r.record_id}-{i}"}) for i in range(5) for r in records]  # 40
+    train, validation = split_validation(many, 0.1, 4, 20, seed=1)
+    assert (
+        len(validation) == 4
+        and len(train) == 36
+        and not {r.record_id for r in train} & {r.record_id for r in validation}
+    )
+    assert split_validation(many, 0.1, 4, 20, seed=1)[1] == validation
+    assert split_validation(many, 0.1, 4, 20, seed=2)[1] != validation
+    assert split_validation(records, 0.1, 4, 20, seed=1) == (records, [])
+
+
+@pytest.mark.parametrize("metric", ["eval_loss", "eval_mean_token_accuracy"])
+def test_early_stopping_on_a_validation_score(
+    metric: str, tiny_model_dir: str, records: list[CallRecord], tmp_path: Path
+) -> None:
+    from components.finetune.train import EarlyStopping
+
+    # An improvement must exceed a huge threshold to count, so the second evaluation already runs out of patience.
+    config = tiny_config(
+        max_steps=6,
+        eval_steps=1,
+        min_records_for_validation=8,
+        validation_fraction=0.25,
+        min_validation_records=2,
+        early_stopping=EarlyStopping(patience=1, threshold=1e9, metric=metric),
+    )
+    trainer = build_trainer(tiny_model_dir, records[:6], config, tmp_path / "checkpoints", records[6:])
+    assert trainer.args.metric_for_best_model == metric
+    assert trainer.args.greater_is_better is (metric == "eval_mean_token_accuracy")
+    result = finetune(tiny_model_dir, records, config, tmp_path / "adapter")
+    assert len(result.validation_record_ids) == 2 and result.n_train == 6
+    assert result.stopped_early and result.steps == 2
+    assert [step for step, _ in result.eval_loss_history] == [1, 2] and result.eval_loss is not None
+
+
+# ------------------------------------------------------------------------------------------ resume and re-runs
+
+
+def test_a_setting_added_later_at_its_old_behaviour_keeps_finished_runs_reusable() -> None:
+    from components.finetune.train import EarlyStopping, training_settings
+
+    assert "metric" not in training_settings(tiny_config())["early_stopping"]  # fingerprints from before it match
+    changed = training_settings(tiny_config(early_stopping=EarlyStopping(metric="eval_mean_token_accuracy")))
+    assert changed["early_stopping"]["metric"] == "eval_mean_token_accuracy"
+
+
+def test_killed_run_resumes_and_a_finished_run_is_not_repeated(
+    tiny_model_dir: str, records: list[CallRecord], tmp_path: Path
+) -> None:
+    config = tiny_config(max_steps=3, save_steps=1)
+    output, checkpoints = tmp_path / "adapter", tmp_path / "checkpoints"
+
+    def kill_at_step_2(step: int, total: int, loss: float) -> None:
+        if step == 2:  # logged before step 2 is checkpointed
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        finetune(tiny_model_dir, records, config, output, progress_callback=kill_at_step_2, checkpoint_dir=checkpoints)
+    assert (checkpoints / "checkpoint-1").exists() and not (output / "adapter_model.safetensors").exists()
+
+    resumed = finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints)
+    assert resumed.resumed_from_step == 1 and resumed.steps == 3 and not resumed.reused
+    assert [step for step, _ in resumed.loss_history] == [1, 2, 3]
+    assert not checkpoints.exists()  # a finished run keeps only its output
+
+    weights = output / "adapter_model.safetensors"
+    written = weights.stat().st_mtime_ns
+    (output / PROMPT_SPEC_FILE).unlink()  # as an older release left it: no spec, or one without the call budget
+    again = finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints)
+    assert again.reused and again.fingerprint == resumed.fingerprint and weights.stat().st_mtime_ns == written
+    assert load_prompt_spec(output).max_tool_calls == 1 == again.prompt_spec["max_tool_calls"]
+    assert json.loads((output / "training_result.json").read_text())["prompt_spec"]["max_tool_calls"] == 1
+    changed = finetune(
+        tiny_model_dir, records, tiny_config(max_steps=1, learning_rate=5e-3), output, checkpoint_dir=checkpoints
+    )
+    assert not changed.reused and changed.fingerprint != resumed.fingerprint and weights.stat().st_mtime_ns != written
+    assert json.loads((output / "fingerprint.json").read_text())["fingerprint"] == changed.fingerprint
+
+
+# ------------------------------------------------------------------------------------------ devices and outputs
+
+
+def test_device_rules_on_a_machine_without_cuda(tiny_model_dir: str, records: list[CallRecord], tmp_path: Path) -> None:
+    device = detect_device()
+    assert (device.kind, device.dtype_name) == ("cpu", "float32")
+    with pytest.raises(UnsupportedDeviceError, match="QLoRA .* needs a CUDA GPU"):
+        detect_device(quantization="4bit")
+    with pytest.raises(UnsupportedDeviceError, match="no CUDA GPU"):
+        detect_device("cuda")
+    with pytest.raises(UnsupportedDeviceError, match="QLoRA"):
+        finetune(tiny_model_dir, records, tiny_config(quantization="4bit"), tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_per_cluster_overrides_merge_into_the_section() -> None:
+    config = tiny_config(overrides={"3": {"learning_rate": 5e-4, "lora": {"r": 8}}})
+    tuned = config_for_cluster(config, 3)
+    assert tuned.learning_rate == 5e-4 and tuned.lora.r == 8 and tuned.lora.alpha == 8
+    assert config_for_cluster(config, 4) == config
+    with pytest.raises(ValueError, match="only change training settings"):
+        config_for_cluster(tiny_config(overrides={"3": {"output_dir": "elsewhere"}}), 3)
+    with pytest.raises(ValueError, match="learning_rat"):
+        config_for_cluster(tiny_config(overrides={"3": {"learning_rat": 1.0}}), 3)
+
+
+def test_merged_model_answers_like_base_plus_adapter(
+    tiny_model_dir: str, records: list[CallRecord], tmp_path: Path
+) -> None:
+    import torch
+
+    result = finetune(tiny_model_dir, records, tiny_config(max_steps=1, merge_adapter=True), tmp_path / "adapter")
+    assert result.merged_dir == str(tmp_path / "adapter" / "merged")
+    adapted, tokenizer = load_model(tiny_model_dir, adapter_dir=result.adapter_dir)
+    merged, _ = load_model(tiny_model_dir, adapter_dir=result.merged_dir)  # a whole model in place of an adapter
+    assert load_prompt_spec(result.merged_dir) == load_prompt_spec(result.adapter_dir) is not None
+    inputs = tokenizer(["What is the weather in Oslo?"], return_tensors="pt")
+    with torch.inference_mode():
+        assert torch.allclose(adapted(**inputs).logits, merged(**inputs).logits, atol=1e-4)
