@@ -1,0 +1,90 @@
+"""The headline of a run: how many of the agent's calls an SLM serves at the LLM's quality, and what that saves.
+
+``calls_total`` counts every collected call (outliers and calls S2 filtered out included; quarantined lines are not
+calls). A call is *at parity* when its request-only cluster assignment (what the router computes, with no answer yet)
+lands in a cluster whose SLM the gate promoted. The blended cost prices calls at parity at their cluster's SLM cost
+and every other call at its logged LLM cost; calls of unknown LLM cost count at the mean of the known ones.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+OUTLIER = -1
+
+
+@dataclass(frozen=True)
+class CollectedCall:
+    record_id: str
+    llm_cost_usd: float | None
+
+
+def _mean_known(costs: Iterable[float | None]) -> float:
+    known = [c for c in costs if c is not None]
+    return sum(known) / len(known) if known else 0.0
+
+
+def run_summary(
+    calls: Sequence[CollectedCall],
+    request_clusters: Mapping[str, int],
+    entries: Sequence[Mapping[str, Any]],
+    not_converted: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """The ``summary`` of reports/evaluation.json.
+
+    ``request_clusters``: record id -> cluster from the request alone (calls without one stay with the LLM);
+    ``entries``: the evaluated clusters (``cluster_id``, ``promoted``, ``cost_per_1k_calls.slm_finetuned``);
+    ``not_converted``: chosen clusters that could not be trained or evaluated, each ``{cluster_id, reason}``.
+    """
+    fallback_cost = _mean_known(c.llm_cost_usd for c in calls)
+    llm_costs = {c.record_id: c.llm_cost_usd if c.llm_cost_usd is not None else fallback_cost for c in calls}
+    evaluated = {int(e["cluster_id"]): e for e in entries}
+    promoted = {cid for cid, e in evaluated.items() if e.get("promoted")}
+    cluster_of = {c.record_id: int(request_clusters.get(c.record_id, OUTLIER)) for c in calls}
+    sizes = Counter(cluster_of.values())
+    at_parity = {rid for rid, cid in cluster_of.items() if cid in promoted}
+
+    def served_cost(record_id: str) -> float:
+        if record_id in at_parity:
+            return evaluated[cluster_of[record_id]]["cost_per_1k_calls"]["slm_finetuned"] / 1000
+        return llm_costs[record_id]
+
+    llm_total = sum(llm_costs.values())
+    blended_total = sum(served_cost(rid) for rid in llm_costs)
+    n = len(calls)
+    summary = {
+        "calls_total": n,
+        "calls_in_converted_clusters": sum(sizes[cid] for cid in evaluated),
+        "calls_at_parity": len(at_parity),
+        "share_at_parity": len(at_parity) / n if n else 0.0,
+        "llm_cost_per_1k_calls": llm_total / n * 1000 if n else 0.0,
+        "blended_cost_per_1k_calls": blended_total / n * 1000 if n else 0.0,
+        "savings_share": 1 - blended_total / llm_total if llm_total else 0.0,
+        "clusters_evaluated": sorted(evaluated),
+        "clusters_at_parity": sorted(promoted),
+        "not_converted": [dict(item) for item in not_converted],
+    }
+    summary["headline"] = headline(summary)
+    return summary
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    """One sentence a user reads first; a run that converts nothing says so."""
+    if not summary["clusters_evaluated"]:
+        skipped = "; ".join(f"cluster {s['cluster_id']}: {s['reason']}" for s in summary["not_converted"])
+        return "No task was converted: every call stays with the LLM" + (f" ({skipped})" if skipped else "") + "."
+    text = (
+        f"{summary['share_at_parity']:.0%} of the agent's calls ({summary['calls_at_parity']} of "
+        f"{summary['calls_total']}) are served by an SLM at the LLM's quality; cost per 1k calls "
+        f"${summary['blended_cost_per_1k_calls']:.2f} instead of ${summary['llm_cost_per_1k_calls']:.2f} "
+        f"({summary['savings_share']:.0%} saved)."
+    )
+    if summary["not_converted"]:
+        text += " Not converted: " + "; ".join(
+            f"cluster {s['cluster_id']} ({s['reason']})" for s in summary["not_converted"]
+        )
+        text += "."
+    return text

@@ -1,0 +1,37 @@
+import pytest
+
+from components.evaluate.summary import CollectedCall, run_summary
+
+
+def entry(cluster_id: int, promoted: bool, slm_cost_per_1k: float) -> dict:
+    return {"cluster_id": cluster_id, "promoted": promoted, "cost_per_1k_calls": {"slm_finetuned": slm_cost_per_1k}}
+
+
+def test_calls_at_parity_are_those_whose_request_lands_in_a_promoted_cluster():
+    calls = [CollectedCall(f"r{i}", 0.002) for i in range(10)]
+    request_clusters = {"r0": 0, "r1": 0, "r2": 0, "r3": 1, "r4": 1, "r5": -1}  # r6..r9: filtered by S2, no cluster
+    summary = run_summary(calls, request_clusters, [entry(0, True, 0.5), entry(1, False, 0.5)])
+    assert summary["calls_total"] == 10
+    assert summary["calls_in_converted_clusters"] == 5
+    assert summary["calls_at_parity"] == 3
+    assert summary["share_at_parity"] == pytest.approx(0.3)
+    assert summary["llm_cost_per_1k_calls"] == pytest.approx(2.0)
+    # 3 calls at $0.0005, 7 at $0.002 -> $0.01550 for 10 calls
+    assert summary["blended_cost_per_1k_calls"] == pytest.approx(1.55)
+    assert summary["savings_share"] == pytest.approx(1 - 1.55 / 2.0)
+    assert "30% of the agent's calls (3 of 10)" in summary["headline"]
+
+
+def test_calls_of_unknown_cost_count_at_the_mean_known_cost():
+    calls = [CollectedCall("a", 0.004), CollectedCall("b", None)]
+    summary = run_summary(calls, {}, [])
+    assert summary["llm_cost_per_1k_calls"] == pytest.approx(4.0)
+
+
+def test_a_run_that_converts_nothing_says_so_with_the_reasons():
+    calls = [CollectedCall("a", 0.001)]
+    skipped = [{"cluster_id": 2, "reason": "every training call exceeds max_length 512"}]
+    summary = run_summary(calls, {"a": 2}, [], not_converted=skipped)
+    assert summary["calls_at_parity"] == 0 and summary["savings_share"] == 0.0
+    assert summary["headline"].startswith("No task was converted")
+    assert "max_length 512" in summary["headline"]
