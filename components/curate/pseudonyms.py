@@ -31,6 +31,7 @@ from components.core.config import StepConfig
 
 KEY_BYTES = 32
 _TAG_HASH_CHARS = 8
+SURROGATE_ATTEMPTS = 20
 
 
 class PseudonymConfig(StepConfig):
@@ -119,6 +120,13 @@ class Pseudonymizer:
         self._key = load_or_create_key(cfg) if cfg.needs_key else b""
         self._fake: Any = None
         self.reverse_map: dict[str, dict[str, str]] = {}  # record id -> {placeholder: value}, only if configured
+        # The raw input's text, casefolded: a surrogate found in it could be another record's real value.
+        self._raw_text = ""
+
+    def avoid_values_in(self, raw_texts: list[str]) -> None:
+        """Never hand out a surrogate that occurs anywhere in these (raw) texts: a fake name drawn by chance could
+        be a real customer of another record, and training on it would reproduce that person."""
+        self._raw_text = "\n".join(raw_texts).casefold()
 
     @property
     def key(self) -> bytes:
@@ -132,8 +140,13 @@ class Pseudonymizer:
             from faker import Faker
 
             self._fake = Faker(self.cfg.surrogate_locale)
-        self._fake.seed_instance(int.from_bytes(self.digest(entity_type, value)[:8], "big"))
-        return _surrogate(self._fake, entity_type, value)
+        seed = int.from_bytes(self.digest(entity_type, value)[:8], "big")
+        for attempt in range(SURROGATE_ATTEMPTS):
+            self._fake.seed_instance(seed + attempt)  # stable: the same value walks the same draws
+            fake = _surrogate(self._fake, entity_type, value)
+            if fake is None or fake.casefold() not in self._raw_text:
+                return fake
+        return None  # every draw is in the raw input: a tag it is
 
     def for_record(self, record_id: str) -> RecordPseudonyms:
         reverse = None

@@ -63,6 +63,17 @@ def test_surrogates_are_realistic_stable_and_split_names_follow_the_full_name(ke
     assert Pseudonymizer(cfg).for_record("z").placeholder_for("PERSON", "Olivia Bennett") == name
 
 
+def test_a_surrogate_that_occurs_in_the_raw_input_is_never_handed_out(key_env):
+    cfg = PseudonymConfig(style="surrogate")
+    first_choice = Pseudonymizer(cfg).for_record("a").placeholder_for("PERSON", "Olivia Bennett")
+    pseudonymizer = Pseudonymizer(cfg)
+    # the surrogate drawn first is a real customer of another record: the next draw is taken instead
+    pseudonymizer.avoid_values_in([f"Dear {first_choice.upper()}, your order shipped."])
+    other = pseudonymizer.for_record("a").placeholder_for("PERSON", "Olivia Bennett")
+    assert other != first_choice and not other.startswith("<") and len(other.split()) == 2
+    assert pseudonymizer.for_record("b").placeholder_for("PERSON", "Olivia Bennett") == other  # still stable
+
+
 def test_key_file_is_created_owner_only_and_a_shared_one_is_refused(tmp_path, monkeypatch):
     monkeypatch.delenv("LLM2SLM_PSEUDONYM_KEY", raising=False)
     path = tmp_path / "keys" / "pseudonym.key"
