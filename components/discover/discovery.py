@@ -384,7 +384,10 @@ def _task_labels(
     first, first_probabilities = _fit_labels(
         embeddings[free_rows], unit[free_rows], [record_ids[i] for i in free_rows], cfg, reducer, clusterer
     )
-    split, reasons = split_by_task(first, [keys[i] for i in free_rows], cfg.task)
+    if len(free_rows) < max(cfg.hdbscan.min_cluster_size, 3):  # too few calls for even one first-level cluster
+        split, reasons = first, ({"too_few_calls_to_cluster": len(free_rows)} if len(free_rows) else {})
+    else:
+        split, reasons = split_by_task(first, [keys[i] for i in free_rows], cfg.task)
     labels[free_rows], probabilities[free_rows] = split, np.where(split == OUTLIER, 0.0, first_probabilities)
     offset = int(labels.max(initial=OUTLIER)) + 1
     pinned_of = {rule: np.flatnonzero([r == rule for r in rule_of]) for rule in range(len(cfg.pinned_tasks))}
@@ -419,7 +422,8 @@ def _identity_check(
     pinned: dict[int, PinnedTask],
     cfg: DiscoverConfig,
 ) -> dict[str, float] | None:
-    """The request-only assignment against the fit's own, on a seeded share of calls left out of the model."""
+    """The request-only assignment (the router's) against the fit's own rule for the same calls (which knows their
+    answers), on a seeded share of calls left out of the model."""
     n_held_out = round(cfg.identity_check_share * len(records))
     if n_held_out < 1 or n_held_out >= len(records):
         return None
@@ -439,7 +443,11 @@ def _identity_check(
         pinned,
     )
     rows = np.flatnonzero(held_out)
-    return request_only_agreement([records[i] for i in rows], [keys[i] for i in rows], model, unit[rows], labels[rows])
+    held = [records[i] for i in rows]
+    check = request_only_agreement(held, [keys[i] for i in rows], model, unit[rows])
+    # Stricter: against the labels this fit gave them (the centroid cut-off leaves a cluster's edge members out).
+    strict = request_only_agreement(held, [keys[i] for i in rows], model, unit[rows], labels[rows])
+    return {**check, "agreement_with_fit_labels": strict["agreement"]}
 
 
 def write_cluster_report(result: DiscoveryResult, path: Path, map_path: Path | None = None) -> Path:
@@ -448,5 +456,15 @@ def write_cluster_report(result: DiscoveryResult, path: Path, map_path: Path | N
     path = Path(path)
     map_path = Path(map_path) if map_path else path.with_name(path.stem + "_map.png")
     drawn = write_cluster_map(result.embeddings, result.assignments["cluster_id"].to_numpy(), result.clusters, map_path)
-    stats = {"candidates": sum(bool(c.get("candidate")) for c in result.clusters)}
+    stats: dict[str, Any] = {"candidates": sum(bool(c.get("candidate")) for c in result.clusters)}
+    if result.identity_check:
+        check = result.identity_check
+        stats["request-only assignment (the router's) agrees with the fit on held-out calls"] = (
+            f"{check['agreement']:.1%} of {check['calls']} ({check['to_llm_instead']:.1%} sent to the LLM instead, "
+            f"{check['wrong_cluster']:.1%} to another cluster)"
+        )
+    if result.outlier_reasons:
+        stats["outliers by reason"] = ", ".join(
+            f"{k.replace('_', ' ')}: {v}" for k, v in result.outlier_reasons.items()
+        )
     return write_report_page(result.clusters, len(result.assignments), result.outlier_share, path, drawn, stats)

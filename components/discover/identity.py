@@ -52,7 +52,7 @@ class AssignSettings(StepConfig):
     # A new call joins its nearest cluster when at least this share of the cluster's members is no closer to it.
     coverage: float = 0.95
     min_similarity: float = 0.0  # and never below this cosine similarity
-    neighbors: int = 10  # fit calls that vote on a new call's cluster (request-only assignment)
+    neighbors: int = 5  # fit calls that vote on a new call's cluster (request-only assignment)
     min_vote_share: float = 0.6  # below this share for the winner, the call stays with the LLM
 
 

@@ -13,7 +13,10 @@ first-level cluster by its members' **task key**:
 
 A part with fewer than ``min_task_calls`` calls becomes outliers (they stay with the LLM). Parts with the same
 tool-call key in different first-level clusters are one task and are merged (``merge_same_task``); text parts are
-never merged across first-level clusters, since ``text`` names no task of its own.
+never merged across first-level clusters, since ``text`` names no task of its own. With ``rescue_outliers``, a
+first-level outlier whose answer calls a function joins that function's task too: on a long tail the requests of
+one function are often too few or too varied for a dense region, yet the answer says they are one task (whether
+the request alone places them back is checked afterwards, see :mod:`components.discover.discovery`).
 
 Pinned tasks (:class:`PinnedTask`) are defined by the user, by agent name, by the offered tool set or by the called
 function; their calls are taken out of the automatic discovery and form one cluster per rule. The agent and tool
@@ -43,8 +46,11 @@ _VERSION_SEGMENT = re.compile(r"(?:[._]v?\d+)(?=$|[._])", re.IGNORECASE)
 
 class TaskSettings(StepConfig):
     split_by: Literal["function", "answer_kind", "none"] = "function"
-    min_task_calls: int = 10  # a split part smaller than this stays with the LLM (outliers)
+    # A split part smaller than this stays with the LLM (outliers). Small on purpose: a long tail's functions have
+    # few calls each, and a small task is still one task; conversion has its own minimum (min_cluster_size_to_convert).
+    min_task_calls: int = 5
     merge_same_task: bool = True
+    rescue_outliers: bool = True  # first-level outliers join the task their called function names (with merging)
 
 
 class PinnedTask(StepConfig):
@@ -114,12 +120,14 @@ def split_by_task(labels: np.ndarray, keys: list[str], settings: TaskSettings) -
         return labels.copy(), {}
     parts: dict[tuple, list[int]] = defaultdict(list)
     for row, (label, key) in enumerate(zip(labels.tolist(), keys)):
-        if label == OUTLIER:
-            continue
         # Text parts keep their first-level cluster; tool-call parts of one key are one task when merging.
-        merge = settings.merge_same_task and key != TEXT_KEY
+        merge = settings.merge_same_task and key not in (TEXT_KEY, TOOL_CALL_KEY)
+        if label == OUTLIER and not (merge and settings.rescue_outliers):
+            continue
         parts[(key,) if merge else (key, label)].append(row)
     result = np.full(len(labels), OUTLIER, dtype=int)
+    # Every first-level member is in a part; what is not is a first-level outlier that was not rescued.
+    reasons = {"first_level_outlier": len(labels) - sum(len(rows) for rows in parts.values())}
     dropped = 0
     for new_label, part in enumerate(sorted(parts, key=lambda p: (-len(parts[p]), p))):
         rows = parts[part]
@@ -127,7 +135,8 @@ def split_by_task(labels: np.ndarray, keys: list[str], settings: TaskSettings) -
             dropped += len(rows)
             continue
         result[rows] = new_label
-    return result, {"task_smaller_than_min_task_calls": dropped} if dropped else {}
+    reasons["task_smaller_than_min_task_calls"] = dropped
+    return result, {reason: n for reason, n in reasons.items() if n}
 
 
 def key_mix(keys: list[str]) -> tuple[str, float, int]:
