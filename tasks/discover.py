@@ -63,6 +63,7 @@ def discover_task(
             "clusters_to_convert": len(to_convert),
             "outlier_share": result.outlier_share,
             "texts_embedded_now": result.embedded_now,
+            **{f"request_only_{k}": v for k, v in (result.identity_check or {}).items() if k != "calls"},
             "kept_cluster_ids": len(
                 {c["cluster_id"] for c in result.clusters} & set(previous.cluster_ids if previous else [])
             ),
@@ -75,7 +76,13 @@ def discover_task(
     say(
         f"S3 discover: {summary['clusters']} clusters ({summary['candidates']} candidates), outliers "
         f"{summary['outlier_share']:.0%}, {summary['texts_embedded_now']} texts embedded (the rest cached); "
-        f"to convert: {labels or 'none'}"
+        + (
+            f"request-only assignment agrees with the fit on {summary['request_only_agreement']:.0%} of held-out "
+            "calls; "
+            if "request_only_agreement" in summary
+            else ""
+        )
+        + f"to convert: {labels or 'none'}"
     )
     if not to_convert:
         largest = max((c["size"] for c in result.clusters), default=0)

@@ -2,15 +2,18 @@
 
 Each call becomes one task text (system prompt, tool signatures, request: :mod:`components.discover.embeddings`), embedded
 with a sentence-transformers model through a content-hash cache, reduced with UMAP and clustered with HDBSCAN
-(:mod:`components.discover.clustering`; outliers stay ``-1`` and with the LLM). Clusters keep their ids across refits
-(:mod:`components.discover.identity`), are named by class-based TF-IDF (c-TF-IDF) terms plus their dominant tool,
-scored for SLM fitness (:mod:`components.discover.fitness`) and split into train/test calls, seeded so reruns give the same
-split. Heavy libraries are imported inside the functions that need them, so importing this module stays cheap.
+(:mod:`components.discover.clustering`; outliers stay ``-1`` and with the LLM). That first level is split by the
+answer's task key, so that a cluster is one task (:mod:`components.discover.task_keys`), beside the tasks the user
+pinned by rule. A member that the request-only assignment (the router's, :mod:`components.discover.identity`) would
+not place back in its own cluster is sent to the outliers: the router must be able to reproduce every cluster from
+requests alone, and how often it does on held-out calls is measured on every fit (``identity_check``). Clusters keep
+their ids across refits, are named by class-based TF-IDF (c-TF-IDF) terms plus their dominant tool, scored for SLM
+fitness (:mod:`components.discover.fitness`) and split into train/test calls, seeded so reruns give the same split.
+Heavy libraries are imported inside the functions that need them, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,10 +35,14 @@ from components.discover.identity import (
     IdentitySettings,
     assign,
     build_model,
+    place,
+    request_only_agreement,
     stable_ids,
 )
+from components.discover.labels import label_clusters
 from components.discover.report import write_cluster_map
 from components.discover.report import write_cluster_report as write_report_page
+from components.discover.task_keys import PinnedTask, TaskSettings, key_mix, pinned_labels, split_by_task, task_key
 
 __all__ = [
     "ASSIGNMENT_COLUMNS",
@@ -55,15 +62,6 @@ __all__ = [
 ]
 
 SPLIT_COLUMNS = ["record_id", "cluster_id", "split"]
-# Section names of the task_text template: present in every text, so they must never name a cluster.
-_TEMPLATE_WORDS = ["system", "tools", "request"]
-# S2's pseudonyms (<PERSON_1>, <LOCATION_2>...) say nothing about the task; keep them out of the labels.
-_PLACEHOLDER = re.compile(r"<[A-Z][A-Z_]*_\d+>")
-# A term in more than this share of all calls (given at least _BOILERPLATE_MIN_TEXTS calls) is boilerplate;
-# judged on a sample of at most _BOILERPLATE_SAMPLE calls (a share needs no more).
-_BOILERPLATE_SHARE = 0.9
-_BOILERPLATE_MIN_TEXTS = 20
-_BOILERPLATE_SAMPLE = 5000
 N_EXAMPLES = 3
 EXAMPLE_CHARS = 240
 
@@ -81,6 +79,10 @@ class DiscoverConfig(StepConfig):
     text: TextSettings = TextSettings()
     umap: UmapSettings = UmapSettings()
     hdbscan: HdbscanSettings = HdbscanSettings()
+    task: TaskSettings = TaskSettings()  # the second level: a cluster is one task (task_keys)
+    pinned_tasks: list[PinnedTask] = []  # tasks the user defines by rule, beside the automatic discovery
+    # Share of the calls held out (seeded) to measure the request-only assignment against the fit's own.
+    identity_check_share: float = 0.2
     # Above this many calls UMAP + HDBSCAN fit a seeded sample and the rest are placed by nearest centroid
     # (cluster_identity.assign): time and memory stay bounded, and a sample finds the same clusters (benchmarks/).
     max_fit_calls: int | None = 10000
@@ -104,6 +106,9 @@ class DiscoveryResult:
     embeddings: np.ndarray | None = None  # kept for the map
     model: ClusterModel | None = None  # what assign() needs to place new calls; save with save_model
     embedded_now: int = 0  # texts that were not in the embedding cache
+    # Request-only vs the fit's own assignment on held-out calls (identity.request_only_agreement).
+    identity_check: dict[str, float] | None = None
+    outlier_reasons: dict[str, int] | None = None  # calls sent to the outliers after the first level, by reason
 
 
 def cluster_embeddings(
@@ -112,60 +117,6 @@ def cluster_embeddings(
     """Labels (``-1`` = outlier) and membership probabilities with the settings of ``cfg`` (see
     :func:`components.discover.clustering.cluster_embeddings`)."""
     return _cluster_embeddings(embeddings, cfg.umap, cfg.hdbscan, cfg.seed, reducer, clusterer)
-
-
-def label_clusters(texts: list[str], labels: np.ndarray, top_terms: int) -> dict[int, list[str]]:
-    """The ``top_terms`` highest c-TF-IDF terms of each cluster (outliers excluded), as in BERTopic.
-
-    All texts of a cluster form one document; a term's weight is its L1-normalised frequency in the cluster times
-    ``log(1 + A / f)``, with ``A`` the average number of words per cluster and ``f`` the term's total frequency.
-    """
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, CountVectorizer
-
-    labels = np.asarray(labels)
-    cluster_ids = sorted(int(c) for c in set(labels.tolist()) if c != OUTLIER)
-    if not cluster_ids:
-        return {}
-    texts = [_PLACEHOLDER.sub(" ", text) for text in texts]
-    stop_words = set(ENGLISH_STOP_WORDS) | set(_TEMPLATE_WORDS) | _boilerplate_terms(texts, ENGLISH_STOP_WORDS)
-    members: dict[int, list[str]] = {c: [] for c in cluster_ids}
-    for text, label in zip(texts, labels.tolist()):
-        if label != OUTLIER:
-            members[label].append(text)
-    documents = [" ".join(members[c]) for c in cluster_ids]
-    vectorizer = CountVectorizer(stop_words=sorted(stop_words))
-    try:
-        counts = vectorizer.fit_transform(documents).toarray().astype(float)
-    except ValueError:  # only stop words (or nothing) in the texts
-        return {c: [] for c in cluster_ids}
-    term_frequency = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
-    average_words = counts.sum() / len(cluster_ids)
-    inverse_frequency = np.log(1.0 + average_words / np.maximum(counts.sum(axis=0), 1.0))
-    scores = term_frequency * inverse_frequency
-    vocabulary = vectorizer.get_feature_names_out()
-    result = {}
-    for row, cluster_id in enumerate(cluster_ids):
-        order = np.argsort(-scores[row], kind="stable")[:top_terms]
-        result[cluster_id] = [str(vocabulary[i]) for i in order if scores[row, i] > 0]
-    return result
-
-
-def _boilerplate_terms(texts: list[str], stop_words: frozenset[str]) -> set[str]:
-    """Terms in nearly every call (an agent's shared system prompt): they name no task, yet their sheer
-    frequency would top every cluster's c-TF-IDF. Only judged on enough calls to tell boilerplate from chance."""
-    from sklearn.feature_extraction.text import CountVectorizer
-
-    if len(texts) < _BOILERPLATE_MIN_TEXTS:
-        return set()
-    if len(texts) > _BOILERPLATE_SAMPLE:
-        picked = np.random.default_rng(0).choice(len(texts), _BOILERPLATE_SAMPLE, replace=False)
-        texts = [texts[i] for i in sorted(picked)]
-    try:
-        presence = CountVectorizer(stop_words=sorted(stop_words), binary=True).fit(texts)
-    except ValueError:
-        return set()
-    share = np.asarray(presence.transform(texts).mean(axis=0)).ravel()
-    return {str(term) for term, s in zip(presence.get_feature_names_out(), share) if s > _BOILERPLATE_SHARE}
 
 
 def split_clusters(record_ids: list[str], labels: np.ndarray, cfg: DiscoverConfig) -> pd.DataFrame:
@@ -205,9 +156,16 @@ def _example(record: CallRecord) -> dict[str, str]:
 
 
 def _describe_cluster(
-    cluster_id: int, members: np.ndarray, records: list[CallRecord], unit: np.ndarray, terms: list[str]
+    cluster_id: int,
+    members: np.ndarray,
+    records: list[CallRecord],
+    unit: np.ndarray,
+    terms: list[str],
+    keys: list[str],
+    pinned: str | None,
 ) -> dict[str, Any]:
     member_records = [records[i] for i in members]
+    top_task, top_task_share, distinct_tasks = key_mix([keys[i] for i in members])
     centroid = unit[members].mean(axis=0)
     centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
     similarity = unit[members] @ centroid
@@ -230,6 +188,11 @@ def _describe_cluster(
         "output_kind": "tool_call" if tool_call_share >= 0.5 else "text",
         "tool_call_share": round(float(tool_call_share), 4),
         "homogeneity": round(float(similarity.mean()), 4),
+        # What the LLM answered (task_keys.task_key, split_by: function): one task, or a mixed bag.
+        "dominant_task": top_task,
+        "dominant_task_share": round(top_task_share, 4),
+        "distinct_tasks": distinct_tasks,
+        "pinned": pinned,
         "llm_cost_usd": round(float(sum(costs)), 6) if costs else None,
         "convert": False,
         "representative_record_ids": [records[i].record_id for i in closest],
@@ -276,8 +239,8 @@ def discover(
     previous: ClusterModel | None = None,
     cache_dir: Path | None = None,
 ) -> DiscoveryResult:
-    """Embed (unless ``embeddings`` are given), cluster, keep ids stable against ``previous`` (a loaded model of an
-    earlier fit), name, score and split the calls."""
+    """Embed (unless ``embeddings`` are given), cluster, split by task, keep ids stable against ``previous`` (a
+    loaded model of an earlier fit), name, score and split the calls."""
     texts = [task_text(record, cfg.text) for record in records]
     embedded_now = 0
     if embeddings is None:
@@ -287,11 +250,22 @@ def discover(
         raise ValueError(f"{len(embeddings)} embeddings for {len(records)} records")
     record_ids = [record.record_id for record in records]
     unit = unit_rows(embeddings) if len(embeddings) else embeddings
-    raw_labels, probabilities = _fit_labels(embeddings, unit, record_ids, cfg, reducer, clusterer)
+    # The called function of each call (text answers: "text"): what the report and the fitness judge a mix by.
+    functions = [task_key(record, "function") for record in records]
+    keys = functions if cfg.task.split_by == "function" else [task_key(r, cfg.task.split_by) for r in records]
+    raw_labels, probabilities, pinned_of, reasons = _task_labels(
+        records, embeddings, unit, keys, cfg, reducer, clusterer
+    )
     labels, next_id = stable_ids(raw_labels, record_ids, unit, cfg.embedding_model, previous, cfg.identity)
+    probabilities = np.where(labels == OUTLIER, 0.0, probabilities)
+    pinned = {int(labels[rows[0]]): cfg.pinned_tasks[rule] for rule, rows in pinned_of.items() if len(rows)}
+    pinned = {c: rule for c, rule in pinned.items() if c != OUTLIER}
     terms = label_clusters(texts, labels, cfg.top_terms)
     members_of = {c: np.flatnonzero(labels == c) for c in sorted(terms)}
-    clusters = [_describe_cluster(c, members, records, unit, terms[c]) for c, members in members_of.items()]
+    clusters = [
+        _describe_cluster(c, members, records, unit, terms[c], functions, pinned[c].name if c in pinned else None)
+        for c, members in members_of.items()
+    ]
     score_clusters(
         clusters,
         {c: [records[i] for i in members] for c, members in members_of.items()},
@@ -309,12 +283,108 @@ def discover(
         columns=ASSIGNMENT_COLUMNS,
     )
     outlier_share = float(np.mean(labels == OUTLIER)) if len(labels) else 0.0
-    model = (
-        build_model(unit, labels, record_ids, cfg.embedding_model, cfg.text, cfg.assign, next_id) if len(unit) else None
-    )
+    model = None
+    if len(unit):
+        model = build_model(unit, labels, record_ids, cfg.embedding_model, cfg.text, cfg.assign, next_id, keys, pinned)
+    check = _identity_check(records, unit, labels, keys, pinned, cfg) if len(unit) else None
     return DiscoveryResult(
-        assignments, clusters, split_clusters(record_ids, labels, cfg), outlier_share, embeddings, model, embedded_now
+        assignments,
+        clusters,
+        split_clusters(record_ids, labels, cfg),
+        outlier_share,
+        embeddings,
+        model,
+        embedded_now,
+        check,
+        reasons,
     )
+
+
+def _task_labels(
+    records: list[CallRecord],
+    embeddings: np.ndarray,
+    unit: np.ndarray,
+    keys: list[str],
+    cfg: DiscoverConfig,
+    reducer: Any,
+    clusterer: Any,
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], dict[str, int]]:
+    """Labels (any numbering) and probabilities of every call: pinned tasks first, then the first level
+    (HDBSCAN) on the other calls split by task key, then members the request alone does not place back in
+    their cluster sent to the outliers. Also the rows of each pinned rule and the outlier counts by reason."""
+    record_ids = [record.record_id for record in records]
+    rule_of = pinned_labels(records, cfg.pinned_tasks)
+    free = np.array([rule is None for rule in rule_of], dtype=bool)
+    labels = np.full(len(records), OUTLIER, dtype=int)
+    probabilities = np.zeros(len(records))
+    free_rows = np.flatnonzero(free)
+    first, first_probabilities = _fit_labels(
+        embeddings[free_rows], unit[free_rows], [record_ids[i] for i in free_rows], cfg, reducer, clusterer
+    )
+    if len(free_rows) < max(cfg.hdbscan.min_cluster_size, 3):  # too few calls for even one first-level cluster
+        split, reasons = first, ({"too_few_calls_to_cluster": len(free_rows)} if len(free_rows) else {})
+    else:
+        split, reasons = split_by_task(first, [keys[i] for i in free_rows], cfg.task)
+    labels[free_rows], probabilities[free_rows] = split, np.where(split == OUTLIER, 0.0, first_probabilities)
+    offset = int(labels.max(initial=OUTLIER)) + 1
+    pinned_of = {rule: np.flatnonzero([r == rule for r in rule_of]) for rule in range(len(cfg.pinned_tasks))}
+    for rule, rows in pinned_of.items():
+        labels[rows], probabilities[rows] = offset + rule, 1.0
+    if len(records) and (labels != OUTLIER).any():
+        # The router sees requests only: keep a member only where the other calls' vote on its request is its own
+        # cluster; others stay with the LLM. (The vote, not the centroid cut-off: that one is about calls unlike
+        # any seen, and by its definition leaves 1 - coverage of each cluster's own members out.) Pinned request
+        # rules place their calls by rule.
+        draft = build_model(unit, labels, record_ids, cfg.embedding_model, cfg.text, cfg.assign, None, keys)
+        by_request, _ = place(unit, draft, exclude_self=True, cutoff=False)
+        by_rule = np.isin(labels, [offset + i for i, r in enumerate(cfg.pinned_tasks) if r.request_only])
+        unreproducible = (labels != OUTLIER) & (by_request != labels) & ~by_rule
+        labels[unreproducible] = OUTLIER
+        if unreproducible.any():
+            reasons["request_does_not_place_it_back"] = int(unreproducible.sum())
+        sizes = pd.Series(labels[labels != OUTLIER]).value_counts()
+        too_small = [int(c) for c, n in sizes.items() if n < cfg.task.min_task_calls and c < offset]
+        if too_small:
+            dissolved = np.isin(labels, too_small)
+            reasons["too_small_after_that"] = int(dissolved.sum())
+            labels[dissolved] = OUTLIER
+    return labels, probabilities, pinned_of, reasons
+
+
+def _identity_check(
+    records: list[CallRecord],
+    unit: np.ndarray,
+    labels: np.ndarray,
+    keys: list[str],
+    pinned: dict[int, PinnedTask],
+    cfg: DiscoverConfig,
+) -> dict[str, float] | None:
+    """The request-only assignment (the router's) against the fit's own rule for the same calls (which knows their
+    answers), on a seeded share of calls left out of the model."""
+    n_held_out = round(cfg.identity_check_share * len(records))
+    if n_held_out < 1 or n_held_out >= len(records):
+        return None
+    rng = np.random.default_rng([cfg.seed, len(records)])
+    held_out = np.zeros(len(records), dtype=bool)
+    held_out[rng.choice(len(records), n_held_out, replace=False)] = True
+    kept = np.flatnonzero(~held_out)
+    model = build_model(
+        unit[kept],
+        labels[kept],
+        [records[i].record_id for i in kept],
+        cfg.embedding_model,
+        cfg.text,
+        cfg.assign,
+        None,
+        [keys[i] for i in kept],
+        pinned,
+    )
+    rows = np.flatnonzero(held_out)
+    held = [records[i] for i in rows]
+    check = request_only_agreement(held, [keys[i] for i in rows], model, unit[rows])
+    # Stricter: against the labels this fit gave them (the centroid cut-off leaves a cluster's edge members out).
+    strict = request_only_agreement(held, [keys[i] for i in rows], model, unit[rows], labels[rows])
+    return {**check, "agreement_with_fit_labels": strict["agreement"]}
 
 
 def write_cluster_report(result: DiscoveryResult, path: Path, map_path: Path | None = None) -> Path:
@@ -323,5 +393,15 @@ def write_cluster_report(result: DiscoveryResult, path: Path, map_path: Path | N
     path = Path(path)
     map_path = Path(map_path) if map_path else path.with_name(path.stem + "_map.png")
     drawn = write_cluster_map(result.embeddings, result.assignments["cluster_id"].to_numpy(), result.clusters, map_path)
-    stats = {"candidates": sum(bool(c.get("candidate")) for c in result.clusters)}
+    stats: dict[str, Any] = {"candidates": sum(bool(c.get("candidate")) for c in result.clusters)}
+    if result.identity_check:
+        check = result.identity_check
+        stats["request-only assignment (the router's) agrees with the fit on held-out calls"] = (
+            f"{check['agreement']:.1%} of {check['calls']} ({check['to_llm_instead']:.1%} sent to the LLM instead, "
+            f"{check['wrong_cluster']:.1%} to another cluster)"
+        )
+    if result.outlier_reasons:
+        stats["outliers by reason"] = ", ".join(
+            f"{k.replace('_', ' ')}: {v}" for k, v in result.outlier_reasons.items()
+        )
     return write_report_page(result.clusters, len(result.assignments), result.outlier_share, path, drawn, stats)

@@ -16,8 +16,10 @@ Five parts, each in [0, 1] (higher = better for an SLM), following the paper's c
   each answer to the cluster's mean answer. An LLM that answers alike is a teacher an SLM can imitate.
 
 ``fitness`` is the weighted mean of the parts that are defined (weights in params). A cluster is a conversion
-*candidate* when it passes every threshold of params (size, fitness and per-part minima); the reasons it fails are
-listed so nobody has to guess.
+*candidate* when it passes every threshold of params (size, fitness and per-part minima) and is one task: a cluster
+whose answers call several functions, none of them in at least ``min_task_share`` of its calls, is a mixed bag
+(``dominant_task_share``, from :mod:`components.discover.task_keys`) and no candidate whatever its size or score.
+The reasons a cluster fails are listed so nobody has to guess.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class FitnessSettings(StepConfig):
     min_fitness: float = 0.4
     # Per-part minima (a part left out, e.g. cost without costs, is not checked).
     min_parts: dict[str, float] = {"homogeneity": 0.4, "structure": 0.0, "consistency": 0.0}
+    # The most common answer (called function, or text) must hold this share of a cluster: else a mixed bag.
+    min_task_share: float = 0.8
 
     @field_validator("weights", "min_parts")
     @classmethod
@@ -161,6 +165,12 @@ def score_clusters(
         for name, minimum in settings.min_parts.items():
             if name in defined and defined[name] < minimum:
                 failures.append(f"{name} {defined[name]:.2f} < {minimum}")
+        share = cluster.get("dominant_task_share")
+        if share is not None and share < settings.min_task_share:
+            failures.append(
+                f"mixed bag: {cluster['distinct_tasks']} different answers (called functions or text), the most "
+                f"common ({cluster['dominant_task']}) in {share:.0%} of the calls < {settings.min_task_share:.0%}"
+            )
         cluster["fitness"] = round(fitness, 4)
         cluster["fitness_parts"] = {name: None if value is None else round(value, 4) for name, value in parts.items()}
         cluster["candidate"] = not failures

@@ -90,10 +90,12 @@ def load_router_config(path: Path) -> RouterConfig:
     return RouterConfig.model_validate(data.get("route", data) if isinstance(data, dict) else data)
 
 
-def request_record(request_body: dict[str, Any]) -> CallRecord:
-    """The prompt side of a request as a record (the response is not known yet: an empty assistant message)."""
+def request_record(request_body: dict[str, Any], agent: str | None = None) -> CallRecord:
+    """The prompt side of a request as a record (the response is not known yet: an empty assistant message); the
+    agent too, since a task pinned by agent name (params discover.pinned_tasks) is placed by it."""
     return CallRecord(
         record_id=f"route-{uuid.uuid4().hex}",
+        agent=agent,
         source="router",
         model=request_body.get("model"),
         messages=messages_from_openai(request_body.get("messages"), "request.messages"),
@@ -231,7 +233,7 @@ class RouterResponder:
             note.fields["route"] = {"route": "llm", "cluster_id": None, "reason": "streaming request"}
             return None
         try:
-            record = request_record(request_body)
+            record = request_record(request_body, agent)
             cluster_id = await asyncio.wrap_future(self._assigner.submit(self.cluster_of, record))
         except (RecordError, ValueError) as error:
             note.fields["route"] = {

@@ -1,0 +1,148 @@
+"""What makes a cluster one task: the answer's shape at fit time, and tasks a user pins by rule.
+
+S3's first level groups calls by what was asked (request + offered tools, UMAP + HDBSCAN). On a long tail of
+functions that level alone makes grab-bags: one dense region of "do something with a service" requests holding
+dozens of unrelated functions. At fit time the log also holds the answer, so the second level splits every
+first-level cluster by its members' **task key**:
+
+- ``split_by: function`` (default): the called function's *family*, its name with the version segment dropped
+  (``Movies_3_FindMovies`` -> ``Movies_FindMovies``; two versions of one service method are one task), several
+  calls in one answer joined in call order; a text answer's key is ``text``.
+- ``split_by: answer_kind``: only ``tool_call`` vs ``text`` (text answers never share a cluster with tool calls).
+- ``split_by: none``: no second level (the clusters are HDBSCAN's).
+
+A part with fewer than ``min_task_calls`` calls becomes outliers (they stay with the LLM). Parts with the same
+tool-call key in different first-level clusters are one task and are merged (``merge_same_task``); text parts are
+never merged across first-level clusters, since ``text`` names no task of its own. With ``rescue_outliers``, a
+first-level outlier whose answer calls a function joins that function's task too: on a long tail the requests of
+one function are often too few or too varied for a dense region, yet the answer says they are one task (whether
+the request alone places them back is checked afterwards, see :mod:`components.discover.discovery`).
+
+Pinned tasks (:class:`PinnedTask`) are defined by the user, by agent name, by the offered tool set or by the called
+function; their calls are taken out of the automatic discovery and form one cluster per rule. The agent and tool
+set rules are read from the request, so the router applies them as they are; a called-function rule can only be
+learned (the request-only assignment of :mod:`components.discover.identity` places new calls by their neighbours).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from typing import Literal
+
+import numpy as np
+from pydantic import model_validator
+
+from components.core.config import StepConfig
+from components.core.schema import CallRecord
+from components.discover.clustering import OUTLIER
+
+TEXT_KEY = "text"
+TOOL_CALL_KEY = "tool_call"
+# Versions as they appear in function names: SGD's Domain_3_Method, and _v2 / .v1 suffixes or segments.
+_SGD_VERSION = re.compile(r"^([A-Za-z]+)_\d+_(\w+)$")
+_VERSION_SEGMENT = re.compile(r"(?:[._]v?\d+)(?=$|[._])", re.IGNORECASE)
+
+
+class TaskSettings(StepConfig):
+    split_by: Literal["function", "answer_kind", "none"] = "function"
+    # A split part smaller than this stays with the LLM (outliers). Small on purpose: a long tail's functions have
+    # few calls each, and a small task is still one task; conversion has its own minimum (min_cluster_size_to_convert).
+    min_task_calls: int = 5
+    merge_same_task: bool = True
+    rescue_outliers: bool = True  # first-level outliers join the task their called function names (with merging)
+
+
+class PinnedTask(StepConfig):
+    """A task the user knows: every call matching all of the given conditions belongs to it."""
+
+    name: str
+    agent: str | None = None
+    tool_set: list[str] | None = None  # the offered tool names, as a set (order does not matter)
+    function: str | None = None  # the called function (its family, see function_family)
+
+    @model_validator(mode="after")
+    def _one_condition_at_least(self) -> PinnedTask:
+        if self.agent is None and self.tool_set is None and self.function is None:
+            raise ValueError(f"pinned task '{self.name}': give at least one of agent, tool_set, function")
+        return self
+
+    @property
+    def request_only(self) -> bool:
+        """Whether a request alone (no answer yet) decides the rule."""
+        return self.function is None
+
+    def matches(self, record: CallRecord) -> bool:
+        if self.agent is not None and record.agent != self.agent:
+            return False
+        if self.tool_set is not None and set(record.tool_names) != set(self.tool_set):
+            return False
+        if self.function is not None and function_family(self.function) not in called_families(record):
+            return False
+        return True
+
+
+def function_family(name: str) -> str:
+    """A function name without its version: ``Movies_3_FindMovies`` -> ``Movies_FindMovies``,
+    ``weather_v2.get`` -> ``weather.get``; other names are kept as they are."""
+    match = _SGD_VERSION.match(name)
+    if match:
+        return f"{match.group(1)}_{match.group(2)}"
+    return _VERSION_SEGMENT.sub("", name) or name
+
+
+def called_families(record: CallRecord) -> list[str]:
+    return [function_family(call.name) for call in record.response.tool_calls]
+
+
+def task_key(record: CallRecord, split_by: str) -> str:
+    """The answer's shape that splits a cluster (see the module docstring)."""
+    if split_by == "none":
+        return ""
+    families = called_families(record)
+    if not families:
+        return TEXT_KEY
+    if split_by == "answer_kind":
+        return TOOL_CALL_KEY
+    return "+".join(dict.fromkeys(families))  # repeated calls of one function (parallel answers) are one task
+
+
+def pinned_labels(records: list[CallRecord], pinned: list[PinnedTask]) -> list[int | None]:
+    """Per record, the index of the first pinned task it matches, or None."""
+    return [next((i for i, rule in enumerate(pinned) if rule.matches(r)), None) for r in records]
+
+
+def split_by_task(labels: np.ndarray, keys: list[str], settings: TaskSettings) -> tuple[np.ndarray, dict[str, int]]:
+    """First-level ``labels`` split by task key (see the module docstring): new labels (any numbering, ``-1``
+    kept) and how many calls each reason sent to the outliers."""
+    labels = np.asarray(labels, dtype=int)
+    if settings.split_by == "none" or not len(labels):
+        return labels.copy(), {}
+    parts: dict[tuple, list[int]] = defaultdict(list)
+    for row, (label, key) in enumerate(zip(labels.tolist(), keys)):
+        # Text parts keep their first-level cluster; tool-call parts of one key are one task when merging.
+        merge = settings.merge_same_task and key not in (TEXT_KEY, TOOL_CALL_KEY)
+        if label == OUTLIER and not (merge and settings.rescue_outliers):
+            continue
+        parts[(key,) if merge else (key, label)].append(row)
+    result = np.full(len(labels), OUTLIER, dtype=int)
+    # Every first-level member is in a part; what is not is a first-level outlier that was not rescued.
+    reasons = {"first_level_outlier": len(labels) - sum(len(rows) for rows in parts.values())}
+    dropped = 0
+    for new_label, part in enumerate(sorted(parts, key=lambda p: (-len(parts[p]), p))):
+        rows = parts[part]
+        if len(rows) < settings.min_task_calls:
+            dropped += len(rows)
+            continue
+        result[rows] = new_label
+    reasons["task_smaller_than_min_task_calls"] = dropped
+    return result, {reason: n for reason, n in reasons.items() if n}
+
+
+def key_mix(keys: list[str]) -> tuple[str, float, int]:
+    """The most common key, its share and the number of distinct keys (a cluster's answer mix)."""
+    counts = Counter(keys)
+    if not counts:
+        return "", 0.0, 0
+    top, count = counts.most_common(1)[0]
+    return top, count / len(keys), len(counts)
