@@ -150,7 +150,8 @@ def records_to_frame(records: list[CallRecord]) -> pd.DataFrame:
         row["metadata_json"] = json.dumps(record.metadata)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RECORD_COLUMNS)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    # ISO 8601 of any precision: a time on a whole second is written without a fraction, the others with one.
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
     for column in ("prompt_tokens", "completion_tokens"):
         frame[column] = frame[column].astype("Int64")
     for column in ("latency_ms", "cost_usd"):

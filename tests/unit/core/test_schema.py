@@ -1,5 +1,7 @@
 """CallRecord's conversation id: set from the log, else the history's prefix, kept through Parquet."""
 
+from datetime import UTC, datetime
+
 from components.core.schema import CallRecord, frame_to_records, history_prefix_id, records_to_frame
 
 
@@ -32,3 +34,10 @@ def test_a_given_id_is_kept_and_survives_parquet_and_old_tables_get_the_prefix()
     assert [r.conversation_id for r in frame_to_records(frame)] == ["sess-1", records[1].conversation_id]
     old_table = frame.drop(columns=["conversation_id"])
     assert frame_to_records(old_table)[0].conversation_id == history_prefix_id(records[0].messages)
+
+
+def test_times_on_a_whole_second_and_with_a_fraction_share_one_table():
+    records = [record("a", [SYSTEM]), record("b", [SYSTEM])]
+    records[0].timestamp = datetime(2026, 3, 20, 20, 42, 54, tzinfo=UTC)
+    records[1].timestamp = datetime(2026, 3, 20, 20, 42, 54, 123000, tzinfo=UTC)
+    assert [r.timestamp for r in frame_to_records(records_to_frame(records))] == [r.timestamp for r in records]
