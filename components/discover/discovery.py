@@ -179,9 +179,9 @@ def split_clusters(
     CallRecord.conversation_id. Each cluster's test target is ``min(max_test_per_cluster, max(1,
     round(test_fraction * n)), n - 1)`` calls. Conversations are taken in a seeded order (of their sorted ids, so
     the input order does not matter) and held out when they fit every cluster they touch within its target; a
-    second pass fills clusters still short with conversations that overshoot a little, as long as every touched
-    cluster keeps a training call. A cluster made of one conversation gets no test call (reported downstream as
-    too few held-out calls) rather than a leaking one.
+    second pass fills clusters still short with conversations that take a touched cluster past its target, up to
+    ``round(test_fraction * n)`` (at most ``n - 1``). A cluster made of one conversation gets no test call
+    (reported downstream as too few held-out calls) rather than a leaking one.
     """
     labels = np.asarray(labels, dtype=int)
     conversation_ids = list(record_ids) if conversation_ids is None else list(conversation_ids)
@@ -196,6 +196,9 @@ def split_clusters(
             calls_in[conversation][label] += 1
     ordered = sorted(calls_in)
     ordered = [ordered[i] for i in np.random.default_rng(cfg.seed).permutation(len(ordered))]
+    # A cluster shared by most conversations (e.g. the closing answers) fills its target first and would block
+    # every other: past its target it may take up to the uncapped test_fraction of its calls.
+    ceiling = {c: min(max(target[c], round(cfg.test_fraction * n)), n - 1) for c, n in size.items()}
     held_out: set[str] = set()
     n_test: Counter[int] = Counter()
     for strict in (True, False):
@@ -203,10 +206,12 @@ def split_clusters(
             touched = calls_in[conversation]
             if conversation in held_out or not touched:
                 continue
-            fits = all(
-                (n_test[c] + k <= target[c]) if strict else (n_test[c] < target[c] and n_test[c] + k <= size[c] - 1)
-                for c, k in touched.items()
-            )
+            if strict:
+                fits = all(n_test[c] + k <= target[c] for c, k in touched.items())
+            else:
+                fits = any(n_test[c] < target[c] for c in touched) and all(
+                    n_test[c] + k <= ceiling[c] for c, k in touched.items()
+                )
             if fits:
                 held_out.add(conversation)
                 n_test.update(touched)
