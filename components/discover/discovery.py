@@ -87,8 +87,12 @@ class DiscoverConfig(StepConfig):
     # (cluster_identity.assign): time and memory stay bounded, and a sample finds the same clusters (benchmarks/).
     max_fit_calls: int | None = 10000
     top_terms: int = 6
+    # Held-out calls per cluster: max(test_fraction, min_test_calls), at most max_test_per_cluster, keeping at
+    # least min_train_calls for training. A parity decision needs min_test_calls (promotion.min_test_calls).
     test_fraction: float = 0.2
-    max_test_per_cluster: int = 10
+    min_test_calls: int = 20
+    min_train_calls: int = 20
+    max_test_per_cluster: int = 100
     fitness: FitnessSettings = FitnessSettings()
     min_cluster_size_to_convert: int = 20
     max_clusters_to_convert: int = 2
@@ -119,6 +123,17 @@ def cluster_embeddings(
     return _cluster_embeddings(embeddings, cfg.umap, cfg.hdbscan, cfg.seed, reducer, clusterer)
 
 
+def held_out_target(n: int, cfg: DiscoverConfig) -> int:
+    """How many of a cluster's ``n`` calls to hold out: enough to judge parity (``max(test_fraction * n,
+    min_test_calls)``, at most ``max_test_per_cluster``) while ``min_train_calls`` stay for training; a cluster too
+    small for both keeps the plain fraction (at least one call, never all), and is reported as undecidable later."""
+    fraction = max(1, round(cfg.test_fraction * n))
+    wanted = min(cfg.max_test_per_cluster, max(cfg.min_test_calls, fraction))
+    if n - cfg.min_train_calls >= cfg.min_test_calls:
+        return min(wanted, n - cfg.min_train_calls)
+    return min(fraction, cfg.max_test_per_cluster, n - 1)
+
+
 def split_clusters(
     record_ids: list[str], labels: np.ndarray, cfg: DiscoverConfig, conversation_ids: list[str] | None = None
 ) -> pd.DataFrame:
@@ -127,8 +142,7 @@ def split_clusters(
     Calls of one conversation share their history (a later call's prompt holds the earlier calls and answers), so
     a conversation is either held out whole or trained on whole, in every cluster it touches: no conversation is on
     both sides. ``conversation_ids`` (one per record; None: every call its own conversation) come from
-    CallRecord.conversation_id. Each cluster's test target is ``min(max_test_per_cluster, max(1,
-    round(test_fraction * n)), n - 1)`` calls. Conversations are taken in a seeded order (of their sorted ids, so
+    CallRecord.conversation_id. Each cluster's test target is :func:`held_out_target` calls. Conversations are taken in a seeded order (of their sorted ids, so
     the input order does not matter) and held out when they fit every cluster they touch within its target; a
     second pass fills clusters still short with conversations that take a touched cluster past its target, up to
     ``round(test_fraction * n)`` (at most ``n - 1``). A cluster made of one conversation gets no test call
@@ -139,7 +153,7 @@ def split_clusters(
     if len(conversation_ids) != len(record_ids):
         raise ValueError(f"{len(conversation_ids)} conversation ids for {len(record_ids)} records")
     size: Counter[int] = Counter(label for label in labels.tolist() if label != OUTLIER)
-    target = {c: min(cfg.max_test_per_cluster, max(1, round(cfg.test_fraction * n)), n - 1) for c, n in size.items()}
+    target = {c: held_out_target(n, cfg) for c, n in size.items()}
     calls_in: dict[str, Counter[int]] = {}
     for conversation, label in zip(conversation_ids, labels.tolist()):
         calls_in.setdefault(conversation, Counter())

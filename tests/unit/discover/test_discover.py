@@ -16,6 +16,7 @@ from components.discover.discovery import (
     cluster_embeddings,
     discover,
     embed_texts,
+    held_out_target,
     label_clusters,
     split_clusters,
     task_text,
@@ -153,7 +154,7 @@ def test_boilerplate_shared_by_nearly_all_calls_names_no_cluster():
 def test_splits_are_seeded_disjoint_and_sized_per_cluster():
     ids = [f"r{i}" for i in range(60)]
     labels = np.array([0] * 40 + [1] * 15 + [2] * 2 + [-1] * 3)
-    cfg = DiscoverConfig(test_fraction=0.2, max_test_per_cluster=6, seed=7)
+    cfg = DiscoverConfig(test_fraction=0.2, max_test_per_cluster=6, min_test_calls=1, min_train_calls=1, seed=7)
     first = split_clusters(ids, labels, cfg)
     again = split_clusters(list(reversed(ids)), labels[::-1], cfg)  # input order does not matter
     assert first.equals(again.iloc[::-1].reset_index(drop=True))
@@ -183,7 +184,7 @@ def test_splits_are_by_conversation_and_no_conversation_is_on_both_sides():
             conversations.append(f"conv-{conversation}")
             labels.append(int(rng.choice([-1, 0, 0, 1, 1, 2])))
     labels = np.array(labels)
-    cfg = DiscoverConfig(test_fraction=0.2, max_test_per_cluster=12, seed=7)
+    cfg = DiscoverConfig(test_fraction=0.2, max_test_per_cluster=12, min_test_calls=1, min_train_calls=1, seed=7)
     splits = split_clusters(ids, labels, cfg, conversations)
     sides = splits.assign(conversation=conversations).query("split != 'outlier'").groupby("conversation").split
     assert (sides.nunique() == 1).all()  # held out whole or trained on whole, in every cluster it touches
@@ -198,6 +199,21 @@ def test_splits_are_by_conversation_and_no_conversation_is_on_both_sides():
     calls_only = split_clusters(ids, labels, cfg)  # without conversations, calls are split one by one
     by_call = calls_only.assign(conversation=conversations).query("split != 'outlier'").groupby("conversation").split
     assert (by_call.nunique() > 1).any()
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (300, 60),  # 20 % of 300
+        (60, 20),  # 20 % is 12: the minimum for a parity decision wins
+        (45, 20),  # 25 left for training
+        (35, 7),  # too small for 20 + 20: the plain fraction (undecidable, reported downstream)
+        (1000, 100),  # capped
+        (2, 1),
+    ],
+)
+def test_held_out_sets_are_big_enough_to_judge_parity_while_keeping_training_calls(n, expected):
+    assert held_out_target(n, DiscoverConfig(test_fraction=0.2, min_test_calls=20, min_train_calls=20)) == expected
 
 
 def test_a_cluster_that_is_one_conversation_gets_no_test_call_rather_than_a_leaking_one():
