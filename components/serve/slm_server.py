@@ -27,8 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -38,18 +37,13 @@ from components.collect.sources.common import RecordError
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
 from components.serve.batching import BatchWorker
+from components.serve.engines import Engine, PoolEngine, ServedAdapter
 from components.serve.proxy import completion_as_sse
 from components.serve.service import RouterConfig, as_completion, request_record
 
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "cluster-"
-
-
-@dataclass(frozen=True)
-class ServedAdapter:
-    base_model: str  # catalog reference or folder of the base SLM
-    adapter_dir: str | None = None  # LoRA adapter (or whole fine-tuned model) folder; None: the plain base
 
 
 # () -> cluster id -> what serves it now; polled for hot reloads.
@@ -84,70 +78,6 @@ def served_from_router_config(config: RouterConfig) -> dict[int, ServedAdapter]:
         for cluster_id, serving in config.clusters.items()
         if serving.mode != "off"
     }
-
-
-class Engine(Protocol):
-    """What generates: loads and frees (base, adapter) pairs and answers batches; all calls on one thread."""
-
-    name: str
-
-    def load(self, served: ServedAdapter) -> None: ...
-
-    def unload(self, served: ServedAdapter) -> None: ...
-
-    def generate(self, served: ServedAdapter, records: list[CallRecord], max_new_tokens: int) -> list[Any]: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-class PoolEngine:
-    """transformers' eager ``generate`` through the SLM pool (one base copy, adapters switched per batch)."""
-
-    name = "transformers-eager"
-
-    def __init__(self) -> None:
-        from components.serve.adapter_pool import SLMPool
-
-        self.pool = SLMPool()
-
-    def load(self, served: ServedAdapter) -> None:
-        self.pool.load(served.base_model, served.adapter_dir)
-
-    def unload(self, served: ServedAdapter) -> None:
-        self.pool.unload(served.base_model, served.adapter_dir)
-
-    def generate(self, served: ServedAdapter, records: list[CallRecord], max_new_tokens: int) -> list[Any]:
-        return self.pool.generations(served.base_model, served.adapter_dir, records, max_new_tokens)
-
-    def describe(self) -> dict[str, Any]:
-        import os
-        import platform
-        from importlib.metadata import version
-
-        import torch
-
-        from components.slm.grammar import available
-
-        return {
-            "engine": self.name,
-            "dtype": "float32",
-            "device": "cpu",  # components/slm loads onto the CPU
-            "torch_threads": torch.get_num_threads(),
-            "cpu": _cpu_model() or platform.processor(),
-            "cpu_count": os.cpu_count(),
-            "constrained_decoding": available(),
-            "versions": {package: version(package) for package in ("torch", "transformers", "peft")},
-        }
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
