@@ -27,6 +27,7 @@ class _LoadedBase:
     base_spec: Any  # the base folder's prompt spec (usually none)
     # resolved adapter folder -> (its adapter name on the model, its prompt spec)
     adapters: dict[str, tuple[str, Any]] = field(default_factory=dict)
+    names_given: int = 0  # adapter names are never reused: an unloaded adapter's name may linger in PEFT's state
 
 
 def _is_lora_adapter(folder: str | Path | None) -> bool:
@@ -62,7 +63,8 @@ class SLMPool:
 
         folder = str(Path(adapter_dir).resolve())
         if folder not in base.adapters:
-            name = f"cluster_adapter_{len(base.adapters)}"
+            name = f"cluster_adapter_{base.names_given}"
+            base.names_given += 1
             if isinstance(base.model, PeftModel):
                 base.model.load_adapter(folder, adapter_name=name)
             else:
@@ -71,16 +73,52 @@ class SLMPool:
             base.adapters[folder] = (name, load_prompt_spec(folder))
         return base.adapters[folder]
 
+    def load(self, base_model: str, adapter_dir: str | None) -> None:
+        """Loads the pair now (what the first generation would do), so that a hot reload pays it before serving."""
+        if adapter_dir is not None and not _is_lora_adapter(adapter_dir):
+            self._whole(base_model, adapter_dir)
+        else:
+            base = self._base(base_model)
+            if adapter_dir is not None:
+                self._with_adapter(base, adapter_dir)
+
+    def unload(self, base_model: str, adapter_dir: str | None) -> bool:
+        """Frees an adapter (or whole model) no cluster serves any more; True when something was freed. The last
+        adapter on a base stays: PEFT's model is not meant to run with none, and one LoRA is small."""
+        if adapter_dir is None:
+            return False
+        if adapter_dir in self._whole_models:
+            del self._whole_models[adapter_dir]
+            return True
+        base = self._bases.get(base_model)
+        folder = str(Path(adapter_dir).resolve())
+        if base is None or folder not in base.adapters or len(base.adapters) < 2:
+            return False
+        name, _ = base.adapters.pop(folder)
+        base.model.delete_adapter(name)
+        return True
+
+    def _whole(self, base_model: str, adapter_dir: str) -> tuple[Any, Any]:
+        from components import slm
+
+        if adapter_dir not in self._whole_models:
+            self._whole_models[adapter_dir] = slm.load_model(base_model, adapter_dir)
+        return self._whole_models[adapter_dir]
+
     def generate(
         self, base_model: str, adapter_dir: str | None, records: list[CallRecord], max_new_tokens: int
     ) -> list[str]:
         """Greedy completions of ``records`` (one batch) by ``base_model`` with ``adapter_dir`` on top."""
+        return [generation.text for generation in self.generations(base_model, adapter_dir, records, max_new_tokens)]
+
+    def generations(
+        self, base_model: str, adapter_dir: str | None, records: list[CallRecord], max_new_tokens: int
+    ) -> list[Any]:
+        """As :meth:`generate`, with each completion's token counts and latency (components.slm.Generation)."""
         from components import slm
 
         if adapter_dir is not None and not _is_lora_adapter(adapter_dir):
-            if adapter_dir not in self._whole_models:
-                self._whole_models[adapter_dir] = slm.load_model(base_model, adapter_dir)
-            model, tokenizer = self._whole_models[adapter_dir]
+            model, tokenizer = self._whole(base_model, adapter_dir)
             context: Any = nullcontext()
         else:
             base = self._base(base_model)
@@ -96,7 +134,6 @@ class SLMPool:
                 context = nullcontext()
             setattr(model, slm.PROMPT_SPEC_ATTRIBUTE, spec)
         with context:
-            generations = slm.generate(
+            return slm.generate(
                 model, tokenizer, records, max_new_tokens=max_new_tokens, batch_size=max(len(records), 1)
             )
-        return [generation.text for generation in generations]

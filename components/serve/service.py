@@ -42,6 +42,7 @@ from components.collect.sources.openai_jsonl import messages_from_openai, tools_
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
 from components.discover.identity import ClusterModel, assign, load_model
+from components.serve.backends import Backend, cluster_generator
 from components.serve.proxy import current_note
 from components.serve.router import ClusterRoute, Mode, agreement, check_tool_calls, decide
 
@@ -59,6 +60,8 @@ class ClusterServing(StepConfig):
     adapter_dir: str | None = None  # the cluster's champion adapter (or whole fine-tuned model)
     canary_share: float = Field(0.1, ge=0.0, le=1.0)
     known_tools: list[str] = Field(default_factory=list)  # tools the SLM was trained on; others go to the LLM
+    # Where the SLM runs: the in-process pool, or {base_url, model} of an OpenAI-compatible server (serve-slm, vLLM).
+    backend: Backend = "embedded"
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -193,7 +196,8 @@ class RouterResponder:
         self.cluster_model = model if isinstance(model, ClusterModel) else load_model(Path(model))
         self.embed = embed or TextEncoder()
         self.pool = SLMPool()
-        self.generator = generator or self.generate_with_slm
+        backends = {cluster_id: serving.backend for cluster_id, serving in config.clusters.items()}
+        self.generator = generator or cluster_generator(backends, self.generate_with_slm, config.max_new_tokens)
         # Placement runs off the event loop: the proxy keeps serving the LLM path meanwhile.
         self._assigner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-assign")
         # One SLM thread with its own queue, so that queued calls of one cluster can be taken as one batch.

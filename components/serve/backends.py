@@ -1,0 +1,126 @@
+"""Where a routed cluster's SLM runs: ``embedded`` (the router's in-process pool) or any OpenAI-compatible server
+(``{base_url, model}``: ``llm2slm serve-slm``, vLLM with ``--lora-modules``, ...).
+
+A remote backend is one more :data:`components.serve.service.Generator`: each record of a batch is sent as a chat
+completion (concurrently, so the server can batch them), and each answer comes back as the completion text the
+embedded pool would have produced (``<tool_call>`` lines, components/slm's format), so the router's guardrail,
+shadow and canary logic run unchanged on it. A failing server raises: the router then sends the call to the LLM.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal
+
+from pydantic import Field
+
+from components.core.config import StepConfig
+from components.core.schema import CallRecord, ChatMessage
+
+
+class OpenAIBackend(StepConfig):
+    base_url: str  # up to /v1, e.g. http://127.0.0.1:8788/v1
+    model: str  # the id the server serves this cluster's adapter under: cluster-<id> on serve-slm
+    api_key_env: str | None = None  # name of the environment variable holding the key (never the key itself)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+Backend = Literal["embedded"] | OpenAIBackend
+
+# (cluster id, records of one batch) -> completion texts, in order (components.serve.service.Generator).
+Generator = Callable[[int, list[CallRecord]], list[str]]
+
+
+def openai_message(message: ChatMessage) -> dict[str, Any]:
+    """A message in the OpenAI request form (the inverse of collect's ``message_from_openai``)."""
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {
+                "id": call.id or f"call_{index}",
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for index, call in enumerate(message.tool_calls)
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def chat_request(record: CallRecord, model: str, max_new_tokens: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [openai_message(message) for message in record.messages],
+        "max_tokens": max_new_tokens,
+        "temperature": 0,  # the embedded path decodes greedily
+    }
+    if record.tools:
+        body["tools"] = record.tools
+    return body
+
+
+def completion_text(completion: dict[str, Any]) -> str:
+    """The answer of a ``chat.completion`` as components/slm's completion text (tool calls as ``<tool_call>``)."""
+    from components.collect.sources.common import message_from_openai
+    from components.slm import render_target
+
+    choices = completion.get("choices") or []
+    if not choices:
+        raise ValueError("the SLM server answered without a choice")
+    return render_target(message_from_openai(choices[0].get("message"), "choices[0].message"))
+
+
+class OpenAIGenerator:
+    """Answers a cluster's batches through one OpenAI-compatible endpoint."""
+
+    def __init__(self, backend: OpenAIBackend, max_new_tokens: int, max_parallel: int = 8) -> None:
+        import httpx
+
+        headers = {"content-type": "application/json"}
+        if backend.api_key_env is not None:
+            key = os.environ.get(backend.api_key_env)
+            if not key:
+                raise ValueError(f"the SLM backend {backend.base_url} needs its key in ${backend.api_key_env}")
+            headers["authorization"] = f"Bearer {key}"
+        self.backend, self.max_new_tokens = backend, max_new_tokens
+        self._client = httpx.Client(base_url=backend.base_url.rstrip("/"), headers=headers, timeout=backend.timeout_s)
+        self._senders = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="slm-backend")
+
+    def _answer(self, record: CallRecord) -> str:
+        response = self._client.post(
+            "/chat/completions", json=chat_request(record, self.backend.model, self.max_new_tokens)
+        )
+        response.raise_for_status()
+        return completion_text(response.json())
+
+    def __call__(self, records: list[CallRecord]) -> list[str]:
+        return list(self._senders.map(self._answer, records))
+
+    def close(self) -> None:
+        self._senders.shutdown(wait=False, cancel_futures=True)
+        self._client.close()
+
+
+def cluster_generator(
+    backends: Mapping[int, Backend], embedded: Generator, max_new_tokens: int, max_parallel: int = 8
+) -> Generator:
+    """The router's generator: each cluster's batches go to its backend (``embedded`` ones to ``embedded``)."""
+    remote = {
+        cluster_id: OpenAIGenerator(backend, max_new_tokens, max_parallel)
+        for cluster_id, backend in backends.items()
+        if isinstance(backend, OpenAIBackend)
+    }
+    if not remote:
+        return embedded
+
+    def generate(cluster_id: int, records: list[CallRecord]) -> list[str]:
+        if cluster_id in remote:
+            return remote[cluster_id](records)
+        return embedded(cluster_id, records)
+
+    return generate

@@ -1,0 +1,111 @@
+"""``llm2slm serve-slm``: the embedded OpenAI-compatible SLM server (components/serve/slm_server.py) for a run.
+
+Kept out of flows/cli.py: :func:`register` adds the command to the typer app (flows/cli.py calls it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import typer
+
+
+def parse_adapters(pairs: list[str], base_model: str | None) -> dict[int, tuple[str, str | None]]:
+    """``--adapter 3=folder`` (``3=`` for the plain base) -> cluster id -> (base model, adapter folder)."""
+    if pairs and base_model is None:
+        raise typer.BadParameter("--adapter needs --base-model (the model the adapters were trained on)")
+    named = {}
+    for pair in pairs:
+        cluster, separator, folder = pair.partition("=")
+        if not separator or not cluster.strip().lstrip("-").isdigit():
+            raise typer.BadParameter(
+                f"{pair!r}: expected CLUSTER=FOLDER, e.g. 3=models/cluster-3", param_hint="--adapter"
+            )
+        named[int(cluster)] = (base_model, folder.strip() or None)
+    return named
+
+
+def build_server(
+    workdir: Path,
+    poll_s: float,
+    router_config: Path | None = None,
+    adapters: list[str] | None = None,
+    base_model: str | None = None,
+    params: Path | None = None,
+    watch_registry: bool = True,
+    engine=None,
+):
+    """The SLMServer a ``serve-slm`` command line describes (the CLI runs it with uvicorn)."""
+    from components.core.config import resolve
+    from components.serve.proxy import PROXY_KEYS_ENV
+    from components.serve.service import load_router_config
+    from components.serve.slm_server import ServedAdapter, SLMServer, SLMServerConfig, served_from_router_config
+    from flows.steps import default_params_path, load_pipeline_config
+
+    keys = [key.strip() for key in os.environ.get(PROXY_KEYS_ENV, "").split(",") if key.strip()]
+    if not keys:
+        raise ValueError(f"set {PROXY_KEYS_ENV} to the comma-separated API keys clients will use")
+    config = load_pipeline_config(params or default_params_path())
+    select, evaluate = config.steps["select"], config.steps["evaluate"]
+    named = parse_adapters(adapters or [], base_model)
+    if named:
+        served = {cluster_id: ServedAdapter(*pair) for cluster_id, pair in named.items()}
+    else:
+        path = router_config or resolve(workdir, "reports/router.yaml")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"{path}: no router config (run S6 evaluate, or name adapters with --adapter)")
+        served = served_from_router_config(load_router_config(Path(path)))
+    if not served:
+        raise ValueError("no cluster to serve: the router config routes none to an SLM")
+    server_config = SLMServerConfig(
+        max_new_tokens=evaluate.max_new_tokens,
+        max_batch_size=evaluate.batch_size,
+        poll_s=poll_s,
+        hardware=select.serving_hardware,
+        hourly_cost_usd=select.hourly_cost_usd,
+    )
+    resolver = None
+    if watch_registry and poll_s > 0:
+        from tasks.helpers.champions import champion_resolver
+        from tasks.helpers.tracking import configure_tracking
+
+        configure_tracking(workdir.resolve(), config.tracking)
+        download_dir = workdir.resolve() / "models" / "serving"
+        resolver = champion_resolver(served, evaluate.registered_model_prefix, download_dir)
+    return SLMServer(served, server_config, keys, engine=engine, resolve=resolver)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve-slm")
+    def serve_slm(
+        workdir: Path = typer.Option(Path("."), "--workdir", help="The run whose promoted adapters to serve"),
+        host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on"),
+        port: int = typer.Option(8788, "--port"),
+        poll_s: float = typer.Option(
+            30.0, "--poll-s", help="Seconds between checks of each cluster's `champion` alias (0: no hot reload)"
+        ),
+        router_config: Path | None = typer.Option(
+            None, "--router-config", help="Clusters to serve (default: WORKDIR/reports/router.yaml, S6's output)"
+        ),
+        adapter: list[str] = typer.Option(
+            [], "--adapter", help="CLUSTER=FOLDER to serve instead of the router config (repeatable)"
+        ),
+        base_model: str | None = typer.Option(None, "--base-model", help="Base model of the --adapter folders"),
+        params: Path | None = typer.Option(
+            None, "--params", help="params.yaml (default: ./params.yaml, else packaged)"
+        ),
+    ) -> None:
+        """Serve a run's SLMs as an OpenAI-compatible API: `model` = cluster-<id>, tools answered under each
+        cluster's grammar; keys from $LLM2SLM_PROXY_KEYS; /metrics, /healthz, /v1/engine."""
+        import uvicorn
+
+        try:
+            server = build_server(workdir, poll_s, router_config, adapter, base_model, params)
+        except (FileNotFoundError, ValueError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from None
+        models = ", ".join(f"cluster-{cluster_id}" for cluster_id in sorted(server.served))
+        reload = f"champion aliases checked every {poll_s:g} s" if server.resolve else "no hot reload"
+        typer.echo(f"SLM server: http://{host}:{port}/v1 serving {models} ({reload})")
+        uvicorn.run(server.app, host=host, port=port, log_level="info")
