@@ -137,6 +137,10 @@ def make_logits_processor(
             self.prompt_length: int | None = None
             # One bit per token of llguidance's vocabulary (which may count a token more than the model's).
             self.words = len(next(m for m in matchers if m is not None).compute_bitmask()) // 4
+            stop_bits = np.zeros(self.words, dtype=np.uint32)
+            for token in stop_ids:
+                stop_bits[token // 32] |= np.uint32(1) << np.uint32(token % 32)
+            self.stop_only = stop_bits.view(np.int32)
 
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             if self.prompt_length is None:
@@ -148,9 +152,15 @@ def make_logits_processor(
             bitmask = np.full((len(matchers), self.words), -1, dtype=np.int32)
             constrained = np.zeros(len(matchers), dtype=bool)
             for row, matcher in enumerate(matchers):
-                if matcher is not None and not matcher.is_stopped() and not matcher.is_error():
+                if matcher is None or matcher.is_error():
+                    continue
+                if matcher.is_stopped():
+                    # The answer is complete (its last allowed call is closed): only a stop token may follow, or
+                    # the row would run on unconstrained to the token budget.
+                    bitmask[row] = self.stop_only
+                else:
                     bitmask[row] = np.frombuffer(matcher.compute_bitmask(), dtype=np.int32)
-                    constrained[row] = True
+                constrained[row] = True
             if not constrained.any():
                 return scores
             allowed = np.unpackbits(bitmask.view(np.uint8), axis=1, bitorder="little")[:, : scores.shape[1]]

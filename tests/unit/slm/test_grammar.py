@@ -162,6 +162,30 @@ def test_a_random_model_writes_only_valid_calls_under_the_grammar(tiny_model_dir
             jsonschema.validate({"name": call.name, "arguments": json.loads(call.arguments)}, schema)
 
 
+def test_an_answer_stops_once_its_last_allowed_call_is_closed(tiny_model_dir: str) -> None:
+    # An enum keeps the random model's values short; without the stop it would write on to the token budget.
+    pick = {
+        "type": "function",
+        "function": {
+            "name": "pick",
+            "parameters": {
+                "type": "object",
+                "properties": {"colour": {"type": "string", "enum": ["red", "blue"]}},
+                "required": ["colour"],
+            },
+        },
+    }
+    model, tokenizer = load_model(tiny_model_dir)
+    records = [booking_record(0, [pick]), booking_record(1, [pick])]
+    budget = 120
+    for generation in generate(
+        model, tokenizer, records, max_new_tokens=budget, batch_size=2, require_tool_calls=True, max_tool_calls=1
+    ):
+        assert generation.text.endswith("</tool_call>"), generation.text
+        assert len(parse_completion(generation.text).tool_calls) == 1
+        assert generation.completion_tokens < budget
+
+
 def test_answer_budget_follows_the_longest_answer_up_to_the_cap() -> None:
     assert answer_token_budget([10, 40, 20]) == 76
     assert answer_token_budget([10, 40, 20], cap=50) == 50
