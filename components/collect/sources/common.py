@@ -73,6 +73,21 @@ def content_hash(record: CallRecord) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+# Fields where logs keep the conversation (session, thread) a call belongs to, in order of preference; a trace
+# comes last: tracers often open one trace per user turn, not per conversation.
+CONVERSATION_FIELDS = ("conversation_id", "session_id", "thread_id", "trace_id")
+
+
+def logged_conversation_id(obj: dict[str, Any]) -> str | None:
+    """The conversation a log line names: a top-level field of CONVERSATION_FIELDS, else one in its metadata."""
+    metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    for where in (obj, metadata):
+        for key in CONVERSATION_FIELDS:
+            if where.get(key) not in (None, ""):
+                return str(where[key])
+    return None
+
+
 def message_from_openai(raw: Any, where: str) -> ChatMessage:
     if not isinstance(raw, dict):
         raise RecordError(f"{where} is not an object")
@@ -145,8 +160,10 @@ def build_record(
     latency_ms: Any = None,
     cost_usd: Any = None,
     metadata: Any = None,
+    conversation_id: str | None = None,
 ) -> CallRecord:
-    """The one place a CallRecord is made from parsed parts: answer checks, usage, cost from the price table."""
+    """The one place a CallRecord is made from parsed parts: answer checks, usage, cost from the price table.
+    Without a ``conversation_id`` the record takes its history's prefix (schema.history_prefix_id)."""
     check_answer(answer)
     if not messages:
         raise RecordError("no prompt before the assistant's response")
@@ -168,6 +185,7 @@ def build_record(
             latency_ms=latency_ms,
             cost_usd=cost_usd,
             metadata=metadata if isinstance(metadata, dict) else {},
+            conversation_id=conversation_id,
         )
     except ValidationError as error:
         first = error.errors()[0]

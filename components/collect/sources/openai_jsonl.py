@@ -2,12 +2,17 @@
 
 * request/response, as logging proxies export it: ``{"id", "timestamp", "agent", "request": {model, messages,
   tools}, "response": {choices: [{message}], usage}, "latency_ms", "metadata"}`` (all but request/response
-  optional; ``metadata`` is kept as the record's metadata, e.g. the S6 router's ``route``);
+  optional; ``metadata`` is kept as the record's metadata, e.g. the S6 router's ``route``); a logged
+  ``conversation_id``/``session_id``/``thread_id``/``trace_id`` (top level or in ``metadata``) becomes the
+  record's ``conversation_id``, else the hash of its history's prefix (components/core/schema.py);
   ``response`` may also be the list of ``chat.completion.chunk`` objects of a streamed call: the final message and
   its tool calls are rebuilt from the deltas;
 * the OpenAI fine-tuning/chat form ``{"messages": [...], "tools": [...]}``; a multi-turn conversation gives one
   record per assistant turn that answers an input (user, tool result, system), with everything before it as
-  context. Consecutive assistant messages belong to one turn: the first is the call's answer, the others context;
+  context. Consecutive assistant messages belong to one turn: the first is the call's answer, the others context.
+  A conversation logged up to a tool result (captured mid-loop) keeps its answered calls; its unanswered tail is
+  quarantined with the reason. The line's ``id`` (else a ``session_id``-like field) is its records'
+  ``conversation_id``;
 * ``{"record": {...}}``: an already normalized CallRecord (what the proxy writes when it anonymizes on write);
 * ``{"error": ...}``: a failed upstream call the proxy recorded: quarantined with its status, never a record.
 
@@ -35,6 +40,7 @@ from components.collect.sources.common import (
     decode_line,
     iter_lines,
     line_kind,
+    logged_conversation_id,
     message_from_openai,
     messages_from_openai,
     tools_from_openai,
@@ -80,13 +86,14 @@ def _request_response(obj: dict[str, Any], cfg: CollectConfig, source: str) -> C
         latency_ms=obj.get("latency_ms"),
         cost_usd=obj.get("cost_usd"),
         metadata=obj.get("metadata"),
+        conversation_id=logged_conversation_id(obj),
     )
 
 
 def _conversation(obj: dict[str, Any], cfg: CollectConfig) -> list[CallRecord | RecordError]:
     messages = messages_from_openai(obj.get("messages"), "messages")
-    if messages[-1].role != "assistant":
-        raise RecordError("the last message must be the assistant's response")
+    if not any(message.role == "assistant" for message in messages):
+        raise RecordError("the conversation has no assistant response")
     tools = tools_from_openai(obj.get("tools"))
     turns = [
         index
@@ -96,6 +103,7 @@ def _conversation(obj: dict[str, Any], cfg: CollectConfig) -> list[CallRecord | 
     if not turns:
         raise RecordError("no prompt before the assistant's response")
     base_id = str(obj["id"]) if obj.get("id") not in (None, "") else content_id(obj)
+    conversation_id = logged_conversation_id(obj) or base_id
     last = turns[-1]
     results: list[CallRecord | RecordError] = []
     for index in turns:
@@ -116,10 +124,22 @@ def _conversation(obj: dict[str, Any], cfg: CollectConfig) -> list[CallRecord | 
                     agent=obj.get("agent"),
                     latency_ms=obj.get("latency_ms") if final else None,
                     cost_usd=obj.get("cost_usd") if final else None,
+                    conversation_id=conversation_id,
                 )
             )
         except RecordError as error:
             results.append(RecordError(f"messages[{index}]: {error}"))
+    # A log captured mid-loop ends after a tool result (or a user message) with no answer yet: the calls before
+    # it stand; the unanswered tail is reported, since it is no call.
+    answered_until = max(index for index, message in enumerate(messages) if message.role == "assistant")
+    if answered_until < len(messages) - 1:
+        tail = messages[answered_until + 1 :]
+        results.append(
+            RecordError(
+                f"messages[{answered_until + 1}:]: the log stops after a {tail[-1].role} message with no answer "
+                f"logged ({len(tail)} unanswered message(s) left out; the {len(turns)} call(s) before them kept)"
+            )
+        )
     return results
 
 

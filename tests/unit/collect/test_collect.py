@@ -89,7 +89,7 @@ def test_fine_tuning_form_takes_last_assistant_message_as_response():
         ("[1, 2]", "expected a JSON object"),
         (json.dumps({"request": {"messages": [{"role": "user", "content": "x"}]}}), "'response'"),
         (json.dumps({"messages": "hello"}), "non-empty list"),
-        (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "last message must be the assistant"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "has no assistant response"),
         (json.dumps({"foo": 1}), "neither"),
         (
             request_response_line(response={"choices": [{"message": {"role": "assistant", "content": ""}}]}),

@@ -139,6 +139,70 @@ def test_multi_turn_conversation_gives_one_record_per_assistant_turn(tmp_path):
     assert (third.prompt_tokens, third.completion_tokens) == (300, 5) and third.cost_usd > 0
 
 
+def _tool_step(call_id: str, city: str) -> list[dict]:
+    return [
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": json.dumps({"city": city})},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": call_id, "content": f"{city}: sunny"},
+    ]
+
+
+def test_a_conversation_logged_up_to_a_tool_result_keeps_its_calls_and_reports_the_tail(tmp_path):
+    captured_mid_loop = {
+        "id": "conv-2",
+        "messages": [
+            {"role": "user", "content": "Weather in Rome, then Oslo?"},
+            *_tool_step("t1", "Rome"),
+            *_tool_step("t2", "Oslo"),  # the agent's loop was still running when the log was exported
+        ],
+    }
+    write_lines(tmp_path / "chat.jsonl", [captured_mid_loop])
+    result = read("chat.jsonl", tmp_path)
+    assert [r.record_id for r in result.records] == ["conv-2#m1", "conv-2#m3"]
+    assert [r.response.tool_calls[0].parsed_arguments()["city"] for r in result.records] == ["Rome", "Oslo"]
+    [tail] = result.quarantine
+    assert tail.line_number == 1 and "messages[4:]" in tail.reason and "stops after a tool message" in tail.reason
+    assert "2 call(s) before them kept" in tail.reason and "Oslo" not in tail.reason
+
+
+def test_every_record_names_its_conversation_so_calls_of_one_meet(tmp_path):
+    system = {"role": "system", "content": "You plan trips."}
+    first_user = {"role": "user", "content": "Weather in Rome?"}
+    answer = {"role": "assistant", "content": "Sunny."}
+    first_call = [system, first_user]
+    later_call = [system, first_user, *_tool_step("t1", "Rome"), answer, {"role": "user", "content": "And Oslo?"}]
+
+    def request_line(line_id, messages, **fields):
+        return {
+            "id": line_id,
+            "request": {"messages": messages},
+            "response": {"choices": [{"message": answer}]},
+            **fields,
+        }
+
+    lines = [
+        request_line("r1", first_call),  # no session logged: grouped by the history's prefix
+        request_line("r2", later_call),
+        request_line("r3", [system, {"role": "user", "content": "Weather in Lima?"}]),
+        request_line("r4", [*first_call, answer, first_user], session_id="sess-9"),  # a session wins
+        request_line("r5", [*later_call, answer, first_user], metadata={"trace_id": "tr-3"}),
+        {"id": "chat-7", "model": "gpt-4o", "messages": [*first_call, answer, first_user, answer]},  # its own
+    ]
+    write_lines(tmp_path / "calls.jsonl", lines)
+    by_id = {r.record_id: r.conversation_id for r in read("calls.jsonl", tmp_path).records}
+    assert by_id["r1"] == by_id["r2"] and by_id["r1"].startswith("conv-") and by_id["r3"] != by_id["r1"]
+    assert (by_id["r4"], by_id["r5"], by_id["chat-7#m2"], by_id["chat-7#m4"]) == ("sess-9", "tr-3", "chat-7", "chat-7")
+    assert "Rome" not in by_id["r1"]  # a hash, never the text
+
+
 def test_mapped_jsonl_and_parquet_give_the_same_records(tmp_path):
     row = {
         "uid": "m-1",

@@ -18,7 +18,7 @@ from components.core.assets import asset_path
 from components.scoring.tool_calls import json_schema_form
 
 OPENAI_NAME = re.compile(r"^[a-zA-Z0-9_-]+$")
-CFG = DemoDataConfig(max_records=120, pii_share=0.3, malformed_lines=5, seed=7)
+CFG = DemoDataConfig(kind="bfcl", max_records=120, pii_share=0.3, malformed_lines=5, seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -209,7 +209,9 @@ def test_categories_are_sampled_in_proportion(lines):
 
 
 def test_known_groups_are_kept_aside_and_name_every_collected_record(tmp_path):
-    cfg = DemoDataConfig(categories=["live_multiple", "multiple"], max_records=80, malformed_lines=2, seed=3)
+    cfg = DemoDataConfig(
+        kind="bfcl", categories=["live_multiple", "multiple"], max_records=80, malformed_lines=2, seed=3
+    )
     path = write_demo_calls(cfg, tmp_path / "calls.jsonl", known_groups_path=tmp_path / "groups.jsonl")
     groups = [json.loads(line) for line in (tmp_path / "groups.jsonl").read_text().splitlines()]
     records = collect_lines(path.read_text().splitlines(), CollectConfig()).records

@@ -173,6 +173,38 @@ def test_splits_are_seeded_disjoint_and_sized_per_cluster():
     assert first.record_id.is_unique and len(first) == len(ids)
 
 
+def test_splits_are_by_conversation_and_no_conversation_is_on_both_sides():
+    # 40 conversations of 2-8 calls each, spread over three clusters and the outliers, as an agent's turns are.
+    rng = np.random.default_rng(3)
+    ids, conversations, labels = [], [], []
+    for conversation in range(40):
+        for step in range(int(rng.integers(2, 9))):
+            ids.append(f"c{conversation}-s{step}")
+            conversations.append(f"conv-{conversation}")
+            labels.append(int(rng.choice([-1, 0, 0, 1, 1, 2])))
+    labels = np.array(labels)
+    cfg = DiscoverConfig(test_fraction=0.2, max_test_per_cluster=12, seed=7)
+    splits = split_clusters(ids, labels, cfg, conversations)
+    sides = splits.assign(conversation=conversations).query("split != 'outlier'").groupby("conversation").split
+    assert (sides.nunique() == 1).all()  # held out whole or trained on whole, in every cluster it touches
+    counts = splits.groupby(["cluster_id", "split"]).size().to_dict()
+    for cluster in (0, 1, 2):
+        target = min(12, round(0.2 * int((labels == cluster).sum())))
+        assert 0.5 * target <= counts[(cluster, "test")] <= target + 8 and counts[(cluster, "train")] > 0
+    assert set(splits.loc[labels == -1, "split"]) == {"outlier"}
+    order = np.argsort(ids)[::-1]  # the input order does not matter
+    shuffled = split_clusters([ids[i] for i in order], labels[order], cfg, [conversations[i] for i in order])
+    assert dict(zip(shuffled.record_id, shuffled.split)) == dict(zip(splits.record_id, splits.split))
+    calls_only = split_clusters(ids, labels, cfg)  # without conversations, calls are split one by one
+    by_call = calls_only.assign(conversation=conversations).query("split != 'outlier'").groupby("conversation").split
+    assert (by_call.nunique() > 1).any()
+
+
+def test_a_cluster_that_is_one_conversation_gets_no_test_call_rather_than_a_leaking_one():
+    splits = split_clusters(["a", "b", "c"], np.array([0, 0, 0]), DiscoverConfig(), ["conv", "conv", "conv"])
+    assert set(splits.split) == {"train"}
+
+
 @pytest.mark.parametrize(
     ("min_size", "max_clusters", "expected"),
     [
