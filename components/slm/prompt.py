@@ -62,16 +62,17 @@ def tool_name(tool: dict[str, Any]) -> str:
     return function.get("name", "") if isinstance(function, dict) else ""
 
 
-def tool_signature(tool: dict[str, Any], with_description: bool = True) -> str:
+def tool_signature(tool: dict[str, Any], with_description: bool = True, description: str | None = None) -> str:
     """One line per tool: ``name(arg: type, optional?: type = default) - description``.
 
     The full JSON schema of a typical tool costs ~100 tokens, mostly parameter descriptions; this form keeps the
     names, types, enums, defaults and which arguments are optional at about a third of that, which keeps prompts
-    inside a 135M model's training window and makes every training step cheaper.
+    inside a 135M model's training window and makes every training step cheaper. ``description`` replaces the
+    tool's own (a prompt spec shortens it).
     """
     function = tool.get("function", tool)  # OpenAI form {"type": "function", "function": {...}} or bare
     parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-    description = (function.get("description") or "").strip()
+    description = (function.get("description") or "" if description is None else description).strip()
     signature = f"{function.get('name', '')}({_parameter_list(parameters)})"
     return signature + (f" - {description}" if description and with_description else "")
 

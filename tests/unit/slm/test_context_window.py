@@ -16,6 +16,8 @@ from components.slm.prompt import TOOL_RESULT_PREFIX
 from components.slm.prompt_pruning import (
     PruningSettings,
     derive_prompt_spec,
+    distinct_descriptions,
+    first_sentence,
     load_prompt_spec,
     load_prompt_transform,
     prompt_token_report,
@@ -225,3 +227,43 @@ def test_training_and_serving_build_the_same_prompt_from_the_saved_spec(
     assert served_text == tokenizer.apply_chat_template(trained, tokenize=False, add_generation_prompt=True)
     cut = len(record.messages[-1].content) - 80
     assert f"[... {cut} more characters cut]" in served_text and "Where am I?" not in served_text
+
+
+def test_descriptions_lose_their_shared_opening_and_keep_their_first_sentence() -> None:
+    preamble = "This tool belongs to the file system, which lets users manage files. Tool description: "
+    tools = [
+        tool("ls", preamble + "List the current directory. Hidden files too."),
+        tool("cd", preamble + "Change directory."),
+        tool("echo", "Write text. " + "Very long. " * 3),
+    ]
+    assert distinct_descriptions(tools) == {
+        "ls": "List the current directory. Hidden files too.",
+        "cd": "Change directory.",
+        "echo": tools[2]["function"]["description"].strip(),  # it shares no opening with another tool
+    }
+    assert distinct_descriptions([tool("a", "Same start."), tool("b", "Same start. More.")])["a"] == "Same start."
+    assert first_sentence("List files. Hidden too.", 100) == "List files."
+    assert first_sentence("A sentence far too long to fit", 12) == "A sentence..."
+    assert first_sentence("List files. Hidden too.", None) == "List files. Hidden too."
+
+    record = CallRecord(
+        record_id="d",
+        messages=[ChatMessage(role="user", content="Where am I?")],
+        tools=tools,
+        response=call("ls", 1),
+    )
+    spec = derive_prompt_spec([record], PruningSettings(min_records=1, drop_single_tool_set=False))
+    assert build_messages(record, spec)[0]["content"] == "ls() - List the current directory."
+    full = derive_prompt_spec(
+        [record],
+        PruningSettings(
+            min_records=1,
+            drop_single_tool_set=False,
+            drop_shared_description_openings=False,
+            max_tool_description_chars=None,
+        ),
+    )
+    assert (
+        build_messages(record, full)[0]["content"]
+        == "ls() - " + preamble + "List the current directory. Hidden files too."
+    )
