@@ -71,6 +71,9 @@ def _log_cluster_run(prefix: str, cfg: FinetuneConfig, result: FinetuneResult, d
         "reused": float(result.reused),
         "final_eval_loss": result.eval_loss,
     }
+    for side in ("before", "after"):  # tokens per call with the full prompt and with the spec's context window
+        tokens = (result.prompt_tokens or {}).get(side) or {}
+        figures |= {f"tokens_per_call_{side}.{key}": value for key, value in tokens.items()}
     mlflow.log_metrics({f"{prefix}.{key}": float(value) for key, value in figures.items() if value is not None})
     adapter = Path(result.adapter_dir)
     for name in ("prompt_spec.json", "chat_template.jinja", "tokenizer_config.json"):
@@ -121,6 +124,12 @@ def finetune_task(
                 continue
             if result.reused:
                 say(f"S5 finetune: cluster #{cluster_id}: same data and settings as the finished adapter, reused")
+            tokens = result.prompt_tokens or {}
+            if tokens.get("before") and tokens.get("after"):
+                say(
+                    f"S5 finetune: cluster #{cluster_id}: tokens per call (median) {tokens['before']['median']} "
+                    f"with the full prompt, {tokens['after']['median']} in the prompt spec's context window"
+                )
             if result.too_long_record_ids:
                 say(
                     f"S5 finetune: cluster #{cluster_id}: {len(result.too_long_record_ids)} calls longer than "
@@ -149,6 +158,7 @@ def finetune_task(
                     "seconds": round(result.seconds, 1),
                     "mean_tokens_per_call": round(result.mean_tokens_per_call, 1),
                     "prompt_spec": result.prompt_spec,
+                    "prompt_tokens": result.prompt_tokens,
                     "device": result.device,
                     "dtype": result.dtype,
                     "trainable_parameters": result.trainable_parameters,

@@ -40,7 +40,14 @@ from components.slm import (
     render_target,
     tool_call_budget,
 )
-from components.slm.prompt_pruning import PromptSpec, PruningSettings, derive_prompt_spec, save_prompt_spec
+from components.slm.prompt_pruning import (
+    PromptSpec,
+    PruningSettings,
+    call_tokens,
+    derive_prompt_spec,
+    prompt_token_report,
+    save_prompt_spec,
+)
 
 # (global step, total steps, training loss of that step)
 FinetuneProgress = Callable[[int, int, float], None]
@@ -170,6 +177,7 @@ class FinetuneResult:
     mean_tokens_per_call: float = 0.0  # prompt + answer, as trained
     trained_tokens: int = 0  # tokens through the model in training (padding excluded)
     prompt_spec: dict[str, Any] | None = None
+    prompt_tokens: dict[str, Any] | None = None  # tokens per call before/after the spec, calls over max_length
     device: str = "cpu"
     dtype: str = "float32"
     fingerprint: str = ""
@@ -187,9 +195,7 @@ def to_training_example(record: CallRecord, spec: PromptSpec | None = None) -> d
 
 
 def example_length(record: CallRecord, tokenizer: Any, spec: PromptSpec | None = None) -> int:
-    example = to_training_example(record, spec)
-    encoded = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
-    return len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+    return call_tokens(record, tokenizer, spec)
 
 
 def split_by_length(
@@ -374,11 +380,16 @@ def finetune(
     previous = finished_result(output_dir, fingerprint)
 
     tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    prompt_tokens = prompt_token_report(train_records + eval_records, tokenizer, spec, cfg.max_length)
     train_records, too_long = split_by_length(train_records, tokenizer, cfg.max_length, spec)
     eval_records, too_long_validation = split_by_length(eval_records, tokenizer, cfg.max_length, spec)
     too_long += too_long_validation
     if not train_records:
-        raise ValueError(f"all {len(too_long)} training records are longer than max_length={cfg.max_length} tokens")
+        after, before = prompt_tokens["after"], prompt_tokens["before"]
+        raise ValueError(
+            f"all {len(too_long)} training records are longer than max_length={cfg.max_length} tokens "
+            f"(median {after['median']} tokens per call with the prompt spec, {before['median']} with the full prompt)"
+        )
     # Serving then lets the model write about as much, and as many calls, as its largest training answer.
     spec.max_answer_tokens = answer_token_budget(
         [len(tokenizer(render_target(r.response), add_special_tokens=False)["input_ids"]) for r in train_records]
@@ -387,7 +398,7 @@ def finetune(
     if previous is not None:
         # The same run finished before. Its spec is written again (beside a merged model too): a run of an older
         # release may lack fields that decoding reads (the call budget, or the whole spec when pruning was off).
-        previous = {**previous, "prompt_spec": spec.model_dump()}
+        previous = {**previous, "prompt_spec": spec.model_dump(), "prompt_tokens": prompt_tokens}
         if is_main_process():
             for folder in (output_dir, previous.get("merged_dir")):
                 if folder and Path(folder).is_dir():
@@ -424,6 +435,7 @@ def finetune(
         mean_tokens_per_call=sum(example_length(r, tokenizer, spec) for r in train_records) / len(train_records),
         trained_tokens=int(state.num_input_tokens_seen or 0),
         prompt_spec=spec.model_dump(),
+        prompt_tokens=prompt_tokens,
         device=device.kind,
         dtype=device.dtype_name,
         fingerprint=fingerprint,

@@ -56,16 +56,23 @@ def _parameter_list(schema: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def tool_signature(tool: dict[str, Any], with_description: bool = True) -> str:
+def tool_name(tool: dict[str, Any]) -> str:
+    """The function name of a tool in OpenAI form ``{"type": "function", "function": {...}}`` or bare."""
+    function = tool.get("function", tool) if isinstance(tool, dict) else {}
+    return function.get("name", "") if isinstance(function, dict) else ""
+
+
+def tool_signature(tool: dict[str, Any], with_description: bool = True, description: str | None = None) -> str:
     """One line per tool: ``name(arg: type, optional?: type = default) - description``.
 
     The full JSON schema of a typical tool costs ~100 tokens, mostly parameter descriptions; this form keeps the
     names, types, enums, defaults and which arguments are optional at about a third of that, which keeps prompts
-    inside a 135M model's training window and makes every training step cheaper.
+    inside a 135M model's training window and makes every training step cheaper. ``description`` replaces the
+    tool's own (a prompt spec shortens it).
     """
     function = tool.get("function", tool)  # OpenAI form {"type": "function", "function": {...}} or bare
     parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-    description = (function.get("description") or "").strip()
+    description = (function.get("description") or "" if description is None else description).strip()
     signature = f"{function.get('name', '')}({_parameter_list(parameters)})"
     return signature + (f" - {description}" if description and with_description else "")
 
@@ -74,7 +81,8 @@ def build_messages(record: CallRecord, spec: PromptSpec | None = None) -> list[d
     """The chat messages the SLM sees for a call: tools in the system prompt, tool turns as plain text.
 
     Without a spec (or with one trained unpruned) this is the full prompt, what a base model needs; with one, the
-    cluster's compact prompt (components/slm/prompt_pruning.py).
+    cluster's compact prompt and context window (components/slm/prompt_pruning.py). S4 (through
+    :func:`render_prompt`), S5, S6, the registered pyfunc and the router all build prompts here.
     """
     if spec is not None and spec.pruned:
         system = spec.system_content(record)
@@ -83,7 +91,7 @@ def build_messages(record: CallRecord, spec: PromptSpec | None = None) -> list[d
         if record.tools:
             system += TOOLS_HEADER + "\n".join(tool_signature(tool) for tool in record.tools) + TOOLS_FOOTER
     messages = [{"role": "system", "content": system}]
-    for message in record.messages:
+    for message in record.messages if spec is None else spec.conversation(record):
         if message.role in ("system", "developer"):
             continue
         if message.role == "tool":

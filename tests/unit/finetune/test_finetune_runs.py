@@ -75,9 +75,12 @@ def test_varying_tools_keep_signatures_and_small_clusters_keep_everything(record
         r.model_copy(update={"tools": [WEATHER_TOOL, time_tool] if i % 2 else [WEATHER_TOOL]})
         for i, r in enumerate(records)
     ]
-    spec = derive_prompt_spec(mixed, PruningSettings(tool_descriptions=False))
+    spec = derive_prompt_spec(mixed, PruningSettings(tool_descriptions=False, only_called_tools=False))
     assert spec.drop_system_prompt and spec.tools == "bare_signatures"
     assert build_messages(mixed[1], spec)[0]["content"] == "get_weather(city: string)\nget_time()"
+    # By default a tool the cluster is offered but never calls is not listed.
+    called_only = derive_prompt_spec(mixed, PruningSettings(tool_descriptions=False))
+    assert build_messages(mixed[1], called_only)[0]["content"] == "get_weather(city: string)"
     assert spec_accepts(spec, mixed[0]) and spec_accepts(spec, mixed[1])
     few = derive_prompt_spec(records[:2], PruningSettings())
     assert not few.drop_system_prompt and few.tools == "signatures"
