@@ -97,6 +97,8 @@ def test_registered_version_has_an_alias(conversion):
 
     evaluation = json.loads((conversion["workdir"] / "reports/evaluation.json").read_text())
     client = MlflowClient(tracking_uri=f"sqlite:///{conversion['workdir'] / 'mlflow.db'}")
+    # Every evaluated cluster is registered: an empty list would make the loop below check nothing.
+    assert evaluation["clusters"], "no cluster was evaluated, so nothing was registered"
     for entry in evaluation["clusters"]:
         registered = entry["registered_model"]
         version = client.get_model_version_by_alias(registered["name"], registered["alias"])
