@@ -43,11 +43,22 @@ class Device:
         return getattr(torch, self.dtype_name)
 
 
-def detect_device(requested: str = "auto", quantization: str = "none", lora_enabled: bool = True) -> Device:
-    """CUDA with bf16 when present (``auto``), else CPU in float32; QLoRA only on CUDA with bitsandbytes."""
+def detect_device(
+    requested: str = "auto",
+    quantization: str = "none",
+    lora_enabled: bool = True,
+    *,
+    cuda_available: bool | None = None,
+    bf16_supported: bool | None = None,
+) -> Device:
+    """CUDA with bf16 when present (``auto``), else CPU in float32; QLoRA only on CUDA with bitsandbytes.
+
+    ``cuda_available`` and ``bf16_supported`` default to asking torch; passing them lets a test check both choices on
+    any machine.
+    """
     import torch
 
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
     if requested == "cuda" and not cuda:
         raise UnsupportedDeviceError("finetune.device is 'cuda' but no CUDA GPU is visible on this machine")
     use_cuda = cuda and requested != "cpu"
@@ -63,8 +74,10 @@ def detect_device(requested: str = "auto", quantization: str = "none", lora_enab
             import bitsandbytes  # noqa: F401
         except ImportError as error:
             raise UnsupportedDeviceError("QLoRA needs the bitsandbytes package on the GPU worker") from error
-    bf16 = use_cuda and torch.cuda.is_bf16_supported()
-    return Device("cuda" if use_cuda else "cpu", "bfloat16" if bf16 else "float32")
+    if not use_cuda:
+        return Device("cpu", "float32")
+    bf16 = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
+    return Device("cuda", "bfloat16" if bf16 else "float32")
 
 
 def is_main_process() -> bool:

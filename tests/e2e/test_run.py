@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from components.collect.demo_data import DemoDataConfig, build_demo_calls
 from components.core.config import load_params
+from tests.support.leak_scan import demo_injected_values, scan_tree
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
@@ -34,6 +35,7 @@ def small_params(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def conversion(tmp_path_factory):
+    import prefect.settings as settings
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.cli import app
@@ -46,7 +48,13 @@ def conversion(tmp_path_factory):
     input_path.write_text("\n".join(lines) + "\n")
     workdir = tmp_path / "work"
     experiment = f"e2e-{uuid.uuid4().hex[:8]}"
-    with prefect_test_harness(server_startup_timeout=180):
+    prefect_home = tmp_path / "prefect-home"
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        settings.temporary_settings(
+            updates={settings.PREFECT_HOME: prefect_home, settings.PREFECT_LOCAL_STORAGE_PATH: prefect_home / "storage"}
+        ),
+    ):
         result = CliRunner().invoke(
             app,
             [
@@ -61,8 +69,16 @@ def conversion(tmp_path_factory):
                 experiment,
             ],
         )
+        database = Path(settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
+        # The harness deletes its SQLite file on exit: keep a copy for the leak scan.
+        prefect_db = tmp_path / "prefect-db-copy"
+        prefect_db.mkdir()
+        for path in database.parent.glob(database.name + "*"):
+            (prefect_db / path.name).write_bytes(path.read_bytes())
     assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
     return {
+        "prefect_home": prefect_home,
+        "prefect_db": prefect_db,
         "workdir": workdir,
         "output": result.output,
         "experiment": experiment,
@@ -97,6 +113,8 @@ def test_registered_version_has_an_alias(conversion):
 
     evaluation = json.loads((conversion["workdir"] / "reports/evaluation.json").read_text())
     client = MlflowClient(tracking_uri=f"sqlite:///{conversion['workdir'] / 'mlflow.db'}")
+    # Every evaluated cluster is registered: an empty list would make the loop below check nothing.
+    assert evaluation["clusters"], "no cluster was evaluated, so nothing was registered"
     for entry in evaluation["clusters"]:
         registered = entry["registered_model"]
         version = client.get_model_version_by_alias(registered["name"], registered["alias"])
@@ -123,24 +141,16 @@ def test_evaluation_table_compares_llm_base_and_finetuned(conversion):
     assert "Report:" in conversion["output"]
 
 
-def test_no_injected_pii_reaches_curated_data_reports_or_mlflow(conversion):
-    import re
-
-    emails = set()
-    for line in conversion["lines"]:
-        emails |= set(re.findall(r"[\w.+-]+@[\w-]+\.[\w.]+", line))
-    assert emails, "the demo data should carry synthetic emails"
-    workdir = conversion["workdir"]
-    scanned = [
-        p
-        for p in workdir.rglob("*")
-        if p.is_file()
-        and p.suffix in {".json", ".jsonl", ".html", ".md", ".parquet", ".txt", ".yaml"}
-        and "raw" not in p.parts
-        and "collected" not in p.parts
-    ]
-    assert scanned
-    for path in scanned:
-        content = path.read_bytes().decode("utf-8", errors="ignore")
-        leaked = [email for email in emails if email in content]
-        assert not leaked, f"{path.relative_to(workdir)} leaks {leaked[:3]}"
+def test_no_injected_pii_in_any_file_after_s6(conversion):
+    """Every entity type the demo injects (names, emails, phones, SSNs, cards), in every file the run wrote: the
+    work dir (data, reports, mlflow.db, mlartifacts, adapters), Prefect's home and its database. S1's records are
+    encrypted at rest, so they are scanned too and must not show a raw value either."""
+    injected = demo_injected_values(conversion["lines"])
+    assert all(injected[kind] for kind in ("name", "email", "phone", "ssn", "card")), injected
+    roots = [conversion["workdir"], conversion["prefect_home"], conversion["prefect_db"]]
+    assert (conversion["workdir"] / "mlflow.db").is_file() and (
+        conversion["workdir"] / "reports/evaluation.json"
+    ).is_file()
+    assert any(conversion["prefect_db"].iterdir()), "the Prefect database was not copied: it would go unscanned"
+    leaks = scan_tree(roots, set().union(*injected.values()))
+    assert not leaks, "raw values found in: " + ", ".join(f"{where} ({len(found)})" for where, found in leaks.items())

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.anonymization_data import PiiFactory
+from tests.support.leak_scan import scan
 
 ROOT = Path(__file__).resolve().parents[2]
 CUES = ["My name is {name}", "Hi, this is {name}", "Dear {name}"]
@@ -99,17 +100,6 @@ def leaky_calls(n: int, seed: int = 11) -> tuple[list[str], set[str]]:
     lines.append(lines[0].replace('"call-000"', '"call-dup"'))  # removed by curation, listed by id only
     lines.append(f'{{"id": "broken", "request": "{sorted(values)[0]} {sorted(values)[1]}"')  # quarantined, never copied
     return lines, values
-
-
-def scan(path: Path, values: set[str]) -> list[str]:
-    raw = path.read_bytes().decode("utf-8", errors="ignore")
-    texts = [raw]
-    if raw.startswith("PAR1"):  # Parquet (an encrypted file is scanned as bytes only)
-        import pandas as pd
-
-        decoded = pd.read_parquet(path).to_json(force_ascii=False).replace("\\/", "/")
-        texts += [decoded, decoded.replace('\\"', '"')]
-    return sorted(value for value in values if any(value in text for text in texts))
 
 
 @pytest.fixture

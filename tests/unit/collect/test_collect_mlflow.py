@@ -5,7 +5,6 @@ official `openai` client against a fake OpenAI-compatible server; and the S1 tas
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import mlflow
 import openai
@@ -146,9 +145,17 @@ def test_full_refresh_reads_everything_again(traced):
         sources=[f"mlflow:{uri}#weather-agent"], output="data/refresh/records.parquet", state="data/refresh/state.json"
     )
     collect_task.fn(cfg, workdir, TrackingConfig(experiment="s1-test"))
+    state_path, output = workdir / cfg.state, workdir / cfg.output
+    first_state, first_ids = json.loads(state_path.read_text()), sorted(r.record_id for r in read_records(output))
+    # A stale state (as if nothing had been read): the refresh must replace it with where its own read ended.
+    state_path.write_text(json.dumps({**first_state, "sources": {}}))
     refreshed = collect_task.fn(cfg, workdir, TrackingConfig(experiment="s1-test"), full_refresh=True)
     assert (refreshed["records"], refreshed["new_records"]) == (2, 2)
-    assert Path(workdir / cfg.state).exists()
+    # Read from scratch: the same records (not appended twice) and the state rebuilt to where the first run ended.
+    assert sorted(r.record_id for r in read_records(output)) == first_ids and len(first_ids) == 2
+    assert json.loads(state_path.read_text()) == first_state
+    after = collect_task.fn(cfg, workdir, TrackingConfig(experiment="s1-test"))
+    assert (after["records"], after["new_records"]) == (2, 0)
 
 
 def test_cli_reports_a_wrong_store_key_in_one_line(traced, tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """The S3 task in a work dir: every output of the contract, MLflow artifacts, and a re-run that embeds nothing and
 keeps the cluster ids (fake embeddings by topic word; PCA instead of UMAP, so no numba compile)."""
 
+import hashlib
 import json
 import uuid
 
@@ -25,7 +26,10 @@ def fake_embed(texts, model_ref):
     rows = []
     for text in texts:
         topic = next((i for i, word in enumerate(TOPIC_WORDS) if word in text), None)
-        noise = np.random.default_rng(abs(hash(text)) % 2**32).normal(size=16).astype(np.float32)
+        # Seeded by the text's sha256 (Python's hash() is salted per process): the same text gets the same vector
+        # in every run, so the data and the clusters are the same on every machine.
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        noise = np.random.default_rng(seed).normal(size=16).astype(np.float32)
         rows.append((centers[topic] if topic is not None else np.zeros(16, np.float32)) + noise)
     return np.asarray(rows)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from components.core.schema import CallRecord, ChatMessage
-from components.finetune.runs import UnsupportedDeviceError, detect_device, split_validation
+from components.finetune.runs import Device, UnsupportedDeviceError, detect_device, split_validation
 from components.finetune.train import FinetuneConfig, LoraSettings, build_trainer, config_for_cluster, finetune
 from components.slm import build_messages, generate, load_model
 from components.slm.prompt_pruning import (
@@ -208,13 +208,33 @@ def test_killed_run_resumes_and_a_finished_run_is_not_repeated(
 # ------------------------------------------------------------------------------------------ devices and outputs
 
 
-def test_device_rules_on_a_machine_without_cuda(tiny_model_dir: str, records: list[CallRecord], tmp_path: Path) -> None:
-    device = detect_device()
+def test_device_choice_without_cuda() -> None:
+    device = detect_device(cuda_available=False)
     assert (device.kind, device.dtype_name) == ("cpu", "float32")
+    assert detect_device("cpu", cuda_available=False) == device
     with pytest.raises(UnsupportedDeviceError, match="QLoRA .* needs a CUDA GPU"):
-        detect_device(quantization="4bit")
+        detect_device(quantization="4bit", cuda_available=False)
     with pytest.raises(UnsupportedDeviceError, match="no CUDA GPU"):
-        detect_device("cuda")
+        detect_device("cuda", cuda_available=False)
+
+
+def test_device_choice_with_cuda() -> None:
+    device = detect_device(cuda_available=True, bf16_supported=True)
+    assert (device.kind, device.dtype_name, device.on_cuda) == ("cuda", "bfloat16", True)
+    assert detect_device("cuda", cuda_available=True, bf16_supported=False) == Device("cuda", "float32")
+    # Asking for the CPU wins over a visible GPU.
+    assert detect_device("cpu", cuda_available=True, bf16_supported=True) == Device("cpu", "float32")
+    with pytest.raises(ValueError, match="set finetune.lora.enabled"):
+        detect_device(quantization="4bit", lora_enabled=False, cuda_available=True)
+
+
+def test_finetune_refuses_qlora_without_cuda(
+    tiny_model_dir: str, records: list[CallRecord], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    # The step's own probe must see no GPU, whatever this machine has.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UnsupportedDeviceError, match="QLoRA"):
         finetune(tiny_model_dir, records, tiny_config(quantization="4bit"), tmp_path / "never")
     assert not (tmp_path / "never").exists()

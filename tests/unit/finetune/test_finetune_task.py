@@ -29,20 +29,28 @@ def test_configured_deployment_receives_the_step_and_its_result_is_read_back(
     import prefect.deployments
 
     calls: list[dict] = []
+    flow_runs: list[SimpleNamespace] = []
 
     def fake_run_deployment(**kwargs):
+        """A worker: writes its summary where the settings it was handed say, naming its own flow run."""
         calls.append(kwargs)
-        (tmp_path / "reports").mkdir()
-        (tmp_path / "reports/finetune.json").write_text(json.dumps({"clusters": [{"cluster_id": 0}], "skipped": []}))
-        return completed_run()
+        flow_run = completed_run()
+        flow_runs.append(flow_run)
+        worker_cfg = FinetuneConfig.model_validate(kwargs["parameters"]["cfg"])
+        summary_path = Path(kwargs["parameters"]["workdir"]) / worker_cfg.summary
+        summary_path.parent.mkdir(parents=True)
+        summary_path.write_text(json.dumps({"clusters": [{"cluster_id": 0, "flow_run": str(flow_run.id)}]}))
+        return flow_run
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
     cfg = FinetuneConfig(
-        summary="reports/finetune.json",
+        summary="reports/s5/finetune-summary.json",
         dispatch=Dispatch(deployment="s5-finetune/gpu", work_queue="h100", tags=["gpu"]),
     )
     summary = run_finetune(cfg, tmp_path, TrackingConfig(experiment="x"), "parent-1")
-    assert summary["clusters"] == [{"cluster_id": 0}]
+    written = json.loads((tmp_path / "reports/s5/finetune-summary.json").read_text())
+    # The summary is the one this dispatch's worker wrote at the configured path, read back as it is.
+    assert summary == written == {"clusters": [{"cluster_id": 0, "flow_run": str(flow_runs[0].id)}]}
     (call,) = calls
     assert (call["name"], call["work_queue_name"], call["tags"]) == ("s5-finetune/gpu", "h100", ["gpu"])
     assert call["parameters"]["workdir"] == str(tmp_path) and call["parameters"]["parent_run_id"] == "parent-1"

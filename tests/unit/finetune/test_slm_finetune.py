@@ -14,7 +14,6 @@ from components.core.schema import CallRecord, ChatMessage, ToolCall
 from components.finetune.train import FinetuneConfig, LoraSettings, build_trainer, finetune
 from components.slm import (
     TOOL_RESULT_PREFIX,
-    Generation,
     build_messages,
     count_parameters,
     generate,
@@ -180,8 +179,18 @@ def test_finetune_trains_lora_and_the_adapter_loads_and_generates(
 
     model, tokenizer = load_model(tiny_model_dir, adapter_dir=result.adapter_dir)
     assert tokenizer.padding_side == "left" and tokenizer.pad_token is not None
-    generations = generate(model, tokenizer, records[:3], max_new_tokens=8, batch_size=2)
-    assert len(generations) == 3 and all(isinstance(g, Generation) for g in generations)
+    # Prompts of different lengths in one batch, so it really is left-padded.
+    longer = records[2].model_copy(
+        update={"messages": [ChatMessage(role="user", content="What will the weather be in Rome tomorrow evening?")]}
+    )
+    prompts = [records[0], longer, records[1]]
+    generations = generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=3)
+    # Batched with left padding, each row still gets its own answer: the same as generating it alone.
+    alone = [generate(model, tokenizer, [record], max_new_tokens=8)[0] for record in prompts]
+    assert [(g.text, g.prompt_tokens, g.completion_tokens) for g in generations] == [
+        (g.text, g.prompt_tokens, g.completion_tokens) for g in alone
+    ]
+    assert len({g.prompt_tokens for g in alone}) > 1, "the records' prompts should differ in length for this check"
     assert all(g.latency_ms > 0 and g.prompt_tokens > 0 and 0 < g.completion_tokens <= 8 for g in generations)
 
 

@@ -74,6 +74,10 @@ def parse(text: str) -> ChatMessage:
     return ChatMessage(role="assistant", tool_calls=[ToolCall(name=name, arguments=json.dumps({"city": city}))])
 
 
+PEAK_RSS_MB = {"weak": 110.0, "good": 220.0, "learner": 330.0, "broken": 0.0, "short": 0.0}
+FEW_SHOT_EXTRA_MB = 5.0
+
+
 def answerer(calls_seen: list, latency: dict | None = None, limits_seen: list | None = None):
     """'good' answers right zero-shot; 'learner' only when the prompt holds examples; others say Nowhere."""
 
@@ -96,7 +100,8 @@ def answerer(calls_seen: list, latency: dict | None = None, limits_seen: list | 
                 )
                 for r in records
             ],
-            peak_rss_mb=123.0,
+            # Each candidate and mode reports its own memory, so a row showing another's is caught.
+            peak_rss_mb=PEAK_RSS_MB[candidate.name] + (FEW_SHOT_EXTRA_MB if few_shot else 0.0),
         )
 
     return answer
@@ -165,7 +170,12 @@ def test_few_shot_can_make_fine_tuning_unnecessary_and_costs_are_measured():
     assert few["cost_per_1k_calls_usd"] == pytest.approx(0.02)
     assert cluster["llm_cost_per_1k_calls_usd"] == pytest.approx(2.0)
     assert few["latency_ms_p95"] == pytest.approx(20.0) and few["tokens_per_s"] == pytest.approx(250.0)
-    assert few["peak_rss_mb"] == 123.0
+    assert {key: row["peak_rss_mb"] for key, row in rows.items()} == {
+        ("weak", "zero_shot"): 110.0,
+        ("weak", "few_shot"): 115.0,
+        ("learner", "zero_shot"): 330.0,
+        ("learner", "few_shot"): 335.0,
+    }
     # S6 reuses only zero-shot answers; every mode's answers are kept beside them
     assert set(result.predictions.columns) == {"record_id", "cluster_id", "candidate", "text", "latency_ms"}
     assert len(result.predictions) == 4 and len(result.candidate_predictions) == 8

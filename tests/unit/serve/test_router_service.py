@@ -270,7 +270,7 @@ def test_route_report_over_the_store_is_written_and_tracked(tmp_path):
             {"model": "gpt-4o", "messages": [{"role": "user", "content": "Tell me a joke"}]},
         ):
             proxy.ask(request)
-        proxy.records(4)
+        stored = proxy.records(4)
     result = CliRunner().invoke(
         app,
         [
@@ -287,13 +287,20 @@ def test_route_report_over_the_store_is_written_and_tracked(tmp_path):
     summary = json.loads((tmp_path / "report" / "route_summary.json").read_text())
     llm_cost = (100 * 2.5 + 20 * 10.0) / 1e6  # the fake upstream's usage at the test's prices
     assert summary["llm_cost_per_call"] == pytest.approx(llm_cost)
+    # The SLM's cost per call is its one answer's serving time at the configured hourly price.
+    from components.core.config import load_params
+
+    hourly = load_params(Path(__file__).resolve().parents[3] / "params.yaml")["evaluate"]["slm_hourly_cost_usd"]
+    [slm_answered] = [r for r in stored.values() if r.metadata["route"]["route"] == "slm"]
+    slm_cost = slm_answered.latency_ms / 1000 * hourly / 3600
+    assert slm_cost > 0 and summary["slm_cost_per_call"] == pytest.approx(slm_cost)
     overall, clusters = summary["overall"], summary["clusters"]
     assert (overall["calls"], overall["slm_share"], overall["routes"]) == (
         4,
         0.25,
         {"slm": 1, "fallback": 1, "shadow": 1, "llm": 1},
     )
-    assert overall["cost_saved_per_1k"] == pytest.approx(250 * (llm_cost - summary["slm_cost_per_call"]))
+    assert overall["cost_saved_per_1k"] == pytest.approx(250 * (llm_cost - slm_cost))
     assert clusters[str(WEATHER)]["fallback_rate"] == 0.5 and clusters[str(SKI)]["agreement"] == 1.0
     assert clusters["-1"]["routes"] == {"llm": 1}
     page = (tmp_path / "report" / "route_report.html").read_text()
@@ -407,3 +414,30 @@ def test_clusters_on_one_base_share_it_and_each_gets_its_own_adapter(tmp_path, t
         assert pool.generate(tiny_model_dir, adapter, records, max_new_tokens=6) == expected[adapter], adapter
     assert loads == [(tiny_model_dir,)]  # one copy of the base for all three
     assert pool.loaded == {tiny_model_dir: sorted(str(Path(a).resolve()) for a in adapters)}
+
+
+def test_route_report_prices_the_llm_by_the_calls_it_answered_and_the_slm_by_its_time():
+    from components.serve.route_report import route_report
+
+    def routed_call(route: str, cost_usd: float | None, latency_ms: float) -> CallRecord:
+        record = weather_record(len(route), "Paris")
+        return record.model_copy(
+            update={
+                "cost_usd": cost_usd,
+                "latency_ms": latency_ms,
+                "metadata": {"route": {"route": route, "cluster_id": WEATHER}},
+            }
+        )
+
+    calls = [
+        routed_call("llm", 0.004, 900.0),
+        routed_call("fallback", 0.002, 1200.0),
+        routed_call("slm", None, 360.0),
+        routed_call("slm", None, 1080.0),
+    ]
+    summary = route_report(calls, slm_hourly_cost_usd=3.6)
+    # LLM: the mean of the calls it answered (0.004, 0.002); SLM: mean 720 ms at 3.6 USD/h = 0.00072 USD.
+    assert summary["llm_cost_per_call"] == pytest.approx(0.003)
+    assert summary["slm_cost_per_call"] == pytest.approx(0.00072)
+    assert summary["overall"]["slm_share"] == 0.5
+    assert summary["overall"]["cost_saved_per_1k"] == pytest.approx(1000 * 0.5 * (0.003 - 0.00072))

@@ -205,7 +205,16 @@ def test_without_llguidance_generation_is_left_unconstrained(tiny_model_dir: str
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     stop = [tokenizer.eos_token_id]
-    assert constrained.make_logits_processor(tokenizer, stop, [[BOOKING_TOOL]], True) is not None
+    import torch
+
+    processor = constrained.make_logits_processor(tokenizer, stop, [[BOOKING_TOOL], None], True)
+    prompt = torch.tensor([[tokenizer.eos_token_id]] * 2)
+    vocabulary = len(tokenizer)
+    masked = processor(prompt, torch.zeros(2, vocabulary))
+    allowed = [tokenizer.decode([token]) for token in torch.isfinite(masked[0]).nonzero().flatten().tolist()]
+    # A row with tools may only begin a call; a row without tools is left alone.
+    assert allowed and all("<tool_call>".startswith(text) or text.startswith("<tool_call>") for text in allowed)
+    assert len(allowed) < vocabulary and torch.isfinite(masked[1]).all()
     assert constrained.make_logits_processor(tokenizer, stop, [None, []], True) is None  # no row offers tools
     monkeypatch.setattr(constrained, "available", lambda: False)
     constrained._warn_unconstrained.cache_clear()

@@ -17,8 +17,20 @@ def test_split_keeps_order_covers_every_item_and_balances(count, partitions):
 
 
 def test_map_partitions_outside_dask_runs_each_partition_here_in_order():
+    import os
+    import threading
+
     assert not on_dask_worker()
-    assert map_partitions(sum, list(range(10)), 3) == [0 + 1 + 2 + 3, 4 + 5 + 6, 7 + 8 + 9]
+    calls: list[tuple[int, int, list[int]]] = []
+
+    def summed_where_it_ran(chunk: list[int]) -> int:
+        calls.append((os.getpid(), threading.get_ident(), chunk))
+        return sum(chunk)
+
+    assert map_partitions(summed_where_it_ran, list(range(10)), 3) == [0 + 1 + 2 + 3, 4 + 5 + 6, 7 + 8 + 9]
+    # Each partition ran in this very process and thread, one after the other in partition order.
+    here = (os.getpid(), threading.get_ident())
+    assert calls == [(*here, [0, 1, 2, 3]), (*here, [4, 5, 6]), (*here, [7, 8, 9])]
 
 
 def test_execution_defaults_to_in_process_and_rejects_unknown_runners():
