@@ -32,13 +32,14 @@ demo: setup
 	$(BIN)/llm2slm demo-data --workdir $(WORKDIR)
 	$(BIN)/llm2slm run --workdir $(WORKDIR)
 
-# Lint and format check first (seconds), then the suite.
+# Lint, format check and the docs build (a broken link fails it) first (seconds), then the suite.
 test: setup lint
 	$(BIN)/python -m pytest -q -ra -m "not integration"
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
 
 # Everything but the end-to-end run with the real SmolLM2.
 test-fast: setup

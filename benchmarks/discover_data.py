@@ -21,7 +21,9 @@ CACHE = Path("runs/benchmarks/embeddings")
 
 def demo_records(categories: list[str], max_records: int, seed: int = 42) -> tuple[list[CallRecord], list[dict]]:
     """S1 records of a demo log over ``categories`` and the known groups of each (aligned by record id)."""
-    cfg = DemoDataConfig(categories=categories, max_records=max_records, pii_share=0.0, malformed_lines=0, seed=seed)
+    cfg = DemoDataConfig(
+        kind="bfcl", categories=categories, max_records=max_records, pii_share=0.0, malformed_lines=0, seed=seed
+    )
     lines, groups = build_demo_log(cfg)
     records = collect_lines(lines, CollectConfig()).records
     by_id = {group["record_id"]: group for group in groups}

@@ -58,7 +58,7 @@ def routing_overhead(calls: int) -> tuple[dict, RouterResponder, list]:
     from sklearn.cluster import KMeans
 
     records = read_lines(
-        build_demo_calls(DemoDataConfig(max_records=2 * calls, malformed_lines=0)), CollectConfig()
+        build_demo_calls(DemoDataConfig(kind="bfcl", max_records=2 * calls, malformed_lines=0)), CollectConfig()
     ).records
     fit, new = records[: len(records) // 2], records[len(records) // 2 :][:calls]
     encoder = TextEncoder()

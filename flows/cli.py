@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from flows import cli_serve
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -177,6 +179,10 @@ def run(
     typer.echo(f"Report: {result['report']}")
     typer.echo(f"Evaluation table: {result['evaluation_path']}")
     typer.echo(f"MLflow UI: mlflow ui --backend-store-uri {tracking_uri(Path(workdir).resolve())}")
+    # The headline last, where a user looks: the share of the agent's calls at the LLM's quality, and the cost.
+    summary = result["evaluation"].get("summary")
+    if summary:
+        typer.echo(f"\n{summary['headline']}")
 
 
 @app.command()
@@ -231,7 +237,9 @@ def rollback(
 
     config = _config(params, experiment)
     configure_tracking(workdir.resolve(), config.tracking)
-    name = f"{config.steps['evaluate'].registered_model_prefix}-cluster-{cluster}"
+    from components.core.clusters import registered_name
+
+    name = registered_name(config.steps["evaluate"].registered_model_prefix, cluster)
     try:
         rolled_back, restored = rollback_alias(name)
     except ValueError as error:
@@ -418,6 +426,9 @@ def show_params(params: Path | None = ParamsOption) -> None:
     config = _config(params)
     typer.echo(json.dumps({k: v.model_dump(mode="json") for k, v in config.steps.items()}, indent=2))
 
+
+# The SLM server's command lives beside its helpers (flows/cli_serve.py) to keep this file readable.
+cli_serve.register(app)
 
 if __name__ == "__main__":
     app()

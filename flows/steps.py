@@ -40,8 +40,17 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "finetune": (("curated", "splits", "leaderboard"), ("output_dir", "summary")),
     "evaluate": (
-        ("curated", "splits", "leaderboard", "base_predictions", "adapters", "finetune_summary"),
-        ("evaluation", "metrics", "report", "predictions"),
+        (
+            "curated",
+            "splits",
+            "leaderboard",
+            "base_predictions",
+            "adapters",
+            "finetune_summary",
+            "collected",
+            "assignments",
+        ),
+        ("evaluation", "metrics", "report", "predictions", "router_config"),
     ),
 }
 
@@ -80,9 +89,42 @@ class PipelineConfig:
     execution: ExecutionConfig = ExecutionConfig()
 
 
+# Values one step's config carries but params.yaml writes once, elsewhere: (step, field) -> where it lives. A step
+# section that sets one of them is an error naming that place (two copies of a rule drift apart).
+SHARED_VALUES: dict[tuple[str, str], str] = {
+    ("discover", "min_test_calls"): "promotion.min_test_calls",
+    ("evaluate", "promotion"): "the top-level promotion: section",
+    ("evaluate", "slm_hourly_cost_usd"): "select.hardware_prices_usd_per_hour[select.serving_hardware]",
+}
+
+
+def shared_values(params: dict[str, Any]) -> dict[tuple[str, str], Any]:
+    from components.evaluate.promotion import PromotionPolicy
+
+    promotion = load_section(params, "promotion", PromotionPolicy)
+    return {
+        ("discover", "min_test_calls"): promotion.min_test_calls,
+        ("evaluate", "promotion"): promotion,
+        ("evaluate", "slm_hourly_cost_usd"): load_section(params, "select", SelectConfig).hourly_cost_usd,
+    }
+
+
+def load_step(params: dict[str, Any], name: str) -> StepConfig:
+    """One step's config: its params section plus the values written once elsewhere (SHARED_VALUES)."""
+    section = dict(params.get(name) or {}) if name in params else None
+    if section is None:
+        raise KeyError(f"params.yaml has no '{name}' section")
+    for (step, field), place in SHARED_VALUES.items():
+        if step == name and field in section:
+            raise ValueError(f"params.yaml: '{name}.{field}' is retired; it is set once, in {place}")
+    config = STEP_CONFIGS[name].model_validate(section)
+    updates = {field: value for (step, field), value in shared_values(params).items() if step == name}
+    return config.model_copy(update=updates) if updates else config
+
+
 def load_pipeline_config(params_path: Path, experiment: str | None = None) -> PipelineConfig:
     params = load_params(params_path)
-    steps = {name: load_section(params, name, config) for name, config in STEP_CONFIGS.items()}
+    steps = {name: load_step(params, name) for name in STEP_CONFIGS}
     tracking = load_section(params, "tracking", TrackingConfig)
     if experiment:
         tracking = tracking.model_copy(update={"experiment": experiment})

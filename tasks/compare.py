@@ -78,6 +78,7 @@ def compare_task(
             gate = GateScores(
                 llm=llm_score,
                 challenger=challenger["scores"][metric],
+                n_test=len(fresh),
                 champion=champion["scores"][metric] if champion else None,
                 base=base["scores"].get(metric) if base else None,
                 challenger_regression=_regression_score(challenger, metric),

@@ -19,6 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import slm
+from components.core.clusters import registered_name as registered_model_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_records, write_table
 from components.discover.discovery import DiscoverConfig
@@ -35,7 +36,7 @@ STABLE_ASSIGNMENTS = "assignments.parquet"  # beside the state file: the last re
 
 
 def registered_name(cfg: EvaluateConfig, cluster_id: int) -> str:
-    return f"{cfg.registered_model_prefix}-cluster-{cluster_id}"
+    return registered_model_name(cfg.registered_model_prefix, cluster_id)
 
 
 @task(name="refresh: seed history", cache_policy=NO_CACHE)

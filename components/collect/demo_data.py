@@ -284,13 +284,22 @@ def malformed_line(kind: int, good_line: str) -> str:
 
 
 def build_demo_calls(cfg: DemoDataConfig, data_dir: Path | None = None) -> list[str]:
-    """The demo log as JSON lines (no trailing newlines), malformed ones at seeded random positions."""
+    """The demo log of ``cfg.kind`` as JSON lines (no trailing newlines), malformed ones at seeded random positions."""
     return build_demo_log(cfg, data_dir)[0]
 
 
 def build_demo_log(cfg: DemoDataConfig, data_dir: Path | None = None) -> tuple[list[str], list[dict[str, str]]]:
-    """The demo log's lines and, per call, its known groups: ``record_id``, BFCL ``category`` and ``bfcl_id``,
-    and the ``task`` (:func:`known_group`)."""
+    """The demo log of ``cfg.kind`` (the multi-turn agent or single BFCL calls) and its known groups."""
+    if cfg.kind == "agent":
+        from components.collect.demo_agent import build_agent_log  # it builds on this module's pieces
+
+        return build_agent_log(cfg, data_dir)
+    return build_single_call_log(cfg, data_dir)
+
+
+def build_single_call_log(cfg: DemoDataConfig, data_dir: Path | None = None) -> tuple[list[str], list[dict[str, str]]]:
+    """The single-call log (kind ``bfcl``) and, per call, its known groups: ``record_id``, BFCL ``category`` and
+    ``bfcl_id``, and the ``task`` (:func:`known_group`)."""
     rng = random.Random(cfg.seed)
     by_category = {category: load_bfcl(category, data_dir) for category in cfg.categories}
     items = sample_items(by_category, cfg.max_records, rng)
@@ -327,12 +336,7 @@ def write_demo_calls(
     cfg: DemoDataConfig, path: Path, data_dir: Path | None = None, known_groups_path: Path | None = None
 ) -> Path:
     """Write the log of ``cfg.kind`` to ``path`` and, when ``known_groups_path`` is given, the known groups."""
-    if cfg.kind == "agent":
-        from components.collect.demo_agent import build_agent_log  # it builds on this module's pieces
-
-        lines, groups = build_agent_log(cfg, data_dir)
-    else:
-        lines, groups = build_demo_log(cfg, data_dir)
+    lines, groups = build_demo_log(cfg, data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     if known_groups_path is not None:

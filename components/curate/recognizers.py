@@ -1,7 +1,8 @@
 """Presidio recognizers for what its built-in set misses or handles slowly.
 
 Street addresses, API keys and other secrets (including random-looking high-entropy strings), Mastercard's
-2-series, PHI (medical record numbers, health-plan ids), a North American phone pattern for numbers that
+2-series, PHI (medical record numbers, health-plan ids), "Firstname Lastname" with a first name Faker knows
+(spaCy's small model misses many names mid-sentence), a North American phone pattern for numbers that
 libphonenumber rejects, deny lists from params, and a phone recognizer that skips texts with too few digits to
 hold a number (Presidio's runs libphonenumber's matcher once per region over every text: most of the pattern
 time). Presidio compiles every pattern with the ``regex`` module, case-insensitively: ``(?-i:...)`` keeps
@@ -96,6 +97,41 @@ NAME_AFTER_CUE = (
     r"(?<=\b(?:my name is|this is|I am|I'm|name:|dear|patient|customer|client|holder|signed,?|regards,?"
     r"|mr\.?|mrs\.?|ms\.?|dr\.?)\s+)(?-i:[A-Z][a-z]+(?:[ -][A-Z][a-z'-]+){1,2})\b"
 )
+# A first name followed by a capitalized surname ("send it to Elena Petrova at ..."): spaCy's small model misses
+# many such names mid-sentence. The first name must be one Faker knows (its person providers of many locales).
+_FIRST_LAST = re.compile(r"\b([A-Z][a-z]{1,15})[ ]((?:O'|Mc|Mac)?[A-Z][a-z]{2,20}(?:-[A-Z][a-z]{2,20})?)\b")
+_FAKER_LOCALES = (
+    "en_US en_GB en_IN en_PH de_DE fr_FR es_ES es_MX it_IT pt_BR pl_PL nl_NL sv_SE da_DK fi_FI no_NO cs_CZ ro_RO "
+    "hu_HU tr_TR uk_UA ru_RU hr_HR sk_SK sl_SI lt_LT lv_LV et_EE yo_NG tw_GH"
+).split()
+_first_names: frozenset[str] | None = None
+
+
+def known_first_names() -> frozenset[str]:
+    """Latin-script first names from Faker's person providers, loaded once."""
+    global _first_names
+    if _first_names is None:
+        import importlib
+
+        names: set[str] = set()
+        for locale in _FAKER_LOCALES:
+            try:
+                provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+            except (ImportError, AttributeError):
+                continue
+            for attribute in ("first_names", "first_names_female", "first_names_male"):
+                listed = getattr(provider, attribute, ())
+                names.update(n for n in listed if isinstance(n, str) and n.isascii() and n.isalpha())
+        _first_names = frozenset(names)
+    return _first_names
+
+
+def first_last_names(text: str) -> list[tuple[int, int]]:
+    """Spans of "Firstname Lastname" where the first name is a known one."""
+    first_names = known_first_names()
+    return [(m.start(), m.end()) for m in _FIRST_LAST.finditer(text) if m.group(1) in first_names]
+
+
 _PHONE_DIGITS = re.compile(r"\d(?:[\s().+-]{0,3}\d){6}")  # seven digits close together: the least a phone has
 _NANP = re.compile(NANP_PHONE)
 _CANDIDATE_TOKEN = re.compile(r"(?<![\w/+=-])[A-Za-z0-9+/_=-]{20,}(?![\w/+=-])")
@@ -164,6 +200,15 @@ def build_recognizers(
                 if looks_random(m.group(), secret_min_length, secret_min_bits_per_char)
             ]
 
+    class KnownFirstNameRecognizer(EntityRecognizer):
+        """A known first name and a capitalized surname (see :func:`first_last_names`)."""
+
+        def load(self) -> None:
+            pass
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            return [RecognizerResult("PERSON", start, end, 0.6) for start, end in first_last_names(text)]
+
     def patterns(entity: str, name: str, regexes: dict[str, str], score: float, **extra: Any) -> Any:
         return PatternRecognizer(
             supported_entity=entity,
@@ -199,6 +244,9 @@ def build_recognizers(
             context=["address", "street", "live", "ship", "deliver", "mail"],
         ),
         patterns("PERSON", "NameAfterCueRecognizer", {"name_after_cue": NAME_AFTER_CUE}, 0.6),
+        KnownFirstNameRecognizer(
+            supported_entities=["PERSON"], name="KnownFirstNameRecognizer", supported_language=language
+        ),
         patterns(MEDICAL_RECORD_NUMBER, "MedicalRecordNumberRecognizer", MRN_PATTERNS, 0.85),
         patterns(HEALTH_PLAN_ID, "HealthPlanIdRecognizer", HEALTH_PLAN_PATTERNS, 0.7),
     ]

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from components.core.clusters import OUTLIER  # noqa: F401  (re-exported)
 from components.core.config import StepConfig
-
-OUTLIER = -1
 
 
 class UmapSettings(StepConfig):

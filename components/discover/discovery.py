@@ -113,6 +113,7 @@ class DiscoveryResult:
     # Request-only vs the fit's own assignment on held-out calls (identity.request_only_agreement).
     identity_check: dict[str, float] | None = None
     outlier_reasons: dict[str, int] | None = None  # calls sent to the outliers after the first level, by reason
+    task_split: dict[str, Any] | None = None  # the second level used (split_by, kept_share; instead_of: fallback)
 
 
 def cluster_embeddings(
@@ -206,11 +207,13 @@ def _describe_cluster(
     records: list[CallRecord],
     unit: np.ndarray,
     terms: list[str],
-    keys: list[str],
+    functions: list[str],
+    mix_keys: list[str],
     pinned: str | None,
 ) -> dict[str, Any]:
     member_records = [records[i] for i in members]
-    top_task, top_task_share, distinct_tasks = key_mix([keys[i] for i in members])
+    top_task, top_task_share, distinct_tasks = key_mix([functions[i] for i in members])
+    task_share = top_task_share if mix_keys is functions else key_mix([mix_keys[i] for i in members])[1]
     centroid = unit[members].mean(axis=0)
     centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
     similarity = unit[members] @ centroid
@@ -236,6 +239,7 @@ def _describe_cluster(
         # What the LLM answered (task_keys.task_key, split_by: function): one task, or a mixed bag.
         "dominant_task": top_task,
         "dominant_task_share": round(top_task_share, 4),
+        "task_share": round(task_share, 4),
         "distinct_tasks": distinct_tasks,
         "pinned": pinned,
         "llm_cost_usd": round(float(sum(costs)), 6) if costs else None,
@@ -298,9 +302,12 @@ def discover(
     # The called function of each call (text answers: "text"): what the report and the fitness judge a mix by.
     functions = [task_key(record, "function") for record in records]
     keys = functions if cfg.task.split_by == "function" else [task_key(r, cfg.task.split_by) for r in records]
-    raw_labels, probabilities, pinned_of, reasons = _task_labels(
+    raw_labels, probabilities, pinned_of, reasons, keys, task_split = _task_labels(
         records, embeddings, unit, keys, cfg, reducer, clusterer
     )
+    # The mixed-bag check judges a cluster by its called functions, unless the request alone could not tell those
+    # apart and S3 fell back to a coarser split (a multi-turn agent's step calls one tool after another by design).
+    mix_keys = keys if "instead_of" in task_split else functions
     labels, next_id = stable_ids(raw_labels, record_ids, unit, cfg.embedding_model, previous, cfg.identity)
     probabilities = np.where(labels == OUTLIER, 0.0, probabilities)
     pinned = {int(labels[rows[0]]): cfg.pinned_tasks[rule] for rule, rows in pinned_of.items() if len(rows)}
@@ -308,7 +315,9 @@ def discover(
     terms = label_clusters(texts, labels, cfg.top_terms)
     members_of = {c: np.flatnonzero(labels == c) for c in sorted(terms)}
     clusters = [
-        _describe_cluster(c, members, records, unit, terms[c], functions, pinned[c].name if c in pinned else None)
+        _describe_cluster(
+            c, members, records, unit, terms[c], functions, mix_keys, pinned[c].name if c in pinned else None
+        )
         for c, members in members_of.items()
     ]
     score_clusters(
@@ -342,6 +351,7 @@ def discover(
         embedded_now,
         check,
         reasons,
+        task_split,
     )
 
 
@@ -353,23 +363,62 @@ def _task_labels(
     cfg: DiscoverConfig,
     reducer: Any,
     clusterer: Any,
-) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], dict[str, int]]:
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], dict[str, int], list[str], dict[str, Any]]:
     """Labels (any numbering) and probabilities of every call: pinned tasks first, then the first level
     (HDBSCAN) on the other calls split by task key, then members the request alone does not place back in
-    their cluster sent to the outliers. Also the rows of each pinned rule and the outlier counts by reason."""
+    their cluster sent to the outliers; the fallback split instead when that keeps too few (TaskSettings).
+    Also the rows of each pinned rule, the outlier counts by reason, the task keys of the split used and which
+    split that was (with the share of its members the request-only check kept)."""
     record_ids = [record.record_id for record in records]
-    rule_of = pinned_labels(records, cfg.pinned_tasks)
-    free = np.array([rule is None for rule in rule_of], dtype=bool)
-    labels = np.full(len(records), OUTLIER, dtype=int)
-    probabilities = np.zeros(len(records))
-    free_rows = np.flatnonzero(free)
-    first, first_probabilities = _fit_labels(
+    # Pinned calls are not part of the automatic discovery: the first level fits the other calls.
+    free_rows = np.flatnonzero([rule is None for rule in pinned_labels(records, cfg.pinned_tasks)])
+    first, first_probabilities = np.full(len(records), OUTLIER, dtype=int), np.zeros(len(records))
+    first[free_rows], first_probabilities[free_rows] = _fit_labels(
         embeddings[free_rows], unit[free_rows], [record_ids[i] for i in free_rows], cfg, reducer, clusterer
     )
+    result = _split_and_check(records, unit, first, first_probabilities, keys, cfg.task, cfg)
+    kept_share = result[4]
+    fallback = cfg.task.fallback_split_by
+    if fallback and cfg.task.split_by != fallback and kept_share < cfg.task.min_reproducible_share:
+        settings = cfg.task.model_copy(update={"split_by": fallback})
+        fallback_keys = [task_key(r, fallback) for r in records]
+        coarse = _split_and_check(records, unit, first, first_probabilities, fallback_keys, settings, cfg)
+        if coarse[4] > kept_share:
+            labels, probabilities, pinned_of, reasons, kept = coarse
+            split = {
+                "split_by": fallback,
+                "kept_share": kept,
+                "instead_of": cfg.task.split_by,
+                "which_kept": kept_share,
+            }
+            return labels, probabilities, pinned_of, reasons, fallback_keys, split
+    labels, probabilities, pinned_of, reasons, _ = result
+    return labels, probabilities, pinned_of, reasons, keys, {"split_by": cfg.task.split_by, "kept_share": kept_share}
+
+
+def _split_and_check(
+    records: list[CallRecord],
+    unit: np.ndarray,
+    first: np.ndarray,
+    first_probabilities: np.ndarray,
+    keys: list[str],
+    settings: TaskSettings,
+    cfg: DiscoverConfig,
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], dict[str, int], float]:
+    """One split of the first level (``first``, -1 for outliers and pinned calls) by ``keys``, the pinned tasks
+    added, and the request-only check; also the share of split members the check kept."""
+    record_ids = [record.record_id for record in records]
+    rule_of = pinned_labels(records, cfg.pinned_tasks)
+    free_rows = np.flatnonzero([rule is None for rule in rule_of])
+    labels = np.full(len(records), OUTLIER, dtype=int)
+    probabilities = np.zeros(len(records))
+    first = first[free_rows]
     if len(free_rows) < max(cfg.hdbscan.min_cluster_size, 3):  # too few calls for even one first-level cluster
         split, reasons = first, ({"too_few_calls_to_cluster": len(free_rows)} if len(free_rows) else {})
     else:
-        split, reasons = split_by_task(first, [keys[i] for i in free_rows], cfg.task)
+        split, reasons = split_by_task(first, [keys[i] for i in free_rows], settings)
+    split_members = int((split != OUTLIER).sum())
+    first_probabilities = first_probabilities[free_rows]
     labels[free_rows], probabilities[free_rows] = split, np.where(split == OUTLIER, 0.0, first_probabilities)
     offset = int(labels.max(initial=OUTLIER)) + 1
     pinned_of = {rule: np.flatnonzero([r == rule for r in rule_of]) for rule in range(len(cfg.pinned_tasks))}
@@ -393,7 +442,8 @@ def _task_labels(
             dissolved = np.isin(labels, too_small)
             reasons["too_small_after_that"] = int(dissolved.sum())
             labels[dissolved] = OUTLIER
-    return labels, probabilities, pinned_of, reasons
+    kept = int((labels[free_rows] != OUTLIER).sum())
+    return labels, probabilities, pinned_of, reasons, kept / split_members if split_members else 1.0
 
 
 def _identity_check(
@@ -445,6 +495,14 @@ def write_cluster_report(result: DiscoveryResult, path: Path, map_path: Path | N
             f"{check['agreement']:.1%} of {check['calls']} ({check['to_llm_instead']:.1%} sent to the LLM instead, "
             f"{check['wrong_cluster']:.1%} to another cluster)"
         )
+    if result.task_split:
+        split = result.task_split
+        stats["second level"] = f"split by {split['split_by']} ({split['kept_share']:.0%} of its members placed back)"
+        if "instead_of" in split:
+            stats["second level"] += (
+                f", instead of by {split['instead_of']}, whose tasks the request alone placed back for only "
+                f"{split['which_kept']:.0%} of their members"
+            )
     if result.outlier_reasons:
         stats["outliers by reason"] = ", ".join(
             f"{k.replace('_', ' ')}: {v}" for k, v in result.outlier_reasons.items()

@@ -18,7 +18,8 @@ Five parts, each in [0, 1] (higher = better for an SLM), following the paper's c
 ``fitness`` is the weighted mean of the parts that are defined (weights in params). A cluster is a conversion
 *candidate* when it passes every threshold of params (size, fitness and per-part minima) and is one task: a cluster
 whose answers call several functions, none of them in at least ``min_task_share`` of its calls, is a mixed bag
-(``dominant_task_share``, from :mod:`components.discover.task_keys`) and no candidate whatever its size or score.
+(``task_share``: by the task key of the second level, :mod:`components.discover.task_keys`) and no candidate
+whatever its size or score.
 The reasons a cluster fails are listed so nobody has to guess.
 """
 
@@ -165,7 +166,9 @@ def score_clusters(
         for name, minimum in settings.min_parts.items():
             if name in defined and defined[name] < minimum:
                 failures.append(f"{name} {defined[name]:.2f} < {minimum}")
-        share = cluster.get("dominant_task_share")
+        # task_share: the mix by the task key of the second level used (the called function, unless S3 fell back
+        # to a coarser split; see task_keys.TaskSettings); clusters written before it carry only the function's.
+        share = cluster.get("task_share", cluster.get("dominant_task_share"))
         if share is not None and share < settings.min_task_share:
             failures.append(
                 f"mixed bag: {cluster['distinct_tasks']} different answers (called functions or text), the most "

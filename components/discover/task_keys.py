@@ -11,6 +11,9 @@ first-level cluster by its members' **task key**:
 - ``split_by: answer_kind``: only ``tool_call`` vs ``text`` (text answers never share a cluster with tool calls).
 - ``split_by: none``: no second level (the clusters are HDBSCAN's).
 
+A split whose tasks the request alone does not reproduce (``min_reproducible_share``) gives way to
+``fallback_split_by``: see :class:`TaskSettings`.
+
 A part with fewer than ``min_task_calls`` calls becomes outliers (they stay with the LLM). Parts with the same
 tool-call key in different first-level clusters are one task and are merged (``merge_same_task``); text parts are
 never merged across first-level clusters, since ``text`` names no task of its own. With ``rescue_outliers``, a
@@ -46,6 +49,12 @@ _VERSION_SEGMENT = re.compile(r"(?:[._]v?\d+)(?=$|[._])", re.IGNORECASE)
 
 class TaskSettings(StepConfig):
     split_by: Literal["function", "answer_kind", "none"] = "function"
+    # A task the router cannot find from requests alone is no task for it. In a multi-turn agent the next call
+    # depends on tool results the request-only assignment cannot foresee, so a split by the called function keeps
+    # few members. When the split's request-only check keeps less than min_reproducible_share of the split
+    # members, S3 uses fallback_split_by instead (and says so in the report); None: never.
+    fallback_split_by: Literal["answer_kind", "none"] | None = "none"
+    min_reproducible_share: float = 0.5
     # A split part smaller than this stays with the LLM (outliers). Small on purpose: a long tail's functions have
     # few calls each, and a small task is still one task; conversion has its own minimum (min_cluster_size_to_convert).
     min_task_calls: int = 5

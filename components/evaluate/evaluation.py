@@ -1,4 +1,4 @@
-"""Cost, latency, promotion gate and report, shared by S4 select and S6 evaluate. Framework-free on purpose.
+"""Cost, latency, intervals and the HTML report, shared by S4 select and S6 evaluate. Framework-free on purpose.
 
 The per-answer metrics live in components/scoring/metrics.py and are re-exported here, where S6 has always found them.
 """
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import StepConfig
+from components.evaluate.promotion import PromotionPolicy
 from components.scoring.costs import (  # noqa: F401  (re-exported for S6)
     latency_p50,
     latency_percentile,
@@ -31,11 +32,6 @@ from components.scoring.metrics import (  # noqa: F401  (re-exported for S6)
 SYSTEMS = ["llm", "slm_base", "slm_finetuned"]
 
 
-class PromotionGate(StepConfig):
-    primary_metric_floor_vs_llm: float = 0.30
-    min_gain_over_base: float = 0.0
-
-
 class EvaluateConfig(StepConfig):
     curated: str = "data/curated/records.parquet"
     splits: str = "data/splits/splits.parquet"
@@ -47,16 +43,21 @@ class EvaluateConfig(StepConfig):
     metrics: str = "reports/metrics.json"
     report: str = "reports/report.html"
     predictions: str = "data/predictions/slm_finetuned.parquet"
+    router_config: str = "reports/router.yaml"  # the gate's decisions as `llm2slm proxy --route` config
+    collected: str = "data/collected/records.parquet"  # every collected call: the summary's calls_total
+    assignments: str = "data/clusters/assignments.parquet"  # S3's cluster of each call: where calls at parity are
     max_new_tokens: int = 256  # a cap: the adapter's prompt spec holds its own, smaller budget
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
-    slm_hourly_cost_usd: float = 0.40
-    promotion: PromotionGate = PromotionGate()
+    # Written once elsewhere in params.yaml, filled in by the loader (flows/steps.py SHARED_VALUES): the SLM's
+    # serving price (select's serving_hardware) and the one gate (top-level `promotion:`).
+    slm_hourly_cost_usd: float = 0.10
+    promotion: PromotionPolicy = PromotionPolicy()
     registered_model_prefix: str = "llm2slm"
     alias: str = "champion"
 
 
-# ---- intervals, promotion -----------------------------------------------------------------------------
+# ---- intervals -----------------------------------------------------------------------------
 
 
 # Metrics that are 0 or 1 per answer: their mean over n held-out calls is a proportion.
@@ -81,23 +82,6 @@ def primary_metric_intervals(
     if primary_metric not in BINARY_METRICS:
         return None
     return {system: proportion_interval(scores[system].get(primary_metric, 0.0), n) for system in scores}
-
-
-def promotion_decision(
-    scores: dict[str, dict[str, float]], primary_metric: str, gate: PromotionGate
-) -> tuple[bool, str]:
-    """Promote iff fine-tuned ≥ floor × LLM and fine-tuned > base + min gain, on the primary metric."""
-    llm, base, tuned = (scores[system].get(primary_metric, 0.0) for system in SYSTEMS)
-    floor = gate.primary_metric_floor_vs_llm * llm
-    bar = base + gate.min_gain_over_base
-    reaches_floor, beats_base = tuned >= floor, tuned > bar
-    reason = (
-        f"fine-tuned {primary_metric} {tuned:.3f} {'≥' if reaches_floor else '<'} "
-        f"{gate.primary_metric_floor_vs_llm:.2f} × LLM {llm:.3f} = {floor:.3f}, and "
-        f"{'>' if beats_base else '≤'} base {base:.3f} + {gate.min_gain_over_base:.3f} = {bar:.3f}"
-    )
-    promoted = reaches_floor and beats_base
-    return promoted, ("promoted: " if promoted else "not promoted: ") + reason
 
 
 # ---- reports ----------------------------------------------------------------------------------------------
@@ -184,8 +168,25 @@ def _cluster_section(entry: dict[str, Any]) -> str:
     )
 
 
-def write_report(entries: list[dict[str, Any]], path: Path) -> Path:
-    """A self-contained HTML report (no external files): one table per cluster and a quality-vs-cost plot."""
+def _summary_section(summary: dict[str, Any] | None) -> str:
+    """The headline first: the share of the agent's calls served at the LLM's quality, and the cost saved."""
+    if not summary:
+        return ""
+    figures = [
+        ("calls collected", f"{summary['calls_total']}"),
+        ("in converted clusters", f"{summary['calls_in_converted_clusters']}"),
+        ("at parity (served by an SLM)", f"{summary['calls_at_parity']} ({summary['share_at_parity']:.1%})"),
+        ("LLM cost / 1k calls", f"${summary['llm_cost_per_1k_calls']:.4f}"),
+        ("blended cost / 1k calls", f"${summary['blended_cost_per_1k_calls']:.4f}"),
+        ("saved", f"{summary['savings_share']:.1%}"),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in figures)
+    return f"<p class='headline'><b>{html.escape(summary['headline'])}</b></p><table>{rows}</table>"
+
+
+def write_report(entries: list[dict[str, Any]], path: Path, summary: dict[str, Any] | None = None) -> Path:
+    """A self-contained HTML report (no external files): the run's summary, one table per cluster and a
+    quality-vs-cost plot."""
     style = (
         "body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:right}"
@@ -201,7 +202,7 @@ def write_report(entries: list[dict[str, Any]], path: Path) -> Path:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>llm2slm evaluation report</title>"
         f"<style>{style}</style></head><body><h1>llm2slm evaluation report</h1>"
         f"<p>The LLM's logged answers are the reference; the base and fine-tuned SLMs are scored against "
-        f"them on each cluster's held-out calls.</p>{sections}{plot}</body></html>"
+        f"them on each cluster's held-out calls.</p>{_summary_section(summary)}{sections}{plot}</body></html>"
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(document, encoding="utf-8")

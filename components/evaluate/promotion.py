@@ -1,11 +1,14 @@
-"""The promotion gate of S6: when does a freshly trained challenger replace the cluster's champion?
+"""The one promotion gate of S6, for `llm2slm run` and `llm2slm refresh` alike (params section ``promotion``).
 
-A challenger is promoted only if, on the primary metric of the cluster and the same fresh held-out calls,
+The reference is the LLM's logged answer, so the LLM scores 1.0 against itself and parity means agreement. A
+fine-tuned SLM (the challenger) becomes its cluster's ``champion`` only if, on the cluster's primary metric and the
+same held-out calls,
 
-1. it reaches the floor relative to the LLM: ``challenger >= floor_vs_llm × llm``;
-2. it beats the champion by the margin: ``challenger > champion + min_gain_over_champion`` (with no champion yet,
+1. it was measured on enough calls: ``n_test >= min_test_calls`` (a rate on 10 calls spans ±30 points);
+2. it reaches parity with the LLM: ``challenger >= parity × llm`` (the point estimate; its interval is reported);
+3. it beats the champion by the margin: ``challenger > champion + min_gain_over_champion`` (with no champion yet,
    it must beat the base SLM: ``challenger > base + min_gain_over_base``);
-3. it does not regress on the cluster's fixed regression set: ``challenger_regression >= champion_regression −
+4. it does not regress on the cluster's fixed regression set: ``challenger_regression >= champion_regression −
    max_regression`` (skipped when there is no champion or no regression set).
 
 Otherwise it stays ``challenger``; the reason lists every check with its figures either way.
@@ -14,23 +17,44 @@ Otherwise it stays ``challenger``; the reason lists every check with its figures
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import model_validator
 
 from components.core.config import StepConfig
 
+# Keys of the two gates this one replaced: a params file that still sets them must not pass silently.
+RETIRED_KEYS = {
+    "floor_vs_llm": "parity",
+    "primary_metric_floor_vs_llm": "parity",
+}
+
 
 class PromotionPolicy(StepConfig):
-    floor_vs_llm: float = 0.30  # share of the LLM's score the challenger must reach
+    parity: float = 0.9  # share of the LLM's primary metric the challenger must reach
+    min_test_calls: int = 20  # a parity decision needs at least this many held-out calls
     min_gain_over_champion: float = 0.05  # margin over the current champion
     min_gain_over_base: float = 0.0  # margin over the base SLM when the cluster has no champion yet
     max_regression: float = 0.0  # allowed drop vs the champion on the fixed regression set
 
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_retired_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            retired = sorted(set(values) & set(RETIRED_KEYS))
+            if retired:
+                hints = ", ".join(f"'{key}' -> '{RETIRED_KEYS[key]}'" for key in retired)
+                raise ValueError(f"promotion: retired key(s) {hints}; the gate promotes at parity × the LLM")
+        return values
+
 
 @dataclass(frozen=True)
 class GateScores:
-    """Primary-metric scores of one cluster; ``None`` where a system was not measured."""
+    """Primary-metric scores of one cluster on ``n_test`` held-out calls; ``None`` where a system was not measured."""
 
     llm: float
     challenger: float
+    n_test: int
     champion: float | None = None
     base: float | None = None
     challenger_regression: float | None = None
@@ -47,11 +71,15 @@ class PromotionDecision:
 def decide_promotion(scores: GateScores, policy: PromotionPolicy, metric: str = "primary metric") -> PromotionDecision:
     checks: dict[str, bool] = {}
     notes: list[str] = []
-    floor = policy.floor_vs_llm * scores.llm
-    checks["floor_vs_llm"] = scores.challenger >= floor
+    checks["enough_test_calls"] = scores.n_test >= policy.min_test_calls
     notes.append(
-        f"{metric} {scores.challenger:.3f} {'≥' if checks['floor_vs_llm'] else '<'} "
-        f"{policy.floor_vs_llm:.2f} × LLM {scores.llm:.3f} = {floor:.3f}"
+        f"{scores.n_test} held-out calls {'≥' if checks['enough_test_calls'] else '<'} {policy.min_test_calls}"
+    )
+    bar_llm = policy.parity * scores.llm
+    checks["parity"] = scores.challenger >= bar_llm
+    notes.append(
+        f"{metric} {scores.challenger:.3f} {'≥' if checks['parity'] else '<'} "
+        f"{policy.parity:.2f} × LLM {scores.llm:.3f} = {bar_llm:.3f}"
     )
     if scores.champion is not None:
         bar = scores.champion + policy.min_gain_over_champion

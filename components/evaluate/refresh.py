@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.core.clusters import OUTLIER
 from components.core.config import StepConfig
 from components.evaluate.drift import DriftConfig
-
-OUTLIER = -1
 
 
 class RetrainPolicy(StepConfig):
@@ -37,7 +36,7 @@ class RefreshConfig(StepConfig):
     promotions_log: str = "reports/promotions.jsonl"
     adapters: str = "models/refresh"  # <adapters>/cluster_<id>/refresh_<n>: one folder per challenger
     min_cluster_overlap: float = 0.5  # share of a new cluster's known calls to keep an old id
-    max_fresh_test_per_cluster: int = 10
+    max_fresh_test_per_cluster: int = 100  # the gate needs promotion.min_test_calls of them
     drift: DriftConfig = DriftConfig()
     retrain: RetrainPolicy = RetrainPolicy()
     seed: int = 42

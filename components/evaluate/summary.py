@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-OUTLIER = -1
+from components.core.clusters import OUTLIER
 
 
 @dataclass(frozen=True)

@@ -15,11 +15,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from components.core.clusters import OUTLIER
 from components.core.schema import ChatMessage
 
 Mode = Literal["off", "shadow", "canary", "on"]
 Route = Literal["slm", "llm", "shadow", "fallback"]
-OUTLIER = -1
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from components.core.clusters import registered_name
 from components.serve.slm_server import Resolve, ServedAdapter
 from tasks.helpers.registry import adapter_of_version, champion_version
-
-
-def registered_name(prefix: str, cluster_id: int) -> str:
-    return f"{prefix}-cluster-{cluster_id}"
 
 
 def champion_resolver(clusters: Mapping[int, ServedAdapter], prefix: str, download_dir: Path) -> Resolve:

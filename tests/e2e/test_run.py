@@ -1,6 +1,7 @@
 """End to end: `llm2slm run` on a small slice of the demo data, with the real SmolLM2 and a few LoRA steps,
 under Prefect's test harness. Checks the quarantine, the MLflow runs, the registered version, the report."""
 
+import html
 import json
 import uuid
 from pathlib import Path
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.e2e
 def small_params(tmp_path: Path) -> Path:
     """The real params, shrunk so the run takes a few minutes on 2 CPU cores."""
     params = load_params(ROOT / "params.yaml")
-    params["demo_data"].update(max_records=120, malformed_lines=5, pii_share=0.3)
+    params["demo_data"].update(kind="agent", conversations=40, malformed_lines=5, pii_share=0.3)
     params["discover"].update(
         min_cluster_size_to_convert=8,
         max_clusters_to_convert=1,
@@ -84,14 +85,17 @@ def conversion(tmp_path_factory):
         "experiment": experiment,
         "lines": lines,
         "malformed": demo_cfg.malformed_lines,
+        # chat lines logged up to a tool result: their earlier calls are kept, the unanswered tail quarantined
+        "truncated": round(demo_cfg.truncated_share * round(demo_cfg.chat_form_share * demo_cfg.conversations)),
     }
 
 
 def test_quarantine_holds_every_malformed_line(conversion):
     entries = [json.loads(line) for line in (conversion["workdir"] / "data/quarantine.jsonl").read_text().splitlines()]
-    assert len(entries) == conversion["malformed"]
+    tails = [entry for entry in entries if "stops after a tool message" in entry["reason"]]
+    assert len(entries) - len(tails) == conversion["malformed"] and len(tails) == conversion["truncated"]
     assert all(entry["reason"] and entry["line_number"] >= 1 for entry in entries)
-    assert f"quarantined lines: {conversion['malformed']}" in conversion["output"]
+    assert f"quarantined lines: {len(entries)}" in conversion["output"]
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_step(conversion):
@@ -139,6 +143,40 @@ def test_evaluation_table_compares_llm_base_and_finetuned(conversion):
     report = (conversion["workdir"] / "reports/report.html").read_text()
     assert all(entry["label"] in report for entry in evaluation["clusters"])
     assert "Report:" in conversion["output"]
+
+
+def test_the_summary_is_the_headline_and_the_router_config_follows_the_gate(conversion):
+    from components.core.schema import read_records
+
+    workdir = conversion["workdir"]
+    evaluation = json.loads((workdir / "reports/evaluation.json").read_text())
+    summary = evaluation["summary"]
+    # Every collected call counts (the quarantined lines are not calls), outliers included.
+    assert summary["calls_total"] == len(read_records(workdir / "data/collected/records.parquet"))
+    promoted = sorted(e["cluster_id"] for e in evaluation["clusters"] if e["promoted"])
+    assert summary["clusters_at_parity"] == promoted
+    assert summary["clusters_evaluated"] == sorted(e["cluster_id"] for e in evaluation["clusters"])
+    assert 0 <= summary["calls_at_parity"] <= summary["calls_in_converted_clusters"] <= summary["calls_total"]
+    if not promoted:  # nothing at parity: every call stays with the LLM, at the LLM's cost
+        assert summary["blended_cost_per_1k_calls"] == summary["llm_cost_per_1k_calls"] > 0
+    # The gate: never promoted below parity or on fewer than min_test_calls held-out calls.
+    gate = load_params(ROOT / "params.yaml")["promotion"]
+    for entry in evaluation["clusters"]:
+        tuned = entry["scores"]["slm_finetuned"][entry["primary_metric"]]
+        llm = entry["scores"]["llm"][entry["primary_metric"]]
+        assert entry["promoted"] == (
+            entry["n_test"] >= gate["min_test_calls"]
+            and tuned >= gate["parity"] * llm
+            and tuned > entry["scores"]["slm_base"][entry["primary_metric"]]
+        )
+    router = yaml.safe_load((workdir / "reports/router.yaml").read_text())
+    assert {int(c): v["mode"] for c, v in router["clusters"].items()} == {
+        e["cluster_id"]: "on" if e["promoted"] else "shadow" for e in evaluation["clusters"]
+    }
+    # printed last, and the report opens with it
+    assert conversion["output"].strip().splitlines()[-1] == summary["headline"]
+    report = (workdir / "reports/report.html").read_text()
+    assert report.index(html.escape(summary["headline"].split(";")[0])) < report.index("<h2>Cluster")
 
 
 def test_no_injected_pii_in_any_file_after_s6(conversion):

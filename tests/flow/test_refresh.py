@@ -236,6 +236,8 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
     )
     params["select"].update(candidates=["tiny"], catalog=write_tiny_catalog(tmp_path / "catalog.yaml", tiny))
     params["refresh"]["max_fresh_test_per_cluster"] = 4
+    # The gate's mechanics at this scale: the formula model's 40 % counts as "parity" on 4 fresh calls here.
+    params["promotion"].update(parity=0.3, min_test_calls=4)
     work, experiment = tmp_path / "work", f"refresh-{uuid.uuid4().hex[:8]}"
 
     def run(batch: int, counts: dict[str, int], max_steps: int) -> dict:

@@ -36,7 +36,7 @@ def topology():
 def small_params(workdir: Path, model_dir: str) -> Path:
     """The real params shrunk to a small slice: few records, one cluster, a tiny model, two LoRA steps, Dask."""
     params = load_params(ROOT / "params.yaml")
-    params["demo_data"].update(max_records=90, malformed_lines=2, pii_share=0.3)
+    params["demo_data"].update(kind="agent", conversations=30, malformed_lines=2, pii_share=0.3)
     params["discover"].update(
         min_cluster_size_to_convert=8,
         max_clusters_to_convert=1,

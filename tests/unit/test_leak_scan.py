@@ -31,7 +31,7 @@ def test_a_value_hidden_by_parquet_compression_is_found_and_an_encrypted_file_ho
 
 
 def test_every_entity_type_the_demo_injects_is_listed() -> None:
-    lines = build_demo_calls(DemoDataConfig(max_records=60, malformed_lines=0, pii_share=1.0))
+    lines = build_demo_calls(DemoDataConfig(kind="bfcl", max_records=60, malformed_lines=0, pii_share=1.0))
     values = demo_injected_values(lines)
     assert all(values[kind] for kind in ("name", "email", "phone", "ssn", "card")), values
     every = set().union(*values.values())

@@ -215,3 +215,12 @@ def test_skipping_ner_on_lowercase_texts_keeps_the_patterns(anonymizer, monkeypa
     assert [s.entity_type for s in spans[texts[0]]] == ["EMAIL_ADDRESS", "PHONE_NUMBER"]
     assert [s.entity_type for s in spans[texts[1]]] == ["PERSON"]
     anonymizer._analysis_cache.clear()
+
+
+def test_a_known_first_name_with_a_surname_is_a_person_mid_sentence():
+    from components.curate.recognizers import first_last_names
+
+    text = "Please send the results to Elena Petrova at her address, and copy Kevin O'Brien."
+    assert [text[a:b] for a, b in first_last_names(text)] == ["Elena Petrova", "Kevin O'Brien"]
+    # capitalized words that are not a known first name followed by a surname stay as they are
+    assert first_last_names("Book Flight to New York with Delta Airlines") == []

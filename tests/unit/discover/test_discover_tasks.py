@@ -170,3 +170,35 @@ def test_pinned_tasks_take_their_calls_by_rule_and_the_router_applies_request_ru
     assert placed.cluster_id[0] == by_name["billing agent"]["cluster_id"] and placed.probability[0] == 1.0
     with pytest.raises(ValueError, match="at least one of"):
         PinnedTask(name="empty")
+
+
+def agent_steps(seed: int = 0, per_blob: int = 30):
+    """Two agents' steps: within each blob the requests look alike (one conversation step after another) and the
+    answer calls one of three tools at random, as a multi-turn agent's next call depends on tool results."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(2, 10)) * 6
+    tools = [["cd", "ls", "cat"], ["lockDoors", "startEngine", "pressBrakePedal"]]
+    records, points = [], []
+    for blob, names in enumerate(tools):
+        for i in range(per_blob):
+            function = names[rng.integers(len(names))]
+            records.append(record(f"b{blob}-{i:02d}", f"agent {blob} step {i}", function, names))
+            points.append(centers[blob] + rng.normal(size=10))
+    return records, np.vstack(points)
+
+
+def test_when_the_request_cannot_tell_the_called_function_s3_falls_back_to_the_coarser_split():
+    records, embeddings = agent_steps()
+    cfg = config(min_cluster_size_to_convert=10)
+    result = discover(records, cfg, embeddings=embeddings, reducer=False)
+    assert result.task_split["split_by"] == "none" and result.task_split["instead_of"] == "function"
+    assert result.task_split["which_kept"] < cfg.task.min_reproducible_share <= result.task_split["kept_share"]
+    assert len(result.clusters) == 2 and result.outlier_share <= 0.1
+    # one cluster per agent, each calling its three tools: one task, not a mixed bag
+    for cluster in result.clusters:
+        assert cluster["distinct_tasks"] == 3 and cluster["task_share"] == 1.0 and cluster["candidate"]
+    # without the fallback the function split stands and the request alone places back (almost) nothing
+    strict = config(task=TaskSettings(fallback_split_by=None), min_cluster_size_to_convert=10)
+    kept = discover(records, strict, embeddings=embeddings, reducer=False)
+    assert kept.task_split == {"split_by": "function", "kept_share": pytest.approx(kept.task_split["kept_share"])}
+    assert kept.task_split["kept_share"] < 0.5 and kept.outlier_share > 0.5

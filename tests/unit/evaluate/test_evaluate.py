@@ -9,11 +9,9 @@ from components.core.schema import CallRecord, ChatMessage, ToolCall
 from components.evaluate.evaluation import (
     PRIMARY_METRIC,
     EvaluateConfig,
-    PromotionGate,
     latency_p50,
     llm_cost_per_1k_calls,
     primary_metric_intervals,
-    promotion_decision,
     proportion_interval,
     score_pairs,
     score_text,
@@ -194,32 +192,61 @@ def scores(llm: float, base: float, tuned: float) -> dict:
     }
 
 
-def test_promotion_gate_promotes_when_both_conditions_hold():
-    promoted, reason = promotion_decision(
-        scores(1.0, 0.1, 0.6), "full_call_match", PromotionGate(primary_metric_floor_vs_llm=0.5, min_gain_over_base=0.1)
+def tool_record(record_id: str, city: str) -> CallRecord:
+    return CallRecord(
+        record_id=record_id,
+        messages=[ChatMessage(role="user", content=f"weather in {city}?")],
+        response=ChatMessage(
+            role="assistant", tool_calls=[ToolCall(name="get_weather", arguments=f'{{"city": "{city}"}}')]
+        ),
+        cost_usd=0.002,
     )
-    assert promoted and reason.startswith("promoted")
-    assert "0.600" in reason and "0.500" in reason and "0.200" in reason
 
 
-def test_promotion_gate_refuses_below_the_llm_floor_or_without_gain():
-    gate = PromotionGate(primary_metric_floor_vs_llm=0.5, min_gain_over_base=0.1)
-    below_floor, reason = promotion_decision(scores(1.0, 0.1, 0.4), "full_call_match", gate)
-    assert not below_floor and reason.startswith("not promoted") and "0.400 < 0.50" in reason
-    no_gain, reason = promotion_decision(scores(1.0, 0.55, 0.6), "full_call_match", gate)
-    assert not no_gain and "≤ base 0.550" in reason
+def test_the_evaluation_entry_scores_the_three_systems_and_gates_at_parity():
+    from components.evaluate.entry import evaluation_entry
+    from components.evaluate.promotion import PromotionPolicy
+
+    cities = [f"city{i}" for i in range(20)]
+    records = [tool_record(f"r{i}", city) for i, city in enumerate(cities)]
+    right = [
+        (f'<tool_call>{{"name": "get_weather", "arguments": {{"city": "{c}"}}}}</tool_call>', 100.0) for c in cities
+    ]
+    wrong = [("It is sunny.", 120.0)] * 20
+    cluster = {"cluster_id": 3, "label": "weather", "output_kind": "tool_call", "selected": "smollm2"}
+    # 18 of 20 right = 0.90 = parity × the LLM (1.0): promoted; 17 of 20 is not.
+    at_parity = evaluation_entry(cluster, 40, records, wrong, right[:18] + wrong[:2], PromotionPolicy(), 0.10)
+    below = evaluation_entry(cluster, 40, records, wrong, right[:17] + wrong[:3], PromotionPolicy(), 0.10)
+    assert at_parity["scores"]["llm"]["full_call_match"] == 1.0
+    assert at_parity["scores"]["slm_finetuned"]["full_call_match"] == pytest.approx(0.9)
+    assert at_parity["scores"]["slm_base"]["full_call_match"] == 0.0
+    assert at_parity["promoted"] and not below["promoted"] and not below["promotion_checks"]["parity"]
+    assert at_parity["n_test"] == 20 and at_parity["parity_bar"] == pytest.approx(0.9)
+    low, high = at_parity["primary_metric_ci95"]["slm_finetuned"]
+    assert low < 0.9 < high
+    assert at_parity["cost_per_1k_calls"]["llm"] == pytest.approx(2.0)
+    # The SLM's cost: each call's latency at $0.10 an hour; the faster fine-tuned answers cost less.
+    assert 0 < at_parity["cost_per_1k_calls"]["slm_finetuned"] < at_parity["cost_per_1k_calls"]["slm_base"]
 
 
-def test_evaluate_config_matches_params_and_forbids_typos():
+def test_evaluate_config_takes_the_gate_and_the_serving_price_from_their_one_place():
     from pathlib import Path
 
     from components.core.config import load_params
+    from flows.steps import load_step
 
-    params = load_params(Path(__file__).resolve().parents[3] / "params.yaml")["evaluate"]
-    cfg = EvaluateConfig.model_validate(params)
-    assert cfg.promotion.primary_metric_floor_vs_llm == params["promotion"]["primary_metric_floor_vs_llm"]
+    params = load_params(Path(__file__).resolve().parents[3] / "params.yaml")
+    cfg = load_step(params, "evaluate")
+    assert cfg.promotion.parity == params["promotion"]["parity"]
+    select = params["select"]
+    assert cfg.slm_hourly_cost_usd == select["hardware_prices_usd_per_hour"][select["serving_hardware"]]
+    assert load_step(params, "discover").min_test_calls == params["promotion"]["min_test_calls"]
+    with pytest.raises(ValueError, match="top-level promotion"):
+        load_step({**params, "evaluate": {**params["evaluate"], "promotion": {"min_gain_over_base": 0.0}}}, "evaluate")
+    with pytest.raises(ValueError, match="serving_hardware"):
+        load_step({**params, "evaluate": {**params["evaluate"], "slm_hourly_cost_usd": 0.4}}, "evaluate")
     with pytest.raises(ValueError):
-        EvaluateConfig.model_validate({**params, "slm_hourly_cost": 1.0})
+        EvaluateConfig.model_validate({**params["evaluate"], "slm_hourly_cost": 1.0})
 
 
 def entry(cluster_id: int, label: str, promoted: bool) -> dict:

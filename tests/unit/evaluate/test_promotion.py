@@ -8,7 +8,10 @@ import pytest
 
 from components.evaluate.promotion import GateScores, PromotionPolicy, decide_promotion
 
-POLICY = PromotionPolicy(floor_vs_llm=0.3, min_gain_over_champion=0.05, min_gain_over_base=0.0, max_regression=0.0)
+POLICY = PromotionPolicy(
+    parity=0.3, min_test_calls=10, min_gain_over_champion=0.05, min_gain_over_base=0.0, max_regression=0.0
+)
+N = 20  # held-out calls, above the policy's minimum
 
 
 def test_params_sections_of_the_gate_and_the_refresh_validate():
@@ -24,24 +27,32 @@ def test_params_sections_of_the_gate_and_the_refresh_validate():
 
 def test_better_challenger_is_promoted_with_every_check_in_the_reason():
     decision = decide_promotion(
-        GateScores(llm=1.0, challenger=0.7, champion=0.6, challenger_regression=0.8, champion_regression=0.8),
+        GateScores(llm=1.0, challenger=0.7, n_test=N, champion=0.6, challenger_regression=0.8, champion_regression=0.8),
         POLICY,
         "full_call_match",
     )
-    assert decision.promote and decision.checks == {"floor_vs_llm": True, "beats_champion": True, "no_regression": True}
-    assert decision.reason.startswith("promoted: full_call_match 0.700")
+    assert decision.promote and decision.checks == {
+        "enough_test_calls": True,
+        "parity": True,
+        "beats_champion": True,
+        "no_regression": True,
+    }
+    assert decision.reason.startswith("promoted: 20 held-out calls ≥ 10; full_call_match 0.700")
 
 
 @pytest.mark.parametrize(
     "scores, failed",
     [
-        (GateScores(llm=1.0, challenger=0.62, champion=0.6), "beats_champion"),  # within the margin
-        (GateScores(llm=1.0, challenger=0.25, champion=0.1), "floor_vs_llm"),  # below the LLM floor
+        (GateScores(llm=1.0, challenger=0.62, n_test=N, champion=0.6), "beats_champion"),  # within the margin
+        (GateScores(llm=1.0, challenger=0.25, n_test=N, champion=0.1), "parity"),  # below parity × the LLM
+        (GateScores(llm=1.0, challenger=0.9, n_test=9, champion=0.1), "enough_test_calls"),  # too few calls
         (
-            GateScores(llm=1.0, challenger=0.9, champion=0.6, challenger_regression=0.5, champion_regression=0.7),
+            GateScores(
+                llm=1.0, challenger=0.9, n_test=N, champion=0.6, challenger_regression=0.5, champion_regression=0.7
+            ),
             "no_regression",
         ),
-        (GateScores(llm=1.0, challenger=0.4, base=0.4), "beats_base"),  # no champion: vs base
+        (GateScores(llm=1.0, challenger=0.4, n_test=N, base=0.4), "beats_base"),  # no champion: vs base
     ],
 )
 def test_challenger_failing_a_check_stays_challenger_and_says_which(scores, failed):
@@ -50,8 +61,26 @@ def test_challenger_failing_a_check_stays_challenger_and_says_which(scores, fail
     assert decision.reason.startswith("not promoted (") and failed in decision.reason.split(":")[0]
 
 
-def test_first_challenger_needs_only_the_floor_and_the_base():
-    assert decide_promotion(GateScores(llm=1.0, challenger=0.4, base=0.0), POLICY).promote
+def test_first_challenger_needs_only_parity_enough_calls_and_the_base():
+    assert decide_promotion(GateScores(llm=1.0, challenger=0.4, n_test=N, base=0.0), POLICY).promote
+
+
+def test_the_default_gate_is_parity_and_refuses_below_it_or_on_few_calls():
+    policy = PromotionPolicy()
+    assert (policy.parity, policy.min_test_calls) == (0.9, 20)
+    # A crafted evaluation: 85 % agreement with the LLM on 100 calls is below parity; 100 % on 19 calls is too few.
+    below = decide_promotion(GateScores(llm=1.0, challenger=0.85, n_test=100, base=0.1), policy)
+    few = decide_promotion(GateScores(llm=1.0, challenger=1.0, n_test=19, base=0.1), policy)
+    at_parity = decide_promotion(GateScores(llm=1.0, challenger=0.9, n_test=20, base=0.1), policy)
+    assert not below.promote and below.checks == {"enough_test_calls": True, "parity": False, "beats_base": True}
+    assert not few.promote and few.checks == {"enough_test_calls": False, "parity": True, "beats_base": True}
+    assert at_parity.promote
+
+
+@pytest.mark.parametrize("retired", ["floor_vs_llm", "primary_metric_floor_vs_llm"])
+def test_a_retired_gate_key_fails_naming_the_new_one(retired):
+    with pytest.raises(ValueError, match=f"'{retired}' -> 'parity'"):
+        PromotionPolicy.model_validate({retired: 0.3})
 
 
 def test_register_promote_and_roll_back_move_the_aliases(tmp_path, monkeypatch):

@@ -290,7 +290,8 @@ def test_route_report_over_the_store_is_written_and_tracked(tmp_path):
     # The SLM's cost per call is its one answer's serving time at the configured hourly price.
     from components.core.config import load_params
 
-    hourly = load_params(Path(__file__).resolve().parents[3] / "params.yaml")["evaluate"]["slm_hourly_cost_usd"]
+    select = load_params(Path(__file__).resolve().parents[3] / "params.yaml")["select"]
+    hourly = select["hardware_prices_usd_per_hour"][select["serving_hardware"]]
     [slm_answered] = [r for r in stored.values() if r.metadata["route"]["route"] == "slm"]
     slm_cost = slm_answered.latency_ms / 1000 * hourly / 3600
     assert slm_cost > 0 and summary["slm_cost_per_call"] == pytest.approx(slm_cost)

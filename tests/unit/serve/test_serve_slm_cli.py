@@ -24,11 +24,7 @@ PREFIX = "llm2slm"  # params evaluate.registered_model_prefix
 def cli_app():
     import flows.cli
 
-    if "serve-slm" not in {command.name for command in flows.cli.app.registered_commands}:
-        from flows.cli_serve import register
-
-        register(flows.cli.app)
-    return flows.cli.app
+    return flows.cli.app  # `llm2slm serve-slm` is one of its commands
 
 
 def write_router_yaml(workdir: Path, base: str, adapter: str) -> None:
