@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,37 +90,36 @@ class PipelineConfig:
     execution: ExecutionConfig = ExecutionConfig()
 
 
-# Values one step's config carries but params.yaml writes once, elsewhere: (step, field) -> where it lives. A step
-# section that sets one of them is an error naming that place (two copies of a rule drift apart).
-SHARED_VALUES: dict[tuple[str, str], str] = {
-    ("discover", "min_test_calls"): "promotion.min_test_calls",
-    ("evaluate", "promotion"): "the top-level promotion: section",
-    ("evaluate", "slm_hourly_cost_usd"): "select.hardware_prices_usd_per_hour[select.serving_hardware]",
-}
-
-
-def shared_values(params: dict[str, Any]) -> dict[tuple[str, str], Any]:
+def _promotion(params: dict[str, Any]) -> Any:
     from components.evaluate.promotion import PromotionPolicy
 
-    promotion = load_section(params, "promotion", PromotionPolicy)
-    return {
-        ("discover", "min_test_calls"): promotion.min_test_calls,
-        ("evaluate", "promotion"): promotion,
-        ("evaluate", "slm_hourly_cost_usd"): load_section(params, "select", SelectConfig).hourly_cost_usd,
-    }
+    return load_section(params, "promotion", PromotionPolicy)
+
+
+# Values one step's config carries but params.yaml writes once, elsewhere: (step, field) -> (where it lives, how to
+# read it). A step section that sets one of them is an error naming that place (two copies of a rule drift apart).
+SHARED_VALUES: dict[tuple[str, str], tuple[str, Callable[[dict[str, Any]], Any]]] = {
+    ("discover", "min_test_calls"): ("promotion.min_test_calls", lambda p: _promotion(p).min_test_calls),
+    ("evaluate", "promotion"): ("the top-level promotion: section", _promotion),
+    ("evaluate", "slm_hourly_cost_usd"): (
+        "select.hardware_prices_usd_per_hour[select.serving_hardware]",
+        lambda p: load_section(p, "select", SelectConfig).hourly_cost_usd,
+    ),
+    ("evaluate", "cluster_model_dir"): (
+        "discover.model_dir",
+        lambda p: load_section(p, "discover", DiscoverConfig).model_dir,
+    ),
+}
 
 
 def load_step(params: dict[str, Any], name: str) -> StepConfig:
     """One step's config: its params section plus the values written once elsewhere (SHARED_VALUES)."""
-    section = dict(params.get(name) or {}) if name in params else None
-    if section is None:
-        raise KeyError(f"params.yaml has no '{name}' section")
-    for (step, field), place in SHARED_VALUES.items():
-        if step == name and field in section:
+    config = load_section(params, name, STEP_CONFIGS[name])
+    shared = {field: value for (step, field), value in SHARED_VALUES.items() if step == name}
+    for field, (place, _) in shared.items():
+        if field in (params[name] or {}):
             raise ValueError(f"params.yaml: '{name}.{field}' is retired; it is set once, in {place}")
-    config = STEP_CONFIGS[name].model_validate(section)
-    updates = {field: value for (step, field), value in shared_values(params).items() if step == name}
-    return config.model_copy(update=updates) if updates else config
+    return config.model_copy(update={field: read(params) for field, (_, read) in shared.items()})
 
 
 def load_pipeline_config(params_path: Path, experiment: str | None = None) -> PipelineConfig:

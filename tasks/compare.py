@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.core.clusters import registered_name
 from components.core.config import resolve
 from components.evaluate.comparison import COMPARISON_COLUMNS, comparison_rows, quality_cost_plot
 from components.evaluate.evaluation import (
@@ -27,7 +28,7 @@ from components.evaluate.refresh import RefreshConfig
 from tasks.helpers.progress import say
 from tasks.helpers.registry import register_challenger
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
-from tasks.refresh import answer_and_score, cluster_calls, registered_name
+from tasks.refresh import answer_and_score, cluster_calls
 
 
 def _regression_score(result: dict | None, metric: str) -> float | None:
@@ -85,7 +86,7 @@ def compare_task(
                 champion_regression=_regression_score(champion, metric),
             )
             decision = decide_promotion(gate, policy, metric)
-            name = registered_name(cfg, cluster_id)
+            name = registered_name(cfg.registered_model_prefix, cluster_id)
             version = register_challenger(
                 model["model_uri"],
                 name,

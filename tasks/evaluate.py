@@ -47,7 +47,8 @@ def evaluate_task(
         splits = pd.read_parquet(resolve(workdir, cfg.splits))
         leaderboard = json.loads(resolve(workdir, cfg.leaderboard).read_text())
         base_predictions = pd.read_parquet(resolve(workdir, cfg.base_predictions))
-        trained = json.loads(resolve(workdir, cfg.finetune_summary).read_text())["clusters"]
+        finetune_summary = json.loads(resolve(workdir, cfg.finetune_summary).read_text())
+        trained = finetune_summary["clusters"]
         selected = {c["cluster_id"]: c for c in leaderboard["clusters"]}
         entries, prediction_rows = [], []
         adapters: dict[int, str] = {}
@@ -106,7 +107,6 @@ def evaluate_task(
             pd.DataFrame(prediction_rows, columns=["record_id", "cluster_id", "text", "latency_ms"]),
             resolve(workdir, cfg.predictions),
         )
-        finetune_summary = json.loads(resolve(workdir, cfg.finetune_summary).read_text())
         not_converted = [
             {"cluster_id": int(c["cluster_id"]), "reason": c["reason"]} for c in finetune_summary.get("skipped", [])
         ]
@@ -119,7 +119,7 @@ def evaluate_task(
             not_converted,
         )
         evaluation = {"summary": summary, "clusters": entries}
-        router = router_config(entries, adapters, known_tools, cfg.adapters)
+        router = router_config(entries, adapters, known_tools, str(resolve(workdir, cfg.cluster_model_dir)))
         mlflow.log_artifact(str(write_router_config(router, resolve(workdir, cfg.router_config))))
         log_numeric_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         log_json_artifact(evaluation, resolve(workdir, cfg.evaluation))

@@ -19,7 +19,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import slm
-from components.core.clusters import registered_name as registered_model_name
+from components.core.clusters import registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_records, write_table
 from components.discover.discovery import DiscoverConfig
@@ -33,10 +33,6 @@ from tasks.helpers.registry import adapter_of_version, champion_version
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
 STABLE_ASSIGNMENTS = "assignments.parquet"  # beside the state file: the last refresh's stable cluster ids
-
-
-def registered_name(cfg: EvaluateConfig, cluster_id: int) -> str:
-    return registered_model_name(cfg.registered_model_prefix, cluster_id)
 
 
 @task(name="refresh: seed history", cache_policy=NO_CACHE)
@@ -225,7 +221,7 @@ def champion_scores_task(
     with step_run("champions", cfg, workdir, tracking, parent_run_id), tempfile.TemporaryDirectory() as scratch:
         for cluster in clusters["clusters"]:
             cluster_id, kind = int(cluster["cluster_id"]), cluster["output_kind"]
-            name = registered_name(cfg, cluster_id)
+            name = registered_name(cfg.registered_model_prefix, cluster_id)
             version = champion_version(name)
             fresh, regression = cluster_calls(workdir, cfg, clusters, cluster_id)
             if version is None or not fresh:

@@ -12,6 +12,8 @@ only when :func:`build_recognizers` runs.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import math
 import re
 from collections import Counter
@@ -104,26 +106,21 @@ _FAKER_LOCALES = (
     "en_US en_GB en_IN en_PH de_DE fr_FR es_ES es_MX it_IT pt_BR pl_PL nl_NL sv_SE da_DK fi_FI no_NO cs_CZ ro_RO "
     "hu_HU tr_TR uk_UA ru_RU hr_HR sk_SK sl_SI lt_LT lv_LV et_EE yo_NG tw_GH"
 ).split()
-_first_names: frozenset[str] | None = None
 
 
+@functools.cache
 def known_first_names() -> frozenset[str]:
-    """Latin-script first names from Faker's person providers, loaded once."""
-    global _first_names
-    if _first_names is None:
-        import importlib
-
-        names: set[str] = set()
-        for locale in _FAKER_LOCALES:
-            try:
-                provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
-            except (ImportError, AttributeError):
-                continue
-            for attribute in ("first_names", "first_names_female", "first_names_male"):
-                listed = getattr(provider, attribute, ())
-                names.update(n for n in listed if isinstance(n, str) and n.isascii() and n.isalpha())
-        _first_names = frozenset(names)
-    return _first_names
+    """Latin-script first names from Faker's person providers, loaded once per process."""
+    names: set[str] = set()
+    for locale in _FAKER_LOCALES:
+        try:
+            provider = importlib.import_module(f"faker.providers.person.{locale}").Provider
+        except (ImportError, AttributeError):
+            continue
+        for attribute in ("first_names", "first_names_female", "first_names_male"):
+            listed = getattr(provider, attribute, ())
+            names.update(n for n in listed if isinstance(n, str) and n.isascii() and n.isalpha())
+    return frozenset(names)
 
 
 def first_last_names(text: str) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -213,7 +213,7 @@ def _describe_cluster(
 ) -> dict[str, Any]:
     member_records = [records[i] for i in members]
     top_task, top_task_share, distinct_tasks = key_mix([functions[i] for i in members])
-    task_share = top_task_share if mix_keys is functions else key_mix([mix_keys[i] for i in members])[1]
+    task_share = key_mix([mix_keys[i] for i in members])[1]
     centroid = unit[members].mean(axis=0)
     centroid /= max(float(np.linalg.norm(centroid)), 1e-12)
     similarity = unit[members] @ centroid
@@ -370,48 +370,55 @@ def _task_labels(
     Also the rows of each pinned rule, the outlier counts by reason, the task keys of the split used and which
     split that was (with the share of its members the request-only check kept)."""
     record_ids = [record.record_id for record in records]
+    rule_of = pinned_labels(records, cfg.pinned_tasks)
     # Pinned calls are not part of the automatic discovery: the first level fits the other calls.
-    free_rows = np.flatnonzero([rule is None for rule in pinned_labels(records, cfg.pinned_tasks)])
+    free_rows = np.flatnonzero([rule is None for rule in rule_of])
     first, first_probabilities = np.full(len(records), OUTLIER, dtype=int), np.zeros(len(records))
     first[free_rows], first_probabilities[free_rows] = _fit_labels(
         embeddings[free_rows], unit[free_rows], [record_ids[i] for i in free_rows], cfg, reducer, clusterer
     )
-    result = _split_and_check(records, unit, first, first_probabilities, keys, cfg.task, cfg)
-    kept_share = result[4]
+    result = _split_and_check(record_ids, rule_of, unit, first, first_probabilities, keys, cfg.task, cfg)
+    kept_share = result.kept_share
     fallback = cfg.task.fallback_split_by
     if fallback and cfg.task.split_by != fallback and kept_share < cfg.task.min_reproducible_share:
         settings = cfg.task.model_copy(update={"split_by": fallback})
         fallback_keys = [task_key(r, fallback) for r in records]
-        coarse = _split_and_check(records, unit, first, first_probabilities, fallback_keys, settings, cfg)
-        if coarse[4] > kept_share:
-            labels, probabilities, pinned_of, reasons, kept = coarse
+        coarse = _split_and_check(record_ids, rule_of, unit, first, first_probabilities, fallback_keys, settings, cfg)
+        if coarse.kept_share > kept_share:
             split = {
                 "split_by": fallback,
-                "kept_share": kept,
+                "kept_share": coarse.kept_share,
                 "instead_of": cfg.task.split_by,
                 "which_kept": kept_share,
             }
-            return labels, probabilities, pinned_of, reasons, fallback_keys, split
-    labels, probabilities, pinned_of, reasons, _ = result
-    return labels, probabilities, pinned_of, reasons, keys, {"split_by": cfg.task.split_by, "kept_share": kept_share}
+            return coarse.labels, coarse.probabilities, coarse.pinned_of, coarse.reasons, fallback_keys, split
+    split = {"split_by": cfg.task.split_by, "kept_share": kept_share}
+    return result.labels, result.probabilities, result.pinned_of, result.reasons, keys, split
+
+
+class _Split(NamedTuple):
+    labels: np.ndarray
+    probabilities: np.ndarray
+    pinned_of: dict[int, np.ndarray]  # rows of each pinned rule
+    reasons: dict[str, int]  # calls sent to the outliers, by reason
+    kept_share: float  # share of the split's members the request-only check kept
 
 
 def _split_and_check(
-    records: list[CallRecord],
+    record_ids: list[str],
+    rule_of: list[int | None],
     unit: np.ndarray,
     first: np.ndarray,
     first_probabilities: np.ndarray,
     keys: list[str],
     settings: TaskSettings,
     cfg: DiscoverConfig,
-) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], dict[str, int], float]:
+) -> _Split:
     """One split of the first level (``first``, -1 for outliers and pinned calls) by ``keys``, the pinned tasks
-    added, and the request-only check; also the share of split members the check kept."""
-    record_ids = [record.record_id for record in records]
-    rule_of = pinned_labels(records, cfg.pinned_tasks)
+    (``rule_of``: each call's rule or None) added, and the request-only check."""
     free_rows = np.flatnonzero([rule is None for rule in rule_of])
-    labels = np.full(len(records), OUTLIER, dtype=int)
-    probabilities = np.zeros(len(records))
+    labels = np.full(len(record_ids), OUTLIER, dtype=int)
+    probabilities = np.zeros(len(record_ids))
     first = first[free_rows]
     if len(free_rows) < max(cfg.hdbscan.min_cluster_size, 3):  # too few calls for even one first-level cluster
         split, reasons = first, ({"too_few_calls_to_cluster": len(free_rows)} if len(free_rows) else {})
@@ -424,7 +431,7 @@ def _split_and_check(
     pinned_of = {rule: np.flatnonzero([r == rule for r in rule_of]) for rule in range(len(cfg.pinned_tasks))}
     for rule, rows in pinned_of.items():
         labels[rows], probabilities[rows] = offset + rule, 1.0
-    if len(records) and (labels != OUTLIER).any():
+    if len(record_ids) and (labels != OUTLIER).any():
         # The router sees requests only: keep a member only where the other calls' vote on its request is its own
         # cluster; others stay with the LLM. (The vote, not the centroid cut-off: that one is about calls unlike
         # any seen, and by its definition leaves 1 - coverage of each cluster's own members out.) Pinned request
@@ -443,7 +450,7 @@ def _split_and_check(
             reasons["too_small_after_that"] = int(dissolved.sum())
             labels[dissolved] = OUTLIER
     kept = int((labels[free_rows] != OUTLIER).sum())
-    return labels, probabilities, pinned_of, reasons, kept / split_members if split_members else 1.0
+    return _Split(labels, probabilities, pinned_of, reasons, kept / split_members if split_members else 1.0)
 
 
 def _identity_check(

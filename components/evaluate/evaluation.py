@@ -50,7 +50,9 @@ class EvaluateConfig(StepConfig):
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
     # Written once elsewhere in params.yaml, filled in by the loader (flows/steps.py SHARED_VALUES): the SLM's
-    # serving price (select's serving_hardware) and the one gate (top-level `promotion:`).
+    # serving price (select's serving_hardware), the one gate (top-level `promotion:`) and S3's cluster model,
+    # which the router config names so the router places requests as S3 did.
+    cluster_model_dir: str = "data/clusters/model"
     slm_hourly_cost_usd: float = 0.10
     promotion: PromotionPolicy = PromotionPolicy()
     registered_model_prefix: str = "llm2slm"

@@ -170,6 +170,8 @@ def test_the_summary_is_the_headline_and_the_router_config_follows_the_gate(conv
             and tuned > entry["scores"]["slm_base"][entry["primary_metric"]]
         )
     router = yaml.safe_load((workdir / "reports/router.yaml").read_text())
+    # the router places requests with S3's own cluster model
+    assert Path(router["cluster_model_dir"]) == workdir / "data/clusters/model"
     assert {int(c): v["mode"] for c, v in router["clusters"].items()} == {
         e["cluster_id"]: "on" if e["promoted"] else "shadow" for e in evaluation["clusters"]
     }
