@@ -116,7 +116,9 @@ def main() -> None:
     fit_seconds = time.perf_counter() - started
     held_records = [records[i] for i in held_out]
     request_only, _ = assign_embedded(held_records, embeddings[held_out], result.model)
-    keys = [task_key(r, cfg.task.split_by) for r in held_records]
+    # The second level the fit used: S3 may have fallen back from cfg.task.split_by (multi-turn agents).
+    split_by = (result.task_split or {}).get("split_by", cfg.task.split_by)
+    keys = [task_key(r, split_by) for r in held_records]
     fit_counts = Counter(truth[i] for i in fit)
     placeable = np.mean([fit_counts[truth[i]] >= cfg.task.min_task_calls for i in held_out])
     report = {
@@ -131,6 +133,7 @@ def main() -> None:
         "s3": {
             "fit_seconds": round(fit_seconds, 1),
             "clusters": len(result.clusters),
+            "task_split": result.task_split,
             "candidates": sum(c["candidate"] for c in result.clusters),
             "fit": scores([truth[i] for i in fit], result.assignments.cluster_id.to_numpy()),
             "held_out_request_only": scores([truth[i] for i in held_out], request_only),

