@@ -87,6 +87,7 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
             {int(m["cluster_id"]): m["n_train"] for m in trained["clusters"]},
             champion_scores_after(champions, comparison["clusters"]),
             {int(e["cluster_id"]): clusters["test_ids"].get(int(e["cluster_id"]), []) for e in comparison["clusters"]},
+            steps["evaluate"].promotion.min_test_calls,
         )
         save_state(new_state, resolve(root, refresh_cfg.state))
         summary = {

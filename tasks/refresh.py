@@ -122,6 +122,7 @@ def stabilize_clusters_task(
                 cfg.max_fresh_test_per_cluster,
                 cfg.seed,
                 int(state.get("refresh", 0)) + 1,
+                {int(k): v["pending_test_ids"] for k, v in known.items() if v.get("pending_test_ids")},
             )
         write_table(assignments, resolve(workdir, discover_cfg.assignments))
         write_table(splits, resolve(workdir, discover_cfg.splits))

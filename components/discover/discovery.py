@@ -327,7 +327,7 @@ def discover(
         cfg.fitness,
         cfg.min_cluster_size_to_convert,
     )
-    mark_for_conversion(clusters, cfg.max_clusters_to_convert)
+    mark_for_conversion(clusters, cfg.max_clusters_to_convert, cfg.min_test_calls + cfg.min_train_calls)
     assignments = pd.DataFrame(
         {
             "record_id": record_ids,
@@ -379,21 +379,22 @@ def _task_labels(
     )
     result = _split_and_check(record_ids, rule_of, unit, first, first_probabilities, keys, cfg.task, cfg)
     kept_share = result.kept_share
-    fallback = cfg.task.fallback_split_by
-    if fallback and cfg.task.split_by != fallback and kept_share < cfg.task.min_reproducible_share:
+    # The request alone cannot place the split's tasks back: try the coarser splits in order, the first that
+    # keeps enough wins, else the one that kept most (if it kept more than the split asked for).
+    best, best_keys, best_by = result, keys, cfg.task.split_by
+    fallbacks = [] if kept_share >= cfg.task.min_reproducible_share else cfg.task.fallback_split_by
+    for fallback in (f for f in fallbacks if f != cfg.task.split_by):
         settings = cfg.task.model_copy(update={"split_by": fallback})
         fallback_keys = [task_key(r, fallback) for r in records]
         coarse = _split_and_check(record_ids, rule_of, unit, first, first_probabilities, fallback_keys, settings, cfg)
-        if coarse.kept_share > kept_share:
-            split = {
-                "split_by": fallback,
-                "kept_share": coarse.kept_share,
-                "instead_of": cfg.task.split_by,
-                "which_kept": kept_share,
-            }
-            return coarse.labels, coarse.probabilities, coarse.pinned_of, coarse.reasons, fallback_keys, split
-    split = {"split_by": cfg.task.split_by, "kept_share": kept_share}
-    return result.labels, result.probabilities, result.pinned_of, result.reasons, keys, split
+        if coarse.kept_share > best.kept_share:
+            best, best_keys, best_by = coarse, fallback_keys, fallback
+        if coarse.kept_share >= cfg.task.min_reproducible_share:
+            break
+    split = {"split_by": best_by, "kept_share": best.kept_share}
+    if best_by != cfg.task.split_by:
+        split |= {"instead_of": cfg.task.split_by, "which_kept": kept_share}
+    return best.labels, best.probabilities, best.pinned_of, best.reasons, best_keys, split
 
 
 class _Split(NamedTuple):

@@ -22,8 +22,8 @@ from components.core.assets import resolve_model_ref
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
 
-DEFAULT_TEMPLATE = "System: {system}\nTools: {tools}\nRequest: {request}"
-_PLACEHOLDERS = {"system", "tools", "request"}
+DEFAULT_TEMPLATE = "System: {system}\nTools: {tools}\nRequest: {request}\nProgress: {progress}"
+_PLACEHOLDERS = {"system", "tools", "request", "progress"}
 _FIELD = re.compile(r"\{(\w+)\}")
 _KEY_BYTES = 64  # hex sha256
 
@@ -43,13 +43,19 @@ class TextSettings(StepConfig):
     labels are computed from in both modes. ``tool_signature``: ``names`` (``get_weather``), ``parameters``
     (``get_weather(city, unit)``) or ``typed`` (``get_weather(city: string, unit: string)``).
     ``max_request_chars`` cuts very long requests: the task shows in their beginning.
+
+    ``progress`` is what the agent did since the user's last message (an agent step after a tool result): the calls
+    it made, each as ``name(arguments)`` with its result cut to ``max_progress_result_chars``. Every step of one
+    user turn shares that turn's request; the progress is what tells the first call from the next one and from the
+    closing answer. Empty for a call straight after the user's message (every single-call log).
     """
 
     combine: Literal["weighted", "template"] = "weighted"
-    weights: dict[str, float] = {"system": 0.3, "tools": 0.3, "request": 1.0}
+    weights: dict[str, float] = {"system": 0.3, "tools": 0.3, "request": 1.0, "progress": 0.0}
     template: str = DEFAULT_TEMPLATE
     tool_signature: Literal["names", "parameters", "typed"] = "parameters"
     max_request_chars: int = 2000
+    max_progress_result_chars: int = 80
 
     @field_validator("weights")
     @classmethod
@@ -76,12 +82,29 @@ def tool_signature(tool: dict, style: str) -> str:
     return f"{name}({', '.join(parts)})"
 
 
+def turn_progress(record: CallRecord, max_result_chars: int) -> str:
+    """The calls made since the last user message, ``name(arguments) -> result``, one per line ("" if none)."""
+    after_user = []
+    for message in reversed(record.messages):
+        if message.role == "user":
+            break
+        after_user.append(message)
+    results = {m.tool_call_id: (m.content or "") for m in after_user if m.role == "tool"}
+    lines = []
+    for message in reversed(after_user):
+        for call in message.tool_calls if message.role == "assistant" else []:
+            result = " ".join(results.get(call.id, "").split())[:max_result_chars]
+            lines.append(f"{call.name}({call.arguments}) -> {result}")
+    return "\n".join(lines)
+
+
 def task_parts(record: CallRecord, settings: TextSettings) -> dict[str, str]:
-    """The three parts that define a call's task: ``system``, ``tools`` (signatures) and ``request``."""
+    """The parts that define a call's task: ``system``, ``tools`` (signatures), ``request`` and ``progress``."""
     return {
         "system": record.system_prompt.strip(),
         "tools": "; ".join(tool_signature(tool, settings.tool_signature) for tool in record.tools),
         "request": record.user_request.strip()[: settings.max_request_chars],
+        "progress": turn_progress(record, settings.max_progress_result_chars)[: settings.max_request_chars],
     }
 
 

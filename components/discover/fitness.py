@@ -180,9 +180,16 @@ def score_clusters(
         cluster["candidate_failures"] = failures
 
 
-def mark_for_conversion(clusters: list[dict[str, Any]], max_clusters: int) -> None:
-    """``convert`` = one of the ``max_clusters`` fittest candidates (ties: the larger, then the lower id)."""
-    ranked = sorted((c for c in clusters if c["candidate"]), key=lambda c: (-c["fitness"], -c["size"], c["cluster_id"]))
+def mark_for_conversion(clusters: list[dict[str, Any]], max_clusters: int, decision_size: int = 0) -> None:
+    """``convert`` = one of the ``max_clusters`` fittest candidates (ties: the larger, then the lower id), those
+    with at least ``decision_size`` calls first: a smaller one cannot hold out enough calls for a parity decision
+    and keep enough to train on, so its SLM could never be promoted (``decidable`` records which)."""
+    for cluster in clusters:
+        cluster["decidable"] = cluster["size"] >= decision_size
+    ranked = sorted(
+        (c for c in clusters if c["candidate"]),
+        key=lambda c: (not c["decidable"], -c["fitness"], -c["size"], c["cluster_id"]),
+    )
     chosen = {c["cluster_id"] for c in ranked[:max_clusters]}
     for cluster in clusters:
         cluster["convert"] = cluster["cluster_id"] in chosen

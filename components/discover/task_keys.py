@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from typing import Literal
 
 import numpy as np
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
@@ -52,14 +52,22 @@ class TaskSettings(StepConfig):
     # A task the router cannot find from requests alone is no task for it. In a multi-turn agent the next call
     # depends on tool results the request-only assignment cannot foresee, so a split by the called function keeps
     # few members. When the split's request-only check keeps less than min_reproducible_share of the split
-    # members, S3 uses fallback_split_by instead (and says so in the report); None: never.
-    fallback_split_by: Literal["answer_kind", "none"] | None = "none"
-    min_reproducible_share: float = 0.5
+    # members, S3 tries the fallback_split_by splits in order and uses the first that keeps enough (else the one
+    # that kept most), and says so in the report; [] (or null): never.
+    fallback_split_by: list[Literal["answer_kind", "none"]] = ["answer_kind", "none"]
+    min_reproducible_share: float = 0.75
     # A split part smaller than this stays with the LLM (outliers). Small on purpose: a long tail's functions have
     # few calls each, and a small task is still one task; conversion has its own minimum (min_cluster_size_to_convert).
     min_task_calls: int = 5
     merge_same_task: bool = True
     rescue_outliers: bool = True  # first-level outliers join the task their called function names (with merging)
+
+    @field_validator("fallback_split_by", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        if value is None:
+            return []
+        return [value] if isinstance(value, str) else value
 
 
 class PinnedTask(StepConfig):

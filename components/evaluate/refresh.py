@@ -86,22 +86,27 @@ def refresh_splits(
     max_fresh_test: int,
     seed: int,
     refresh_number: int,
+    carried: Mapping[int, list[str]] | None = None,
 ) -> pd.DataFrame:
     """Splits for a refresh: a cluster's frozen regression set is never trained on (split ``regression``); up to
     ``max_fresh_test`` calls of the new batch are the fresh held-out set (``test``), drawn with a seeded
-    generator; every other call is ``train``; outliers stay ``outlier``."""
+    generator; every other call is ``train``; outliers stay ``outlier``. ``carried``: per cluster, the held-out
+    calls of earlier refreshes too few for a gate decision (:func:`next_state`); they stay held out, first in the
+    fresh set, so the set accumulates across batches until it is large enough."""
     regression_ids = {r for ids in regression.values() for r in ids}
+    carried_ids = {r for ids in (carried or {}).values() for r in ids} - regression_ids
     split_of: dict[str, str] = {}
     for cluster_id, group in assignments.groupby("cluster_id"):
         ids = sorted(group.record_id)
         if cluster_id == OUTLIER:
             split_of.update({r: "outlier" for r in ids})
             continue
-        fresh = [r for r in ids if r in batch_ids and r not in regression_ids]
+        kept = [r for r in ids if r in carried_ids]
+        fresh = [r for r in ids if r in batch_ids and r not in regression_ids and r not in carried_ids]
         order = np.random.default_rng([seed, refresh_number, int(cluster_id)]).permutation(len(fresh))
         # A cluster keeps at least one training call.
-        n_test = min(max_fresh_test, len(fresh), max(len(ids) - 1, 0))
-        test = {fresh[i] for i in order[:n_test]}
+        n_test = min(max_fresh_test, len(kept) + len(fresh), max(len(ids) - 1, 0))
+        test = set(kept[:n_test]) | {fresh[i] for i in order[: max(n_test - len(kept), 0)]}
         for r in ids:
             split_of[r] = "regression" if r in regression_ids else "test" if r in test else "train"
     return pd.DataFrame(
@@ -148,9 +153,12 @@ def next_state(
     trained_on: Mapping[int, int],
     champion_scores: Mapping[int, float],
     evaluated_test_ids: Mapping[int, list[str]],
+    min_test_calls: int = 0,
 ) -> dict[str, Any]:
     """The state after a refresh: the new reference mix, and per cluster the training size of its latest
-    challenger, its champion's latest score, and its regression set (frozen at its first evaluation)."""
+    challenger, its champion's latest score, its regression set (frozen at its first evaluation) and, when its
+    fresh held-out set was smaller than ``min_test_calls`` (no gate decision), those calls as
+    ``pending_test_ids``: the next refresh keeps them held out and adds its batch's (:func:`refresh_splits`)."""
     clusters = {key: dict(value) for key, value in state.get("clusters", {}).items()}
     for cluster_id in set(trained_on) | set(champion_scores) | set(evaluated_test_ids):
         entry = clusters.setdefault(str(cluster_id), {})
@@ -160,6 +168,12 @@ def next_state(
             entry["champion_score"] = float(champion_scores[cluster_id])
         if not entry.get("regression_ids") and evaluated_test_ids.get(cluster_id):
             entry["regression_ids"] = sorted(evaluated_test_ids[cluster_id])
+        elif cluster_id in evaluated_test_ids:
+            pending = sorted(set(evaluated_test_ids[cluster_id]) - set(entry.get("regression_ids", [])))
+            if 0 < len(pending) < min_test_calls:
+                entry["pending_test_ids"] = pending
+            else:
+                entry.pop("pending_test_ids", None)  # a decision was made on them: later batches start afresh
     return {
         "refresh": int(state.get("refresh", 0)) + 1,
         "mix": dict(mix),

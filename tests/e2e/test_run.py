@@ -28,7 +28,8 @@ def small_params(tmp_path: Path) -> Path:
         max_test_per_cluster=4,
         hdbscan={"min_cluster_size": 8, "min_samples": 3},
     )
-    params["finetune"].update(max_steps=3, max_length=320)
+    # the default max_length: a travel cluster's compact prompts run to ~480 tokens (median), over 320
+    params["finetune"].update(max_steps=3, max_length=512)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path

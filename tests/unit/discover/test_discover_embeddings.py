@@ -97,3 +97,29 @@ def test_weighted_parts_embed_each_distinct_part_once_and_combine_to_unit_vector
     assert np.allclose(template[0], model([task_text(records[0])], "m")[0])
     with pytest.raises(ValueError, match="unknown part"):
         TextSettings(weights={"answer": 1.0})
+
+
+def test_progress_is_what_the_agent_did_since_the_user_spoke_so_the_steps_of_one_turn_differ():
+    from components.core.schema import CallRecord, ChatMessage, ToolCall
+
+    def step(history):
+        return CallRecord(
+            record_id=f"s{len(history)}",
+            messages=[ChatMessage(role="user", content="list my files, then open the first one"), *history],
+            response=ChatMessage(role="assistant", content="done"),
+        )
+
+    first_call = ChatMessage(role="assistant", tool_calls=[ToolCall(id="c1", name="ls", arguments="{}")])
+    result = ChatMessage(role="tool", tool_call_id="c1", content="a.txt   b.txt " + "x" * 200)
+    earlier_turn = [ChatMessage(role="user", content="go home"), first_call.model_copy(), result.model_copy()]
+    opening, after_ls = step([]), step([first_call, result])
+    settings = TextSettings(max_progress_result_chars=13)
+    assert task_text(opening, settings).splitlines()[-1].startswith("Request: ")  # no progress line yet
+    assert task_text(after_ls, settings).splitlines()[-1] == "Progress: ls({}) -> a.txt b.txt x"
+    # calls of an earlier turn are history, not this turn's progress
+    later = CallRecord(
+        record_id="later",
+        messages=[*earlier_turn, ChatMessage(role="user", content="now open b.txt")],
+        response=ChatMessage(role="assistant", content="ok"),
+    )
+    assert "Progress" not in task_text(later, settings)

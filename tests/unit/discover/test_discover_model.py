@@ -153,6 +153,19 @@ def test_fitness_parts_candidates_and_conversion_order():
     assert [x["cluster_id"] for x in clusters if x["convert"]] == sorted(x["cluster_id"] for x in ranked[:2])
 
 
+def test_clusters_too_small_for_a_parity_decision_are_converted_after_every_one_that_can_reach_it():
+    clusters = [
+        {"cluster_id": 0, "size": 30, "fitness": 0.9, "candidate": True},  # fittest, but 30 < 20 held out + 20 train
+        {"cluster_id": 1, "size": 60, "fitness": 0.5, "candidate": True},
+        {"cluster_id": 2, "size": 100, "fitness": 0.4, "candidate": False},
+    ]
+    mark_for_conversion(clusters, max_clusters=1, decision_size=40)
+    assert [c["cluster_id"] for c in clusters if c["convert"]] == [1]
+    assert [c["decidable"] for c in clusters] == [False, True, True]
+    mark_for_conversion(clusters, max_clusters=2, decision_size=40)  # budget left: the small one comes next
+    assert [c["cluster_id"] for c in clusters if c["convert"]] == [0, 1]
+
+
 def test_without_costs_or_timestamps_the_parts_fall_back_and_weights_renormalize():
     members = {
         0: [answered(f"a{i}", "ok", 0, cost=None) for i in range(4)],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from components.core.schema import CallRecord, ChatMessage, ToolCall
+from components.discover.clustering import OUTLIER
 from components.discover.discovery import DiscoverConfig, HdbscanSettings, discover
 from components.discover.fitness import FitnessSettings
 from components.discover.identity import assign, assign_with_answers, load_model, request_only_agreement, save_model
@@ -172,18 +173,21 @@ def test_pinned_tasks_take_their_calls_by_rule_and_the_router_applies_request_ru
         PinnedTask(name="empty")
 
 
-def agent_steps(seed: int = 0, per_blob: int = 30):
+def agent_steps(seed: int = 0, per_blob: int = 30, text_share: float = 0.0, text_offset: float = 0.0):
     """Two agents' steps: within each blob the requests look alike (one conversation step after another) and the
-    answer calls one of three tools at random, as a multi-turn agent's next call depends on tool results."""
+    answer calls one of three tools at random, as a multi-turn agent's next call depends on tool results. A
+    ``text_share`` of the steps answer in text instead (closing a turn), ``text_offset`` away from the call steps
+    (the progress of the turn tells them apart; 0: the request cannot)."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(2, 10)) * 6
     tools = [["cd", "ls", "cat"], ["lockDoors", "startEngine", "pressBrakePedal"]]
     records, points = [], []
     for blob, names in enumerate(tools):
         for i in range(per_blob):
-            function = names[rng.integers(len(names))]
+            text = rng.random() < text_share
+            function = None if text else names[rng.integers(len(names))]
             records.append(record(f"b{blob}-{i:02d}", f"agent {blob} step {i}", function, names))
-            points.append(centers[blob] + rng.normal(size=10))
+            points.append(centers[blob] + rng.normal(size=10) + (text_offset if text else 0.0))
     return records, np.vstack(points)
 
 
@@ -191,7 +195,8 @@ def test_when_the_request_cannot_tell_the_called_function_s3_falls_back_to_the_c
     records, embeddings = agent_steps()
     cfg = config(min_cluster_size_to_convert=10)
     result = discover(records, cfg, embeddings=embeddings, reducer=False)
-    assert result.task_split["split_by"] == "none" and result.task_split["instead_of"] == "function"
+    # every step calls a tool: the first fallback, text vs tool call, keeps them all
+    assert result.task_split["split_by"] == "answer_kind" and result.task_split["instead_of"] == "function"
     assert result.task_split["which_kept"] < cfg.task.min_reproducible_share <= result.task_split["kept_share"]
     assert len(result.clusters) == 2 and result.outlier_share <= 0.1
     # one cluster per agent, each calling its three tools: one task, not a mixed bag
@@ -202,3 +207,22 @@ def test_when_the_request_cannot_tell_the_called_function_s3_falls_back_to_the_c
     kept = discover(records, strict, embeddings=embeddings, reducer=False)
     assert kept.task_split == {"split_by": "function", "kept_share": pytest.approx(kept.task_split["kept_share"])}
     assert kept.task_split["kept_share"] < 0.5 and kept.outlier_share > 0.5
+
+
+def test_text_answers_get_their_own_clusters_when_the_request_tells_them_from_tool_calls():
+    records, embeddings = agent_steps(per_blob=40, text_share=0.4, text_offset=4.0)
+    result = discover(records, config(min_cluster_size_to_convert=10), embeddings=embeddings, reducer=False)
+    assert result.task_split["split_by"] == "answer_kind"
+    labels = result.assignments.cluster_id.to_numpy()
+    kinds = np.array([r.output_kind for r in records])
+    clustered = [c for c in set(labels) if c != OUTLIER]
+    assert len(clustered) == 4  # per agent: its tool calls, its closing answers
+    for c in clustered:
+        assert len(set(kinds[labels == c])) == 1
+
+
+def test_when_the_request_cannot_tell_text_from_tool_calls_either_s3_keeps_the_first_level():
+    records, embeddings = agent_steps(per_blob=40, text_share=0.4, text_offset=0.0)
+    result = discover(records, config(min_cluster_size_to_convert=10), embeddings=embeddings, reducer=False)
+    assert result.task_split["split_by"] == "none" and result.task_split["instead_of"] == "function"
+    assert len(result.clusters) == 2 and result.outlier_share <= 0.1

@@ -115,3 +115,20 @@ def test_first_refresh_after_a_conversion_seeds_history_and_stable_ids(records, 
     assert [r.record_id for r in read_records(tmp_path / cfg.history)] == [r.record_id for r in records]
     assert len(pd.read_parquet((tmp_path / cfg.state).parent / STABLE_ASSIGNMENTS)) == len(records)
     assert seed_history_task.fn(cfg, "curated.parquet", "assignments.parquet", tmp_path) is False  # only once
+
+
+def test_a_held_out_set_too_small_for_the_gate_accumulates_across_refreshes():
+    # refresh 1 evaluated cluster 0 on its regression set; refresh 2 on 2 fresh calls, fewer than the gate's 3
+    state = next_state({"refresh": 0, "clusters": {}}, {"0": 1.0}, {0: 10}, {0: 0.4}, {0: ["o1"]}, min_test_calls=3)
+    assert "pending_test_ids" not in state["clusters"]["0"]  # the first set became the regression set
+    state = next_state(state, {"0": 1.0}, {}, {0: 0.4}, {0: ["n1", "n2"]}, min_test_calls=3)
+    assert state["clusters"]["0"]["pending_test_ids"] == ["n1", "n2"]
+    # refresh 3: the pending calls stay held out (old calls otherwise train) beside calls of the new batch
+    assignments = pd.DataFrame({"record_id": ["o1", "n1", "n2", "n3", "m1", "m2", "m3"], "cluster_id": [0] * 7})
+    splits = refresh_splits(assignments, {"m1", "m2", "m3"}, {0: ["o1"]}, 3, 1, 3, carried={0: ["n1", "n2"]})
+    split = dict(zip(splits.record_id, splits.split))
+    assert split["n1"] == split["n2"] == "test" and split["n3"] == "train" and split["o1"] == "regression"
+    assert sum(split[r] == "test" for r in ["m1", "m2", "m3"]) == 1
+    # a decision on 3 held-out calls: the next batch starts afresh
+    state = next_state(state, {"0": 1.0}, {}, {0: 0.5}, {0: ["n1", "n2", "m2"]}, min_test_calls=3)
+    assert "pending_test_ids" not in state["clusters"]["0"]
