@@ -109,6 +109,7 @@ SHARED_VALUES: dict[tuple[str, str], tuple[str, Callable[[dict[str, Any]], Any]]
         "discover.model_dir",
         lambda p: load_section(p, "discover", DiscoverConfig).model_dir,
     ),
+    ("evaluate", "finetune"): ("the finetune: section", lambda p: load_section(p, "finetune", FinetuneConfig)),
 }
 
 

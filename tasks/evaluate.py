@@ -1,5 +1,7 @@
 """S6 task: compare the LLM, the base SLM and the fine-tuned SLM on each cluster's held-out calls, gate the
-promotion, register the fine-tuned model with an alias, and write the evaluation table and report."""
+promotion, register the fine-tuned model with an alias, and write the evaluation table and report. Beside the
+figures, the run holds one row per held-out call (an MLflow table) and its data as MLflow datasets; with
+``learning_curve.enabled``, each cluster below parity is retrained on shares of its calls (S5's ``finetune``)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,14 @@ from prefect.cache_policies import NO_CACHE
 
 from components.core.clusters import registered_name
 from components.core.config import resolve
-from components.core.schema import read_records, split_records, write_table
-from components.evaluate.entry import evaluation_entry
+from components.core.schema import CallRecord, read_records, split_records, write_table
+from components.evaluate.entry import evaluation_entry, per_call_rows, score_answers
 from components.evaluate.evaluation import EvaluateConfig, write_markdown_summary, write_report
+from components.evaluate.learning_curve import CurvePoint, below_parity, learning_curve
 from components.evaluate.router_config import offered_tools, router_config, write_router_config
 from components.evaluate.summary import CollectedCall, run_summary
+from components.finetune.train import config_for_cluster, finetune
+from tasks.helpers.evaluation_log import log_evaluation_inputs, log_per_call_results
 from tasks.helpers.progress import say
 from tasks.helpers.registry import CHALLENGER, CHAMPION, register_challenger
 from tasks.helpers.retries import retry_on_transient_io
@@ -38,6 +43,54 @@ def metrics_view(entries: list[dict]) -> dict:
     }
 
 
+def cluster_learning_curve(
+    cfg: EvaluateConfig,
+    workdir: Path,
+    cluster: dict,
+    train_records: list[CallRecord],
+    test_records: list[CallRecord],
+    entry: dict,
+) -> dict:
+    """The cluster's learning curve: each smaller share trained as S5 trains (its settings, overrides included) and
+    scored on the same held-out calls; the full share is the adapter S5 trained, as S6 just scored it."""
+    cluster_id, metric = cluster["cluster_id"], entry["primary_metric"]
+    folder = resolve(workdir, cfg.learning_curve.output_dir) / f"cluster_{cluster_id}"
+    training = config_for_cluster(cfg.finetune, cluster_id)
+
+    def train_and_score(subset: list[CallRecord]) -> CurvePoint:
+        say(f"S6 evaluate: cluster #{cluster_id}: learning curve, training on {len(subset)} calls")
+        result = finetune(cluster["selected_ref"], subset, training, folder / f"n_{len(subset)}")
+        answers = generate_answers(
+            result.base_model,
+            test_records,
+            cfg.max_new_tokens,
+            cfg.batch_size,
+            f"S6 cluster #{cluster_id} curve n={result.n_train}",
+            adapter_dir=result.adapter_dir,
+            constrain_tool_calls=cfg.constrained_decoding,
+        )
+        return CurvePoint(result.n_train, score_answers(test_records, answers, entry["output_kind"])[metric])
+
+    full = CurvePoint(entry["n_train"], entry["scores"]["slm_finetuned"][metric])
+    try:
+        return learning_curve(
+            train_records, full, entry["n_test"], entry["parity_bar"], cfg.learning_curve, train_and_score
+        )
+    except ValueError as error:  # e.g. every call of a share longer than max_length
+        return {"points": [], "verdict": f"no learning curve: {error}"}
+
+
+def log_learning_curve(cluster_id: int, metric: str, curve: dict) -> None:
+    """Each point as a step of one metric (the MLflow chart is the curve), the fit's figures as metrics."""
+    prefix = f"cluster_{cluster_id}.learning_curve"
+    for point in curve["points"]:
+        mlflow.log_metric(f"{prefix}.{metric}", point["score"], step=point["n_train"])
+    figures = {key: curve.get(key) for key in ("target", "ceiling", "calls_for_target")}
+    if curve.get("reachable") is not None:
+        figures["reachable"] = float(curve["reachable"])
+    log_numeric_metrics(figures, f"{prefix}.")
+
+
 @task(name="S6 evaluate", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def evaluate_task(
     cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
@@ -50,7 +103,14 @@ def evaluate_task(
         finetune_summary = json.loads(resolve(workdir, cfg.finetune_summary).read_text())
         trained = finetune_summary["clusters"]
         selected = {c["cluster_id"]: c for c in leaderboard["clusters"]}
-        entries, prediction_rows = [], []
+        log_evaluation_inputs(
+            records,
+            splits,
+            [model["cluster_id"] for model in trained],
+            resolve(workdir, cfg.curated),
+            resolve(workdir, cfg.splits),
+        )
+        entries, prediction_rows, call_rows = [], [], []
         adapters: dict[int, str] = {}
         known_tools: dict[int, list[str]] = {}
         for model in trained:
@@ -82,6 +142,14 @@ def evaluate_task(
                 cfg.promotion,
                 cfg.slm_hourly_cost_usd,
             )
+            train_records = split_records(records, splits, cluster_id, "train")
+            if cfg.learning_curve.enabled and below_parity(entry):
+                entry["learning_curve"] = cluster_learning_curve(
+                    cfg, workdir, cluster, train_records, test_records, entry
+                )
+                log_learning_curve(cluster_id, entry["primary_metric"], entry["learning_curve"])
+                say(f"S6 evaluate: cluster #{cluster_id}: {entry['learning_curve']['verdict']}")
+            call_rows += per_call_rows(cluster, test_records, base_answers, tuned_answers)
             reason, promoted = entry["promotion_reason"], entry["promoted"]
             name = registered_name(cfg.registered_model_prefix, cluster_id)
             alias = CHAMPION if promoted else CHALLENGER
@@ -96,13 +164,14 @@ def evaluate_task(
             entry["registered_model"] = {"name": name, "version": version, "alias": alias}
             entries.append(entry)
             adapters[cluster_id] = model["adapter_dir"]
-            known_tools[cluster_id] = offered_tools(split_records(records, splits, cluster_id, "train"))
+            known_tools[cluster_id] = offered_tools(train_records)
             prediction_rows += [
                 {"record_id": r.record_id, "cluster_id": cluster_id, "text": text, "latency_ms": latency}
                 for r, (text, latency) in zip(test_records, tuned_answers)
             ]
             say(f"S6 evaluate: cluster #{cluster_id}: {reason} -> {name} v{version} @{alias}")
 
+        log_per_call_results(call_rows)
         write_table(
             pd.DataFrame(prediction_rows, columns=["record_id", "cluster_id", "text", "latency_ms"]),
             resolve(workdir, cfg.predictions),

@@ -1,17 +1,23 @@
 """One cluster's evaluation entry of reports/evaluation.json: the three systems' scores on the held-out calls, their
-95 % intervals, costs, latencies and the gate's decision. Pure: the task generates the answers and registers."""
+95 % intervals, costs, latencies and the gate's decision; and the same calls one row each, for the MLflow table.
+Pure: the task generates the answers and registers."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from components.core.schema import CallRecord
-from components.evaluate.evaluation import PRIMARY_METRIC, primary_metric_intervals, score_pairs
+from components.evaluate.evaluation import PRIMARY_METRIC, primary_metric_intervals, score_each, score_pairs
 from components.evaluate.promotion import GateScores, PromotionPolicy, decide_promotion
 from components.scoring.costs import latency_p50, llm_cost_per_1k_calls, slm_cost_per_1k_calls
-from components.slm.prompt import parse_completion
+from components.slm.prompt import parse_completion, render_target
 
 Answer = tuple[str, float]  # the raw completion and its latency in ms
+
+
+def score_answers(test_records: list[CallRecord], answers: list[Answer], kind: str) -> dict[str, float]:
+    """An SLM's mean scores on the held-out calls, against the LLM's logged answers."""
+    return score_pairs([r.response for r in test_records], [parse_completion(text) for text, _ in answers], kind)
 
 
 def evaluation_entry(
@@ -30,8 +36,8 @@ def evaluation_entry(
     expected = [r.response for r in test_records]
     scores = {
         "llm": score_pairs(expected, expected, kind),
-        "slm_base": score_pairs(expected, [parse_completion(text) for text, _ in base_answers], kind),
-        "slm_finetuned": score_pairs(expected, [parse_completion(text) for text, _ in tuned_answers], kind),
+        "slm_base": score_answers(test_records, base_answers, kind),
+        "slm_finetuned": score_answers(test_records, tuned_answers, kind),
     }
     decision = decide_promotion(
         GateScores(
@@ -68,3 +74,33 @@ def evaluation_entry(
         "promotion_reason": decision.reason,
         "promotion_checks": decision.checks,
     }
+
+
+def per_call_rows(
+    cluster: dict[str, Any], test_records: list[CallRecord], base_answers: list[Answer], tuned_answers: list[Answer]
+) -> list[dict[str, Any]]:
+    """One row per held-out call: the request (the last user message), the LLM's answer, each SLM's answer, and
+    each SLM's metric values and latency as ``<system>.<metric>``. Texts are as S2 left them (anonymized)."""
+    kind = cluster["output_kind"]
+    expected = [r.response for r in test_records]
+    answers = {"slm_base": base_answers, "slm_finetuned": tuned_answers}
+    scores = {
+        system: score_each(expected, [parse_completion(text) for text, _ in given], kind)
+        for system, given in answers.items()
+    }
+    rows = []
+    for index, record in enumerate(test_records):
+        row: dict[str, Any] = {
+            "record_id": record.record_id,
+            "cluster_id": int(cluster["cluster_id"]),
+            "conversation_id": record.conversation_id,
+            "request": record.user_request,
+            "llm": render_target(record.response),
+        }
+        for system, given in answers.items():
+            text, latency = given[index]
+            row[system] = text
+            row[f"{system}.latency_ms"] = float(latency)
+            row |= {f"{system}.{metric}": value for metric, value in scores[system][index].items()}
+        rows.append(row)
+    return rows

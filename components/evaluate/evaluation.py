@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from components.core.config import StepConfig
+from components.evaluate.learning_curve import LearningCurveSettings
 from components.evaluate.promotion import PromotionPolicy
+from components.finetune.train import FinetuneConfig
 from components.scoring.costs import (  # noqa: F401  (re-exported for S6)
     latency_p50,
     latency_percentile,
@@ -23,6 +25,7 @@ from components.scoring.metrics import (  # noqa: F401  (re-exported for S6)
     METRICS,
     PRIMARY_METRIC,
     normalize_text,
+    score_each,
     score_json,
     score_pairs,
     score_text,
@@ -49,12 +52,15 @@ class EvaluateConfig(StepConfig):
     max_new_tokens: int = 256  # a cap: the adapter's prompt spec holds its own, smaller budget
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
+    learning_curve: LearningCurveSettings = LearningCurveSettings()
     # Written once elsewhere in params.yaml, filled in by the loader (flows/steps.py SHARED_VALUES): the SLM's
-    # serving price (select's serving_hardware), the one gate (top-level `promotion:`) and S3's cluster model,
-    # which the router config names so the router places requests as S3 did.
+    # serving price (select's serving_hardware), the one gate (top-level `promotion:`), S3's cluster model,
+    # which the router config names so the router places requests as S3 did, and S5's training settings, with
+    # which the learning curve trains.
     cluster_model_dir: str = "data/clusters/model"
     slm_hourly_cost_usd: float = 0.10
     promotion: PromotionPolicy = PromotionPolicy()
+    finetune: FinetuneConfig = FinetuneConfig()
     registered_model_prefix: str = "llm2slm"
     alias: str = "champion"
 
@@ -142,6 +148,19 @@ def _interval(bounds: list[float] | None) -> str:
     return f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
 
 
+def _learning_curve_section(curve: dict[str, Any] | None) -> str:
+    """How far the cluster is from parity: its score at each training size, and what the fitted curve says."""
+    if not curve:
+        return ""
+    points = curve.get("points") or []
+    sizes = "".join(f"<th>{p['n_train']}</th>" for p in points)
+    scores = "".join(f"<td>{_number(p['score'])}</td>" for p in points)
+    ceiling = curve.get("ceiling")
+    fit = f" · fitted ceiling {_number(ceiling)}{_interval(curve.get('ceiling_ci95'))}" if ceiling is not None else ""
+    table = f"<table><tr><th>training calls</th>{sizes}</tr><tr><th>primary metric</th>{scores}</tr></table>"
+    return f"<h3>Learning curve</h3>{table if points else ''}<p>{html.escape(str(curve.get('verdict', '')))}{fit}</p>"
+
+
 def _cluster_section(entry: dict[str, Any]) -> str:
     columns = _metric_columns(entry)
     primary = entry.get("primary_metric")
@@ -167,6 +186,7 @@ def _cluster_section(entry: dict[str, Any]) -> str:
         f"{''.join(rows)}</table>"
         f"<p class='{'yes' if entry.get('promoted') else 'no'}'>Promoted: <b>{promoted}</b> — "
         f"{html.escape(str(entry.get('promotion_reason', '')))}</p>"
+        f"{_learning_curve_section(entry.get('learning_curve'))}"
     )
 
 

@@ -6,23 +6,50 @@ of it at ``half`` calls) is fitted to the points, and the calls needed for ``tar
 from the points themselves: each one is a proportion on ``n_test`` held-out calls, so the fit is repeated on points
 resampled from their binomial distributions (a parametric bootstrap). When the upper bound of the fitted ceiling stays
 below the target, more data of this kind will not get there: "not reachable with this base model".
+
+:func:`learning_curve` takes the training and scoring as a function (S6 passes S5's own ``finetune`` and its
+generation), so a point is trained exactly as the cluster's adapter was, on a seeded nested share of its calls.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 import numpy as np
+from pydantic import field_validator
+
+from components.core.config import StepConfig
 
 BOOTSTRAP_DRAWS = 400
 MAX_CALLS_REPORTED = 1_000_000  # beyond this the estimate says nothing useful; reported as unbounded (None)
+
+
+class LearningCurveSettings(StepConfig):
+    """S6's learning curve of each converted cluster below parity. Each fraction under 1.0 is one more S5 training
+    run and one more pass over the held-out calls (on the 2-core CPU demo about as long as S5 and S6 of that
+    cluster again), hence off by default; the 1.0 point is the cluster's trained adapter, never retrained."""
+
+    enabled: bool = False
+    fractions: list[float] = [0.25, 0.5, 1.0]  # shares of the cluster's training calls; at least 3 for a fit
+    output_dir: str = "models/learning_curve"  # one adapter per cluster and training size
+    seed: int = 42  # which calls a share keeps (each smaller share is part of the larger ones)
+
+    @field_validator("fractions")
+    @classmethod
+    def _shares(cls, fractions: list[float]) -> list[float]:
+        if any(not 0.0 < f <= 1.0 for f in fractions):
+            raise ValueError(f"learning_curve.fractions must lie in (0, 1]: {fractions}")
+        return sorted(set(fractions))
 
 
 @dataclass(frozen=True)
 class CurvePoint:
     n_train: int  # training calls the model saw
     score: float  # its primary metric on the held-out calls
+    fraction: float | None = None  # of the cluster's training calls
 
 
 @dataclass(frozen=True)
@@ -112,3 +139,37 @@ def fit_learning_curve(
             f"{int(high) if high is not None else 'unbounded'})"
         )
     return CurveFit(list(points), target, ceiling, ceiling_ci, bounded(need), need_ci, reachable, verdict)
+
+
+T = TypeVar("T")
+
+
+def training_subsets(records: Sequence[T], fractions: Sequence[float], seed: int = 42) -> list[tuple[float, list[T]]]:
+    """One seeded, nested share of ``records`` per fraction under 1.0 (each smaller share is part of the larger
+    ones, so the points differ only by the calls added), at least one record each; 1.0 is the full set itself."""
+    order = list(records)
+    random.Random(seed).shuffle(order)
+    return [(f, order[: max(1, round(f * len(order)))]) for f in sorted(set(fractions)) if f < 1.0]
+
+
+def below_parity(entry: dict[str, Any]) -> bool:
+    """The cluster's fine-tuned SLM misses the parity bar on its primary metric (the curve says how far it is)."""
+    return entry["scores"]["slm_finetuned"][entry["primary_metric"]] < entry["parity_bar"]
+
+
+def learning_curve(
+    train_records: Sequence[T],
+    full_point: CurvePoint,
+    n_test: int,
+    target: float,
+    settings: LearningCurveSettings,
+    train_and_score: Callable[[list[T]], CurvePoint],
+) -> dict[str, Any]:
+    """Train and score at each share of ``train_records`` under 1.0, add the trained adapter's own point
+    (``full_point``, fraction 1.0) and fit the curve: the ``learning_curve`` of the cluster's evaluation entry."""
+    points = []
+    for fraction, subset in training_subsets(train_records, settings.fractions, settings.seed):
+        point = train_and_score(subset)
+        points.append(CurvePoint(point.n_train, point.score, fraction))
+    points.append(CurvePoint(full_point.n_train, full_point.score, 1.0))
+    return fit_learning_curve(points, n_test, target, seed=settings.seed).as_dict()

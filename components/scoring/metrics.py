@@ -173,6 +173,47 @@ def embedding_similarity(predicted: list[str], expected: list[str], embed: Embed
 # ---- averaging over a set of answers ----------------------------------------------------------------------
 
 
+def _metric_names(output_kind: str, embed: Embedder | None, judge: Judge | None) -> list[str]:
+    if output_kind not in METRICS:
+        raise ValueError(f"unknown output kind '{output_kind}'; known: {', '.join(METRICS)}")
+    names = list(METRICS[output_kind])
+    if output_kind == "text":
+        names += (["embedding_similarity"] if embed else []) + (["judge_score"] if judge else [])
+    return names
+
+
+def score_each(
+    expected: list[ChatMessage],
+    predicted: list[ChatMessage],
+    output_kind: str,
+    tools: list[list[dict[str, Any]]] | None = None,
+    embed: Embedder | None = None,
+    judge: Judge | None = None,
+) -> list[dict[str, float]]:
+    """The per-answer scores of one output type (see METRICS), one dict per pair, plus ``embedding_similarity``
+    and ``judge_score`` for text when an embedder or a judge is given.
+    ``tools``: the tools each call offered (same order), for schema checks of tool calls."""
+    if len(expected) != len(predicted):
+        raise ValueError(f"{len(expected)} expected answers but {len(predicted)} predicted")
+    _metric_names(output_kind, embed, judge)
+    if not expected:
+        return []
+    offered = tools if tools is not None else [None] * len(expected)
+    if output_kind == "tool_call":
+        return [score_tool_calls(p.tool_calls, e.tool_calls, t) for e, p, t in zip(expected, predicted, offered)]
+    if output_kind == "json":
+        return [score_json(p.content, e.content) for e, p in zip(expected, predicted)]
+    texts = [(p.content or "", e.content or "") for e, p in zip(expected, predicted)]
+    per_pair = [score_text(p, e) for p, e in texts]
+    if embed:
+        for scores, value in zip(per_pair, embedding_similarity([p for p, _ in texts], [e for _, e in texts], embed)):
+            scores["embedding_similarity"] = value
+    if judge:
+        for scores, (p, e) in zip(per_pair, texts):
+            scores["judge_score"] = judge(e, p)
+    return per_pair
+
+
 def score_pairs(
     expected: list[ChatMessage],
     predicted: list[ChatMessage],
@@ -181,32 +222,9 @@ def score_pairs(
     embed: Embedder | None = None,
     judge: Judge | None = None,
 ) -> dict[str, float]:
-    """Mean of the per-answer scores of one output type (see METRICS), plus ``embedding_similarity`` and
-    ``judge_score`` for text when an embedder or a judge is given; all 0.0 when there are no pairs.
-    ``tools``: the tools each call offered (same order), for schema checks of tool calls."""
-    if len(expected) != len(predicted):
-        raise ValueError(f"{len(expected)} expected answers but {len(predicted)} predicted")
-    if output_kind not in METRICS:
-        raise ValueError(f"unknown output kind '{output_kind}'; known: {', '.join(METRICS)}")
-    names = list(METRICS[output_kind])
-    if output_kind == "text":
-        names += (["embedding_similarity"] if embed else []) + (["judge_score"] if judge else [])
-    if not expected:
+    """Mean of the per-answer scores (:func:`score_each`); all 0.0 when there are no pairs."""
+    names = _metric_names(output_kind, embed, judge)
+    per_pair = score_each(expected, predicted, output_kind, tools, embed, judge)
+    if not per_pair:
         return {metric: 0.0 for metric in names}
-    offered = tools if tools is not None else [None] * len(expected)
-    if output_kind == "tool_call":
-        per_pair = [score_tool_calls(p.tool_calls, e.tool_calls, t) for e, p, t in zip(expected, predicted, offered)]
-    elif output_kind == "json":
-        per_pair = [score_json(p.content, e.content) for e, p in zip(expected, predicted)]
-    else:
-        texts = [(p.content or "", e.content or "") for e, p in zip(expected, predicted)]
-        per_pair = [score_text(p, e) for p, e in texts]
-        if embed:
-            for scores, value in zip(
-                per_pair, embedding_similarity([p for p, _ in texts], [e for _, e in texts], embed)
-            ):
-                scores["embedding_similarity"] = value
-        if judge:
-            for scores, (p, e) in zip(per_pair, texts):
-                scores["judge_score"] = judge(e, p)
     return {metric: float(np.mean([scores[metric] for scores in per_pair])) for metric in names}

@@ -16,6 +16,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 
+from components.core.schema import CallRecord, records_to_frame
+
 PER_CALL_TABLE = "evaluation/per_call_results.json"
 
 
@@ -29,3 +31,17 @@ def log_dataset(frame: pd.DataFrame, name: str, source: Path, context: str) -> N
     """``frame`` (as read from ``source``) as an input of the active run, under ``context`` (training/evaluation)."""
     dataset = mlflow.data.from_pandas(frame, source=str(source), name=name)
     mlflow.log_input(dataset, context=context)
+
+
+def log_evaluation_inputs(
+    records: dict[str, CallRecord], splits: pd.DataFrame, cluster_ids: Sequence[int], curated: Path, split_file: Path
+) -> None:
+    """The curated calls (S2's output) and the converted clusters' train and test calls as the run's inputs.
+    MLflow keeps each dataset's digest, schema and row count, with its source path; never the rows."""
+    log_dataset(records_to_frame(list(records.values())), "curated", curated, context="curated")
+    for split, context in (("train", "training"), ("test", "evaluation")):
+        part = splits[(splits.split == split) & splits.cluster_id.isin(list(cluster_ids))]
+        if part.empty:
+            continue
+        frame = records_to_frame([records[i] for i in part.record_id]).assign(cluster_id=part.cluster_id.to_numpy())
+        log_dataset(frame, split, split_file, context)

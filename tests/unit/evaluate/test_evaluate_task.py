@@ -1,0 +1,149 @@
+"""S6 as a task on a hand-made work directory: what lands in MLflow beside the figures (one row per held-out call,
+the data as run inputs), and the learning curve trained with S5's own code on the tiny llama."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from components.core.schema import CallRecord, write_records, write_table
+from components.evaluate.evaluation import EvaluateConfig
+from components.evaluate.learning_curve import LearningCurveSettings
+from components.finetune.train import FinetuneConfig
+from components.slm.prompt import render_target
+from tasks.helpers.evaluation_log import PER_CALL_TABLE
+from tasks.helpers.tracking import TrackingConfig
+from tests.support.tiny_models import CITIES, weather_record
+
+N_TRAIN, N_TEST = 16, 4
+TINY_TRAINING = FinetuneConfig(max_steps=2, per_device_train_batch_size=2, max_length=256, seed=0)
+
+
+def work_records() -> list[CallRecord]:
+    # one conversation per call: each asks about its own place
+    return [weather_record(i, f"{CITIES[i % len(CITIES)]} {i}") for i in range(N_TRAIN + N_TEST)]
+
+
+def prepare_workdir(work: Path, model_ref: str, adapter_dir: str = "unused", n_train: int = N_TRAIN) -> EvaluateConfig:
+    """S1-S5's outputs for one converted tool-call cluster: 16 training and 4 held-out calls."""
+    cfg = EvaluateConfig()
+    records = work_records()
+    write_records(records, work / cfg.curated)
+    write_records(records, work / cfg.collected)
+    ids = [r.record_id for r in records]
+    write_table(
+        pd.DataFrame({"record_id": ids, "cluster_id": 0, "split": ["train"] * N_TRAIN + ["test"] * N_TEST}),
+        work / cfg.splits,
+    )
+    write_table(pd.DataFrame({"record_id": ids, "cluster_id": 0}), work / cfg.assignments)
+    cluster = {"cluster_id": 0, "label": "get_weather", "output_kind": "tool_call"}
+    leaderboard = {"clusters": [{**cluster, "selected": "tiny", "selected_ref": model_ref}]}
+    (work / cfg.leaderboard).parent.mkdir(parents=True, exist_ok=True)
+    (work / cfg.leaderboard).write_text(json.dumps(leaderboard))
+    test_ids = ids[N_TRAIN:]
+    write_table(
+        pd.DataFrame({"cluster_id": 0, "candidate": "tiny", "record_id": test_ids, "text": "no", "latency_ms": 5.0}),
+        work / cfg.base_predictions,
+    )
+    trained = {"cluster_id": 0, "n_train": n_train, "base_model": model_ref, "adapter_dir": adapter_dir}
+    (work / cfg.finetune_summary).write_text(json.dumps({"clusters": [{**trained, "model_uri": "unused"}]}))
+    return cfg
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> TrackingConfig:
+    import tasks.evaluate
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(tasks.evaluate, "register_challenger", lambda *args, **kwargs: "1")  # no model logged
+    return TrackingConfig(experiment=f"s6-{uuid.uuid4().hex[:8]}")
+
+
+def evaluate_run(work: Path, experiment: str) -> mlflow.entities.Run:
+    mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
+    [run] = mlflow.search_runs(
+        experiment_names=[experiment], filter_string="tags.`llm2slm.step` = 'evaluate'", output_format="list"
+    )
+    return run
+
+
+def test_s6_logs_one_row_per_held_out_call_and_its_data_as_run_inputs(tmp_path, monkeypatch, tracking):
+    import tasks.evaluate
+
+    def half_right(reference, records, *args, **kwargs):
+        return [(render_target(r.response) if i < 2 else "no idea", 12.0) for i, r in enumerate(records)]
+
+    monkeypatch.setattr(tasks.evaluate, "generate_answers", half_right)
+    work = tmp_path / "work"
+    cfg = prepare_workdir(work, "unused")
+
+    evaluation = tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+
+    [entry] = evaluation["clusters"]
+    assert entry["scores"]["slm_finetuned"]["full_call_match"] == 0.5
+    assert "learning_curve" not in entry  # off by default
+    run = evaluate_run(work, tracking.experiment)
+    table = mlflow.load_table(PER_CALL_TABLE, run_ids=[run.info.run_id])
+    assert len(table) == N_TEST and list(table.record_id) == [f"r{i}" for i in range(N_TRAIN, N_TRAIN + N_TEST)]
+    assert {"cluster_id", "request", "llm", "slm_base", "slm_finetuned", "slm_finetuned.latency_ms"} <= set(table)
+    for metric in ("function_name_accuracy", "argument_accuracy", "full_call_match", "valid_json", "schema_valid"):
+        assert {f"slm_base.{metric}", f"slm_finetuned.{metric}"} <= set(table)
+    assert list(table["slm_finetuned.full_call_match"]) == [1.0, 1.0, 0.0, 0.0]
+    assert table.request[0] == f"What is the weather in {CITIES[N_TRAIN % len(CITIES)]} {N_TRAIN}?"
+    assert table.llm[0].startswith("<tool_call>") and set(table.slm_base) == {"no"}
+    # The curated calls and the converted clusters' splits are the run's inputs, each with a digest and its source.
+    inputs = {i.dataset.name: i for i in mlflow.get_run(run.info.run_id).inputs.dataset_inputs}
+    assert {name: i.tags[0].value for name, i in inputs.items()} == {
+        "curated": "curated",
+        "train": "training",
+        "test": "evaluation",
+    }
+    assert all(i.dataset.digest for i in inputs.values())
+    assert str(work / cfg.curated) in inputs["curated"].dataset.source
+    assert str(work / cfg.splits) in inputs["test"].dataset.source
+    assert json.loads(inputs["test"].dataset.profile)["num_rows"] == N_TEST
+    assert json.loads(inputs["train"].dataset.profile)["num_rows"] == N_TRAIN
+
+
+def test_a_cluster_below_parity_gets_a_learning_curve_trained_as_s5_trains(tmp_path, tiny_model_dir, tracking):
+    import tasks.evaluate
+    from components.finetune.train import finetune
+
+    work = tmp_path / "work"
+    train = work_records()[:N_TRAIN]
+    adapter = finetune(tiny_model_dir, train, TINY_TRAINING, work / "models" / "adapters" / "cluster_0")
+    cfg = prepare_workdir(work, tiny_model_dir, adapter.adapter_dir, adapter.n_train)
+    cfg = cfg.model_copy(
+        update={
+            "finetune": TINY_TRAINING,
+            "learning_curve": LearningCurveSettings(enabled=True, fractions=[0.25, 0.5, 1.0]),
+            "max_new_tokens": 32,
+        }
+    )
+
+    evaluation = tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+
+    [entry] = evaluation["clusters"]
+    curve = entry["learning_curve"]
+    sizes = [p["n_train"] for p in curve["points"]]
+    assert sizes == [4, 8, N_TRAIN] and [p["fraction"] for p in curve["points"]] == [0.25, 0.5, 1.0]
+    # the full share is S5's adapter as S6 scored it, not a second training run
+    assert curve["points"][-1]["score"] == entry["scores"]["slm_finetuned"]["full_call_match"]
+    assert {"ceiling", "ceiling_ci95", "calls_for_target", "calls_for_target_ci95", "reachable", "verdict"} <= set(
+        curve
+    )
+    assert curve["target"] == entry["parity_bar"] and curve["verdict"]
+    assert (work / cfg.learning_curve.output_dir / "cluster_0" / "n_4" / "adapter_model.safetensors").is_file()
+    saved = json.loads((work / cfg.evaluation).read_text())
+    assert saved["clusters"][0]["learning_curve"] == curve
+    assert "Learning curve" in (work / cfg.report).read_text()
+    client = mlflow.MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    run = evaluate_run(work, tracking.experiment)
+    history = client.get_metric_history(run.info.run_id, "cluster_0.learning_curve.full_call_match")
+    assert sorted(m.step for m in history) == sizes
+    assert "cluster_0.learning_curve.target" in run.data.metrics
