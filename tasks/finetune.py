@@ -52,6 +52,8 @@ def retry_on_interrupted_training(task, task_run, state) -> bool:
 def _log_cluster_run(prefix: str, cfg: FinetuneConfig, result: FinetuneResult, data_version: dict) -> None:
     mlflow.log_params({f"{prefix}.{key}": value for key, value in flatten(training_settings(cfg)).items()})
     mlflow.log_params({f"{prefix}.data.{key}": value for key, value in flatten(data_version).items()})
+    # What `device: auto` and `precision: auto` resolved to on this machine (the settings above keep "auto").
+    mlflow.log_params({f"{prefix}.device_used": result.device, f"{prefix}.precision_used": result.precision})
     mlflow.set_tag(f"{prefix}.fingerprint", result.fingerprint)
     if not result.reused:  # a reused adapter's curves were logged by the run that trained it
         for step, loss in result.loss_history:
@@ -161,6 +163,7 @@ def finetune_task(
                     "prompt_tokens": result.prompt_tokens,
                     "device": result.device,
                     "dtype": result.dtype,
+                    "precision": result.precision,
                     "trainable_parameters": result.trainable_parameters,
                     "reused": result.reused,
                     "resumed_from_step": result.resumed_from_step,

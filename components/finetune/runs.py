@@ -30,7 +30,8 @@ class UnsupportedDeviceError(RuntimeError):
 @dataclass(frozen=True)
 class Device:
     kind: str  # "cuda" or "cpu"
-    dtype_name: str  # "bfloat16" or "float32"
+    dtype_name: str  # the weights as loaded: "bfloat16" or "float32"
+    precision: str = "fp32"  # the trainer's compute: "bf16" (mixed precision, autocast on CPU) or "fp32"
 
     @property
     def on_cuda(self) -> bool:
@@ -43,18 +44,54 @@ class Device:
         return getattr(torch, self.dtype_name)
 
 
+# CPU flags (as /proc/cpuinfo spells them) of native bf16 matrix instructions: AVX-512 BF16 (AMD Zen 4+, Intel
+# Cooper Lake+) and AMX (Intel Sapphire Rapids+). Without them bf16 on CPU is emulated, and slower than fp32.
+CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """This CPU's feature flags (the first ``flags`` line of /proc/cpuinfo; empty where there is none, e.g. macOS)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def resolve_precision(requested: str, *, on_cuda: bool, cuda_bf16: bool, flags: set[str] | frozenset[str]) -> str:
+    """``finetune.precision`` as trained: "bf16" or "fp32".
+
+    ``auto`` is bf16 on a CUDA GPU with bf16 support and on a CPU whose ``flags`` include a native bf16 instruction
+    (:data:`CPU_BF16_FLAGS`), else fp32. An explicit choice is kept, except bf16 on a GPU without it (an error).
+    """
+    if requested not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"finetune.precision must be auto, bf16 or fp32, not {requested!r}")
+    if requested == "bf16" and on_cuda and not cuda_bf16:
+        raise UnsupportedDeviceError("finetune.precision is 'bf16' but this GPU does not support bfloat16")
+    if requested != "auto":
+        return requested
+    supported = cuda_bf16 if on_cuda else bool(CPU_BF16_FLAGS & set(flags))
+    return "bf16" if supported else "fp32"
+
+
 def detect_device(
     requested: str = "auto",
     quantization: str = "none",
     lora_enabled: bool = True,
     *,
+    precision: str = "auto",
     cuda_available: bool | None = None,
     bf16_supported: bool | None = None,
+    flags: set[str] | frozenset[str] | None = None,
 ) -> Device:
-    """CUDA with bf16 when present (``auto``), else CPU in float32; QLoRA only on CUDA with bitsandbytes.
+    """CUDA when present (``auto``), else CPU; bf16 or fp32 per :func:`resolve_precision`; QLoRA only on CUDA with
+    bitsandbytes. On CUDA bf16 the weights load in bf16; on CPU they stay fp32 and the trainer autocasts to bf16.
 
-    ``cuda_available`` and ``bf16_supported`` default to asking torch; passing them lets a test check both choices on
-    any machine.
+    ``cuda_available``, ``bf16_supported`` and ``flags`` (the CPU's) default to asking torch and /proc/cpuinfo;
+    passing them lets a test check every choice on any machine.
     """
     import torch
 
@@ -75,9 +112,13 @@ def detect_device(
         except ImportError as error:
             raise UnsupportedDeviceError("QLoRA needs the bitsandbytes package on the GPU worker") from error
     if not use_cuda:
-        return Device("cpu", "float32")
+        chosen = resolve_precision(
+            precision, on_cuda=False, cuda_bf16=False, flags=cpu_flags() if flags is None else flags
+        )
+        return Device("cpu", "float32", chosen)
     bf16 = torch.cuda.is_bf16_supported() if bf16_supported is None else bf16_supported
-    return Device("cuda", "bfloat16" if bf16 else "float32")
+    chosen = resolve_precision(precision, on_cuda=True, cuda_bf16=bf16, flags=frozenset())
+    return Device("cuda", "bfloat16" if chosen == "bf16" else "float32", chosen)
 
 
 def is_main_process() -> bool:

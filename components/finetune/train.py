@@ -3,6 +3,8 @@
 Each call becomes a conversational prompt-completion example (prompt = the cluster's compact prompt, see
 components/slm/prompt_pruning.py; completion = the LLM's response as :func:`render_target` writes it), so the loss
 falls on the response only. LoRA is a switch (off: full fine-tune, same code path), QLoRA a second one (CUDA only).
+Precision (``precision``) is bf16 mixed precision where the hardware has native bf16 (CUDA, or a CPU with
+AVX-512 BF16/AMX: torch autocast over fp32 weights), else fp32; the same trainer either way.
 A seeded share of the calls is held out for early stopping on eval loss; checkpoints let a killed run resume, and
 a fingerprint in the output folder lets an identical finished run be skipped (components/finetune/runs.py).
 Experiment tracking is the caller's job; this module reports the figures through :class:`FinetuneResult`.
@@ -89,6 +91,9 @@ class FinetuneConfig(StepConfig):
     prompt_pruning: PruningSettings = PruningSettings()
     quantization: Literal["none", "4bit"] = "none"  # 4bit = QLoRA, CUDA only
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    # auto: bf16 mixed precision on a CUDA GPU with bf16 and on a CPU with native bf16 (avx512_bf16/amx_bf16), else
+    # fp32 (components/finetune/runs.py resolve_precision); the one used is reported per cluster
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     learning_rate: float = 1.0e-3
     max_steps: int = 24  # -1 trains num_train_epochs instead
     num_train_epochs: float = 1
@@ -147,14 +152,19 @@ def config_for_cluster(cfg: FinetuneConfig, cluster_id: int | str) -> FinetuneCo
 
 # Settings added after runs were fingerprinted, at the value that trains as before: left out of the fingerprint
 # while at that value, so a finished run stays reusable after an upgrade.
-_LATER_SETTINGS = {("early_stopping", "metric"): "eval_loss"}
+# A key of one part is a top-level setting. (``precision: auto`` is hardware-dependent, like ``device: auto``.)
+_LATER_SETTINGS = {("early_stopping", "metric"): "eval_loss", ("precision",): "auto"}
 
 
 def training_settings(cfg: FinetuneConfig) -> dict[str, Any]:
     settings = {key: value for key, value in cfg.model_dump(mode="json").items() if key not in _NOT_TRAINING}
-    for (section, key), unchanged in _LATER_SETTINGS.items():
-        if settings[section].get(key) == unchanged:
-            settings[section] = {k: v for k, v in settings[section].items() if k != key}
+    for path, unchanged in _LATER_SETTINGS.items():
+        *sections, key = path
+        parent = settings
+        for section in sections:
+            parent = parent[section]
+        if parent.get(key) == unchanged:
+            del parent[key]
     return settings
 
 
@@ -179,7 +189,8 @@ class FinetuneResult:
     prompt_spec: dict[str, Any] | None = None
     prompt_tokens: dict[str, Any] | None = None  # tokens per call before/after the spec, calls over max_length
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "float32"  # of the weights as loaded
+    precision: str = "fp32"  # the trainer's compute: "bf16" (mixed precision) or "fp32"
     fingerprint: str = ""
     resumed_from_step: int | None = None  # the checkpoint an interrupted run went on from
     reused: bool = False  # a finished run with the same fingerprint was found: nothing trained
@@ -250,7 +261,7 @@ def build_trainer(
     from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    device = device or detect_device(cfg.device, cfg.quantization, cfg.lora.enabled)
+    device = device or detect_device(cfg.device, cfg.quantization, cfg.lora.enabled, precision=cfg.precision)
     set_seed(cfg.seed)  # before the model exists: LoRA's A matrices are drawn at wrapping time
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(base_folder)
     if tokenizer.pad_token is None:
@@ -283,7 +294,7 @@ def build_trainer(
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not device.on_cuda,
-        bf16=device.dtype_name == "bfloat16",
+        bf16=device.precision == "bf16",  # mixed precision: torch autocast on CPU, bf16 weights on CUDA
         optim="adamw_torch_fused" if device.on_cuda else "adamw_torch",
         # Checkpoints make a killed run resumable; with a validation split they are also the early-stopping points.
         eval_strategy="steps" if validating else "no",
@@ -369,7 +380,7 @@ def finetune(
     began = time.perf_counter()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    device = detect_device(cfg.device, cfg.quantization, cfg.lora.enabled)
+    device = detect_device(cfg.device, cfg.quantization, cfg.lora.enabled, precision=cfg.precision)
     base_folder = prepare_model(base_reference)
     if eval_records is None:
         train_records, eval_records = split_validation(
@@ -404,6 +415,8 @@ def finetune(
                 if folder and Path(folder).is_dir():
                     save_prompt_spec(spec, Path(folder))
             mark_finished(output_dir, fingerprint, previous)
+        # A run of an older release did not record its precision: it trained in bf16 exactly when it loaded bf16.
+        previous.setdefault("precision", "bf16" if previous.get("dtype") == "bfloat16" else "fp32")
         return FinetuneResult(**{**previous, "reused": True})
 
     checkpoints = checkpoint_dir or output_dir.with_name(f"{output_dir.name}.checkpoints")
@@ -438,6 +451,7 @@ def finetune(
         prompt_tokens=prompt_tokens,
         device=device.kind,
         dtype=device.dtype_name,
+        precision=device.precision,
         fingerprint=fingerprint,
         resumed_from_step=int(Path(resume_from).name.split("-")[-1]) if resume_from else None,
     )

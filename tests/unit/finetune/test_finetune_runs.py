@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from components.core.schema import CallRecord, ChatMessage
-from components.finetune.runs import Device, UnsupportedDeviceError, detect_device, split_validation
+from components.finetune.runs import (
+    Device,
+    UnsupportedDeviceError,
+    cpu_flags,
+    detect_device,
+    resolve_precision,
+    split_validation,
+)
 from components.finetune.train import FinetuneConfig, LoraSettings, build_trainer, config_for_cluster, finetune
 from components.slm import build_messages, generate, load_model
 from components.slm.prompt_pruning import (
@@ -170,6 +177,9 @@ def test_a_setting_added_later_at_its_old_behaviour_keeps_finished_runs_reusable
     assert "metric" not in training_settings(tiny_config())["early_stopping"]  # fingerprints from before it match
     changed = training_settings(tiny_config(early_stopping=EarlyStopping(metric="eval_mean_token_accuracy")))
     assert changed["early_stopping"]["metric"] == "eval_mean_token_accuracy"
+    # precision: auto (the same settings on any hardware, like device: auto) leaves fingerprints as they were.
+    assert "precision" not in training_settings(tiny_config())
+    assert training_settings(tiny_config(precision="fp32"))["precision"] == "fp32"
 
 
 def test_killed_run_resumes_and_a_finished_run_is_not_repeated(
@@ -209,9 +219,12 @@ def test_killed_run_resumes_and_a_finished_run_is_not_repeated(
 
 
 def test_device_choice_without_cuda() -> None:
-    device = detect_device(cuda_available=False)
-    assert (device.kind, device.dtype_name) == ("cpu", "float32")
-    assert detect_device("cpu", cuda_available=False) == device
+    device = detect_device(cuda_available=False, flags=set())
+    assert (device.kind, device.dtype_name, device.precision) == ("cpu", "float32", "fp32")
+    assert detect_device("cpu", cuda_available=False, flags=set()) == device
+    # A CPU with native bf16 trains in bf16 mixed precision over fp32 weights.
+    assert detect_device(cuda_available=False, flags={"avx512f", "avx512_bf16"}) == Device("cpu", "float32", "bf16")
+    assert detect_device(cuda_available=False, precision="fp32", flags={"avx512_bf16"}).precision == "fp32"
     with pytest.raises(UnsupportedDeviceError, match="QLoRA .* needs a CUDA GPU"):
         detect_device(quantization="4bit", cuda_available=False)
     with pytest.raises(UnsupportedDeviceError, match="no CUDA GPU"):
@@ -220,12 +233,42 @@ def test_device_choice_without_cuda() -> None:
 
 def test_device_choice_with_cuda() -> None:
     device = detect_device(cuda_available=True, bf16_supported=True)
-    assert (device.kind, device.dtype_name, device.on_cuda) == ("cuda", "bfloat16", True)
-    assert detect_device("cuda", cuda_available=True, bf16_supported=False) == Device("cuda", "float32")
+    assert (device.kind, device.dtype_name, device.precision, device.on_cuda) == ("cuda", "bfloat16", "bf16", True)
+    assert detect_device("cuda", cuda_available=True, bf16_supported=False) == Device("cuda", "float32", "fp32")
+    assert detect_device(precision="fp32", cuda_available=True, bf16_supported=True) == Device("cuda", "float32")
     # Asking for the CPU wins over a visible GPU.
-    assert detect_device("cpu", cuda_available=True, bf16_supported=True) == Device("cpu", "float32")
+    assert detect_device("cpu", cuda_available=True, bf16_supported=True, flags=set()) == Device("cpu", "float32")
     with pytest.raises(ValueError, match="set finetune.lora.enabled"):
         detect_device(quantization="4bit", lora_enabled=False, cuda_available=True)
+
+
+@pytest.mark.parametrize(
+    ("requested", "on_cuda", "cuda_bf16", "flags", "expected"),
+    [
+        ("auto", False, False, {"avx512f", "avx512_bf16"}, "bf16"),  # AMD Zen 4+, Intel Cooper Lake+
+        ("auto", False, False, {"amx_bf16", "amx_tile"}, "bf16"),  # Intel Sapphire Rapids+
+        ("auto", False, False, {"avx512f", "avx2", "fma"}, "fp32"),  # AVX-512 without bf16: emulated, slower
+        ("auto", False, False, set(), "fp32"),  # flags unknown (no /proc/cpuinfo)
+        ("auto", True, True, set(), "bf16"),
+        ("auto", True, False, {"avx512_bf16"}, "fp32"),  # on a GPU the GPU decides, not the CPU's flags
+        ("fp32", False, False, {"avx512_bf16"}, "fp32"),
+        ("fp32", True, True, set(), "fp32"),
+        ("bf16", False, False, set(), "bf16"),  # asked for: kept (autocast runs, emulated)
+    ],
+)
+def test_precision_resolution(requested: str, on_cuda: bool, cuda_bf16: bool, flags: set, expected: str) -> None:
+    assert resolve_precision(requested, on_cuda=on_cuda, cuda_bf16=cuda_bf16, flags=flags) == expected
+
+
+def test_precision_errors_and_cpu_flags(tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedDeviceError, match="does not support bfloat16"):
+        resolve_precision("bf16", on_cuda=True, cuda_bf16=False, flags=set())
+    with pytest.raises(ValueError, match="auto, bf16 or fp32"):
+        resolve_precision("fp16", on_cuda=False, cuda_bf16=False, flags=set())
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx512f avx512_bf16\n\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse2", "avx512f", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == set()
 
 
 def test_finetune_refuses_qlora_without_cuda(

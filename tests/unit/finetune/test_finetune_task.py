@@ -108,12 +108,13 @@ def test_task_trains_logs_and_then_reuses_the_finished_adapter(tiny_model_dir, r
         max_steps=2,
         max_length=256,
         lora=LoraSettings(r=4, alpha=8, dropout=0.0),
-        overrides={"0": {"learning_rate": 5e-3}},
+        overrides={"0": {"learning_rate": 5e-3, "precision": "bf16"}},
     )
 
     first = finetune_task.fn(cfg, tmp_path, TrackingConfig(experiment="s5"))
     (entry,) = first["clusters"]
     assert first["skipped"][0]["cluster_id"] == 1 and not entry["reused"] and entry["steps"] == 2
+    assert (entry["device"], entry["dtype"], entry["precision"]) == ("cpu", "float32", "bf16")  # autocast on CPU
     assert entry["prompt_spec"]["tools"] == "dropped" and len(entry["data_version"]["train_split_sha256"]) == 64
     assert (Path(entry["adapter_dir"]) / "prompt_spec.json").exists()
     assert json.loads((tmp_path / "reports/finetune.json").read_text()) == json.loads(json.dumps(first))
@@ -124,5 +125,6 @@ def test_task_trains_logs_and_then_reuses_the_finished_adapter(tiny_model_dir, r
     runs = mlflow.search_runs(experiment_names=["s5"], order_by=["start_time ASC"])
     assert list(runs["params.cluster_0.learning_rate"]) == ["0.005", "0.005"]  # the override, as trained
     assert list(runs["metrics.cluster_0.reused"]) == [0.0, 1.0]
+    assert list(runs["params.cluster_0.precision_used"]) == ["bf16", "bf16"]
     history = mlflow.tracking.MlflowClient().get_metric_history(runs.run_id[0], "cluster_0.train_loss")
     assert [metric.step for metric in history] == [1, 2]

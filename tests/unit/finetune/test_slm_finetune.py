@@ -194,6 +194,29 @@ def test_finetune_trains_lora_and_the_adapter_loads_and_generates(
     assert all(g.latency_ms > 0 and g.prompt_tokens > 0 and 0 < g.completion_tokens <= 8 for g in generations)
 
 
+def test_lora_trains_under_bf16_mixed_precision_on_cpu(
+    tiny_model_dir: str, records: list[CallRecord], tmp_path: Path
+) -> None:
+    import torch
+
+    trainer = build_trainer(tiny_model_dir, records, tiny_config(precision="bf16", device="cpu"), tmp_path)
+    assert trainer.args.bf16 and trainer.args.use_cpu
+    lora = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if "lora_" in name}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())  # fp32 master weights
+    projection_dtypes: list[torch.dtype] = []
+    layer = trainer.model.get_base_model().model.layers[0].self_attn.q_proj
+    layer.register_forward_hook(lambda module, args, output: projection_dtypes.append(output.dtype))
+
+    trainer.train()
+
+    # The projections computed in bf16 (autocast), and every LoRA matrix moved (lora_B starts at zero).
+    assert projection_dtypes and set(projection_dtypes) == {torch.bfloat16}
+    after = dict(trainer.model.named_parameters())
+    assert all(after[name].dtype == torch.float32 for name in lora)
+    assert all(not torch.equal(before, after[name].detach()) for name, before in lora.items())
+    assert all(torch.isfinite(after[name]).all() for name in lora)
+
+
 def test_full_finetune_when_lora_is_disabled(tiny_model_dir: str, records: list[CallRecord], tmp_path: Path) -> None:
     config = tiny_config(max_steps=1, lora=LoraSettings(enabled=False))
     result = finetune(tiny_model_dir, records[:4], config, tmp_path / "full")
