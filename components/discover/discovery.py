@@ -124,13 +124,18 @@ def cluster_embeddings(
     return _cluster_embeddings(embeddings, cfg.umap, cfg.hdbscan, cfg.seed, reducer, clusterer)
 
 
+def decision_size(cfg: DiscoverConfig) -> int:
+    """The fewest calls a cluster needs for a parity decision: ``min_test_calls`` held out, ``min_train_calls`` kept."""
+    return cfg.min_test_calls + cfg.min_train_calls
+
+
 def held_out_target(n: int, cfg: DiscoverConfig) -> int:
     """How many of a cluster's ``n`` calls to hold out: enough to judge parity (``max(test_fraction * n,
     min_test_calls)``, at most ``max_test_per_cluster``) while ``min_train_calls`` stay for training; a cluster too
     small for both keeps the plain fraction (at least one call, never all), and is reported as undecidable later."""
     fraction = max(1, round(cfg.test_fraction * n))
     wanted = min(cfg.max_test_per_cluster, max(cfg.min_test_calls, fraction))
-    if n - cfg.min_train_calls >= cfg.min_test_calls:
+    if n >= decision_size(cfg):
         return min(wanted, n - cfg.min_train_calls)
     return min(fraction, cfg.max_test_per_cluster, n - 1)
 
@@ -327,7 +332,7 @@ def discover(
         cfg.fitness,
         cfg.min_cluster_size_to_convert,
     )
-    mark_for_conversion(clusters, cfg.max_clusters_to_convert, cfg.min_test_calls + cfg.min_train_calls)
+    mark_for_conversion(clusters, cfg.max_clusters_to_convert, decision_size(cfg))
     assignments = pd.DataFrame(
         {
             "record_id": record_ids,
