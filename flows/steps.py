@@ -39,7 +39,7 @@ STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("curated", "clusters", "splits", "ground_truth", "catalog"),
         ("leaderboard", "leaderboard_table", "metrics", "predictions", "candidate_predictions"),
     ),
-    "finetune": (("curated", "splits", "leaderboard"), ("output_dir", "summary")),
+    "finetune": (("curated", "splits", "leaderboard"), ("output_dir", "training_sets", "summary")),
     "evaluate": (
         (
             "curated",
@@ -110,6 +110,8 @@ SHARED_VALUES: dict[tuple[str, str], tuple[str, Callable[[dict[str, Any]], Any]]
         lambda p: load_section(p, "discover", DiscoverConfig).model_dir,
     ),
     ("evaluate", "finetune"): ("the finetune: section", lambda p: load_section(p, "finetune", FinetuneConfig)),
+    # teacher output (finetune.synthesis) is anonymized by S2's own settings
+    ("finetune", "anonymize"): ("the anonymize: section", lambda p: load_section(p, "anonymize", AnonymizeConfig)),
 }
 
 

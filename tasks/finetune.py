@@ -10,6 +10,7 @@ Under ``accelerate launch`` (several GPUs) every rank trains; only rank 0 logs a
 from __future__ import annotations
 
 import json
+from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,9 +20,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.core.config import resolve
-from components.core.schema import read_records, split_records
+from components.core.schema import CallRecord, read_records, split_records, write_records
+from components.curate.anonymize import Anonymizer, anonymize_records, load_deny_list
+from components.finetune.dataset import TrainingSet, build_training_set, origin_of
 from components.finetune.runs import UnsupportedDeviceError, dvc_md5s, is_main_process, records_sha256
 from components.finetune.train import FinetuneConfig, FinetuneResult, config_for_cluster, finetune, training_settings
+from tasks.helpers.evaluation_log import log_dataset
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import log_adapter_model
 from tasks.helpers.tracking import TrackingConfig, flatten, log_json_artifact, step_run
@@ -35,6 +39,30 @@ def _step_reporter(label: str):
         progress(step, total)
 
     return report
+
+
+def _teacher_anonymizer(cfg: FinetuneConfig, workdir: Path):
+    """S2's anonymization for teacher output (S2's curation already holds for it: it is verified on the way in)."""
+    if cfg.anonymize is None:
+        raise ValueError(
+            "finetune.synthesis is on but no anonymize section was given: teacher output must be anonymized"
+        )
+    section = cfg.anonymize
+    deny_list = load_deny_list(resolve(workdir, section.deny_list_file)) if section.deny_list_file else None
+    anonymizer = Anonymizer(section, deny_list=deny_list)
+
+    def anonymize(records: list[CallRecord]) -> list[CallRecord]:
+        return anonymize_records(records, section, anonymizer=anonymizer)[0]
+
+    return anonymize
+
+
+def _write_training_set(training: TrainingSet, path: Path) -> pd.DataFrame:
+    """The cluster's examples (``metadata.use``: train) and validation calls (``validation``), with their origin."""
+    rows = [r.model_copy(update={"metadata": {**r.metadata, "use": "train"}}) for r in training.examples]
+    rows += [r.model_copy(update={"metadata": {**r.metadata, "use": "validation"}}) for r in training.validation]
+    write_records(rows, path)
+    return pd.read_parquet(path)
 
 
 def retry_on_interrupted_training(task, task_run, state) -> bool:
@@ -93,6 +121,7 @@ def finetune_task(
         splits = pd.read_parquet(resolve(workdir, cfg.splits))
         leaderboard = json.loads(resolve(workdir, cfg.leaderboard).read_text())
         inputs_md5 = dvc_md5s(workdir, [cfg.curated, cfg.splits])
+        anonymize = _teacher_anonymizer(cfg, workdir) if cfg.synthesis.enabled else None
         trained, skipped = [], []
         for cluster in leaderboard["clusters"]:
             cluster_id = cluster["cluster_id"]
@@ -107,16 +136,32 @@ def finetune_task(
                 continue
             cluster_cfg = config_for_cluster(cfg, cluster_id)
             train_records = split_records(records, splits, cluster_id, "train")
+            held_out = split_records(records, splits, cluster_id, "test")
+            training = build_training_set(
+                train_records,
+                [r.user_request for r in held_out],
+                validation_fraction=cluster_cfg.validation_fraction,
+                min_validation_records=cluster_cfg.min_validation_records,
+                min_records_for_validation=cluster_cfg.min_records_for_validation,
+                seed=cluster_cfg.seed,
+                augmentation=cluster_cfg.augmentation,
+                synthesis=cluster_cfg.synthesis,
+                anonymize=anonymize,
+                progress=Progress(f"S5 cluster #{cluster_id} teacher"),
+            )
+            set_path = resolve(workdir, cfg.training_sets) / f"cluster_{cluster_id}.parquet"
+            set_frame = _write_training_set(training, set_path) if main else None
             say(
-                f"S5 finetune: cluster #{cluster_id} '{cluster['label']}', {len(train_records)} calls, "
-                f"base {cluster['selected']}"
+                f"S5 finetune: cluster #{cluster_id} '{cluster['label']}', {len(train_records)} logged calls, "
+                f"{len(training.examples)} training examples {training.examples_by_origin}, base {cluster['selected']}"
             )
             try:
                 result = finetune(
                     cluster["selected_ref"],
-                    train_records,
+                    training.examples,
                     cluster_cfg,
                     resolve(workdir, cfg.output_dir) / f"cluster_{cluster_id}",
+                    eval_records=training.validation,
                     progress_callback=_step_reporter(f"S5 cluster #{cluster_id}"),
                     checkpoint_dir=resolve(workdir, cfg.checkpoint_dir) / f"cluster_{cluster_id}",
                 )
@@ -140,13 +185,21 @@ def finetune_task(
             if not main:
                 continue
             data_version = {"train_split_sha256": records_sha256(train_records), "dvc_md5": inputs_md5}
+            left_out = set(result.too_long_record_ids)
+            by_origin = dict(Counter(origin_of(r) for r in training.examples if r.record_id not in left_out))
             _log_cluster_run(f"cluster_{cluster_id}", cluster_cfg, result, data_version)
+            mlflow.log_metrics({f"cluster_{cluster_id}.examples.{o}": float(n) for o, n in by_origin.items()})
+            log_dataset(set_frame, f"cluster_{cluster_id}_training_set", set_path, context="training")
             model_uri = log_adapter_model(f"cluster-{cluster_id}", Path(result.adapter_dir), result.base_model)
             trained.append(
                 {
                     "cluster_id": cluster_id,
                     "label": cluster["label"],
                     "n_train": result.n_train,
+                    "examples_by_origin": by_origin,
+                    "augmentation": training.augmentation,
+                    "synthesis": training.synthesis,
+                    "training_set": str(set_path),
                     "n_validation": len(result.validation_record_ids),
                     "too_long_record_ids": result.too_long_record_ids,
                     "base_model": result.base_model,
@@ -158,6 +211,9 @@ def finetune_task(
                     "train_loss": result.train_loss,
                     "eval_loss": result.eval_loss,
                     "seconds": round(result.seconds, 1),
+                    "train_tokens_per_second": round(result.trained_tokens / result.seconds, 1)
+                    if result.seconds
+                    else None,
                     "mean_tokens_per_call": round(result.mean_tokens_per_call, 1),
                     "prompt_spec": result.prompt_spec,
                     "prompt_tokens": result.prompt_tokens,

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
+from components.curate.anonymize import AnonymizeConfig
+from components.finetune.augment import AugmentationSettings
 from components.finetune.runs import (
     Device,
     detect_device,
@@ -34,6 +36,7 @@ from components.finetune.runs import (
     run_fingerprint,
     split_validation,
 )
+from components.finetune.synthesis import SynthesisSettings
 from components.slm import (
     answer_token_budget,
     build_messages,
@@ -86,6 +89,7 @@ class FinetuneConfig(StepConfig):
     leaderboard: str = "reports/leaderboard.json"
     output_dir: str = "models/adapters"
     summary: str = "reports/finetune.json"
+    training_sets: str = "data/training"  # one Parquet of examples per cluster, each with its metadata.origin
     checkpoint_dir: str = "models/checkpoints"  # not a DVC output: it must survive a killed `dvc repro`
     lora: LoraSettings = LoraSettings()
     prompt_pruning: PruningSettings = PruningSettings()
@@ -114,6 +118,10 @@ class FinetuneConfig(StepConfig):
     seed: int = 42
     retries: int = 1  # Prefect retries of the step; a retried run resumes from its last checkpoint
     dispatch: Dispatch = Dispatch()
+    augmentation: AugmentationSettings = AugmentationSettings()  # components/finetune/augment.py
+    synthesis: SynthesisSettings = SynthesisSettings()  # components/finetune/synthesis.py
+    # S2's section, so teacher output is anonymized exactly as logged calls are (set from params.yaml's anonymize:)
+    anonymize: AnonymizeConfig | None = None
     overrides: dict[str, dict[str, Any]] = {}  # cluster id -> settings that differ for that cluster
 
 
@@ -124,6 +132,8 @@ _NOT_TRAINING = {
     "leaderboard",
     "output_dir",
     "summary",
+    "training_sets",
+    "anonymize",
     "checkpoint_dir",
     "retries",
     "dispatch",
@@ -153,7 +163,13 @@ def config_for_cluster(cfg: FinetuneConfig, cluster_id: int | str) -> FinetuneCo
 # Settings added after runs were fingerprinted, at the value that trains as before: left out of the fingerprint
 # while at that value, so a finished run stays reusable after an upgrade.
 # A key of one part is a top-level setting. (``precision: auto`` is hardware-dependent, like ``device: auto``.)
-_LATER_SETTINGS = {("early_stopping", "metric"): "eval_loss", ("precision",): "auto"}
+# Augmentation and synthesis act through the examples they add, which the fingerprint hashes anyway.
+_LATER_SETTINGS = {
+    ("early_stopping", "metric"): "eval_loss",
+    ("precision",): "auto",
+    ("augmentation",): AugmentationSettings().model_dump(mode="json"),
+    ("synthesis",): SynthesisSettings().model_dump(mode="json"),
+}
 
 
 def training_settings(cfg: FinetuneConfig) -> dict[str, Any]:
