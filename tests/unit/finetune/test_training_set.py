@@ -32,12 +32,13 @@ def test_validation_is_carved_from_logged_calls_before_augmentation():
     training = build_training_set(
         LOGGED,
         [],
-        validation_fraction=0.2,
-        min_validation_records=4,
-        min_records_for_validation=20,
-        seed=1,
-        augmentation=AugmentationSettings(enabled=True, copies=2),
-        synthesis=SynthesisSettings(),
+        FinetuneConfig(
+            validation_fraction=0.2,
+            min_validation_records=4,
+            min_records_for_validation=20,
+            seed=1,
+            augmentation=AugmentationSettings(enabled=True, copies=2),
+        ),
     )
     validation_ids = {r.record_id for r in training.validation}
     augmented = [r for r in training.examples if r.metadata["origin"] == "augmented"]
@@ -52,12 +53,7 @@ def test_synthesis_without_an_anonymizer_is_refused():
         build_training_set(
             LOGGED,
             [],
-            validation_fraction=0.0,
-            min_validation_records=0,
-            min_records_for_validation=0,
-            seed=1,
-            augmentation=AugmentationSettings(),
-            synthesis=SynthesisSettings(enabled=True, base_url="http://127.0.0.1:9/v1", model="m"),
+            FinetuneConfig(synthesis=SynthesisSettings(enabled=True, base_url="http://127.0.0.1:9/v1", model="m")),
         )
 
 
@@ -99,3 +95,23 @@ def test_task_writes_the_training_set_and_no_held_out_text_reaches_it(tiny_model
     assert entry["n_train"] == 24 and entry["train_tokens_per_second"] > 0
     text = json.dumps([r.model_dump(mode="json") for r in written])
     assert not any(city in text for city in ("Reykjavik", "Nairobi", "Hanoi"))
+
+
+def test_a_spent_time_budget_leaves_the_cluster_untrained_with_the_reason(tiny_model_dir, tmp_path, monkeypatch):
+    from tasks.finetune import finetune_task
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    write_records(LOGGED[:4], tmp_path / "data/curated/records.parquet")
+    write_table(
+        pd.DataFrame({"record_id": [r.record_id for r in LOGGED[:4]], "cluster_id": 0, "split": "train"}),
+        tmp_path / "data/splits/splits.parquet",
+    )
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/leaderboard.json").write_text(
+        json.dumps({"clusters": [{"cluster_id": 0, "label": "w", "selected": "tiny", "selected_ref": tiny_model_dir}]})
+    )
+    summary = finetune_task.fn(FinetuneConfig(time_budget_minutes=0), tmp_path, TrackingConfig(experiment="s5-b"))
+    assert summary["clusters"] == []
+    (left,) = summary["skipped"]
+    assert left["cluster_id"] == 0 and "finetune.time_budget_minutes" in left["reason"]
+    assert not (tmp_path / "models/adapters/cluster_0").exists()

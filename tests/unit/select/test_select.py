@@ -292,3 +292,35 @@ def test_select_task_with_a_tiny_model_writes_the_leaderboard_files_and_mlflow_t
     [run] = client.search_runs([client.get_experiment_by_name(tracking.experiment).experiment_id])
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"leaderboard.csv", "leaderboard_table.json", "leaderboard.json"} <= artifacts
+
+
+def test_clusters_go_in_s3s_conversion_order_and_a_spent_time_budget_leaves_the_rest_with_the_reason(monkeypatch):
+    import types
+
+    import components.core.budget
+
+    now = [0.0]
+    monkeypatch.setattr(components.core.budget, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    records = {**RECORDS, **{f"s{i}": call(f"s{i}", city) for i, city in enumerate(["Kyiv", "Baku", "Riga"])}}
+    splits = pd.concat(
+        [SPLITS, pd.DataFrame({"record_id": ["s0", "s1", "s2"], "cluster_id": 2, "split": ["train", "test", "test"]})]
+    )
+    clusters = [
+        {"cluster_id": 0, "label": "weather", "output_kind": "tool_call", "convert": True, "conversion_rank": 2},
+        {"cluster_id": 2, "label": "weather east", "output_kind": "tool_call", "convert": True, "conversion_rank": 1},
+    ]
+    seen: list = []
+    answer = answerer(seen)
+
+    def slow_answer(*args, **kwargs):  # each benchmark takes five minutes of the (fake) clock
+        now[0] += 300
+        return answer(*args, **kwargs)
+
+    cfg, catalog = config("good", "weak", modes=["zero_shot"], time_budget_minutes=4)
+    result = benchmark_candidates(records, clusters, splits, cfg, catalog, slow_answer, parse)
+    first, second = result.leaderboard["clusters"]
+    assert (first["cluster_id"], second["cluster_id"]) == (2, 0)  # rank 1 first, whatever the ids
+    assert first["selected"] == "good" and len(first["results"]) == 1  # "weak" started after the budget was spent
+    assert second["selected"] is None and second["results"] == []
+    assert "S4 time budget (4 min) spent" in second["reason"] and "select.time_budget_minutes" in second["reason"]
+    assert [ids for _, _, ids in seen] == [["s1", "s2"]]  # cluster 0's calls were never answered
