@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from components.core.clusters import registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_table
-from components.evaluate.entry import evaluation_entry, per_call_rows, score_answers
+from components.evaluate.entry import evaluate_cluster, score_answers
 from components.evaluate.evaluation import EvaluateConfig, write_markdown_summary, write_report
 from components.evaluate.learning_curve import CurvePoint, below_parity, learning_curve
 from components.evaluate.router_config import offered_tools, router_config, write_router_config
@@ -133,7 +133,7 @@ def evaluate_task(
                 adapter_dir=model["adapter_dir"],
                 constrain_tool_calls=cfg.constrained_decoding,
             )
-            entry = evaluation_entry(
+            entry, rows = evaluate_cluster(
                 cluster,
                 model["n_train"],
                 test_records,
@@ -149,7 +149,7 @@ def evaluate_task(
                 )
                 log_learning_curve(cluster_id, entry["primary_metric"], entry["learning_curve"])
                 say(f"S6 evaluate: cluster #{cluster_id}: {entry['learning_curve']['verdict']}")
-            call_rows += per_call_rows(cluster, test_records, base_answers, tuned_answers)
+            call_rows += rows
             reason, promoted = entry["promotion_reason"], entry["promoted"]
             name = registered_name(cfg.registered_model_prefix, cluster_id)
             alias = CHAMPION if promoted else CHALLENGER
