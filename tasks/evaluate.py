@@ -22,12 +22,12 @@ from components.evaluate.learning_curve import CurvePoint, below_parity, learnin
 from components.evaluate.router_config import offered_tools, router_config, write_router_config
 from components.evaluate.summary import CollectedCall, run_summary
 from components.finetune.train import config_for_cluster, finetune
+from components.slm.generation import generate_answers
 from tasks.helpers.evaluation_log import log_evaluation_inputs, log_per_call_results
-from tasks.helpers.progress import say
+from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import CHALLENGER, CHAMPION, register_challenger
 from tasks.helpers.retries import retry_on_transient_io
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
-from tasks.select import generate_answers
 
 
 def metrics_view(entries: list[dict]) -> dict:
@@ -65,7 +65,7 @@ def cluster_learning_curve(
             test_records,
             cfg.max_new_tokens,
             cfg.batch_size,
-            f"S6 cluster #{cluster_id} curve n={result.n_train}",
+            Progress(f"S6 cluster #{cluster_id} curve n={result.n_train}", len(test_records)),
             adapter_dir=result.adapter_dir,
             constrain_tool_calls=cfg.constrained_decoding,
         )
@@ -129,7 +129,7 @@ def evaluate_task(
                 test_records,
                 cfg.max_new_tokens,
                 cfg.batch_size,
-                f"S6 cluster #{cluster_id}",
+                Progress(f"S6 cluster #{cluster_id}", len(test_records)),
                 adapter_dir=model["adapter_dir"],
                 constrain_tool_calls=cfg.constrained_decoding,
             )

@@ -27,8 +27,8 @@ from components.evaluate.drift import cluster_mix, detect_drift
 from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig, score_pairs
 from components.evaluate.refresh import RefreshConfig, match_cluster_ids, plan_retraining, refresh_splits
 from components.finetune.train import FinetuneConfig
-from tasks import select as select_tasks
-from tasks.helpers.progress import say
+from components.slm.generation import generate_answers
+from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import adapter_of_version, champion_version
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
@@ -180,12 +180,13 @@ def answer_and_score(
     label: str,
 ) -> dict[str, Any]:
     """One model's scores on the fresh held-out calls and on the regression set (one generation pass)."""
-    answers = select_tasks.generate_answers(
+    calls = fresh + regression
+    answers = generate_answers(
         base_model,
-        fresh + regression,
+        calls,
         cfg.max_new_tokens,
         cfg.batch_size,
-        label,
+        Progress(label, len(calls)),
         adapter_dir=adapter_dir,
         constrain_tool_calls=cfg.constrained_decoding,
     )
