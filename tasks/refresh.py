@@ -18,13 +18,13 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components import slm
 from components.core.clusters import registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_records, write_table
 from components.discover.discovery import DiscoverConfig
+from components.evaluate.comparison import score_fresh_and_regression
 from components.evaluate.drift import cluster_mix, detect_drift
-from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig, score_pairs
+from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig
 from components.evaluate.refresh import RefreshConfig, match_cluster_ids, plan_retraining, refresh_splits
 from components.finetune.train import FinetuneConfig
 from components.slm.generation import generate_answers
@@ -190,14 +190,7 @@ def answer_and_score(
         adapter_dir=adapter_dir,
         constrain_tool_calls=cfg.constrained_decoding,
     )
-    parsed = [slm.parse_completion(text) for text, _ in answers]
-    return {
-        "scores": score_pairs([r.response for r in fresh], parsed[: len(fresh)], kind),
-        "regression_scores": (
-            score_pairs([r.response for r in regression], parsed[len(fresh) :], kind) if regression else None
-        ),
-        "latencies_ms": [latency for _, latency in answers[: len(fresh)]],
-    }
+    return score_fresh_and_regression(fresh, regression, answers, kind)
 
 
 def cluster_calls(
