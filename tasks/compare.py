@@ -15,28 +15,21 @@ from prefect.cache_policies import NO_CACHE
 
 from components.core.clusters import registered_name
 from components.core.config import resolve
-from components.evaluate.comparison import COMPARISON_COLUMNS, comparison_rows, quality_cost_plot
-from components.evaluate.evaluation import (
-    PRIMARY_METRIC,
-    EvaluateConfig,
-    llm_cost_per_1k_calls,
-    score_pairs,
-    slm_cost_per_1k_calls,
+from components.evaluate.comparison import (
+    COMPARISON_COLUMNS,
+    comparison_entry,
+    comparison_rows,
+    judge_challenger,
+    quality_cost_plot,
+    selected_base_result,
 )
-from components.evaluate.promotion import GateScores, PromotionPolicy, decide_promotion
+from components.evaluate.evaluation import EvaluateConfig
+from components.evaluate.promotion import PromotionPolicy
 from components.evaluate.refresh import RefreshConfig
 from tasks.helpers.progress import say
 from tasks.helpers.registry import register_challenger
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 from tasks.refresh import answer_and_score, cluster_calls
-
-
-def _regression_score(result: dict | None, metric: str) -> float | None:
-    return (result.get("regression_scores") or {}).get(metric) if result else None
-
-
-def _system(score: float, cost: float, regression: float | None = None, version: str | None = None) -> dict:
-    return {"score": score, "cost_per_1k_calls": cost, "regression_score": regression, "version": version}
 
 
 @task(name="refresh: compare and promote", cache_policy=NO_CACHE)
@@ -60,32 +53,24 @@ def compare_task(
     with step_run("compare", policy, workdir, tracking, parent_run_id):
         for model in trained.get("clusters", []):
             cluster_id = int(model["cluster_id"])
-            cluster, kind = by_id[cluster_id], by_id[cluster_id]["output_kind"]
-            metric = PRIMARY_METRIC[kind]
+            cluster = by_id[cluster_id]
             fresh, regression = cluster_calls(workdir, cfg, clusters, cluster_id)
             challenger = answer_and_score(
-                model["base_model"], model["adapter_dir"], fresh, regression, kind, cfg, f"challenger #{cluster_id}"
+                model["base_model"],
+                model["adapter_dir"],
+                fresh,
+                regression,
+                cluster["output_kind"],
+                cfg,
+                f"challenger #{cluster_id}",
             )
-            champion = champions.get(cluster_id)
-            base = next(
-                (
-                    r
-                    for r in base_of.get(cluster_id, {}).get("results", [])
-                    if r["candidate"] == base_of[cluster_id].get("selected")
-                ),
-                None,
-            )
-            llm_score = score_pairs([r.response for r in fresh], [r.response for r in fresh], kind)[metric]
-            gate = GateScores(
-                llm=llm_score,
-                challenger=challenger["scores"][metric],
-                n_test=len(fresh),
-                champion=champion["scores"][metric] if champion else None,
-                base=base["scores"].get(metric) if base else None,
-                challenger_regression=_regression_score(challenger, metric),
-                champion_regression=_regression_score(champion, metric),
-            )
-            decision = decide_promotion(gate, policy, metric)
+            measured = {
+                "challenger": challenger,
+                "champion": champions.get(cluster_id),
+                "base": selected_base_result(base_of.get(cluster_id)),
+            }
+            verdict = judge_challenger(fresh, cluster["output_kind"], measured, policy)
+            decision = verdict.decision
             name = registered_name(cfg.registered_model_prefix, cluster_id)
             version = register_challenger(
                 model["model_uri"],
@@ -98,50 +83,16 @@ def compare_task(
                 },
                 promote_reason=decision.reason if decision.promote else None,
             )
-            hourly = cfg.slm_hourly_cost_usd
-            entry = {
-                "cluster_id": cluster_id,
-                "label": cluster["label"],
-                "primary_metric": metric,
-                "n_test": len(fresh),
-                "n_regression": len(regression),
-                "n_train": model["n_train"],
-                "promoted": decision.promote,
-                "reason": decision.reason,
-                "checks": decision.checks,
-                "registered_model": {
-                    "name": name,
-                    "version": version,
-                    "alias": "champion" if decision.promote else "challenger",
-                },
-                "systems": {
-                    "llm": _system(llm_score, llm_cost_per_1k_calls(fresh)),
-                    "slm_base": (
-                        _system(
-                            base["scores"].get(metric, 0.0),
-                            slm_cost_per_1k_calls([base.get("latency_ms_p50", 0.0)], hourly),
-                        )
-                        if base
-                        else None
-                    ),
-                    "champion": (
-                        _system(
-                            gate.champion,
-                            slm_cost_per_1k_calls(champion["latencies_ms"], hourly),
-                            gate.champion_regression,
-                            champion["version"],
-                        )
-                        if champion
-                        else None
-                    ),
-                    "challenger": _system(
-                        gate.challenger,
-                        slm_cost_per_1k_calls(challenger["latencies_ms"], hourly),
-                        gate.challenger_regression,
-                        version,
-                    ),
-                },
-            }
+            entry = comparison_entry(
+                cluster,
+                model,
+                fresh,
+                regression,
+                measured,
+                verdict,
+                {"name": name, "version": version},
+                cfg.slm_hourly_cost_usd,
+            )
             entries.append(entry)
             _log_decision(entry, refresh_number, parent_run_id)
             say(f"refresh: cluster #{cluster_id} {name} v{version}: {decision.reason}")

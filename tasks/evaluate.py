@@ -16,18 +16,18 @@ from prefect.cache_policies import NO_CACHE
 from components.core.clusters import registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_table
-from components.evaluate.entry import evaluation_entry, per_call_rows, score_answers
+from components.evaluate.entry import evaluate_cluster, score_answers
 from components.evaluate.evaluation import EvaluateConfig, write_markdown_summary, write_report
 from components.evaluate.learning_curve import CurvePoint, below_parity, learning_curve
 from components.evaluate.router_config import offered_tools, router_config, write_router_config
 from components.evaluate.summary import CollectedCall, run_summary
 from components.finetune.train import config_for_cluster, finetune
+from components.slm.generation import generate_answers
 from tasks.helpers.evaluation_log import log_evaluation_inputs, log_per_call_results
-from tasks.helpers.progress import say
+from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import CHALLENGER, CHAMPION, register_challenger
 from tasks.helpers.retries import retry_on_transient_io
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
-from tasks.select import generate_answers
 
 
 def metrics_view(entries: list[dict]) -> dict:
@@ -65,7 +65,7 @@ def cluster_learning_curve(
             test_records,
             cfg.max_new_tokens,
             cfg.batch_size,
-            f"S6 cluster #{cluster_id} curve n={result.n_train}",
+            Progress(f"S6 cluster #{cluster_id} curve n={result.n_train}", len(test_records)),
             adapter_dir=result.adapter_dir,
             constrain_tool_calls=cfg.constrained_decoding,
         )
@@ -129,11 +129,11 @@ def evaluate_task(
                 test_records,
                 cfg.max_new_tokens,
                 cfg.batch_size,
-                f"S6 cluster #{cluster_id}",
+                Progress(f"S6 cluster #{cluster_id}", len(test_records)),
                 adapter_dir=model["adapter_dir"],
                 constrain_tool_calls=cfg.constrained_decoding,
             )
-            entry = evaluation_entry(
+            entry, rows = evaluate_cluster(
                 cluster,
                 model["n_train"],
                 test_records,
@@ -149,7 +149,7 @@ def evaluate_task(
                 )
                 log_learning_curve(cluster_id, entry["primary_metric"], entry["learning_curve"])
                 say(f"S6 evaluate: cluster #{cluster_id}: {entry['learning_curve']['verdict']}")
-            call_rows += per_call_rows(cluster, test_records, base_answers, tuned_answers)
+            call_rows += rows
             reason, promoted = entry["promotion_reason"], entry["promoted"]
             name = registered_name(cfg.registered_model_prefix, cluster_id)
             alias = CHAMPION if promoted else CHALLENGER

@@ -18,17 +18,22 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components import slm
 from components.core.clusters import registered_name
 from components.core.config import resolve
-from components.core.schema import CallRecord, read_records, split_records, write_records, write_table
+from components.core.schema import CallRecord, read_records, write_records, write_table
 from components.discover.discovery import DiscoverConfig
-from components.evaluate.drift import cluster_mix, detect_drift
-from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig, score_pairs
-from components.evaluate.refresh import RefreshConfig, match_cluster_ids, plan_retraining, refresh_splits
+from components.evaluate.comparison import score_fresh_and_regression
+from components.evaluate.drift import detect_drift
+from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig
+from components.evaluate.refresh import (
+    RefreshConfig,
+    fresh_and_regression_calls,
+    plan_retraining,
+    stabilize_clusters,
+)
 from components.finetune.train import FinetuneConfig
-from tasks import select as select_tasks
-from tasks.helpers.progress import say
+from components.slm.generation import generate_answers
+from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import adapter_of_version, champion_version
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
 
@@ -102,44 +107,12 @@ def stabilize_clusters_task(
             if stable_path.exists()
             else {}
         )
-        mapping = match_cluster_ids(
-            previous, dict(assignments[["record_id", "cluster_id"]].itertuples(index=False)), cfg.min_cluster_overlap
-        )
-        assignments["cluster_id"] = assignments.cluster_id.map(mapping).astype(int)
-        known = state.get("clusters", {})
-        for cluster in clusters:
-            cluster["cluster_id"] = mapping[int(cluster["cluster_id"])]
-            # A cluster with a trained model stays in the conversion, even if others outgrew it.
-            cluster["convert"] = bool(cluster["convert"] or known.get(str(cluster["cluster_id"]), {}).get("trained_on"))
-        regression = {int(k): v["regression_ids"] for k, v in known.items() if v.get("regression_ids")}
-        if state.get("refresh", 0) == 0:  # first refresh: S3's own split, its test calls become regression sets
-            splits["cluster_id"] = splits.cluster_id.map(mapping).astype(int)
-        else:
-            splits = refresh_splits(
-                assignments,
-                set(batch_ids),
-                regression,
-                cfg.max_fresh_test_per_cluster,
-                cfg.seed,
-                int(state.get("refresh", 0)) + 1,
-                {int(k): v["pending_test_ids"] for k, v in known.items() if v.get("pending_test_ids")},
-            )
-        write_table(assignments, resolve(workdir, discover_cfg.assignments))
-        write_table(splits, resolve(workdir, discover_cfg.splits))
-        log_json_artifact(clusters, resolve(workdir, discover_cfg.clusters))
-        write_table(assignments, stable_path)
-        in_batch = assignments[assignments.record_id.isin(set(batch_ids))]
-        result = {
-            "mix_all": cluster_mix(assignments.cluster_id),
-            "mix_batch": cluster_mix(in_batch.cluster_id),
-            "id_mapping": {str(k): v for k, v in mapping.items()},
-            "train_sizes": {
-                int(c): int(n) for c, n in splits[splits.split == "train"].cluster_id.value_counts().items()
-            },
-            "test_ids": {int(c): sorted(g.record_id) for c, g in splits[splits.split == "test"].groupby("cluster_id")},
-            "regression_ids": regression,
-            "clusters": clusters,
-        }
+        stable = stabilize_clusters(assignments, clusters, splits, previous, state, batch_ids, cfg)
+        write_table(stable.assignments, resolve(workdir, discover_cfg.assignments))
+        write_table(stable.splits, resolve(workdir, discover_cfg.splits))
+        log_json_artifact(stable.clusters, resolve(workdir, discover_cfg.clusters))
+        write_table(stable.assignments, stable_path)
+        result = stable.summary
         mlflow.log_dict(
             {"id_mapping": result["id_mapping"], "mix_all": result["mix_all"], "mix_batch": result["mix_batch"]},
             "clusters_mix.json",
@@ -180,33 +153,26 @@ def answer_and_score(
     label: str,
 ) -> dict[str, Any]:
     """One model's scores on the fresh held-out calls and on the regression set (one generation pass)."""
-    answers = select_tasks.generate_answers(
+    calls = fresh + regression
+    answers = generate_answers(
         base_model,
-        fresh + regression,
+        calls,
         cfg.max_new_tokens,
         cfg.batch_size,
-        label,
+        Progress(label, len(calls)),
         adapter_dir=adapter_dir,
         constrain_tool_calls=cfg.constrained_decoding,
     )
-    parsed = [slm.parse_completion(text) for text, _ in answers]
-    return {
-        "scores": score_pairs([r.response for r in fresh], parsed[: len(fresh)], kind),
-        "regression_scores": (
-            score_pairs([r.response for r in regression], parsed[len(fresh) :], kind) if regression else None
-        ),
-        "latencies_ms": [latency for _, latency in answers[: len(fresh)]],
-    }
+    return score_fresh_and_regression(fresh, regression, answers, kind)
 
 
 def cluster_calls(
     workdir: Path, cfg: EvaluateConfig, clusters: dict, cluster_id: int
 ) -> tuple[list[CallRecord], list[CallRecord]]:
-    """A cluster's fresh held-out calls and its regression set."""
+    """A cluster's fresh held-out calls and its regression set, read from the work dir."""
     records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
     splits = pd.read_parquet(resolve(workdir, cfg.splits))
-    regression_ids = clusters["regression_ids"].get(cluster_id) or clusters["regression_ids"].get(str(cluster_id), [])
-    return (split_records(records, splits, cluster_id, "test"), [records[r] for r in regression_ids if r in records])
+    return fresh_and_regression_calls(records, splits, clusters["regression_ids"], cluster_id)
 
 
 @task(name="refresh: score champions", cache_policy=NO_CACHE)

@@ -13,98 +13,15 @@ from prefect.cache_policies import NO_CACHE
 from components import slm
 from components.core.assets import resolve_model_ref
 from components.core.config import resolve
-from components.core.schema import CallRecord, read_records, write_table
+from components.core.schema import read_records, write_table
 from components.scoring.judge import make_judge
 from components.scoring.labels import read_ground_truth
-from components.select.benchmark import (
-    Answer,
-    Answers,
-    SelectConfig,
-    benchmark_candidates,
-    leaderboard_table,
-    metrics_view,
-)
-from components.slm.catalog import CatalogEntry, install_chat_template, load_catalog
+from components.select.answering import candidate_answerer
+from components.select.benchmark import SelectConfig, benchmark_candidates, leaderboard_table, metrics_view
+from components.slm.catalog import load_catalog
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.retries import retry_on_transient_io
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
-
-
-def generate_answers(
-    reference: str,
-    records: list[CallRecord],
-    max_new_tokens: int,
-    batch_size: int,
-    label: str,
-    adapter_dir: str | None = None,
-    loaded=None,
-    constrain_tool_calls: bool = True,
-) -> list[tuple[str, float]]:
-    """Answer the records with a model (optionally with an adapter): [(completion, latency ms)].
-    ``loaded`` is a (model, tokenizer) pair already in memory; without it the model is loaded here."""
-    model, tokenizer = loaded or slm.load_model(reference, adapter_dir=adapter_dir)
-    generations = slm.generate(
-        model,
-        tokenizer,
-        records,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=Progress(label, len(records)),
-        constrain_tool_calls=constrain_tool_calls,
-    )
-    return [(g.text, g.latency_ms) for g in generations]
-
-
-def rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def load_candidate(entry: CatalogEntry):
-    """(model, tokenizer) of a catalog entry; a model without a chat template gets the catalog's one first."""
-    if entry.template is not None:
-        folder = slm.prepare_model(entry.ref)
-        if Path(folder).is_dir():
-            install_chat_template(folder, entry.template)
-    return slm.load_model(entry.ref)
-
-
-def make_answerer(cfg: SelectConfig):
-    loaded: dict[str, tuple] = {}  # one candidate in memory at a time, loaded once for every cluster and mode
-
-    def answer(
-        entry: CatalogEntry,
-        records: list[CallRecord],
-        max_new_tokens: int,
-        calls_only: bool,
-        max_calls: int | None = None,
-    ) -> Answers:
-        if entry.name not in loaded:
-            loaded.clear()
-            loaded[entry.name] = load_candidate(entry)
-        model, tokenizer = loaded[entry.name]
-        peak = [rss_mb()]
-        progress = Progress(f"S4 {entry.name}", len(records))
-
-        def sample(done: int, total: int) -> None:
-            peak.append(rss_mb())  # after each batch: the KV cache of the batch is still alive
-            progress(done, total)
-
-        generations = slm.generate(
-            model,
-            tokenizer,
-            records,
-            max_new_tokens=max_new_tokens,
-            batch_size=cfg.batch_size,
-            progress=sample,
-            constrain_tool_calls=cfg.constrained_decoding,
-            require_tool_calls=calls_only,
-            max_tool_calls=max_calls,
-        )
-        return Answers([Answer(g.text, g.latency_ms, g.completion_tokens) for g in generations], max(peak))
-
-    return answer
 
 
 def make_embedder(model_ref: str):
@@ -138,7 +55,7 @@ def select_task(
             splits,
             cfg,
             catalog,
-            make_answerer(cfg),
+            candidate_answerer(cfg.batch_size, cfg.constrained_decoding, Progress),
             slm.parse_completion,
             embed=make_embedder(cfg.embedding_model),
             judge=make_judge(cfg.judge),

@@ -42,5 +42,22 @@ class CollectConfig(StepConfig):
     default_agent: str = "default"
     # A longer line is quarantined unread (a runaway log line must not exhaust memory).
     max_line_bytes: int = 8_000_000
-    mappings: dict[str, FieldMapping] = {}
-    prices_per_1m_tokens: dict[str, TokenPrice] = {}
+    mappings: dict[str, FieldMapping] = {
+        "example": FieldMapping(
+            messages="input.messages",
+            response="output",
+            tools="input.tools",
+            model="model",
+            id="id",
+            timestamp="timestamp",
+            agent="agent",
+            prompt_tokens="usage.prompt_tokens",
+            completion_tokens="usage.completion_tokens",
+            latency_ms="latency_ms",
+        )
+    }
+    prices_per_1m_tokens: dict[str, TokenPrice] = {
+        "gpt-4o": TokenPrice(input=2.50, output=10.00),
+        "gpt-4o-mini": TokenPrice(input=0.15, output=0.60),
+        "gpt-4.1": TokenPrice(input=2.00, output=8.00),
+    }

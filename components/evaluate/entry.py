@@ -10,17 +10,24 @@ from components.core.schema import CallRecord
 from components.evaluate.evaluation import PRIMARY_METRIC, primary_metric_intervals, score_each, score_pairs
 from components.evaluate.promotion import GateScores, PromotionPolicy, decide_promotion
 from components.scoring.costs import latency_p50, llm_cost_per_1k_calls, slm_cost_per_1k_calls
+from components.scoring.metrics import mean_scores
 from components.slm.prompt import parse_completion, render_target
 
 Answer = tuple[str, float]  # the raw completion and its latency in ms
+CallScores = list[dict[str, float]]  # one dict of metric values per held-out call, in the calls' order
+
+
+def score_each_answer(test_records: list[CallRecord], answers: list[Answer], kind: str) -> CallScores:
+    """An SLM's scores on each held-out call, against the LLM's logged answers (each completion parsed once)."""
+    return score_each([r.response for r in test_records], [parse_completion(text) for text, _ in answers], kind)
 
 
 def score_answers(test_records: list[CallRecord], answers: list[Answer], kind: str) -> dict[str, float]:
     """An SLM's mean scores on the held-out calls, against the LLM's logged answers."""
-    return score_pairs([r.response for r in test_records], [parse_completion(text) for text, _ in answers], kind)
+    return mean_scores(score_each_answer(test_records, answers, kind), kind)
 
 
-def evaluation_entry(
+def evaluate_cluster(
     cluster: dict[str, Any],
     n_train: int,
     test_records: list[CallRecord],
@@ -28,16 +35,35 @@ def evaluation_entry(
     tuned_answers: list[Answer],
     policy: PromotionPolicy,
     slm_hourly_cost_usd: float,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The cluster's evaluation entry and its per-call rows, both from one parse and score of each SLM answer."""
+    answers = {"slm_base": base_answers, "slm_finetuned": tuned_answers}
+    per_call = {
+        system: score_each_answer(test_records, given, cluster["output_kind"]) for system, given in answers.items()
+    }
+    entry = evaluation_entry(cluster, n_train, test_records, answers, per_call, policy, slm_hourly_cost_usd)
+    return entry, per_call_rows(cluster, test_records, answers, per_call)
+
+
+def evaluation_entry(
+    cluster: dict[str, Any],
+    n_train: int,
+    test_records: list[CallRecord],
+    answers: dict[str, list[Answer]],
+    per_call: dict[str, CallScores],
+    policy: PromotionPolicy,
+    slm_hourly_cost_usd: float,
 ) -> dict[str, Any]:
     """Score the LLM (its logged answers are the reference, so it scores 1.0), the base and the fine-tuned SLM on
-    ``test_records`` and gate the fine-tuned one (:mod:`components.evaluate.promotion`)."""
+    ``test_records`` and gate the fine-tuned one (:mod:`components.evaluate.promotion`). ``answers`` and
+    ``per_call`` (:func:`score_each_answer`) are keyed by ``slm_base`` and ``slm_finetuned``."""
     kind = cluster["output_kind"]
     metric = PRIMARY_METRIC[kind]
     expected = [r.response for r in test_records]
     scores = {
         "llm": score_pairs(expected, expected, kind),
-        "slm_base": score_answers(test_records, base_answers, kind),
-        "slm_finetuned": score_answers(test_records, tuned_answers, kind),
+        "slm_base": mean_scores(per_call["slm_base"], kind),
+        "slm_finetuned": mean_scores(per_call["slm_finetuned"], kind),
     }
     decision = decide_promotion(
         GateScores(
@@ -50,8 +76,8 @@ def evaluation_entry(
         metric,
     )
     latencies = {
-        "slm_base": [latency for _, latency in base_answers],
-        "slm_finetuned": [latency for _, latency in tuned_answers],
+        "slm_base": [latency for _, latency in answers["slm_base"]],
+        "slm_finetuned": [latency for _, latency in answers["slm_finetuned"]],
     }
     return {
         "cluster_id": int(cluster["cluster_id"]),
@@ -77,17 +103,14 @@ def evaluation_entry(
 
 
 def per_call_rows(
-    cluster: dict[str, Any], test_records: list[CallRecord], base_answers: list[Answer], tuned_answers: list[Answer]
+    cluster: dict[str, Any],
+    test_records: list[CallRecord],
+    answers: dict[str, list[Answer]],
+    per_call: dict[str, CallScores],
 ) -> list[dict[str, Any]]:
     """One row per held-out call: the request (the last user message), the LLM's answer, each SLM's answer, and
-    each SLM's metric values and latency as ``<system>.<metric>``. Texts are as S2 left them (anonymized)."""
-    kind = cluster["output_kind"]
-    expected = [r.response for r in test_records]
-    answers = {"slm_base": base_answers, "slm_finetuned": tuned_answers}
-    scores = {
-        system: score_each(expected, [parse_completion(text) for text, _ in given], kind)
-        for system, given in answers.items()
-    }
+    each SLM's metric values (``per_call``) and latency as ``<system>.<metric>``. Texts are as S2 left them
+    (anonymized)."""
     rows = []
     for index, record in enumerate(test_records):
         row: dict[str, Any] = {
@@ -101,6 +124,6 @@ def per_call_rows(
             text, latency = given[index]
             row[system] = text
             row[f"{system}.latency_ms"] = float(latency)
-            row |= {f"{system}.{metric}": value for metric, value in scores[system][index].items()}
+            row |= {f"{system}.{metric}": value for metric, value in per_call[system][index].items()}
         rows.append(row)
     return rows

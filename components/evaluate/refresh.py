@@ -1,5 +1,6 @@
 """The refresh loop's bookkeeping, framework-free: config, the state kept between refreshes, stable cluster ids
-across a refit, the fresh held-out split and which clusters to retrain.
+across a refit (S3's outputs rewritten with them), the fresh held-out split, each cluster's fresh and regression
+calls, and which clusters to retrain.
 
 State (``refresh.state``, JSON) after each refresh: its number, the cluster mix and outlier share of all calls
 seen (the drift reference of the next refresh), and per cluster the training size of the last challenger, the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import pandas as pd
 
 from components.core.clusters import OUTLIER
 from components.core.config import StepConfig
-from components.evaluate.drift import DriftConfig
+from components.core.schema import CallRecord, split_records
+from components.evaluate.drift import DriftConfig, cluster_mix
 
 
 class RetrainPolicy(StepConfig):
@@ -116,6 +119,78 @@ def refresh_splits(
             "split": [split_of[r] for r in assignments.record_id],
         }
     )
+
+
+@dataclass
+class StableClusters:
+    """S3's outputs under stable ids: what the task writes back, and ``summary``, what the later refresh tasks read
+    (mixes, the id mapping, training sizes, fresh test and regression ids, the clusters)."""
+
+    assignments: pd.DataFrame
+    splits: pd.DataFrame
+    clusters: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def stabilize_clusters(
+    assignments: pd.DataFrame,
+    clusters: list[dict[str, Any]],
+    splits: pd.DataFrame,
+    previous: Mapping[str, int],
+    state: Mapping[str, Any],
+    batch_ids: list[str],
+    cfg: RefreshConfig,
+) -> StableClusters:
+    """Rewrite S3's assignments, clusters and splits with stable cluster ids (``previous``: the last refresh's
+    record id -> cluster id, matched by :func:`match_cluster_ids`) and the refresh's splits: on the first refresh
+    S3's own split (its test calls become the regression sets), later :func:`refresh_splits` (frozen regression
+    sets, fresh held-out calls from the batch)."""
+    mapping = match_cluster_ids(
+        previous, dict(assignments[["record_id", "cluster_id"]].itertuples(index=False)), cfg.min_cluster_overlap
+    )
+    assignments = assignments.assign(cluster_id=assignments.cluster_id.map(mapping).astype(int))
+    known = state.get("clusters", {})
+    clusters = [dict(cluster) for cluster in clusters]
+    for cluster in clusters:
+        cluster["cluster_id"] = mapping[int(cluster["cluster_id"])]
+        # A cluster with a trained model stays in the conversion, even if others outgrew it.
+        cluster["convert"] = bool(cluster["convert"] or known.get(str(cluster["cluster_id"]), {}).get("trained_on"))
+    regression = {int(k): v["regression_ids"] for k, v in known.items() if v.get("regression_ids")}
+    if state.get("refresh", 0) == 0:
+        splits = splits.assign(cluster_id=splits.cluster_id.map(mapping).astype(int))
+    else:
+        splits = refresh_splits(
+            assignments,
+            set(batch_ids),
+            regression,
+            cfg.max_fresh_test_per_cluster,
+            cfg.seed,
+            int(state.get("refresh", 0)) + 1,
+            {int(k): v["pending_test_ids"] for k, v in known.items() if v.get("pending_test_ids")},
+        )
+    in_batch = assignments[assignments.record_id.isin(set(batch_ids))]
+    summary = {
+        "mix_all": cluster_mix(assignments.cluster_id),
+        "mix_batch": cluster_mix(in_batch.cluster_id),
+        "id_mapping": {str(k): v for k, v in mapping.items()},
+        "train_sizes": {int(c): int(n) for c, n in splits[splits.split == "train"].cluster_id.value_counts().items()},
+        "test_ids": {int(c): sorted(g.record_id) for c, g in splits[splits.split == "test"].groupby("cluster_id")},
+        "regression_ids": regression,
+        "clusters": clusters,
+    }
+    return StableClusters(assignments, splits, clusters, summary)
+
+
+def fresh_and_regression_calls(
+    records: Mapping[str, CallRecord],
+    splits: pd.DataFrame,
+    regression_ids: Mapping[int | str, list[str]],
+    cluster_id: int,
+) -> tuple[list[CallRecord], list[CallRecord]]:
+    """A cluster's fresh held-out calls (split ``test``) and its regression set (``regression_ids`` is keyed by
+    the id as a number, or as a string once it went through JSON)."""
+    ids = regression_ids.get(cluster_id) or regression_ids.get(str(cluster_id), [])
+    return split_records(records, splits, cluster_id, "test"), [records[r] for r in ids if r in records]
 
 
 def plan_retraining(

@@ -223,8 +223,15 @@ def score_pairs(
     judge: Judge | None = None,
 ) -> dict[str, float]:
     """Mean of the per-answer scores (:func:`score_each`); all 0.0 when there are no pairs."""
-    names = _metric_names(output_kind, embed, judge)
     per_pair = score_each(expected, predicted, output_kind, tools, embed, judge)
+    return mean_scores(per_pair, output_kind, embed, judge)
+
+
+def mean_scores(
+    per_pair: list[dict[str, float]], output_kind: str, embed: Embedder | None = None, judge: Judge | None = None
+) -> dict[str, float]:
+    """Mean of per-answer scores (:func:`score_each`'s output) per metric; all 0.0 when there are no pairs."""
+    names = _metric_names(output_kind, embed, judge)
     if not per_pair:
         return {metric: 0.0 for metric in names}
     return {metric: float(np.mean([scores[metric] for scores in per_pair])) for metric in names}

@@ -64,7 +64,13 @@ class SelectConfig(StepConfig):
     max_new_tokens: int = 256  # a cap: each cluster gets its longest training answer with a margin
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
-    hardware_prices_usd_per_hour: dict[str, float] = {"cpu-2-cores": 0.10}
+    hardware_prices_usd_per_hour: dict[str, float] = {
+        "cpu-2-cores": 0.10,
+        "cpu-8-cores": 0.40,
+        "nvidia-t4": 0.53,
+        "nvidia-l4": 0.80,
+        "nvidia-h100": 4.00,
+    }
     serving_hardware: str = "cpu-2-cores"
     judge: JudgeConfig = JudgeConfig()
 

@@ -2,7 +2,7 @@
 tool grammar, prompt pruning, and the candidate catalog. Imports core and scoring.tool_calls, never a step package."""
 
 from components.slm.catalog import CatalogEntry, install_chat_template, load_catalog
-from components.slm.generation import Generation, answer_token_budget, generate, tool_call_budget
+from components.slm.generation import Generation, answer_token_budget, generate, generate_answers, tool_call_budget
 from components.slm.loading import PROMPT_SPEC_ATTRIBUTE, count_parameters, load_model, prepare_model
 from components.slm.prompt import (
     TOOL_RESULT_PREFIX,
@@ -22,6 +22,7 @@ __all__ = [
     "build_messages",
     "count_parameters",
     "generate",
+    "generate_answers",
     "install_chat_template",
     "load_catalog",
     "load_model",

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from components.core.schema import CallRecord
-from components.slm.loading import PROMPT_SPEC_ATTRIBUTE
+from components.slm.loading import PROMPT_SPEC_ATTRIBUTE, load_model
 from components.slm.prompt import render_prompt
 
 if TYPE_CHECKING:
@@ -140,3 +140,28 @@ def generate(
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
     return [result for result in results if result is not None]
+
+
+def generate_answers(
+    reference: str,
+    records: list[CallRecord],
+    max_new_tokens: int,
+    batch_size: int,
+    progress: ProgressCallback | None = None,
+    adapter_dir: str | None = None,
+    loaded: tuple | None = None,
+    constrain_tool_calls: bool = True,
+) -> list[tuple[str, float]]:
+    """Answer the records with a model (optionally with an adapter): [(completion, latency ms)].
+    ``loaded`` is a (model, tokenizer) pair already in memory; without it the model is loaded here."""
+    model, tokenizer = loaded or load_model(reference, adapter_dir=adapter_dir)
+    generations = generate(
+        model,
+        tokenizer,
+        records,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        constrain_tool_calls=constrain_tool_calls,
+    )
+    return [(g.text, g.latency_ms) for g in generations]

@@ -184,7 +184,14 @@ def stand_in_finetune(
 
 
 def stand_in_answers(
-    reference, records, max_new_tokens, batch_size, label, adapter_dir=None, loaded=None, constrain_tool_calls=True
+    reference,
+    records,
+    max_new_tokens,
+    batch_size,
+    progress=None,
+    adapter_dir=None,
+    loaded=None,
+    constrain_tool_calls=True,
 ):
     """The first quality × n calls answered right, the rest wrong; a base model (no adapter) answers none."""
     marker = Path(adapter_dir) / "quality.json" if adapter_dir else None
@@ -207,13 +214,13 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
 
     import tasks.discover
     import tasks.finetune
-    import tasks.select
+    import tasks.refresh
     from components.discover.discovery import discover
     from flows.refresh import refresh
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setattr(tasks.finetune, "finetune", stand_in_finetune)
-    monkeypatch.setattr(tasks.select, "generate_answers", stand_in_answers)
+    monkeypatch.setattr(tasks.refresh, "generate_answers", stand_in_answers)
     monkeypatch.setattr(
         tasks.discover,
         "discover",

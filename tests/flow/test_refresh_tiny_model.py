@@ -18,7 +18,7 @@ def test_refresh_fine_tunes_and_generates_with_a_real_tiny_model(harness, tmp_pa
     import tasks.discover
     import tasks.evaluate
     import tasks.finetune
-    import tasks.select
+    import tasks.refresh
     from components.discover.discovery import discover
     from flows.refresh import refresh
 
@@ -31,7 +31,7 @@ def test_refresh_fine_tunes_and_generates_with_a_real_tiny_model(harness, tmp_pa
         ),
     )
     trained, generated = [], []
-    real_finetune, real_generate = tasks.finetune.finetune, tasks.select.generate_answers
+    real_finetune, real_generate = tasks.finetune.finetune, tasks.refresh.generate_answers
 
     # Spies only: they record that the real code ran and pass every call through unchanged.
     def finetune_spy(*args, **kwargs):
@@ -44,8 +44,8 @@ def test_refresh_fine_tunes_and_generates_with_a_real_tiny_model(harness, tmp_pa
         return answers
 
     monkeypatch.setattr(tasks.finetune, "finetune", finetune_spy)
-    monkeypatch.setattr(tasks.select, "generate_answers", generate_spy)
-    monkeypatch.setattr(tasks.evaluate, "generate_answers", generate_spy)  # imported there by name
+    monkeypatch.setattr(tasks.refresh, "generate_answers", generate_spy)  # imported by name in each task module
+    monkeypatch.setattr(tasks.evaluate, "generate_answers", generate_spy)
     tiny = build_tiny_model(tmp_path / "tiny")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["anonymize"]["entities"] = ["EMAIL_ADDRESS", "PHONE_NUMBER"]

@@ -66,3 +66,14 @@ def test_fixed_output_names_of_the_workdir_contract():
     params = load_params(ROOT / "params.yaml")
     assert params["collect"]["quarantine"] == "data/quarantine.jsonl"
     assert params["evaluate"]["evaluation"] == "reports/evaluation.json"
+
+
+def test_markers_are_strict_and_every_tier_has_one():
+    import tomllib
+
+    from tests.conftest import TIERS
+
+    pytest_options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert "--strict-markers" in pytest_options["addopts"]  # a misspelt marker is an error, not a silent no-op
+    declared = {marker.split(":")[0] for marker in pytest_options["markers"]}
+    assert declared == set(TIERS)

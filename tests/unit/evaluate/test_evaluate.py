@@ -20,6 +20,7 @@ from components.evaluate.evaluation import (
     write_markdown_summary,
     write_report,
 )
+from tests.support.records import tool_record
 
 
 def call(name: str, arguments: str) -> ToolCall:
@@ -192,19 +193,8 @@ def scores(llm: float, base: float, tuned: float) -> dict:
     }
 
 
-def tool_record(record_id: str, city: str) -> CallRecord:
-    return CallRecord(
-        record_id=record_id,
-        messages=[ChatMessage(role="user", content=f"weather in {city}?")],
-        response=ChatMessage(
-            role="assistant", tool_calls=[ToolCall(name="get_weather", arguments=f'{{"city": "{city}"}}')]
-        ),
-        cost_usd=0.002,
-    )
-
-
 def test_the_evaluation_entry_scores_the_three_systems_and_gates_at_parity():
-    from components.evaluate.entry import evaluation_entry
+    from components.evaluate.entry import evaluate_cluster
     from components.evaluate.promotion import PromotionPolicy
 
     cities = [f"city{i}" for i in range(20)]
@@ -215,8 +205,8 @@ def test_the_evaluation_entry_scores_the_three_systems_and_gates_at_parity():
     wrong = [("It is sunny.", 120.0)] * 20
     cluster = {"cluster_id": 3, "label": "weather", "output_kind": "tool_call", "selected": "smollm2"}
     # 18 of 20 right = 0.90 = parity × the LLM (1.0): promoted; 17 of 20 is not.
-    at_parity = evaluation_entry(cluster, 40, records, wrong, right[:18] + wrong[:2], PromotionPolicy(), 0.10)
-    below = evaluation_entry(cluster, 40, records, wrong, right[:17] + wrong[:3], PromotionPolicy(), 0.10)
+    at_parity, _ = evaluate_cluster(cluster, 40, records, wrong, right[:18] + wrong[:2], PromotionPolicy(), 0.10)
+    below, _ = evaluate_cluster(cluster, 40, records, wrong, right[:17] + wrong[:3], PromotionPolicy(), 0.10)
     assert at_parity["scores"]["llm"]["full_call_match"] == 1.0
     assert at_parity["scores"]["slm_finetuned"]["full_call_match"] == pytest.approx(0.9)
     assert at_parity["scores"]["slm_base"]["full_call_match"] == 0.0
@@ -227,6 +217,32 @@ def test_the_evaluation_entry_scores_the_three_systems_and_gates_at_parity():
     assert at_parity["cost_per_1k_calls"]["llm"] == pytest.approx(2.0)
     # The SLM's cost: each call's latency at $0.10 an hour; the faster fine-tuned answers cost less.
     assert 0 < at_parity["cost_per_1k_calls"]["slm_finetuned"] < at_parity["cost_per_1k_calls"]["slm_base"]
+
+
+def test_the_entry_and_the_per_call_rows_come_from_one_parse_and_score_of_each_answer(monkeypatch):
+    import components.evaluate.entry as entry_module
+    from components.evaluate.promotion import PromotionPolicy
+
+    cities = ["oslo", "rome", "lima", "kyiv"]
+    records = [tool_record(f"r{i}", city) for i, city in enumerate(cities)]
+    right = [
+        (f'<tool_call>{{"name": "get_weather", "arguments": {{"city": "{c}"}}}}</tool_call>', 100.0) for c in cities
+    ]
+    wrong = [("It is sunny.", 120.0)] * 4
+    parsed = []
+    real_parse = entry_module.parse_completion
+    monkeypatch.setattr(entry_module, "parse_completion", lambda text: parsed.append(text) or real_parse(text))
+    cluster = {"cluster_id": 3, "label": "weather", "output_kind": "tool_call", "selected": "smollm2"}
+
+    entry, rows = entry_module.evaluate_cluster(
+        cluster, 8, records, wrong, right[:3] + wrong[:1], PromotionPolicy(), 0.1
+    )
+
+    assert len(parsed) == 2 * len(records)  # each SLM answer once, for the figures and the rows alike
+    assert [row["slm_finetuned.full_call_match"] for row in rows] == [1.0, 1.0, 1.0, 0.0]
+    for system in ("slm_base", "slm_finetuned"):
+        for metric, mean in entry["scores"][system].items():
+            assert mean == pytest.approx(sum(row[f"{system}.{metric}"] for row in rows) / len(rows))
 
 
 def test_evaluate_config_takes_the_gate_and_the_serving_price_from_their_one_place():
