@@ -99,12 +99,12 @@ class FinetuneConfig(StepConfig):
     # fp32 (components/finetune/runs.py resolve_precision); the one used is reported per cluster
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     learning_rate: float = 1.0e-3
-    max_steps: int = 24  # -1 trains num_train_epochs instead
+    max_steps: int = 60  # -1 trains num_train_epochs instead
     num_train_epochs: float = 1
     per_device_train_batch_size: int = 4
     gradient_accumulation_steps: int = 1
-    max_length: int = 384
-    gradient_checkpointing: bool = True
+    max_length: int = 512
+    gradient_checkpointing: bool = False
     packing: bool = False  # best-fit packing without padding (TRL "bfd")
     group_by_length: bool = False  # batches of similar length: less padding
     torch_threads: int | None = None  # CPU threads for torch; null = torch's default
@@ -118,7 +118,7 @@ class FinetuneConfig(StepConfig):
     seed: int = 42
     # Wall-clock minutes S5 may spend; no cluster is started after that (in S3's conversion order) and each one left
     # is listed in reports/finetune.json with the reason. None: no limit.
-    time_budget_minutes: float | None = None
+    time_budget_minutes: float | None = 9
     retries: int = 1  # Prefect retries of the step; a retried run resumes from its last checkpoint
     dispatch: Dispatch = Dispatch()
     augmentation: AugmentationSettings = AugmentationSettings()  # components/finetune/augment.py

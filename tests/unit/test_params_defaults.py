@@ -52,15 +52,7 @@ def test_every_section_of_params_yaml_has_its_config_class_here():
     assert set(load_params(ROOT / "params.yaml")) == set(SECTION_CLASSES)
 
 
-# FinetuneConfig (max_steps 24 vs 60, max_length 384 vs 512, gradient_checkpointing True vs False) is being
-# reworked with S5 elsewhere; strict: this fails as soon as the class agrees, so the mark goes with the fix.
-FINETUNE_PENDING = pytest.mark.xfail(strict=True, reason="FinetuneConfig defaults still differ from params.yaml")
-
-
-@pytest.mark.parametrize(
-    "section",
-    [pytest.param(s, marks=FINETUNE_PENDING) if s == "finetune" else s for s in sorted(SECTION_CLASSES)],
-)
+@pytest.mark.parametrize("section", sorted(SECTION_CLASSES))
 def test_config_class_defaults_agree_with_params_yaml(section):
     params = load_params(ROOT / "params.yaml")
     cls = SECTION_CLASSES[section]
