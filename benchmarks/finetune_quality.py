@@ -12,6 +12,7 @@ own code (components/finetune/dataset.py + train.py: same params, overrides incl
 - aug1 / aug3 / aug10: + value-diverse augmentation, that many copies per training call
 - full-ft: logged calls, full fine-tuning instead of LoRA
 - full-prompt: logged calls, prompt pruning off
+- history1 / history1-aug3: the prompt keeps the last earlier turn (prompt_pruning.history_turns 1), logs / + aug3
 
 Each adapter answers the cluster's test split with:
 
@@ -34,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DECODINGS = {"before": (False, 96), "free": (False, None), "grammar": (True, None)}
-RECIPES = ["run", "logs", "aug1", "aug3", "aug10", "full-ft", "full-prompt"]
+RECIPES = ["run", "logs", "aug1", "aug3", "aug10", "full-ft", "full-prompt", "history1", "history1-aug3"]
 
 
 def recipe_config(cfg, recipe: str):
@@ -43,6 +44,10 @@ def recipe_config(cfg, recipe: str):
         "augmentation": cfg.augmentation.model_copy(update={"enabled": False}),
         "synthesis": cfg.synthesis.model_copy(update={"enabled": False}),
     }
+    if recipe.startswith("history1"):
+        pruning = cfg.prompt_pruning.model_copy(update={"history_turns": 1})
+        rest = recipe.removeprefix("history1").removeprefix("-") or "logs"
+        return recipe_config(cfg.model_copy(update={"prompt_pruning": pruning}), rest)
     if recipe.startswith("aug"):
         copies = int(recipe.removeprefix("aug"))
         return cfg.model_copy(

@@ -157,7 +157,13 @@ def test_generation_is_sized_by_the_training_answers_and_calls_only_for_a_call_c
 
 
 def test_few_shot_can_make_fine_tuning_unnecessary_and_costs_are_measured():
-    cfg, catalog = config("weak", "learner", hardware_prices_usd_per_hour={"box": 3.6}, serving_hardware="box")
+    cfg, catalog = config(
+        "weak",
+        "learner",
+        hardware_prices_usd_per_hour={"box": 3.6},
+        serving_hardware="box",
+        modes=["zero_shot", "few_shot"],
+    )
     result = benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer([]), parse, embed=embed)
     [cluster] = result.leaderboard["clusters"]
     rows = {(r["candidate"], r["mode"]): r for r in cluster["results"]}
@@ -273,6 +279,7 @@ def test_select_task_with_a_tiny_model_writes_the_leaderboard_files_and_mlflow_t
         splits="splits.parquet",
         catalog=str(tmp_path / "catalog.yaml"),
         candidates=["tiny"],
+        modes=["zero_shot", "few_shot"],
         max_new_tokens=4,
     )
     tracking = TrackingConfig(experiment=f"select-{uuid.uuid4().hex[:8]}")
