@@ -36,7 +36,7 @@ SURROGATE_ATTEMPTS = 20
 
 class PseudonymConfig(StepConfig):
     scope: Literal["record", "dataset"] = "record"
-    style: Literal["tag", "surrogate"] = "tag"
+    style: Literal["tag", "surrogate"] = "surrogate"
     # Per-type override of style, e.g. {PERSON: surrogate, EMAIL_ADDRESS: surrogate}.
     style_per_entity: dict[str, Literal["tag", "surrogate"]] = Field(default_factory=dict)
     key_env: str = "LLM2SLM_PSEUDONYM_KEY"

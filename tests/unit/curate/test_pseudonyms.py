@@ -23,7 +23,7 @@ def key_env(monkeypatch):
 
 
 def test_record_scope_numbers_per_record_and_needs_no_key(tmp_path):
-    cfg = PseudonymConfig(key_file=str(tmp_path / "never.key"))
+    cfg = PseudonymConfig(style="tag", key_file=str(tmp_path / "never.key"))
     pseudonymizer = Pseudonymizer(cfg)
     first, second = pseudonymizer.for_record("a"), pseudonymizer.for_record("b")
     assert first.placeholder_for("PERSON", "Ann Lee") == "<PERSON_1>"
@@ -34,7 +34,7 @@ def test_record_scope_numbers_per_record_and_needs_no_key(tmp_path):
 
 
 def test_one_value_keeps_one_placeholder_whatever_type_it_is_tagged_with(tmp_path):
-    mapping = Pseudonymizer(PseudonymConfig(key_file=str(tmp_path / "never.key"))).for_record("a")
+    mapping = Pseudonymizer(PseudonymConfig(style="tag", key_file=str(tmp_path / "never.key"))).for_record("a")
     assert mapping.placeholder_for("LOCATION", "Montreal") == "<LOCATION_1>"
     assert mapping.placeholder_for("PERSON", "Montreal") == "<LOCATION_1>"  # NER's guess in a bare argument
     assert mapping.placeholder_for("PERSON", "Ann Lee") == "<PERSON_1>"  # numbering of a new value is unchanged
@@ -42,7 +42,7 @@ def test_one_value_keeps_one_placeholder_whatever_type_it_is_tagged_with(tmp_pat
 
 
 def test_dataset_scope_tags_are_the_same_across_records_and_runs_and_depend_on_the_key(key_env, monkeypatch):
-    cfg = PseudonymConfig(scope="dataset")
+    cfg = PseudonymConfig(scope="dataset", style="tag")
     tag = Pseudonymizer(cfg).for_record("a").placeholder_for("EMAIL_ADDRESS", EMAIL)
     assert tag.startswith("<EMAIL_ADDRESS_") and "olivia" not in tag
     assert Pseudonymizer(cfg).for_record("b").placeholder_for("EMAIL_ADDRESS", EMAIL.upper()) == tag  # a new run
@@ -77,7 +77,7 @@ def test_a_surrogate_that_occurs_in_the_raw_input_is_never_handed_out(key_env):
 def test_key_file_is_created_owner_only_and_a_shared_one_is_refused(tmp_path, monkeypatch):
     monkeypatch.delenv("LLM2SLM_PSEUDONYM_KEY", raising=False)
     path = tmp_path / "keys" / "pseudonym.key"
-    cfg = PseudonymConfig(scope="dataset", key_file=str(path))
+    cfg = PseudonymConfig(scope="dataset", style="tag", key_file=str(path))
     key = load_or_create_key(cfg)
     assert len(key) == 64 and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_key(cfg) == key  # stable across runs
@@ -95,7 +95,7 @@ def test_reverse_map_is_kept_only_when_configured_and_only_encrypted(key_env):
         ),
     )
     anonymizer = shared_anonymizer()
-    plain = Pseudonymizer(PseudonymConfig())
+    plain = Pseudonymizer(PseudonymConfig(style="tag"))
     anonymizer.pseudonymizer, saved = plain, anonymizer.pseudonymizer
     try:
         anonymize_records([record], CFG, anonymizer=anonymizer)

@@ -4,6 +4,7 @@ encrypted store round-trips through `collect --source proxy-store:DIR`."""
 from __future__ import annotations
 
 import json
+import re
 import stat
 import time
 from pathlib import Path
@@ -290,4 +291,6 @@ def test_the_proxy_command_wires_the_analyzer_when_asked_to_anonymize(tmp_path, 
         messages=[ChatMessage(role="user", content="Mail john.smith@example.com")],
         response=ChatMessage(role="assistant", content="Done."),
     )
-    assert served["on_write"](record).user_request == "Mail <EMAIL_ADDRESS_1>"
+    written = served["on_write"](record).user_request
+    # params.yaml's style: a surrogate address of the same form, never the raw one
+    assert "john.smith" not in written and re.fullmatch(r"Mail [\w.+-]+@[\w-]+\.\w+", written), written
