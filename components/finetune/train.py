@@ -118,7 +118,7 @@ class FinetuneConfig(StepConfig):
     seed: int = 42
     # Wall-clock minutes S5 may spend; no cluster is started after that (in S3's conversion order) and each one left
     # is listed in reports/finetune.json with the reason. None: no limit.
-    time_budget_minutes: float | None = 9
+    time_budget_minutes: float | None = 8
     retries: int = 1  # Prefect retries of the step; a retried run resumes from its last checkpoint
     dispatch: Dispatch = Dispatch()
     augmentation: AugmentationSettings = AugmentationSettings()  # components/finetune/augment.py

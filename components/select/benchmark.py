@@ -60,7 +60,7 @@ class SelectConfig(StepConfig):
     quality_floor: float = 0.8
     # Wall-clock minutes S4 may spend; no cluster is started after that (in S3's conversion order), and each one
     # left is reported with the reason. None: no limit (a run's output then does not depend on the machine's speed).
-    time_budget_minutes: float | None = 8
+    time_budget_minutes: float | None = 5
     max_new_tokens: int = 256  # a cap: each cluster gets its longest training answer with a margin
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8

@@ -48,7 +48,7 @@ class PruningSettings(StepConfig):
     # The context window (components/slm/context_window.py); null = no limit.
     # Earlier turns kept before the current one. 0 on the demo agent log (SmolLM2 tokenizer, tight clusters): median
     # 174 tokens per call, p90 372, 5 % over max_length 512; 1 earlier turn: median 338, p90 596, 16 % over.
-    history_turns: int | None = 0
+    history_turns: int | None = 1
     max_tool_result_chars: int | None = 300  # a longer tool result is cut here, with a mark saying so
     # List only the offered tools that the cluster's training answers call (tools never offered in training stay
     # listed: nothing is known about them, and spec_accepts already sends such a call to the LLM).
