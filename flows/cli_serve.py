@@ -1,6 +1,7 @@
-"""``llm2slm serve-slm``: the embedded OpenAI-compatible SLM server (components/serve/slm_server.py) for a run.
+"""``llm2slm serve-slm``: the embedded OpenAI-compatible SLM server (components/serve/slm_server.py) for a run, and
+``llm2slm export``: a cluster's served adapter as a merged folder, a vLLM bundle or GGUF (components/serve/export.py).
 
-Kept out of flows/cli.py: :func:`register` adds the command to the typer app (flows/cli.py calls it).
+Kept out of flows/cli.py: :func:`register` adds the commands to the typer app (flows/cli.py calls it).
 """
 
 from __future__ import annotations
@@ -76,7 +77,105 @@ def build_server(
     return SLMServer(served, server_config, keys, engine=engine, resolve=resolver)
 
 
+def export_source(
+    workdir: Path, cluster_id: int, params: Path | None = None, router_config: Path | None = None
+) -> tuple[object, list]:
+    """What ``export`` exports for a cluster, found as ``serve-slm`` finds it: the cluster of the router config
+    (S6's reports/router.yaml), upgraded to its registry ``champion`` when one is registered; and the tools its
+    training calls offer (for guided decoding), when the run's curated records and splits are there."""
+    from components.core.config import resolve
+    from components.core.schema import read_records, split_records
+    from components.serve.export import cluster_tools
+    from components.serve.service import load_router_config
+    from components.serve.slm_server import served_from_router_config
+    from flows.steps import default_params_path, load_pipeline_config
+
+    config = load_pipeline_config(params or default_params_path())
+    evaluate = config.steps["evaluate"]
+    path = router_config or resolve(workdir, "reports/router.yaml")
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no router config (run S6 evaluate first)")
+    served = served_from_router_config(load_router_config(Path(path)))
+    if cluster_id not in served:
+        known = ", ".join(str(c) for c in sorted(served)) or "none"
+        raise ValueError(f"cluster {cluster_id} is not served by the router config (served: {known})")
+    source = served[cluster_id]
+    try:
+        from tasks.helpers.champions import champion_resolver
+        from tasks.helpers.tracking import configure_tracking
+
+        configure_tracking(workdir.resolve(), config.tracking)
+        download_dir = workdir.resolve() / "models" / "serving"
+        source = champion_resolver({cluster_id: source}, evaluate.registered_model_prefix, download_dir)()[cluster_id]
+    except Exception as error:  # noqa: BLE001 - no registry: the router config's adapter is the promoted one
+        typer.echo(f"registry not read ({type(error).__name__}): exporting the router config's adapter", err=True)
+    curated, splits = resolve(workdir, evaluate.curated), resolve(workdir, evaluate.splits)
+    tools = []
+    if Path(curated).exists() and Path(splits).exists():
+        import pandas as pd
+
+        records = {record.record_id: record for record in read_records(Path(curated))}
+        tools = cluster_tools(split_records(records, pd.read_parquet(splits), cluster_id, "train"))
+    return source, tools
+
+
+def run_export(
+    workdir: Path,
+    cluster_id: int,
+    kind: str,
+    out: Path | None,
+    params: Path | None = None,
+    router_config: Path | None = None,
+    llama_cpp: Path | None = None,
+    tools_file: Path | None = None,
+) -> Path:
+    """The ``export`` command without typer: the folder it wrote."""
+    import json
+
+    from components.serve import export
+
+    source, tools = export_source(workdir, cluster_id, params, router_config)
+    if tools_file is not None:
+        tools = json.loads(tools_file.read_text())
+    out = out or workdir / "exports" / f"cluster-{cluster_id}" / kind
+    if kind == "merged":
+        return export.export_merged(cluster_id, source.base_model, source.adapter_dir, out, tools)
+    if kind == "vllm":
+        if source.adapter_dir is None:
+            raise ValueError(f"cluster {cluster_id} is served by the plain base: there is no adapter to bundle")
+        return export.export_vllm(cluster_id, source.base_model, source.adapter_dir, out, tools)
+    if kind == "gguf":
+        return export.export_gguf(cluster_id, source.base_model, source.adapter_dir, out, tools, llama_cpp)
+    raise ValueError(f"unknown format {kind!r}: merged, vllm or gguf")
+
+
 def register(app: typer.Typer) -> None:
+    @app.command("export")
+    def export_command(
+        cluster: int = typer.Option(..., "--cluster", help="The cluster whose served adapter to export"),
+        kind: str = typer.Option(..., "--format", help="merged | vllm | gguf"),
+        workdir: Path = typer.Option(Path("."), "--workdir", help="The run (its reports/router.yaml, registry)"),
+        out: Path | None = typer.Option(
+            None, "--out", help="Folder to write (default WORKDIR/exports/cluster-N/FORMAT)"
+        ),
+        llama_cpp: Path | None = typer.Option(
+            None, "--llama-cpp", help="llama.cpp tree with convert_hf_to_gguf.py (gguf; or $LLM2SLM_LLAMA_CPP_DIR)"
+        ),
+        tools: Path | None = typer.Option(None, "--tools", help="JSON list of OpenAI tools (default: the run's)"),
+        router_config: Path | None = typer.Option(None, "--router-config", help="Default WORKDIR/reports/router.yaml"),
+        params: Path | None = typer.Option(
+            None, "--params", help="params.yaml (default: ./params.yaml, else packaged)"
+        ),
+    ) -> None:
+        """Export a cluster's served SLM with its tool calling kept: a merged HF folder, a vLLM multi-LoRA bundle,
+        or GGUF with an Ollama Modelfile (docs/serving.md)."""
+        try:
+            folder = run_export(workdir, cluster, kind, out, params, router_config, llama_cpp, tools)
+        except (FileNotFoundError, ValueError) as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(code=2) from None
+        typer.echo(f"cluster-{cluster} exported as {kind}: {folder}")
+
     @app.command("serve-slm")
     def serve_slm(
         workdir: Path = typer.Option(Path("."), "--workdir", help="The run whose promoted adapters to serve"),
