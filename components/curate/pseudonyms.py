@@ -65,11 +65,21 @@ def load_or_create_key(cfg: PseudonymConfig) -> bytes:
         return from_env.encode()
     path = Path(cfg.key_file).expanduser()
     if not path.exists():
+        # Several processes (S2's partitions, a worker) may create it at once: each writes a whole key beside it and
+        # links it into place, which is atomic, so the first wins, every process reads that one, and none ever reads
+        # a half-written key (a different secret would give the same value different surrogates).
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_hex(KEY_BYTES))
-    elif path.stat().st_mode & 0o077:
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process created it first: use that one
+        finally:
+            draft.unlink()
+    if path.stat().st_mode & 0o077:
         raise PermissionError(f"pseudonym key file {path} is readable by others; chmod 600 it")
     return path.read_text().strip().encode()
 

@@ -112,3 +112,16 @@ def test_reverse_map_is_kept_only_when_configured_and_only_encrypted(key_env):
     assert decrypt_reverse_map(token, keeping.key) == {"r1": {tag: EMAIL}}
     with pytest.raises((InvalidToken, ValueError)):  # a malformed key is a ValueError, a wrong one InvalidToken
         decrypt_reverse_map(token, b"wrong key")
+
+
+def test_processes_creating_the_key_at_once_all_read_the_same_whole_key(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.curate.pseudonyms import load_or_create_key
+
+    cfg = PseudonymConfig(key_env="LLM2SLM_TEST_UNSET_KEY_VARIABLE", key_file=str(tmp_path / "cfg" / "pseudonym.key"))
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: load_or_create_key(cfg), range(32)))
+    assert len(set(keys)) == 1 and len(keys[0]) == 64  # one key, whole (32 bytes in hex)
+    assert [p.name for p in (tmp_path / "cfg").iterdir()] == ["pseudonym.key"]  # no draft left behind
+    assert (tmp_path / "cfg" / "pseudonym.key").stat().st_mode & 0o777 == 0o600
