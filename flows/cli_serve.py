@@ -36,6 +36,8 @@ def build_server(
     params: Path | None = None,
     watch_registry: bool = True,
     engine=None,
+    engine_name: str = "transformers",
+    engine_threads: int | None = None,
 ):
     """The SLMServer a ``serve-slm`` command line describes (the CLI runs it with uvicorn)."""
     from components.core.config import resolve
@@ -65,6 +67,8 @@ def build_server(
         poll_s=poll_s,
         hardware=select.serving_hardware,
         hourly_cost_usd=select.hourly_cost_usd,
+        engine=engine_name,
+        engine_threads=engine_threads,
     )
     resolver = None
     if watch_registry and poll_s > 0:
@@ -194,14 +198,20 @@ def register(app: typer.Typer) -> None:
         params: Path | None = typer.Option(
             None, "--params", help="params.yaml (default: ./params.yaml, else packaged)"
         ),
+        engine: str = typer.Option(
+            "transformers", "--engine", help="transformers (eager, default) | llama-cpp (the llama-cpp extra)"
+        ),
+        threads: int | None = typer.Option(None, "--threads", help="llama-cpp threads (default: every core)"),
     ) -> None:
         """Serve a run's SLMs as an OpenAI-compatible API: `model` = cluster-<id>, tools answered under each
         cluster's grammar; keys from $LLM2SLM_PROXY_KEYS; /metrics, /healthz, /v1/engine."""
         import uvicorn
 
         try:
-            server = build_server(workdir, poll_s, router_config, adapter, base_model, params)
-        except (FileNotFoundError, ValueError) as error:
+            server = build_server(
+                workdir, poll_s, router_config, adapter, base_model, params, engine_name=engine, engine_threads=threads
+            )
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(code=2) from None
         models = ", ".join(f"cluster-{cluster_id}" for cluster_id in sorted(server.served))

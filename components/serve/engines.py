@@ -1,6 +1,7 @@
 """What generates for the SLM server: an :class:`Engine` loads and frees (base, adapter) pairs and answers batches.
-The default is :class:`PoolEngine`, transformers' eager ``generate`` through the SLM pool; a faster engine (issue 19,
-item 2) is one more class with the same four methods, and must keep the tool grammar and per-cluster adapters.
+The default is :class:`PoolEngine`, transformers' eager ``generate`` through the SLM pool; the faster CPU engine is
+components/serve/llama_cpp_engine.py's (same four methods, tool grammar and per-cluster adapters kept), chosen by
+:func:`make_engine` from the server's ``engine`` setting (docs/benchmarks.md has the measurement).
 """
 
 from __future__ import annotations
@@ -69,6 +70,21 @@ class PoolEngine:
             "constrained_decoding": available(),
             "versions": {package: version(package) for package in ("torch", "transformers", "peft")},
         }
+
+
+ENGINES = ("transformers", "llama-cpp")
+
+
+def make_engine(name: str = "transformers", threads: int | None = None) -> Engine:
+    """The engine a setting names: ``transformers`` (eager, the fallback, always there) or ``llama-cpp``
+    (components/serve/llama_cpp_engine.py; the optional extra, built from source)."""
+    if name == "transformers":
+        return PoolEngine()
+    if name == "llama-cpp":
+        from components.serve.llama_cpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine(n_threads=threads)
+    raise ValueError(f"unknown engine {name!r}: one of {', '.join(ENGINES)}")
 
 
 def _cpu_model() -> str | None:

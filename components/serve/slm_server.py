@@ -37,7 +37,7 @@ from components.collect.sources.common import RecordError
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
 from components.serve.batching import BatchWorker
-from components.serve.engines import Engine, PoolEngine, ServedAdapter
+from components.serve.engines import Engine, ServedAdapter, make_engine
 from components.serve.proxy import completion_as_sse
 from components.serve.service import RouterConfig, as_completion, request_record
 
@@ -57,6 +57,8 @@ class SLMServerConfig(StepConfig):
     poll_s: float = Field(30.0, ge=0.0)  # how often resolve() is asked for new adapters; 0: never
     hardware: str = "cpu-2-cores"  # what the cost figure assumes (select.hardware_prices_usd_per_hour's names)
     hourly_cost_usd: float = Field(0.10, ge=0.0)  # that machine's price
+    engine: str = "transformers"  # components/serve/engines.py make_engine: transformers | llama-cpp
+    engine_threads: int | None = Field(None, ge=1)  # llama-cpp's threads (default: every core)
 
 
 def model_id(cluster_id: int) -> str:
@@ -129,7 +131,7 @@ class SLMServer:
         if not client_keys:
             raise ValueError(f"the SLM server needs at least one client API key (${PROXY_KEYS_ENV}, comma-separated)")
         self.config = config
-        self.engine: Engine = engine or PoolEngine()
+        self.engine: Engine = engine or make_engine(config.engine, config.engine_threads)
         self.resolve = resolve
         self._keys = [key.encode() for key in client_keys]
         self._served: dict[int, ServedAdapter] = dict(served)  # replaced whole, on the worker thread only

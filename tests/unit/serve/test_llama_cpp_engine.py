@@ -1,0 +1,52 @@
+"""The llama.cpp engine (optional extra): the tiny llama and two LoRA adapters on one GGUF base answer as the
+transformers pool does, with the tool grammar kept; skipped with the reason when llama-cpp-python or a llama.cpp
+tree is missing (CI has neither)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.serve.engines import PoolEngine, ServedAdapter, make_engine
+from components.serve.llama_cpp_engine import available
+from components.serve.router import check_tool_calls
+from components.serve.service import request_record
+from components.slm import parse_completion
+from tests.unit.serve.test_slm_server import make_adapter, weather_request
+
+pytestmark = pytest.mark.skipif(available() is not None, reason=f"llama.cpp engine: {available()}")
+
+
+def test_llama_cpp_keeps_the_grammar_and_switches_adapters_like_the_pool(tmp_path, tiny_model_dir, monkeypatch):
+    from components.serve.llama_cpp_engine import LlamaCppEngine
+
+    monkeypatch.setenv("LLM2SLM_CACHE", str(tmp_path / "cache"))
+    adapters = [make_adapter(tiny_model_dir, tmp_path / f"adapter{seed}", seed) for seed in (1, 2)]
+    engine = LlamaCppEngine(outtype="f32", n_threads=1)
+    pool = PoolEngine()
+    requests = [weather_request(city) for city in ("Paris", "Oslo")]
+    records = [request_record(request) for request in requests]
+    answers = {}
+    for adapter in adapters:  # switching back and forth on one base
+        served = ServedAdapter(tiny_model_dir, adapter)
+        engine.load(served)
+        got = [g.text for record in records for g in engine.generate(served, [record], 48)]
+        expected = [g.text for record in records for g in pool.generate(served, [record], 48)]
+        assert got == expected
+        for text, request in zip(got, requests, strict=True):
+            message = parse_completion(text)
+            assert len(message.tool_calls) == 1 and check_tool_calls(message, request) is None
+            assert set(json.loads(message.tool_calls[0].arguments)) == {"city"}
+        answers[adapter] = got
+    assert len(engine._bases) == 1 and len(next(iter(engine._bases.values()))["adapters"]) == 2  # one base copy
+    again = ServedAdapter(tiny_model_dir, adapters[0])
+    assert [g.text for g in engine.generate(again, records[:1], 48)] == answers[adapters[0]][:1]
+    engine.unload(again)
+    assert engine.describe()["engine"] == "llama-cpp"
+
+
+def test_the_engine_setting_names_the_engine():
+    assert make_engine("llama-cpp", threads=1).name == "llama-cpp"
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine("vllm")
