@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components.core.budget import TimeBudget
 from components.core.config import resolve
-from components.core.schema import CallRecord, read_records, split_records, write_records
+from components.core.schema import CallRecord, read_records, records_to_frame, split_records, write_table
 from components.curate.anonymize import Anonymizer, anonymize_records, load_deny_list
 from components.finetune.dataset import TrainingSet, build_training_set, origin_of
 from components.finetune.runs import UnsupportedDeviceError, dvc_md5s, is_main_process, records_sha256
@@ -62,8 +62,9 @@ def _write_training_set(training: TrainingSet, path: Path) -> pd.DataFrame:
     """The cluster's examples (``metadata.use``: train) and validation calls (``validation``), with their origin."""
     rows = [r.model_copy(update={"metadata": {**r.metadata, "use": "train"}}) for r in training.examples]
     rows += [r.model_copy(update={"metadata": {**r.metadata, "use": "validation"}}) for r in training.validation]
-    write_records(rows, path)
-    return pd.read_parquet(path)
+    frame = records_to_frame(rows)  # built once: written, and logged as the run's input
+    write_table(frame, path)
+    return frame
 
 
 def retry_on_interrupted_training(task, task_run, state) -> bool:
