@@ -430,6 +430,10 @@ def finetune(
         # The same run finished before. Its spec is written again (beside a merged model too): a run of an older
         # release may lack fields that decoding reads (the call budget, or the whole spec when pruning was off).
         previous = {**previous, "prompt_spec": spec.model_dump(), "prompt_tokens": prompt_tokens}
+        # Where the adapter is now: a work dir copied or moved since keeps its files, not the stored paths.
+        previous["adapter_dir"] = str(output_dir)
+        if previous.get("merged_dir"):
+            previous["merged_dir"] = str(output_dir / MERGED_FOLDER)
         if is_main_process():
             for folder in (output_dir, previous.get("merged_dir")):
                 if folder and Path(folder).is_dir():

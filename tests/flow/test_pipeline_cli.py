@@ -1,19 +1,22 @@
-"""The whole dvc.yaml reproduced on a tiny input; editing the grammar module makes the stages that decode stale.
+"""The whole dvc.yaml reproduced on a tiny input, then the step subcommands run through typer on its work dir.
 
 One module-scoped fixture copies the pipeline into a throwaway git + DVC repo and runs `dvc repro`: every stage,
 each its `llm2slm <step>` subprocess, on 20 demo conversations, with the tiny random-weight llama of
 tests/support/tiny_models.py as the only S4 candidate and two S5 steps. Real here: S1-S6 as DVC runs them
-(Presidio, MiniLM embeddings, UMAP + HDBSCAN, grammar-constrained generation, LoRA training, the MLflow registry)."""
+(Presidio, MiniLM embeddings, UMAP + HDBSCAN, grammar-constrained generation, LoRA training, the MLflow registry).
+The CLI test reuses a copy of that work dir, so nothing is built twice that a step does not rebuild itself."""
 
 import json
 import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from typer.testing import CliRunner
 
 from components.core.schema import read_records
 from tests.support.tiny_models import build_tiny_model, write_tiny_catalog
@@ -164,3 +167,115 @@ def test_editing_the_grammar_module_makes_select_and_evaluate_stale(reproduced):
     assert set(changed) == {"select", "finetune", "evaluate"}, changed
     assert all("components/slm" in json.dumps(changed[stage]) for stage in changed)
     assert dvc_status(project, env) == {}  # the same bytes again: up to date
+
+
+def invoke(*args: str) -> str:
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, f"{args}\n{result.output}\n{result.exception!r}"
+    return result.output
+
+
+def leaderboard_candidates(workdir: Path) -> dict[str, dict]:
+    board = json.loads((workdir / "reports/leaderboard.json").read_text())
+    return {c["name"]: c for c in board["candidates"]} | {
+        f"{r['candidate']}@{c['cluster_id']}": r for c in board["clusters"] for r in c["results"]
+    }
+
+
+def step_runs(tracking_uri: str, experiment: str) -> list[str]:
+    import mlflow
+
+    runs = mlflow.MlflowClient(tracking_uri).search_runs(
+        [mlflow.MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id]
+    )
+    return sorted(r.data.tags.get("llm2slm.step", "") for r in runs)
+
+
+def test_step_subcommands_select_options_run_resume_and_refresh_on_the_reproduced_workdir(
+    reproduced, tmp_path, monkeypatch
+):
+    import prefect.settings as settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    from components.collect.demo_data import DemoDataConfig, build_demo_calls
+
+    # A copy of the reproduced project: the DVC tests keep theirs unchanged.
+    work = tmp_path / "work"
+    shutil.copytree(reproduced["project"], work)
+    params = str(work / "params.yaml")
+    for name in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "MLFLOW_TRACKING_URI", "LLM2SLM_PSEUDONYM_KEY"):
+        monkeypatch.setenv(name, reproduced["env"][name])
+    experiment = f"cli-{uuid.uuid4().hex[:8]}"
+    create_experiment(reproduced["tracking_uri"], experiment, tmp_path / "mlartifacts")
+    common = ["--workdir", str(work), "--params", params, "--experiment", experiment]
+
+    # S2 and S3 again, in-process: the same curated calls (same pseudonym key) and the same clusters as DVC's.
+    dvc_curated = read_records(work / "data/curated/records.parquet")
+    dvc_clusters = json.loads((work / "data/clusters/clusters.json").read_text())
+    (work / "data/curated/records.parquet").unlink()
+    invoke("anonymize", *common)
+    assert read_records(work / "data/curated/records.parquet") == dvc_curated
+    (work / "data/clusters/clusters.json").unlink()
+    invoke("discover", *common)
+
+    def shape(clusters):
+        return [(c["cluster_id"], c["size"], c["convert"]) for c in clusters]
+
+    assert shape(json.loads((work / "data/clusters/clusters.json").read_text())) == shape(dvc_clusters)
+
+    # S4: a candidate named on the command line is looked at; its licence is refused until it is allowed.
+    invoke("select", *common, "--candidate", GATED)
+    refused = leaderboard_candidates(work)
+    assert refused[GATED]["status"] == "skipped" and GATED_LICENCE in refused[GATED]["reason"]
+    assert refused["tiny"]["status"] == "benchmarked"
+    invoke("select", *common, "--candidate", GATED, "--allow-licence", GATED_LICENCE)
+    allowed = leaderboard_candidates(work)
+    assert allowed[GATED]["status"] == "benchmarked" and allowed["tiny"]["status"] == "benchmarked"
+    converted = [c["cluster_id"] for c in dvc_clusters if c["convert"]]
+    assert all(f"{GATED}@{cid}" in allowed and f"tiny@{cid}" in allowed for cid in converted)
+
+    # S5 and S6 on the new leaderboard.
+    (work / "reports/finetune.json").unlink()
+    invoke("finetune", *common)
+    trained = json.loads((work / "reports/finetune.json").read_text())["clusters"]
+    assert [(c["cluster_id"], c["steps"], Path(c["adapter_dir"]).parent) for c in trained] == [
+        (cid, 2, work / "models/adapters") for cid in converted
+    ]
+    (work / "reports/evaluation.json").unlink()
+    invoke("evaluate", *common)
+    evaluation = json.loads((work / "reports/evaluation.json").read_text())
+    assert [e["cluster_id"] for e in evaluation["clusters"]] == converted
+    # --experiment: each step subcommand logged its run there
+    assert step_runs(reproduced["tracking_uri"], experiment) == sorted(
+        ["anonymize", "discover", "select", "select", "finetune", "evaluate"]
+    )
+
+    batch = tmp_path / "batch.jsonl"
+    demo = yaml.safe_load(Path(params).read_text())["demo_data"]
+    batch.write_text("\n".join(build_demo_calls(DemoDataConfig(**{**demo, "conversations": 4, "seed": 7}))) + "\n")
+    prefect_home = tmp_path / "prefect-home"
+    with (
+        prefect_test_harness(server_startup_timeout=180),
+        settings.temporary_settings(
+            updates={settings.PREFECT_HOME: prefect_home, settings.PREFECT_LOCAL_STORAGE_PATH: prefect_home / "storage"}
+        ),
+    ):
+        # The whole flow once (it records a stage lock per step), then --resume: every step is up to date.
+        first = invoke("run", *common)
+        assert "Up to date, skipped" not in first and "Report:" in first
+        evaluated = (work / "reports/evaluation.json").read_bytes()
+        resumed = invoke("run", *common, "--resume")
+        assert "Up to date, skipped: collect, anonymize, discover, select, finetune, evaluate" in resumed
+        assert (work / "reports/evaluation.json").read_bytes() == evaluated
+
+        # S6 flywheel on the same work dir: its history starts from the conversion's curated calls.
+        curated = {r.record_id for r in read_records(work / "data/curated/records.parquet")}
+        refreshed = invoke("refresh", "--input", str(batch), *common)
+    history = {r.record_id for r in read_records(work / "data/refresh/records.parquet")}
+    new = len(history - curated)
+    assert curated < history and f"Refresh 1: {new} new calls" in refreshed
+    report = json.loads((work / "reports/refresh.json").read_text())
+    assert report["refresh"] == 1 and report["batch_records"] == new
+    assert "Refresh report:" in refreshed
