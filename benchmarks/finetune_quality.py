@@ -13,6 +13,8 @@ own code (components/finetune/dataset.py + train.py: same params, overrides incl
 - full-ft: logged calls, full fine-tuning instead of LoRA
 - full-prompt: logged calls, prompt pruning off
 - history1 / history1-aug3: the prompt keeps the last earlier turn (prompt_pruning.history_turns 1), logs / + aug3
+- len768 / history1-len768: logged calls in a 768-token training window (finetune.max_length), so the calls that
+  512 leaves out are trained on too
 
 Each adapter answers the cluster's test split with:
 
@@ -35,7 +37,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DECODINGS = {"before": (False, 96), "free": (False, None), "grammar": (True, None)}
-RECIPES = ["run", "logs", "aug1", "aug3", "aug10", "full-ft", "full-prompt", "history1", "history1-aug3"]
+RECIPES = [
+    "run",
+    "logs",
+    "aug1",
+    "aug3",
+    "aug10",
+    "full-ft",
+    "full-prompt",
+    "history1",
+    "history1-aug3",
+    "len768",
+    "history1-len768",
+]
 
 
 def recipe_config(cfg, recipe: str):
@@ -48,6 +62,9 @@ def recipe_config(cfg, recipe: str):
         pruning = cfg.prompt_pruning.model_copy(update={"history_turns": 1})
         rest = recipe.removeprefix("history1").removeprefix("-") or "logs"
         return recipe_config(cfg.model_copy(update={"prompt_pruning": pruning}), rest)
+    if recipe.startswith("len"):
+        length, _, rest = recipe.removeprefix("len").partition("-")
+        return recipe_config(cfg.model_copy(update={"max_length": int(length)}), rest or "logs")
     if recipe.startswith("aug"):
         copies = int(recipe.removeprefix("aug"))
         return cfg.model_copy(

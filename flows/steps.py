@@ -15,6 +15,7 @@ from components.discover.discovery import DiscoverConfig
 from components.evaluate.evaluation import EvaluateConfig
 from components.finetune.train import FinetuneConfig
 from components.select.benchmark import SelectConfig
+from components.slm.prompt_pruning import TrainingWindow
 from tasks.helpers.parallel import ExecutionConfig
 from tasks.helpers.tracking import TrackingConfig
 
@@ -96,6 +97,10 @@ def _promotion(params: dict[str, Any]) -> Any:
     return load_section(params, "promotion", PromotionPolicy)
 
 
+def _training_window(finetune: FinetuneConfig) -> TrainingWindow:
+    return TrainingWindow(prompt_pruning=finetune.prompt_pruning, max_length=finetune.max_length)
+
+
 # Values one step's config carries but params.yaml writes once, elsewhere: (step, field) -> (where it lives, how to
 # read it). A step section that sets one of them is an error naming that place (two copies of a rule drift apart).
 SHARED_VALUES: dict[tuple[str, str], tuple[str, Callable[[dict[str, Any]], Any]]] = {
@@ -110,6 +115,10 @@ SHARED_VALUES: dict[tuple[str, str], tuple[str, Callable[[dict[str, Any]], Any]]
         lambda p: load_section(p, "discover", DiscoverConfig).model_dir,
     ),
     ("evaluate", "finetune"): ("the finetune: section", lambda p: load_section(p, "finetune", FinetuneConfig)),
+    ("select", "training_window"): (
+        "finetune.prompt_pruning and finetune.max_length",
+        lambda p: _training_window(load_section(p, "finetune", FinetuneConfig)),
+    ),
     # teacher output (finetune.synthesis) is anonymized by S2's own settings
     ("finetune", "anonymize"): ("the anonymize: section", lambda p: load_section(p, "anonymize", AnonymizeConfig)),
 }

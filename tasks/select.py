@@ -19,6 +19,7 @@ from components.scoring.labels import read_ground_truth
 from components.select.answering import candidate_answerer
 from components.select.benchmark import SelectConfig, benchmark_candidates, leaderboard_table, metrics_view
 from components.slm.catalog import load_catalog
+from components.slm.prompt_pruning import calls_in_window
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.retries import retry_on_transient_io
 from tasks.helpers.tracking import TrackingConfig, log_json_artifact, log_numeric_metrics, step_run
@@ -37,6 +38,24 @@ def make_embedder(model_ref: str):
         return model[0].encode(list(texts), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
 
     return embed
+
+
+def make_trainable_counter(cfg: SelectConfig, catalog):
+    """Training calls -> how many fit S5's window, counted with the first candidate's tokenizer (small models'
+    tokenizers differ by tens of percent, not by the factor that puts a cluster out of the window); None when
+    the finetune: window is unknown."""
+    if cfg.training_window is None or not cfg.candidates:
+        return None
+    tokenizer = []
+
+    def count(train_records):
+        if not tokenizer:
+            from transformers import AutoTokenizer
+
+            tokenizer.append(AutoTokenizer.from_pretrained(slm.prepare_model(catalog.entry(cfg.candidates[0]).ref)))
+        return calls_in_window(train_records, tokenizer[0], cfg.training_window)
+
+    return count
 
 
 @task(name="S4 select", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
@@ -60,6 +79,7 @@ def select_task(
             embed=make_embedder(cfg.embedding_model),
             judge=make_judge(cfg.judge),
             ground_truth=labels,
+            count_trainable=make_trainable_counter(cfg, catalog),
         )
         write_table(result.predictions, resolve(workdir, cfg.predictions))
         write_table(result.candidate_predictions, resolve(workdir, cfg.candidate_predictions))

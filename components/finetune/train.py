@@ -50,6 +50,7 @@ from components.slm.prompt_pruning import (
     PruningSettings,
     call_tokens,
     derive_prompt_spec,
+    fits_window,
     prompt_token_report,
     save_prompt_spec,
 )
@@ -239,7 +240,7 @@ def split_by_length(
     """
     fitting, too_long = [], []
     for record in records:
-        (fitting if example_length(record, tokenizer, spec) <= max_length else too_long).append(record)
+        (fitting if fits_window(record, tokenizer, spec, max_length) else too_long).append(record)
     return fitting, [record.record_id for record in too_long]
 
 

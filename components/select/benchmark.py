@@ -30,6 +30,7 @@ from components.scoring.labels import GroundTruth, score_against_labels
 from components.scoring.metrics import PRIMARY_METRIC, Embedder, Judge, detect_output_type, score_pairs
 from components.slm import answer_token_budget, render_target, tool_call_budget
 from components.slm.catalog import Catalog, CatalogEntry, Constraints, constraint_violation
+from components.slm.prompt_pruning import TrainingWindow
 
 Mode = Literal["zero_shot", "few_shot"]
 SELECTION_RULE = (
@@ -61,6 +62,12 @@ class SelectConfig(StepConfig):
     # Wall-clock minutes S4 may spend; no cluster is started after that (in S3's conversion order), and each one
     # left is reported with the reason. None: no limit (a run's output then does not depend on the machine's speed).
     time_budget_minutes: float | None = 5
+    # S5's training window (set from the finetune: section, never here). Each cluster's report counts the training
+    # calls S5 could train on, and a cluster where fewer than min_trainable_share fit is benchmarked after the
+    # others: a time budget is spent first where fine-tuning can follow (the demo's travel cluster, ~800 tokens a
+    # call in a 512-token window, took half of S4's budget and then could not be trained).
+    training_window: TrainingWindow | None = None
+    min_trainable_share: float = 0.5
     max_new_tokens: int = 256  # a cap: each cluster gets its longest training answer with a margin
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
@@ -236,6 +243,17 @@ def _row(
     }
 
 
+def window_note(report: dict[str, Any], cfg: SelectConfig) -> str | None:
+    """Why S5 could barely train this cluster, or None when enough of its training calls fit S5's window."""
+    trainable, total = report["trainable_calls"], report["n_train"]
+    if trainable is None or cfg.training_window is None or trainable >= cfg.min_trainable_share * total:
+        return None
+    return (
+        f"only {trainable} of its {total} training calls fit S5's window (finetune.max_length="
+        f"{cfg.training_window.max_length} tokens with the compact prompt): benchmarked after the others"
+    )
+
+
 def benchmark_candidates(
     records: dict[str, CallRecord],
     clusters: list[dict[str, Any]],
@@ -247,12 +265,14 @@ def benchmark_candidates(
     embed: Embedder | None = None,
     judge: Judge | None = None,
     ground_truth: GroundTruth | None = None,
+    count_trainable: Callable[[list[CallRecord]], int] | None = None,
 ) -> SelectionResult:
     """Benchmark every admissible candidate × mode on every conversion cluster's test split and choose per cluster.
 
     ``answer`` loads a candidate and generates, ``parse`` turns a completion into a message, ``embed`` embeds
     texts (few-shot example choice, text similarity), ``judge`` scores free text; all injected so this stays
-    testable without a model. Few-shot rows need ``embed``."""
+    testable without a model. Few-shot rows need ``embed``. ``count_trainable`` (training calls -> how many fit S5's
+    window) puts the clusters S5 could barely train after the others."""
     modes = [m for m in cfg.modes if m != "few_shot" or embed is not None]
     budget = TimeBudget(cfg.time_budget_minutes, "S4", "select.time_budget_minutes")
     reports = []
@@ -285,9 +305,13 @@ def benchmark_candidates(
                 ),
                 # ... and as many calls as S5 will allow the fine-tuned model, so S6 compares like with like.
                 "max_tool_calls": tool_call_budget([len(r.response.tool_calls) for r in train]),
+                "n_train": len(train),
+                "trainable_calls": count_trainable(train) if count_trainable and train else None,
                 "results": [],
             }
         )
+    # Stable: S3's order within each group.
+    reports.sort(key=lambda report: window_note(report, cfg) is not None)
     required_context = (
         max((estimated_tokens(p) for r in reports for ps in r["prompts"].values() for p in ps), default=0)
         + cfg.max_new_tokens
@@ -365,6 +389,8 @@ def benchmark_candidates(
         chosen, finetune_needed, reason = choose(report["results"], metric, cfg.quality_floor)
         if report["cluster_id"] in budget.left:
             reason = budget.reason
+        if window_note(report, cfg) and finetune_needed:
+            reason = f"{reason}; {window_note(report, cfg)}"
         report.update(
             {
                 "selected": chosen and chosen["candidate"],

@@ -208,6 +208,24 @@ def call_tokens(record: CallRecord, tokenizer: Any, spec: PromptSpec | None = No
     return len(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
+def fits_window(record: CallRecord, tokenizer: Any, spec: PromptSpec | None, max_length: int) -> bool:
+    """Whether S5 trains on the call: its prompt under ``spec`` and its answer within ``max_length`` tokens."""
+    return call_tokens(record, tokenizer, spec) <= max_length
+
+
+class TrainingWindow(BaseModel):
+    """S5's training window as the steps before it see it: the compact prompt's settings and S5's max_length."""
+
+    prompt_pruning: PruningSettings = PruningSettings()
+    max_length: int = 512
+
+
+def calls_in_window(records: list[CallRecord], tokenizer: Any, window: TrainingWindow) -> int:
+    """How many of a cluster's training calls S5 could train on, under the spec derived from those calls."""
+    spec = derive_prompt_spec(records, window.prompt_pruning)
+    return sum(fits_window(record, tokenizer, spec, window.max_length) for record in records)
+
+
 def _token_figures(lengths: list[int], max_length: int | None) -> dict[str, float | int]:
     ordered = sorted(lengths)
     figures: dict[str, float | int] = {

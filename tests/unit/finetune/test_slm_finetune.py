@@ -244,6 +244,25 @@ def test_records_longer_than_max_length_are_left_out_and_named(
         finetune(tiny_model_dir, [long_record], tiny_config(max_steps=1), tmp_path / "b")
 
 
+def test_s4_counts_the_calls_s5_would_train_on_by_s5s_own_window(
+    tiny_model_dir: str, records: list[CallRecord]
+) -> None:
+    from transformers import AutoTokenizer
+
+    from components.finetune.train import split_by_length
+    from components.slm.prompt_pruning import PruningSettings, TrainingWindow, calls_in_window, derive_prompt_spec
+
+    long_record = records[0].model_copy(
+        update={"record_id": "long", "messages": [ChatMessage(role="user", content="weather please " * 200)]}
+    )
+    calls = [long_record, *records[:4]]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    window = TrainingWindow(prompt_pruning=PruningSettings(), max_length=256)
+    fitting, _ = split_by_length(calls, tokenizer, 256, derive_prompt_spec(calls, window.prompt_pruning))
+    assert calls_in_window(calls, tokenizer, window) == len(fitting) == 4
+    assert calls_in_window(calls, tokenizer, window.model_copy(update={"max_length": 4096})) == 5
+
+
 def test_generate_keeps_record_order_and_reports_progress(tiny_model_dir: str, records: list[CallRecord]) -> None:
     model, tokenizer = load_model(tiny_model_dir)
     shuffled = [records[1], records[0].model_copy(update={"messages": records[0].messages * 3}), records[2]]

@@ -301,7 +301,9 @@ def test_select_task_with_a_tiny_model_writes_the_leaderboard_files_and_mlflow_t
     assert {"leaderboard.csv", "leaderboard_table.json", "leaderboard.json"} <= artifacts
 
 
-def test_clusters_go_in_s3s_conversion_order_and_a_spent_time_budget_leaves_the_rest_with_the_reason(monkeypatch):
+def ranked_clusters_on_a_fake_clock(monkeypatch):
+    """Cluster 2 (ranked first by S3, one training call) and cluster 0 (two); every benchmark takes five minutes
+    of a fake clock. Returns the records, splits, clusters, the answered calls and the answerer."""
     import types
 
     import components.core.budget
@@ -319,10 +321,16 @@ def test_clusters_go_in_s3s_conversion_order_and_a_spent_time_budget_leaves_the_
     seen: list = []
     answer = answerer(seen)
 
-    def slow_answer(*args, **kwargs):  # each benchmark takes five minutes of the (fake) clock
+    def slow_answer(*args, **kwargs):
         now[0] += 300
         return answer(*args, **kwargs)
 
+    slow_answer.restart = lambda: (now.__setitem__(0, 0.0), seen.clear())
+    return records, splits, clusters, seen, slow_answer
+
+
+def test_clusters_go_in_s3s_conversion_order_and_a_spent_time_budget_leaves_the_rest_with_the_reason(monkeypatch):
+    records, splits, clusters, seen, slow_answer = ranked_clusters_on_a_fake_clock(monkeypatch)
     cfg, catalog = config("good", "weak", modes=["zero_shot"], time_budget_minutes=4)
     result = benchmark_candidates(records, clusters, splits, cfg, catalog, slow_answer, parse)
     first, second = result.leaderboard["clusters"]
@@ -331,3 +339,32 @@ def test_clusters_go_in_s3s_conversion_order_and_a_spent_time_budget_leaves_the_
     assert second["selected"] is None and second["results"] == []
     assert "S4 time budget (4 min) spent" in second["reason"] and "select.time_budget_minutes" in second["reason"]
     assert [ids for _, _, ids in seen] == [["s1", "s2"]]  # cluster 0's calls were never answered
+
+
+def test_a_cluster_whose_calls_do_not_fit_s5s_window_is_benchmarked_last_and_says_why(monkeypatch):
+    """S3 ranks cluster 2 first, but none of its training calls fit S5's window: cluster 0 gets the budget."""
+    from components.slm.prompt_pruning import TrainingWindow
+
+    records, splits, clusters, seen, slow_answer = ranked_clusters_on_a_fake_clock(monkeypatch)
+
+    def count_trainable(train):  # cluster 2's calls ("s...") stand for calls too long for the window
+        return sum(not r.record_id.startswith("s") for r in train)
+
+    window = TrainingWindow(max_length=300)
+    cfg, catalog = config("weak", modes=["zero_shot"], time_budget_minutes=4, training_window=window)
+    result = benchmark_candidates(
+        records, clusters, splits, cfg, catalog, slow_answer, parse, count_trainable=count_trainable
+    )
+    first, second = result.leaderboard["clusters"]
+    assert (first["cluster_id"], first["trainable_calls"], first["n_train"]) == (0, 2, 2)
+    assert [ids for _, _, ids in seen] == [["r2", "r3"]]  # the budget went to the cluster S5 can train
+    assert (second["cluster_id"], second["trainable_calls"], second["results"]) == (2, 0, [])
+    assert "S4 time budget" in second["reason"]
+    assert "only 0 of its 1 training calls fit S5's window (finetune.max_length=300" in second["reason"]
+    # Without S5's window known, S3's order stands.
+    slow_answer.restart()
+    cfg, _ = config("weak", modes=["zero_shot"], time_budget_minutes=4)
+    result = benchmark_candidates(
+        records, clusters, splits, cfg, catalog, slow_answer, parse, count_trainable=count_trainable
+    )
+    assert [c["cluster_id"] for c in result.leaderboard["clusters"]] == [2, 0]
