@@ -392,6 +392,7 @@ def route_report(
         store_dir=str(store.resolve()),
         out_dir=str(out.resolve()),
         slm_hourly_cost_usd=config.steps["evaluate"].slm_hourly_cost_usd,
+        slm_serving_hardware=config.steps["evaluate"].slm_serving_hardware,
     )
     workdir.mkdir(parents=True, exist_ok=True)
     try:

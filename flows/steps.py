@@ -110,6 +110,10 @@ SHARED_VALUES: dict[tuple[str, str], tuple[str, Callable[[dict[str, Any]], Any]]
         "select.hardware_prices_usd_per_hour[select.serving_hardware]",
         lambda p: load_section(p, "select", SelectConfig).hourly_cost_usd,
     ),
+    ("evaluate", "slm_serving_hardware"): (
+        "select.serving_hardware",
+        lambda p: load_section(p, "select", SelectConfig).serving_hardware,
+    ),
     ("evaluate", "cluster_model_dir"): (
         "discover.model_dir",
         lambda p: load_section(p, "discover", DiscoverConfig).model_dir,

@@ -22,7 +22,8 @@ from components.evaluate.learning_curve import CurvePoint, below_parity, learnin
 from components.evaluate.router_config import offered_tools, router_config, write_router_config
 from components.evaluate.summary import CollectedCall, run_summary
 from components.finetune.train import config_for_cluster, finetune
-from components.slm.generation import generate_answers
+from components.scoring.costs import cost_basis
+from components.slm.generation import GENERATION_ENGINE, generate_answers
 from tasks.helpers.evaluation_log import log_evaluation_inputs, log_per_call_results
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import CHALLENGER, CHAMPION, register_challenger
@@ -186,6 +187,7 @@ def evaluate_task(
             dict(zip(assignments.record_id, assignments.cluster_id.astype(int))),
             entries,
             not_converted,
+            cost_basis(GENERATION_ENGINE, cfg.slm_serving_hardware, cfg.slm_hourly_cost_usd),
         )
         evaluation = {"summary": summary, "clusters": entries}
         router = router_config(entries, adapters, known_tools, str(resolve(workdir, cfg.cluster_model_dir)))

@@ -29,7 +29,7 @@ def route_report_task(
     out = resolve(workdir, cfg.out_dir)
     # No previous state: the report always covers the whole store.
     records = collect_sources([parse_source(f"proxy-store:{store}", workdir)], collect_cfg).records
-    summary = route_report(records, cfg.slm_hourly_cost_usd)
+    summary = route_report(records, cfg.slm_hourly_cost_usd, cfg.slm_serving_hardware)
     with step_run("route-report", cfg, workdir, tracking, parent_run_id):
         page = write_route_report(summary, out / "route_report.html")
         log_json_artifact(summary, out / "route_summary.json")

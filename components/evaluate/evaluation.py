@@ -16,6 +16,7 @@ from components.evaluate.learning_curve import LearningCurveSettings
 from components.evaluate.promotion import PromotionPolicy
 from components.finetune.train import FinetuneConfig
 from components.scoring.costs import (  # noqa: F401  (re-exported for S6)
+    describe_cost_basis,
     latency_p50,
     latency_percentile,
     llm_cost_per_1k_calls,
@@ -59,6 +60,7 @@ class EvaluateConfig(StepConfig):
     # which the learning curve trains.
     cluster_model_dir: str = "data/clusters/model"
     slm_hourly_cost_usd: float = 0.10
+    slm_serving_hardware: str = "cpu-2-cores"
     promotion: PromotionPolicy = PromotionPolicy()
     finetune: FinetuneConfig = FinetuneConfig()
     registered_model_prefix: str = "llm2slm"
@@ -203,7 +205,9 @@ def _summary_section(summary: dict[str, Any] | None) -> str:
         ("saved", f"{summary['savings_share']:.1%}"),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in figures)
-    return f"<p class='headline'><b>{html.escape(summary['headline'])}</b></p><table>{rows}</table>"
+    basis = summary.get("slm_cost_basis")
+    assumes = f"<p>{html.escape(describe_cost_basis(basis))}.</p>" if basis else ""
+    return f"<p class='headline'><b>{html.escape(summary['headline'])}</b></p><table>{rows}</table>{assumes}"
 
 
 def write_report(entries: list[dict[str, Any]], path: Path, summary: dict[str, Any] | None = None) -> Path:

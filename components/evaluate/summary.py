@@ -32,12 +32,14 @@ def run_summary(
     request_clusters: Mapping[str, int],
     entries: Sequence[Mapping[str, Any]],
     not_converted: Sequence[Mapping[str, Any]] = (),
+    slm_cost_basis: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``summary`` of reports/evaluation.json.
 
     ``request_clusters``: record id -> cluster from the request alone (calls without one stay with the LLM);
     ``entries``: the evaluated clusters (``cluster_id``, ``promoted``, ``cost_per_1k_calls.slm_finetuned``);
-    ``not_converted``: chosen clusters that could not be trained or evaluated, each ``{cluster_id, reason}``.
+    ``not_converted``: chosen clusters that could not be trained or evaluated, each ``{cluster_id, reason}``;
+    ``slm_cost_basis``: what the SLM costs assume (components/scoring/costs.py::cost_basis), kept beside them.
     """
     fallback_cost = _mean_known(c.llm_cost_usd for c in calls)
     llm_costs = {c.record_id: c.llm_cost_usd if c.llm_cost_usd is not None else fallback_cost for c in calls}
@@ -66,6 +68,7 @@ def run_summary(
         "clusters_evaluated": sorted(evaluated),
         "clusters_at_parity": sorted(promoted),
         "not_converted": [dict(item) for item in not_converted],
+        "slm_cost_basis": dict(slm_cost_basis) if slm_cost_basis else None,
     }
     summary["headline"] = headline(summary)
     return summary

@@ -24,12 +24,13 @@ from pydantic import field_validator, model_validator
 from components.core.budget import TimeBudget, conversion_order
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage, split_records
-from components.scoring.costs import latency_percentile, llm_cost_per_1k_calls, slm_cost_per_1k_calls
+from components.scoring.costs import cost_basis, latency_percentile, llm_cost_per_1k_calls, slm_cost_per_1k_calls
 from components.scoring.judge import JudgeConfig
 from components.scoring.labels import GroundTruth, score_against_labels
 from components.scoring.metrics import PRIMARY_METRIC, Embedder, Judge, detect_output_type, score_pairs
 from components.slm import answer_token_budget, render_target, tool_call_budget
 from components.slm.catalog import Catalog, CatalogEntry, Constraints, constraint_violation
+from components.slm.generation import GENERATION_ENGINE
 from components.slm.prompt_pruning import TrainingWindow
 
 Mode = Literal["zero_shot", "few_shot"]
@@ -403,7 +404,12 @@ def benchmark_candidates(
         )
     all_predictions = pd.DataFrame(prediction_rows, columns=[*PREDICTION_COLUMNS, "mode"])
     zero_shot = all_predictions[all_predictions["mode"] == "zero_shot"][PREDICTION_COLUMNS].reset_index(drop=True)
-    leaderboard = {"candidates": candidates_report, "clusters": reports, "selection_rule": SELECTION_RULE}
+    leaderboard = {
+        "candidates": candidates_report,
+        "clusters": reports,
+        "selection_rule": SELECTION_RULE,
+        "cost_basis": cost_basis(GENERATION_ENGINE, cfg.serving_hardware, cfg.hourly_cost_usd),
+    }
     return SelectionResult(leaderboard, zero_shot, all_predictions)
 
 

@@ -18,6 +18,7 @@ from pydantic import Field
 
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
+from components.slm.generation import GENERATION_ENGINE
 
 
 class OpenAIBackend(StepConfig):
@@ -28,6 +29,14 @@ class OpenAIBackend(StepConfig):
 
 
 Backend = Literal["embedded"] | OpenAIBackend
+
+
+def backend_name(backend: Backend) -> str:
+    """How reports name where a cluster's SLM ran: the in-process engine, or the server's URL and model id."""
+    if isinstance(backend, OpenAIBackend):
+        return f"{backend.base_url} ({backend.model})"
+    return f"embedded ({GENERATION_ENGINE})"
+
 
 # (cluster id, records of one batch) -> completion texts, in order (components.serve.service.Generator).
 Generator = Callable[[int, list[CallRecord]], list[str]]

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from components.core.machine import cpu_model
 from components.core.schema import CallRecord
+from components.slm.generation import GENERATION_ENGINE
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class Engine(Protocol):
 class PoolEngine:
     """transformers' eager ``generate`` through the SLM pool (one base copy, adapters switched per batch)."""
 
-    name = "transformers-eager"
+    name = GENERATION_ENGINE
 
     def __init__(self) -> None:
         from components.serve.adapter_pool import SLMPool
@@ -65,7 +67,7 @@ class PoolEngine:
             "dtype": "float32",
             "device": "cpu",  # components/slm loads onto the CPU
             "torch_threads": torch.get_num_threads(),
-            "cpu": _cpu_model() or platform.processor(),
+            "cpu": cpu_model() or platform.processor(),
             "cpu_count": os.cpu_count(),
             "constrained_decoding": available(),
             "versions": {package: version(package) for package in ("torch", "transformers", "peft")},
@@ -85,13 +87,3 @@ def make_engine(name: str = "transformers", threads: int | None = None) -> Engin
 
         return LlamaCppEngine(n_threads=threads)
     raise ValueError(f"unknown engine {name!r}: one of {', '.join(ENGINES)}")
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None

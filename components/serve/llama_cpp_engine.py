@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.core.machine import cpu_model
 from components.core.schema import CallRecord
-from components.serve.engines import ServedAdapter, _cpu_model
+from components.serve.engines import ServedAdapter
 
 
 def available() -> str | None:
@@ -211,7 +212,7 @@ class LlamaCppEngine:
             "dtype": self.outtype,
             "device": "cpu",
             "threads": self.n_threads,
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "constrained_decoding": grammar_available(),
             "versions": {package: version(package) for package in ("llama_cpp_python", "transformers")},

@@ -3,7 +3,8 @@
 Per cluster and overall: calls, share answered by an SLM, calls per route, the guardrail's fallback rate (SLM
 answers sent back to the LLM), agreement with the LLM (shadow calls) and the cost saved per 1k calls. The LLM's
 cost per call is the mean logged (or priced) cost of the calls the LLM answered; the SLM's is its serving time at
-the hourly price (``slm_hourly_cost_usd``, as in S5's evaluation). Calls the router never placed (streaming,
+the hourly price (``slm_hourly_cost_usd``, as in S6's evaluation), measured on the backends that answered (the
+router records each SLM call's backend; the report names them, the machine and the hardware billed). Calls the router never placed (streaming,
 unreadable) count with the outliers (cluster -1): the LLM answered them all the same.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
-from components.scoring.costs import slm_cost_per_1k_calls
+from components.scoring.costs import cost_basis, describe_cost_basis, slm_cost_per_1k_calls
 from components.serve.router import OUTLIER, route_summary
 
 ROUTE_COLOURS = {"slm": "#2ca02c", "fallback": "#ff7f0e", "shadow": "#1f77b4", "llm": "#d62728"}
@@ -29,7 +30,8 @@ ROUTE_COLOURS = {"slm": "#2ca02c", "fallback": "#ff7f0e", "shadow": "#1f77b4", "
 class RouteReportConfig(StepConfig):
     store_dir: str  # the proxy's store (``llm2slm proxy --store``)
     out_dir: str = "reports/route"
-    slm_hourly_cost_usd: float = 0.40
+    slm_hourly_cost_usd: float = 0.10  # select's serving_hardware price (the CLI passes it from params.yaml)
+    slm_serving_hardware: str = "cpu-2-cores"
 
 
 def routes_taken(records: Iterable[CallRecord]) -> list[dict[str, Any]]:
@@ -47,18 +49,29 @@ def routes_taken(records: Iterable[CallRecord]) -> list[dict[str, Any]]:
                 "agree": route.get("agree"),
                 "latency_ms": record.latency_ms,
                 "cost_usd": record.cost_usd,
+                "backend": route.get("backend"),
             }
         )
     return rows
 
 
-def route_report(records: Iterable[CallRecord], slm_hourly_cost_usd: float) -> dict[str, Any]:
+def route_report(
+    records: Iterable[CallRecord], slm_hourly_cost_usd: float, slm_serving_hardware: str = "cpu-2-cores"
+) -> dict[str, Any]:
+    """The summary, with the SLM's cost from the latencies of the calls it answered, on the backends that answered
+    them (named in ``slm_cost_basis``; calls stored by a router that did not record it count as 'not recorded')."""
     rows = routes_taken(records)
     llm_costs = [row["cost_usd"] for row in rows if row["route"] != "slm" and row["cost_usd"]]
-    slm_latencies = [row["latency_ms"] for row in rows if row["route"] == "slm" and row["latency_ms"] is not None]
+    served = [row for row in rows if row["route"] == "slm" and row["latency_ms"] is not None]
     llm_cost = float(np.mean(llm_costs)) if llm_costs else 0.0
-    slm_cost = slm_cost_per_1k_calls(slm_latencies, slm_hourly_cost_usd) / 1000
-    return {**route_summary(rows, llm_cost, slm_cost), "llm_cost_per_call": llm_cost, "slm_cost_per_call": slm_cost}
+    slm_cost = slm_cost_per_1k_calls([row["latency_ms"] for row in served], slm_hourly_cost_usd) / 1000
+    backends = sorted({row["backend"] or "not recorded" for row in served}) or ["none (no call answered by an SLM)"]
+    return {
+        **route_summary(rows, llm_cost, slm_cost),
+        "llm_cost_per_call": llm_cost,
+        "slm_cost_per_call": slm_cost,
+        "slm_cost_basis": cost_basis(", ".join(backends), slm_serving_hardware, slm_hourly_cost_usd),
+    }
 
 
 def _routes_png(summary: dict[str, Any]) -> str:
@@ -124,7 +137,8 @@ def write_route_report(summary: dict[str, Any], path: Path) -> Path:
         "<h1>Router: who answered the agent's calls</h1>"
         f"<p>{summary['overall']['calls']} routed calls; LLM cost per call ${summary['llm_cost_per_call']:.6f}, "
         f"SLM cost per call ${summary['slm_cost_per_call']:.6f}. Fallback rate: SLM answers the guardrail sent "
-        "back to the LLM. Agreement: shadow calls whose SLM answer matched the LLM's.</p>"
+        "back to the LLM. Agreement: shadow calls whose SLM answer matched the LLM's. "
+        f"{html.escape(describe_cost_basis(summary['slm_cost_basis']))}.</p>"
         f"<table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in columns)}</tr>{''.join(rows)}</table>"
         f"{figure}</body></html>"
     )

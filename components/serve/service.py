@@ -42,7 +42,7 @@ from components.collect.sources.openai_jsonl import messages_from_openai, tools_
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
 from components.discover.identity import ClusterModel, assign, load_model
-from components.serve.backends import Backend, cluster_generator
+from components.serve.backends import Backend, backend_name, cluster_generator
 from components.serve.proxy import current_note
 from components.serve.router import ClusterRoute, Mode, agreement, check_tool_calls, decide
 
@@ -197,6 +197,10 @@ class RouterResponder:
         self.embed = embed or TextEncoder()
         self.pool = SLMPool()
         backends = {cluster_id: serving.backend for cluster_id, serving in config.clusters.items()}
+        # Recorded with each SLM route, so the route report says which engine its latencies (and costs) come from.
+        self.backend_names = {
+            cluster_id: backend_name(serving.backend) for cluster_id, serving in config.clusters.items()
+        }
         self.generator = generator or cluster_generator(backends, self.generate_with_slm, config.max_new_tokens)
         # Placement runs off the event loop: the proxy keeps serving the LLM path meanwhile.
         self._assigner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="router-assign")
@@ -265,6 +269,7 @@ class RouterResponder:
                 route["route"] = "llm"
             route["reason"] = "SLM busy"
             return None
+        route["backend"] = self.backend_names.get(cluster_id, backend_name("embedded"))
         if decision.route == "shadow":
             note.on_llm_answer = lambda llm_answer: self._compare(pending, llm_answer, route)
             return None

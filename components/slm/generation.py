@@ -14,6 +14,10 @@ from components.core.schema import CallRecord
 from components.slm.loading import PROMPT_SPEC_ATTRIBUTE, load_model
 from components.slm.prompt import render_prompt
 
+# What S4, S6 and the embedded server generate with (components/slm loads onto the CPU): the engine every SLM latency,
+# and so every SLM cost, of a run is measured on.
+GENERATION_ENGINE = "transformers-eager"
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 

@@ -182,6 +182,12 @@ def test_the_summary_is_the_headline_and_the_router_config_follows_the_gate(conv
     assert summary["headline"] in lines[mlflow_line + 1 :]
     report = (workdir / "reports/report.html").read_text()
     assert report.index(html.escape(summary["headline"].split(";")[0])) < report.index("<h2>Cluster")
+    # The SLM costs say what they assume: S6's engine, the machine it ran on, the hardware billed (select's).
+    select = load_params(ROOT / "params.yaml")["select"]
+    basis = summary["slm_cost_basis"]
+    assert (basis["engine"], basis["hardware"]) == ("transformers-eager", select["serving_hardware"])
+    assert basis["hourly_cost_usd"] == select["hardware_prices_usd_per_hour"][select["serving_hardware"]]
+    assert "SLM cost: transformers-eager, measured on" in report
 
 
 def test_no_injected_pii_in_any_file_after_s6(conversion):

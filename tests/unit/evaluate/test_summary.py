@@ -35,3 +35,16 @@ def test_a_run_that_converts_nothing_says_so_with_the_reasons():
     assert summary["calls_at_parity"] == 0 and summary["savings_share"] == 0.0
     assert summary["headline"].startswith("No task was converted")
     assert "max_length 512" in summary["headline"]
+
+
+def test_the_summary_keeps_what_the_slm_costs_assume_and_the_report_says_it(tmp_path):
+    from components.evaluate.evaluation import write_report
+    from components.scoring.costs import cost_basis
+
+    basis = cost_basis("transformers-eager", "cpu-8-cores", 0.4)
+    calls = [CollectedCall("a", 0.002)]
+    summary = run_summary(calls, {"a": 0}, [entry(0, True, 0.5)], slm_cost_basis=basis)
+    assert summary["slm_cost_basis"] == basis and run_summary(calls, {}, [])["slm_cost_basis"] is None
+    assert "cores" in basis["measured_on"]
+    page = write_report([], tmp_path / "report.html", summary).read_text()
+    assert "SLM cost: transformers-eager, measured on" in page and "billed as cpu-8-cores at $0.4/h" in page

@@ -291,6 +291,13 @@ def test_select_task_with_a_tiny_model_writes_the_leaderboard_files_and_mlflow_t
         assert row["latency_ms_p95"] >= row["latency_ms_p50"] > 0 and row["peak_rss_mb"] > 0
         assert row["cost_per_1k_calls_usd"] > 0 and row["n_test"] == 3
     assert cluster["selected"] == "tiny" and cluster["reason"]
+    # The costs above are the measured latencies of S4's engine, billed as the configured serving hardware.
+    basis = leaderboard["cost_basis"]
+    assert (basis["engine"], basis["hardware"], basis["hourly_cost_usd"]) == (
+        "transformers-eager",
+        cfg.serving_hardware,
+        cfg.hourly_cost_usd,
+    )
     table = pd.read_csv(tmp_path / "reports/leaderboard.csv")
     assert len(table) == 2 and table.chosen.sum() == 1
     assert json.loads((tmp_path / "reports/select_metrics.json").read_text())["cluster_0"]["selected"] == "tiny"

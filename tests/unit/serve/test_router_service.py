@@ -111,8 +111,9 @@ def router_config(**overrides) -> RouterConfig:
 class Proxy:
     """The proxy with a router in front of a fake upstream, served on 127.0.0.1."""
 
-    def __init__(self, store: Path, responder: RouterResponder) -> None:
-        self.store, self.responder = store, responder
+    def __init__(self, store: Path, responder: RouterResponder, backend: str = "embedded (transformers-eager)") -> None:
+        # backend: how the router must name where its SLM answers came from (recorded with each SLM route)
+        self.store, self.responder, self.backend = store, responder, backend
 
     def __enter__(self) -> Proxy:
         self.upstream = fake_openai_app()
@@ -176,8 +177,10 @@ def test_on_mode_answers_with_the_slm_and_falls_back_on_an_invalid_tool_call(rou
 
     stored = routed.records(5)
     route = {text.split()[-1].rstrip("?"): record.metadata["route"] for text, record in stored.items()}
-    assert route["Paris"] == {"route": "slm", "cluster_id": WEATHER, "reason": "on"}
-    assert route["Oslo"] == {"route": "fallback", "cluster_id": WEATHER, "reason": "arguments invalid at root"}
+    # A call the SLM took records its backend: the route report names it beside the SLM's cost.
+    slm = {"cluster_id": WEATHER, "backend": routed.backend.format(cluster=WEATHER)}
+    assert route["Paris"] == {"route": "slm", "reason": "on", **slm}
+    assert route["Oslo"] == {"route": "fallback", "reason": "arguments invalid at root", **slm}
     assert route["Lima"] == {"route": "llm", "cluster_id": WEATHER, "reason": "1 tool(s) unknown to the cluster"}
     assert route["Cairo"] == {"route": "llm", "cluster_id": None, "reason": "streaming request"}
     assert route["cats"] == {"route": "llm", "cluster_id": -1, "reason": "outlier"}
@@ -194,7 +197,13 @@ def test_shadow_mode_answers_with_the_llm_and_records_agreement(routed):
     assert len(routed.upstream.state.requests) == before + 3
     stored = routed.records(8)
     route = {place: stored[TASKS[SKI][1].format(place)].metadata["route"] for place in ("Perth", "Zermatt", "Oslo")}
-    assert route["Perth"] == {"route": "shadow", "cluster_id": SKI, "reason": "shadow mode", "agree": True}
+    assert route["Perth"] == {
+        "route": "shadow",
+        "cluster_id": SKI,
+        "reason": "shadow mode",
+        "agree": True,
+        "backend": routed.backend.format(cluster=SKI),
+    }
     assert route["Zermatt"]["agree"] is False and "slm_rejected" not in route["Zermatt"]
     assert route["Oslo"]["agree"] is False and route["Oslo"]["slm_rejected"] == "arguments invalid at root"
 
@@ -212,6 +221,7 @@ def test_canary_mode_sends_the_seeded_share_to_the_slm(routed):
             "route": "slm" if slm else "llm",
             "cluster_id": TRIPS,
             "reason": "canary" if slm else "outside canary share",
+            **({"backend": routed.backend.format(cluster=TRIPS)} if slm else {}),
         }
         for place, slm in expected.items()
     }
@@ -295,6 +305,15 @@ def test_route_report_over_the_store_is_written_and_tracked(tmp_path):
     [slm_answered] = [r for r in stored.values() if r.metadata["route"]["route"] == "slm"]
     slm_cost = slm_answered.latency_ms / 1000 * hourly / 3600
     assert slm_cost > 0 and summary["slm_cost_per_call"] == pytest.approx(slm_cost)
+    # ... and the report says what that figure assumes: the router's own engine, the hardware billed, its price.
+    assert slm_answered.metadata["route"]["backend"] == "embedded (transformers-eager)"
+    basis = summary["slm_cost_basis"]
+    assert (basis["engine"], basis["hardware"], basis["hourly_cost_usd"]) == (
+        "embedded (transformers-eager)",
+        select["serving_hardware"],
+        hourly,
+    )
+    assert "SLM cost: embedded (transformers-eager)" in (tmp_path / "report" / "route_report.html").read_text()
     overall, clusters = summary["overall"], summary["clusters"]
     assert (overall["calls"], overall["slm_share"], overall["routes"]) == (
         4,
@@ -436,7 +455,12 @@ def test_route_report_prices_the_llm_by_the_calls_it_answered_and_the_slm_by_its
         routed_call("slm", None, 360.0),
         routed_call("slm", None, 1080.0),
     ]
-    summary = route_report(calls, slm_hourly_cost_usd=3.6)
+    calls[3].metadata["route"]["backend"] = "http://127.0.0.1:8788/v1 (cluster-3)"
+    summary = route_report(calls, slm_hourly_cost_usd=3.6, slm_serving_hardware="nvidia-l4")
+    # The cost names the backends that answered (one call stored without a backend) and the hardware billed.
+    basis = summary["slm_cost_basis"]
+    assert basis["engine"] == "http://127.0.0.1:8788/v1 (cluster-3), not recorded"
+    assert (basis["hardware"], basis["hourly_cost_usd"]) == ("nvidia-l4", 3.6) and "cores" in basis["measured_on"]
     # LLM: the mean of the calls it answered (0.004, 0.002); SLM: mean 720 ms at 3.6 USD/h = 0.00072 USD.
     assert summary["llm_cost_per_call"] == pytest.approx(0.003)
     assert summary["slm_cost_per_call"] == pytest.approx(0.00072)

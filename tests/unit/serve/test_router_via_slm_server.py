@@ -75,7 +75,8 @@ def routed(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch, serve_in_thread(server.app) as url:
         patch.setenv(KEY_ENV, SLM_KEY)
         responder = RouterResponder(remote_config(url), cluster_model(), embed=bag_of_words)  # the default generator
-        with Proxy(tmp_path_factory.mktemp("router-store"), responder) as proxy:
+        backend = f"{url}/v1 (cluster-{{cluster}})"
+        with Proxy(tmp_path_factory.mktemp("router-store"), responder, backend) as proxy:
             yield proxy
         # Every SLM answer above came through the server, none from an in-process model.
         assert (
@@ -112,11 +113,17 @@ def test_an_unreachable_backend_sends_the_call_to_the_llm(tmp_path, monkeypatch)
     from tests.support.fake_openai import free_port
 
     monkeypatch.setenv(KEY_ENV, SLM_KEY)
-    responder = RouterResponder(remote_config(f"http://127.0.0.1:{free_port()}"), cluster_model(), embed=bag_of_words)
+    url = f"http://127.0.0.1:{free_port()}"
+    responder = RouterResponder(remote_config(url), cluster_model(), embed=bag_of_words)
     with Proxy(tmp_path, responder) as proxy:
         assert proxy.ask(body(WEATHER, "Paris")).model == "gpt-4o"
         [record] = proxy.records(1).values()
-    assert record.metadata["route"] == {"route": "fallback", "cluster_id": WEATHER, "reason": "SLM error: ConnectError"}
+    assert record.metadata["route"] == {
+        "route": "fallback",
+        "cluster_id": WEATHER,
+        "reason": "SLM error: ConnectError",
+        "backend": f"{url}/v1 (cluster-{WEATHER})",
+    }
 
 
 def test_a_real_tiny_slm_behind_the_server_answers_for_the_router(tmp_path, tiny_model_dir, monkeypatch):
@@ -135,4 +142,9 @@ def test_a_real_tiny_slm_behind_the_server_answers_for_the_router(tmp_path, tiny
     assert answer.model == f"slm-cluster-{WEATHER}"  # the grammar made the random model's call valid
     [call] = answer.choices[0].message.tool_calls
     assert call.function.name == "get_weather" and set(json.loads(call.function.arguments)) == {"city"}
-    assert record.metadata["route"] == {"route": "slm", "cluster_id": WEATHER, "reason": "on"}
+    assert record.metadata["route"] == {
+        "route": "slm",
+        "cluster_id": WEATHER,
+        "reason": "on",
+        "backend": f"{url}/v1 (cluster-{WEATHER})",
+    }
