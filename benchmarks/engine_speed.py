@@ -52,17 +52,17 @@ def make_adapter(folder: Path) -> str:
 def run_engine(engine_name: str, adapter: str, calls: int, max_new_tokens: int, threads: int) -> dict:
     import torch
 
-    from components.serve.engines import PoolEngine, ServedAdapter
     from components.slm import parse_completion
+    from components.slm.engines import PoolEngine, ServedAdapter
     from tests.support.tiny_models import CITIES, weather_record
 
     torch.set_num_threads(threads)
     if engine_name == "llama-cpp":
-        from components.serve.llama_cpp_engine import LlamaCppEngine
+        from components.slm.llama_cpp_engine import LlamaCppEngine
 
         engine = LlamaCppEngine(n_threads=threads)
     elif engine_name == "llama-cpp-q8":
-        from components.serve.llama_cpp_engine import LlamaCppEngine
+        from components.slm.llama_cpp_engine import LlamaCppEngine
 
         engine = LlamaCppEngine(outtype="q8_0", n_threads=threads)
     else:

@@ -92,6 +92,40 @@ def log_learning_curve(cluster_id: int, metric: str, curve: dict) -> None:
     log_numeric_metrics(figures, f"{prefix}.")
 
 
+def make_tuned_answerer(cfg: EvaluateConfig):
+    """(engine name, (S5's model entry, records, progress) -> [(completion, latency ms)]) on S6's engine, so the
+    fine-tuned SLM's latency and cost are those of the engine that serves it."""
+    if cfg.engine == "transformers":
+
+        def eager(model: dict, records: list[CallRecord], progress: Progress) -> list[tuple[str, float]]:
+            return generate_answers(
+                model["base_model"],
+                records,
+                cfg.max_new_tokens,
+                cfg.batch_size,
+                progress,
+                adapter_dir=model["adapter_dir"],
+                constrain_tool_calls=cfg.constrained_decoding,
+            )
+
+        return GENERATION_ENGINE, eager
+    from components.slm.engines import ServedAdapter, make_engine
+
+    engine = make_engine(cfg.engine, cfg.engine_threads)
+
+    def served(model: dict, records: list[CallRecord], progress: Progress) -> list[tuple[str, float]]:
+        adapter = ServedAdapter(model["base_model"], model["adapter_dir"])
+        answers = []
+        for done, record in enumerate(records, start=1):  # one call at a time, as the engine serves them
+            [generation] = engine.generate(adapter, [record], cfg.max_new_tokens)
+            answers.append((generation.text, generation.latency_ms))
+            progress(done, len(records))
+        engine.unload(adapter)
+        return answers
+
+    return engine.name, served
+
+
 @task(name="S6 evaluate", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def evaluate_task(
     cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
@@ -111,6 +145,7 @@ def evaluate_task(
             resolve(workdir, cfg.curated),
             resolve(workdir, cfg.splits),
         )
+        engine_name, answer_tuned = make_tuned_answerer(cfg)
         entries, prediction_rows, call_rows = [], [], []
         adapters: dict[int, str] = {}
         known_tools: dict[int, list[str]] = {}
@@ -125,15 +160,7 @@ def evaluate_task(
             base_answers = [
                 (base.at[r.record_id, "text"], float(base.at[r.record_id, "latency_ms"])) for r in test_records
             ]
-            tuned_answers = generate_answers(
-                model["base_model"],
-                test_records,
-                cfg.max_new_tokens,
-                cfg.batch_size,
-                Progress(f"S6 cluster #{cluster_id}", len(test_records)),
-                adapter_dir=model["adapter_dir"],
-                constrain_tool_calls=cfg.constrained_decoding,
-            )
+            tuned_answers = answer_tuned(model, test_records, Progress(f"S6 cluster #{cluster_id}", len(test_records)))
             entry, rows = evaluate_cluster(
                 cluster,
                 model["n_train"],
@@ -187,7 +214,7 @@ def evaluate_task(
             dict(zip(assignments.record_id, assignments.cluster_id.astype(int))),
             entries,
             not_converted,
-            cost_basis(GENERATION_ENGINE, cfg.slm_serving_hardware, cfg.slm_hourly_cost_usd),
+            cost_basis(engine_name, cfg.slm_serving_hardware, cfg.slm_hourly_cost_usd),
         )
         evaluation = {"summary": summary, "clusters": entries}
         router = router_config(entries, adapters, known_tools, str(resolve(workdir, cfg.cluster_model_dir)))

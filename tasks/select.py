@@ -52,8 +52,12 @@ def make_trainable_counter(cfg: SelectConfig, catalog):
         if not tokenizer:
             from transformers import AutoTokenizer
 
-            tokenizer.append(AutoTokenizer.from_pretrained(slm.prepare_model(catalog.entry(cfg.candidates[0]).ref)))
-        return calls_in_window(train_records, tokenizer[0], cfg.training_window)
+            try:
+                reference = slm.prepare_model(catalog.entry(cfg.candidates[0]).ref)
+                tokenizer.append(AutoTokenizer.from_pretrained(reference))
+            except (OSError, KeyError, ValueError):  # the candidate's own benchmark reports why it cannot load
+                tokenizer.append(None)
+        return None if tokenizer[0] is None else calls_in_window(train_records, tokenizer[0], cfg.training_window)
 
     return count
 

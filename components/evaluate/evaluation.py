@@ -9,7 +9,9 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import model_validator
 
 from components.core.config import StepConfig
 from components.evaluate.learning_curve import LearningCurveSettings
@@ -53,6 +55,12 @@ class EvaluateConfig(StepConfig):
     max_new_tokens: int = 256  # a cap: the adapter's prompt spec holds its own, smaller budget
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
+    # What generates the fine-tuned SLM's answers, and so its latency and cost: transformers (eager, batched;
+    # always there) or llama-cpp (the serving engine of `serve-slm --engine llama-cpp`: the optional extra
+    # llm2slm[llama-cpp] and a llama.cpp tree in $LLM2SLM_LLAMA_CPP_DIR; it always decodes tool calls under the
+    # grammar). The base model's answers are S4's, from transformers.
+    engine: Literal["transformers", "llama-cpp"] = "transformers"
+    engine_threads: int | None = None  # llama-cpp only; None: one per core
     learning_curve: LearningCurveSettings = LearningCurveSettings()
     # Written once elsewhere in params.yaml, filled in by the loader (flows/steps.py SHARED_VALUES): the SLM's
     # serving price (select's serving_hardware), the one gate (top-level `promotion:`), S3's cluster model,
@@ -65,6 +73,14 @@ class EvaluateConfig(StepConfig):
     finetune: FinetuneConfig = FinetuneConfig()
     registered_model_prefix: str = "llm2slm"
     alias: str = "champion"
+
+    @model_validator(mode="after")
+    def _engine_keeps_the_grammar(self) -> EvaluateConfig:
+        if self.engine == "llama-cpp" and not self.constrained_decoding:
+            raise ValueError(
+                "evaluate.engine llama-cpp always decodes under the tool grammar: set constrained_decoding"
+            )
+        return self
 
 
 # ---- intervals -----------------------------------------------------------------------------

@@ -266,14 +266,14 @@ def benchmark_candidates(
     embed: Embedder | None = None,
     judge: Judge | None = None,
     ground_truth: GroundTruth | None = None,
-    count_trainable: Callable[[list[CallRecord]], int] | None = None,
+    count_trainable: Callable[[list[CallRecord]], int | None] | None = None,
 ) -> SelectionResult:
     """Benchmark every admissible candidate × mode on every conversion cluster's test split and choose per cluster.
 
     ``answer`` loads a candidate and generates, ``parse`` turns a completion into a message, ``embed`` embeds
     texts (few-shot example choice, text similarity), ``judge`` scores free text; all injected so this stays
     testable without a model. Few-shot rows need ``embed``. ``count_trainable`` (training calls -> how many fit S5's
-    window) puts the clusters S5 could barely train after the others."""
+    window, None if unknown) puts the clusters S5 could barely train after the others."""
     modes = [m for m in cfg.modes if m != "few_shot" or embed is not None]
     budget = TimeBudget(cfg.time_budget_minutes, "S4", "select.time_budget_minutes")
     reports = []

@@ -1,5 +1,5 @@
 """Serving: the logging proxy (S1's live source), the router that sends each call to its cluster's SLM or the LLM,
-the adapter pool and the route report. Imports core, collect (the proxy writes its store), discover's cluster model
+the OpenAI-compatible SLM server, exports and the route report (the engines and the adapter pool are components/slm's). Imports core, collect (the proxy writes its store), discover's cluster model
 and slm."""
 
 from components.serve.proxy import PROXY_KEYS_ENV, serve

@@ -24,6 +24,7 @@ from typing import Any
 
 from components.core.schema import CallRecord
 from components.serve.export_templates import chat_template, is_chatml, ollama_template, template_gaps
+from components.slm.llama_cpp_engine import LLAMA_CPP_ENV, llama_cpp_dir
 from components.slm.prompt import tool_name
 from components.slm.prompt_pruning import PROMPT_SPEC_FILE, PromptSpec, load_prompt_spec
 
@@ -31,7 +32,6 @@ EXPORT_MANIFEST = "llm2slm_export.json"
 TOOL_CALL_FORMAT = '<tool_call>{"name": <tool>, "arguments": {<JSON object>}}</tool_call> (one line per call)'
 VLLM_TOOL_PARSER = "hermes"
 PLUGIN_PARSER = "llm2slm_hermes"
-LLAMA_CPP_ENV = "LLM2SLM_LLAMA_CPP_DIR"  # a llama.cpp source tree (e.g. vendor/llama.cpp of llama-cpp-python's sdist)
 
 
 def cluster_tools(records: list[CallRecord]) -> list[dict[str, Any]]:
@@ -193,16 +193,6 @@ def export_vllm(
 def _lora_rank(adapter_dir: str) -> int:
     rank = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("r", 16)
     return next(size for size in (8, 16, 32, 64, 128, 256, 320, 512) if size >= rank)
-
-
-def llama_cpp_dir(given: str | Path | None = None) -> Path | None:
-    """A llama.cpp tree holding ``convert_hf_to_gguf.py``: ``given``, else $LLM2SLM_LLAMA_CPP_DIR; None if neither."""
-    import os
-
-    for candidate in (given, os.environ.get(LLAMA_CPP_ENV)):
-        if candidate and (Path(candidate) / "convert_hf_to_gguf.py").exists():
-            return Path(candidate)
-    return None
 
 
 def export_gguf(

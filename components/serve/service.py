@@ -9,7 +9,7 @@ back to the LLM (route ``fallback``). ``shadow``: the LLM answers while the SLM 
 agree is recorded once the LLM's answer is in. Each call's route, cluster, reason (and agreement) become the stored
 call's ``metadata.route`` through :func:`components.serve.proxy.current_note`; no prompt text is ever logged.
 
-Serving: one worker thread runs the SLMs (:class:`components.serve.adapter_pool.SLMPool`: one copy of each base model, each
+Serving: one worker thread runs the SLMs (:class:`components.slm.adapter_pool.SLMPool`: one copy of each base model, each
 cluster's LoRA adapter loaded onto it once and switched per batch). Calls for the same cluster that queue up while
 it is busy are answered together in one batch (up to ``max_batch_size``), so a burst costs one generation, not many.
 
@@ -188,7 +188,7 @@ class RouterResponder:
         embed: Embed | None = None,
         generator: Generator | None = None,
     ) -> None:
-        from components.serve.adapter_pool import SLMPool
+        from components.slm.adapter_pool import SLMPool
 
         self.config = config
         self.routes = config.routes()

@@ -2,7 +2,7 @@
 
 ``model`` names the cluster (``cluster-<id>``, vLLM's convention of one model id per LoRA module). Each call is
 answered the way S4-S6 answer it: the cluster's prompt spec and the request's tool grammar are applied here
-(components/slm through :class:`components.serve.adapter_pool.SLMPool`), so a client sends plain OpenAI requests and
+(components/slm through :class:`components.slm.adapter_pool.SLMPool`), so a client sends plain OpenAI requests and
 gets ``tool_calls`` back. Concurrent calls to one model are answered in one batch by a single worker thread
 (components/serve/batching.py). ``stream: true`` is served as a one-chunk stream once the answer is complete (the
 same as the proxy does for its responders): clients that only speak streaming work, with no earlier first token.
@@ -37,9 +37,9 @@ from components.collect.sources.common import RecordError
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
 from components.serve.batching import BatchWorker
-from components.serve.engines import Engine, ServedAdapter, make_engine
 from components.serve.proxy import completion_as_sse
 from components.serve.service import RouterConfig, as_completion, request_record
+from components.slm.engines import Engine, ServedAdapter, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class SLMServerConfig(StepConfig):
     poll_s: float = Field(30.0, ge=0.0)  # how often resolve() is asked for new adapters; 0: never
     hardware: str = "cpu-2-cores"  # what the cost figure assumes (select.hardware_prices_usd_per_hour's names)
     hourly_cost_usd: float = Field(0.10, ge=0.0)  # that machine's price
-    engine: str = "transformers"  # components/serve/engines.py make_engine: transformers | llama-cpp
+    engine: str = "transformers"  # components/slm/engines.py make_engine: transformers | llama-cpp
     engine_threads: int | None = Field(None, ge=1)  # llama-cpp's threads (default: every core)
 
 

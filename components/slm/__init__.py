@@ -1,5 +1,6 @@
 """Small language models for S4-S6 and serving: loading, the prompt/target contract, batched generation under the
-tool grammar, prompt pruning, and the candidate catalog. Imports core and scoring.tool_calls, never a step package."""
+tool grammar, prompt pruning, the candidate catalog, and the engines that serve adapters (the transformers pool,
+llama.cpp). Imports core and scoring.tool_calls, never a step package."""
 
 from components.slm.catalog import CatalogEntry, install_chat_template, load_catalog
 from components.slm.generation import Generation, answer_token_budget, generate, generate_answers, tool_call_budget

@@ -406,7 +406,7 @@ def test_clusters_on_one_base_share_it_and_each_gets_its_own_adapter(tmp_path, t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import components.slm as slm
-    from components.serve.adapter_pool import SLMPool
+    from components.slm.adapter_pool import SLMPool
 
     adapters = []
     for seed in (1, 2):  # two different adapters: random, non-zero LoRA weights

@@ -8,18 +8,18 @@ import json
 
 import pytest
 
-from components.serve.engines import PoolEngine, ServedAdapter, make_engine
-from components.serve.llama_cpp_engine import available
 from components.serve.router import check_tool_calls
 from components.serve.service import request_record
 from components.slm import parse_completion
+from components.slm.engines import PoolEngine, ServedAdapter, make_engine
+from components.slm.llama_cpp_engine import available
 from tests.unit.serve.test_slm_server import make_adapter, weather_request
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=f"llama.cpp engine: {available()}")
 
 
 def test_llama_cpp_keeps_the_grammar_and_switches_adapters_like_the_pool(tmp_path, tiny_model_dir, monkeypatch):
-    from components.serve.llama_cpp_engine import LlamaCppEngine
+    from components.slm.llama_cpp_engine import LlamaCppEngine
 
     monkeypatch.setenv("LLM2SLM_CACHE", str(tmp_path / "cache"))
     adapters = [make_adapter(tiny_model_dir, tmp_path / f"adapter{seed}", seed) for seed in (1, 2)]
@@ -50,3 +50,23 @@ def test_the_engine_setting_names_the_engine():
     assert make_engine("llama-cpp", threads=1).name == "llama-cpp"
     with pytest.raises(ValueError, match="unknown engine"):
         make_engine("vllm")
+
+
+def test_s6_answers_through_the_serving_engine_when_evaluate_engine_names_it(tmp_path, tiny_model_dir, monkeypatch):
+    """evaluate.engine: llama-cpp gives S6 the answers (and latencies) of the engine serve-slm would serve with: the
+    same texts as S6's eager path, and the engine's name for the summary's cost basis."""
+    from components.evaluate.evaluation import EvaluateConfig
+    from tasks.evaluate import make_tuned_answerer
+    from tasks.helpers.progress import Progress
+
+    monkeypatch.setenv("LLM2SLM_CACHE", str(tmp_path / "cache"))
+    model = {"base_model": tiny_model_dir, "adapter_dir": make_adapter(tiny_model_dir, tmp_path / "adapter", 1)}
+    records = [request_record(weather_request(city)) for city in ("Paris", "Oslo")]
+    served_name, served = make_tuned_answerer(EvaluateConfig(engine="llama-cpp", engine_threads=1, max_new_tokens=48))
+    eager_name, eager = make_tuned_answerer(EvaluateConfig(max_new_tokens=48, batch_size=1))
+    got, expected = served(model, records, Progress("test")), eager(model, records, Progress("test"))
+    assert (served_name, eager_name) == ("llama-cpp", "transformers-eager")
+    assert [text for text, _ in got] == [text for text, _ in expected]
+    assert all(latency > 0 for _, latency in got)
+    with pytest.raises(ValueError, match="always decodes under the tool grammar"):
+        EvaluateConfig(engine="llama-cpp", constrained_decoding=False)

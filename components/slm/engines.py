@@ -1,6 +1,7 @@
-"""What generates for the SLM server: an :class:`Engine` loads and frees (base, adapter) pairs and answers batches.
+"""What generates for the SLM server and, with ``evaluate.engine``, for S6: an :class:`Engine` loads and frees (base,
+adapter) pairs and answers batches.
 The default is :class:`PoolEngine`, transformers' eager ``generate`` through the SLM pool; the faster CPU engine is
-components/serve/llama_cpp_engine.py's (same four methods, tool grammar and per-cluster adapters kept), chosen by
+components/slm/llama_cpp_engine.py's (same four methods, tool grammar and per-cluster adapters kept), chosen by
 :func:`make_engine` from the server's ``engine`` setting (docs/benchmarks.md has the measurement).
 """
 
@@ -40,7 +41,7 @@ class PoolEngine:
     name = GENERATION_ENGINE
 
     def __init__(self) -> None:
-        from components.serve.adapter_pool import SLMPool
+        from components.slm.adapter_pool import SLMPool
 
         self.pool = SLMPool()
 
@@ -79,11 +80,11 @@ ENGINES = ("transformers", "llama-cpp")
 
 def make_engine(name: str = "transformers", threads: int | None = None) -> Engine:
     """The engine a setting names: ``transformers`` (eager, the fallback, always there) or ``llama-cpp``
-    (components/serve/llama_cpp_engine.py; the optional extra, built from source)."""
+    (components/slm/llama_cpp_engine.py; the optional extra, built from source)."""
     if name == "transformers":
         return PoolEngine()
     if name == "llama-cpp":
-        from components.serve.llama_cpp_engine import LlamaCppEngine
+        from components.slm.llama_cpp_engine import LlamaCppEngine
 
         return LlamaCppEngine(n_threads=threads)
     raise ValueError(f"unknown engine {name!r}: one of {', '.join(ENGINES)}")

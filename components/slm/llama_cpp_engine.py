@@ -11,7 +11,7 @@ cluster's LoRA as a GGUF adapter switched per batch, and the tool grammar applie
   same llguidance grammar as components/slm/grammar.py before each token is picked.
 
 Needs ``llama_cpp`` (``pip install llm2slm[llama-cpp]``; it compiles) and a llama.cpp tree with the converters
-($LLM2SLM_LLAMA_CPP_DIR, components/serve/export.py).
+($LLM2SLM_LLAMA_CPP_DIR, below; components/serve/export.py uses it for GGUF exports).
 """
 
 from __future__ import annotations
@@ -26,13 +26,21 @@ from typing import Any
 
 from components.core.machine import cpu_model
 from components.core.schema import CallRecord
-from components.serve.engines import ServedAdapter
+from components.slm.engines import ServedAdapter
+
+LLAMA_CPP_ENV = "LLM2SLM_LLAMA_CPP_DIR"  # a llama.cpp source tree (e.g. vendor/llama.cpp of llama-cpp-python's sdist)
+
+
+def llama_cpp_dir(given: str | Path | None = None) -> Path | None:
+    """A llama.cpp tree holding ``convert_hf_to_gguf.py``: ``given``, else $LLM2SLM_LLAMA_CPP_DIR; None if neither."""
+    for candidate in (given, os.environ.get(LLAMA_CPP_ENV)):
+        if candidate and (Path(candidate) / "convert_hf_to_gguf.py").exists():
+            return Path(candidate)
+    return None
 
 
 def available() -> str | None:
     """None when the engine can run here, else why not."""
-    from components.serve.export import LLAMA_CPP_ENV, llama_cpp_dir
-
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
@@ -43,8 +51,6 @@ def available() -> str | None:
 
 
 def _convert(script: str, arguments: list[str], target: Path) -> Path:
-    from components.serve.export import llama_cpp_dir
-
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
