@@ -161,6 +161,8 @@ def finetune_task(
                     eval_records=training.validation,
                     progress_callback=_step_reporter(f"S5 cluster #{cluster_id}"),
                     checkpoint_dir=resolve(workdir, cfg.checkpoint_dir) / f"cluster_{cluster_id}",
+                    deadline=budget.deadline,
+                    clock=budget.clock,
                 )
             except ValueError as error:  # e.g. every call longer than max_length: this cluster stays with the LLM
                 say(f"S5 finetune: cluster #{cluster_id} not trained: {error}")
@@ -168,6 +170,12 @@ def finetune_task(
                 continue
             if result.reused:
                 say(f"S5 finetune: cluster #{cluster_id}: same data and settings as the finished adapter, reused")
+            if result.stopped_by_budget:
+                say(
+                    f"S5 finetune: cluster #{cluster_id}: stopped at step {result.steps} by the time budget "
+                    f"(finetune.time_budget_minutes); its best adapter so far is used, and the next run with the same "
+                    "data and settings resumes from its checkpoint"
+                )
             tokens = result.prompt_tokens or {}
             if tokens.get("before") and tokens.get("after"):
                 say(
@@ -220,6 +228,7 @@ def finetune_task(
                     "trainable_parameters": result.trainable_parameters,
                     "reused": result.reused,
                     "resumed_from_step": result.resumed_from_step,
+                    "stopped_by_budget": result.stopped_by_budget,
                     "data_version": data_version,
                 }
             )

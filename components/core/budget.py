@@ -30,6 +30,11 @@ class TimeBudget:
         self.started = self.clock()
         self.left: list[int] = []  # cluster ids not started because the budget was spent
 
+    @property
+    def deadline(self) -> float | None:
+        """When the budget runs out, on its clock (None: never): a long job started in time stops there."""
+        return None if self.minutes is None else self.started + self.minutes * 60
+
     def spent(self) -> bool:
         return self.minutes is not None and self.clock() - self.started >= self.minutes * 60
 

@@ -117,8 +117,9 @@ class FinetuneConfig(StepConfig):
     early_stopping: EarlyStopping = EarlyStopping()
     merge_adapter: bool = False  # also write base + adapter merged into <adapter>/merged
     seed: int = 42
-    # Wall-clock minutes S5 may spend; no cluster is started after that (in S3's conversion order) and each one left
-    # is listed in reports/finetune.json with the reason. None: no limit.
+    # Wall-clock minutes S5 may spend; no cluster is started after that (in S3's conversion order), the one training
+    # stops after its current step (its best adapter kept, the run resumable), and each one left is listed in
+    # reports/finetune.json with the reason. None: no limit.
     time_budget_minutes: float | None = 8
     retries: int = 1  # Prefect retries of the step; a retried run resumes from its last checkpoint
     dispatch: Dispatch = Dispatch()
@@ -214,6 +215,9 @@ class FinetuneResult:
     precision: str = "fp32"  # the trainer's compute: "bf16" (mixed precision) or "fp32"
     fingerprint: str = ""
     resumed_from_step: int | None = None  # the checkpoint an interrupted run went on from
+    # The step's time budget ran out mid-training: this adapter is the best so far, and the run is left unfinished
+    # (its checkpoint kept), so the next run with the same data and settings goes on from it.
+    stopped_by_budget: bool = False
     reused: bool = False  # a finished run with the same fingerprint was found: nothing trained
     merged_dir: str | None = None
 
@@ -358,6 +362,21 @@ def _progress_reporter(progress_callback: FinetuneProgress) -> Any:
     return ProgressReporter()
 
 
+def _deadline_stopper(deadline: float, clock: Callable[[], float]) -> Any:
+    from transformers import TrainerCallback
+
+    class StopAtDeadline(TrainerCallback):
+        """Ends training after the step during which ``deadline`` passed, with a checkpoint of that step."""
+
+        reached = False
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if clock() >= deadline:
+                self.reached = control.should_training_stop = control.should_save = True
+
+    return StopAtDeadline()
+
+
 def _history(log_history: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
     return [(int(entry["step"]), float(entry[key])) for entry in log_history if key in entry]
 
@@ -387,11 +406,15 @@ def finetune(
     eval_records: list[CallRecord] | None = None,
     progress_callback: FinetuneProgress | None = None,
     checkpoint_dir: Path | None = None,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> FinetuneResult:
     """Train on the records and save the adapter (or full model), tokenizer and prompt spec into ``output_dir``.
 
     ``eval_records`` is the validation split; without it one is carved from ``train_records`` per the config.
     Checkpoints go to ``checkpoint_dir`` (default: beside ``output_dir``) and are removed once the run finished.
+    ``deadline`` (on ``clock``, e.g. the step's time budget) stops training after the step it passes in: the
+    adapter is saved, the run is not marked finished and its checkpoint stays, so the next call resumes it.
     """
     if not train_records:
         raise ValueError("no training records: nothing to fine-tune on")
@@ -447,6 +470,8 @@ def finetune(
     checkpoints = checkpoint_dir or output_dir.with_name(f"{output_dir.name}.checkpoints")
     resume_from = prepare_checkpoints(checkpoints, fingerprint)
     callbacks = [_progress_reporter(progress_callback)] if progress_callback else []
+    stopper = _deadline_stopper(deadline, clock) if deadline is not None else None
+    callbacks += [stopper] if stopper else []
     trainer = build_trainer(
         base_folder, train_records, cfg, checkpoints, eval_records, callbacks, tokenizer, spec, device
     )
@@ -466,7 +491,7 @@ def finetune(
         trainable_parameters=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         total_parameters=count_parameters(trainer.model),
         eval_loss=float(eval_loss) if eval_loss is not None else None,
-        stopped_early=state.global_step < state.max_steps,
+        stopped_early=state.global_step < state.max_steps and not (stopper and stopper.reached),
         too_long_record_ids=too_long,
         validation_record_ids=[record.record_id for record in eval_records],
         n_train=len(train_records),
@@ -479,6 +504,7 @@ def finetune(
         precision=device.precision,
         fingerprint=fingerprint,
         resumed_from_step=int(Path(resume_from).name.split("-")[-1]) if resume_from else None,
+        stopped_by_budget=bool(stopper and stopper.reached and state.global_step < state.max_steps),
     )
     if is_main_process():
         trainer.processing_class.save_pretrained(str(output_dir))
@@ -486,6 +512,7 @@ def finetune(
         if cfg.merge_adapter and cfg.lora.enabled:
             result.merged_dir = str(merge_adapter(base_folder, output_dir, output_dir / MERGED_FOLDER))
         result.seconds = time.perf_counter() - began
-        mark_finished(output_dir, fingerprint, asdict(result))
-        shutil.rmtree(checkpoints, ignore_errors=True)
+        if not result.stopped_by_budget:
+            mark_finished(output_dir, fingerprint, asdict(result))
+            shutil.rmtree(checkpoints, ignore_errors=True)
     return result

@@ -182,6 +182,36 @@ def test_a_setting_added_later_at_its_old_behaviour_keeps_finished_runs_reusable
     assert training_settings(tiny_config(precision="fp32"))["precision"] == "fp32"
 
 
+def test_a_spent_time_budget_stops_training_keeps_the_adapter_and_the_next_run_resumes(
+    tiny_model_dir: str, records: list[CallRecord], tmp_path: Path
+) -> None:
+    config = tiny_config(max_steps=3, save_steps=1)
+    output, checkpoints = tmp_path / "adapter", tmp_path / "checkpoints"
+    now = [0.0]
+
+    def one_minute_per_step(step: int, total: int, loss: float) -> None:
+        now[0] += 60
+
+    cut = finetune(
+        tiny_model_dir,
+        records,
+        config,
+        output,
+        progress_callback=one_minute_per_step,
+        checkpoint_dir=checkpoints,
+        deadline=30.0,  # passed after step 1 (its log moves the clock): training stops at the end of step 2
+        clock=lambda: now[0],
+    )
+    assert (cut.steps, cut.stopped_by_budget, cut.stopped_early) == (2, True, False)
+    assert (output / "adapter_model.safetensors").exists()  # S6 and the router can use it as it is
+    assert (checkpoints / "checkpoint-2").exists() and not (output / "fingerprint.json").exists()  # not finished
+
+    resumed = finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints)
+    assert (resumed.resumed_from_step, resumed.steps, resumed.stopped_by_budget) == (2, 3, False)
+    assert not resumed.reused and not checkpoints.exists()
+    assert finetune(tiny_model_dir, records, config, output, checkpoint_dir=checkpoints).reused
+
+
 def test_killed_run_resumes_and_a_finished_run_is_not_repeated(
     tiny_model_dir: str, records: list[CallRecord], tmp_path: Path
 ) -> None:
