@@ -168,7 +168,15 @@ def tool_embeddings(records):
 
 
 def stand_in_finetune(
-    base_reference, train_records, cfg, output_dir, eval_records=None, progress_callback=None, checkpoint_dir=None
+    base_reference,
+    train_records,
+    cfg,
+    output_dir,
+    eval_records=None,
+    progress_callback=None,
+    checkpoint_dir=None,
+    deadline=None,
+    clock=None,
 ):
     output_dir.mkdir(parents=True, exist_ok=True)
     quality = min(1.0, max(cfg.max_steps, 0) / 10)
