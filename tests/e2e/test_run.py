@@ -28,8 +28,9 @@ def small_params(tmp_path: Path) -> Path:
         max_test_per_cluster=4,
         hdbscan={"min_cluster_size": 8, "min_samples": 3},
     )
-    # the default max_length: a travel cluster's compact prompts run to ~480 tokens (median), over 320
-    params["finetune"].update(max_steps=3, max_length=512)
+    # Whichever cluster S3 puts first must train: a travel cluster's compact prompts with one earlier turn run to
+    # ~760 tokens (median), over the default 512, and S5 then trains nothing. Batch 2 keeps the 3 steps short.
+    params["finetune"].update(max_steps=3, max_length=1024, per_device_train_batch_size=2)
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path
