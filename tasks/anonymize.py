@@ -5,7 +5,6 @@ encrypted reverse map."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from components.core.config import resolve
 from components.core.schema import read_records, write_records
 from components.curate.anonymize import AnonymizeConfig, Anonymizer, anonymize_records, load_deny_list
-from components.curate.audit import render_audit_html
+from components.curate.audit import merge_audits, render_audit_html
 from components.curate.filters import curate
 from tasks.helpers.parallel import map_partitions
 from tasks.helpers.progress import Progress, say
@@ -93,14 +92,5 @@ def anonymize_partitioned(
     started = time.perf_counter()
     parts = map_partitions(partial(anonymize_partition, cfg=cfg, deny_list=deny_list), records, partitions)
     curated = [record for part_records, _ in parts for record in part_records]
-    audits = [audit for _, audit in parts]
-    audit = dict(audits[0])
-    for key in ("records_in", "records_out", "records_with_pii"):
-        audit[key] = sum(a[key] for a in audits)
-    for key in ("entities", "records_per_entity"):
-        audit[key] = dict(sorted(sum((Counter(a[key]) for a in audits), Counter()).items()))
-    audit["examples"] = [example for a in audits for example in a["examples"]][: cfg.audit_examples]
-    audit["seconds"] = round(time.perf_counter() - started, 3)
-    audit["records_per_second"] = round(len(records) / audit["seconds"], 2) if audit["seconds"] > 0 else None
-    audit["partitions"] = len(audits)
+    audit = merge_audits([audit for _, audit in parts], time.perf_counter() - started, cfg.audit_examples)
     return curated, audit

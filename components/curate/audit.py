@@ -60,6 +60,21 @@ def build_audit(
     }
 
 
+def merge_audits(audits: list[dict[str, Any]], seconds: float, max_examples: int) -> dict[str, Any]:
+    """One audit from the audits of partitions anonymized apart (pseudonyms are per record, so they add up): counts
+    summed, examples in partition order up to ``max_examples``, speed over the whole wall time ``seconds``."""
+    audit = dict(audits[0])  # the settings are the same in every partition
+    for key in ("records_in", "records_out", "records_with_pii"):
+        audit[key] = sum(a[key] for a in audits)
+    for key in ("entities", "records_per_entity"):
+        audit[key] = dict(sorted(sum((Counter(a[key]) for a in audits), Counter()).items()))
+    audit["examples"] = [example for a in audits for example in a["examples"]][:max_examples]
+    audit["seconds"] = round(seconds, 3)
+    audit["records_per_second"] = round(audit["records_in"] / seconds, 2) if seconds > 0 else None
+    audit["partitions"] = len(audits)
+    return audit
+
+
 def _table(title: str, rows: dict[str, Any], headers: tuple[str, str]) -> str:
     body = (
         "".join(

@@ -3,7 +3,7 @@
 from collections import Counter
 
 from components.core.schema import CallRecord, ChatMessage
-from components.curate.audit import build_audit, render_audit_html
+from components.curate.audit import build_audit, merge_audits, render_audit_html
 from tests.support.anonymizer_fixture import CFG
 
 
@@ -36,3 +36,18 @@ def test_audit_counts_entities_per_occurrence_and_record_and_shows_anonymized_ex
     assert "ann@example.org" not in page and "Ann Lee" not in page
     assert "&lt;EMAIL_ADDRESS_1&gt;" in page and "<b>now</b>" not in page  # examples are escaped
     assert "exact_duplicate" in page and "STREET_ADDRESS" in page
+
+
+def test_audits_of_partitions_merge_into_the_audit_of_one_pass():
+    raw = [record("a", "Mail ann@example.org."), record("b", "No PII here."), record("c", "Call Ann Lee.")]
+    clean = [record("a", "Mail <EMAIL_ADDRESS_1>."), raw[1], record("c", "Call <PERSON_1>.")]
+    counts = [Counter({"EMAIL_ADDRESS": 2}), Counter(), Counter({"PERSON": 1, "EMAIL_ADDRESS": 1})]
+    cfg = CFG.model_copy(update={"audit_examples": 5})
+    one_pass = build_audit(raw, clean, counts, cfg, seconds=1.5)
+    parts = [
+        build_audit(raw[:2], clean[:2], counts[:2], cfg, 9.0),
+        build_audit(raw[2:], clean[2:], counts[2:], cfg, 9.0),
+    ]
+    merged = merge_audits(parts, seconds=1.5, max_examples=cfg.audit_examples)
+    assert merged == {**one_pass, "partitions": 2}
+    assert [e["record_id"] for e in merge_audits(parts, 1.5, max_examples=1)["examples"]] == ["a"]
