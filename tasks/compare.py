@@ -47,7 +47,7 @@ def compare_task(
     parent_run_id: str | None = None,
 ) -> dict[str, Any]:
     """Score, gate, register (alias challenger) and promote (alias champion) each trained challenger."""
-    by_id = {int(c["cluster_id"]): c for c in clusters["clusters"]}
+    by_id = {c.cluster_id: c for c in clusters["clusters"]}  # S3's cluster table (ClusterSummary rows)
     base_of = {int(c["cluster_id"]): c for c in (leaderboard or {}).get("clusters", [])}
     entries: list[dict[str, Any]] = []
     with step_run("compare", policy, workdir, tracking, parent_run_id):
@@ -60,7 +60,7 @@ def compare_task(
                 model["adapter_dir"],
                 fresh,
                 regression,
-                cluster["output_kind"],
+                cluster.output_kind,
                 cfg,
                 f"challenger #{cluster_id}",
             )
@@ -69,14 +69,14 @@ def compare_task(
                 "champion": champions.get(cluster_id),
                 "base": selected_base_result(base_of.get(cluster_id)),
             }
-            verdict = judge_challenger(fresh, cluster["output_kind"], measured, policy)
+            verdict = judge_challenger(fresh, cluster.output_kind, measured, policy)
             decision = verdict.decision
             name = registered_name(cfg.registered_model_prefix, cluster_id)
             version = register_challenger(
                 model["model_uri"],
                 name,
                 {
-                    "cluster_label": cluster["label"],
+                    "cluster_label": cluster.label,
                     "refresh": str(refresh_number),
                     "promotion_reason": decision.reason,
                     "n_train": str(model["n_train"]),

@@ -11,6 +11,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.core.clusters import cluster_table_json
 from components.core.config import resolve
 from components.core.schema import read_records, write_table
 from components.discover.discovery import DiscoverConfig, discover, embed_records, write_cluster_report
@@ -47,7 +48,7 @@ def discover_task(
         result = discover(records, cfg, embeddings=embeddings, previous=previous, cache_dir=cache_dir)
         write_table(result.assignments, resolve(workdir, cfg.assignments))
         write_table(result.splits, resolve(workdir, cfg.splits))
-        log_json_artifact(result.clusters, resolve(workdir, cfg.clusters))
+        log_json_artifact(cluster_table_json(result.clusters), resolve(workdir, cfg.clusters))
         if result.model is not None:
             save_model(result.model, model_dir)
             mlflow.log_artifacts(str(model_dir), "cluster_model")
@@ -55,24 +56,24 @@ def discover_task(
         mlflow.log_artifact(str(report))
         if resolve(workdir, cfg.cluster_map).exists():
             mlflow.log_artifact(str(resolve(workdir, cfg.cluster_map)))
-        to_convert = [c for c in result.clusters if c["convert"]]
+        to_convert = [c for c in result.clusters if c.convert]
         summary = {
             "records": len(records),
             "clusters": len(result.clusters),
-            "candidates": sum(c["candidate"] for c in result.clusters),
+            "candidates": sum(c.candidate for c in result.clusters),
             "clusters_to_convert": len(to_convert),
             "outlier_share": result.outlier_share,
             "texts_embedded_now": result.embedded_now,
             **{f"request_only_{k}": v for k, v in (result.identity_check or {}).items() if k != "calls"},
             "kept_cluster_ids": len(
-                {c["cluster_id"] for c in result.clusters} & set(previous.cluster_ids if previous else [])
+                {c.cluster_id for c in result.clusters} & set(previous.cluster_ids if previous else [])
             ),
         }
         log_numeric_metrics(summary)
         log_numeric_metrics(
-            {f"cluster_{c['cluster_id']}": {"size": c["size"], "fitness": c["fitness"]} for c in result.clusters}
+            {f"cluster_{c.cluster_id}": {"size": c.size, "fitness": c.fitness} for c in result.clusters}
         )
-    labels = "; ".join(f"#{c['cluster_id']} {c['label']} ({c['size']}, fitness {c['fitness']:.2f})" for c in to_convert)
+    labels = "; ".join(f"#{c.cluster_id} {c.label} ({c.size}, fitness {c.fitness:.2f})" for c in to_convert)
     say(
         f"S3 discover: {summary['clusters']} clusters ({summary['candidates']} candidates), outliers "
         f"{summary['outlier_share']:.0%}, {summary['texts_embedded_now']} texts embedded (the rest cached); "
@@ -85,7 +86,7 @@ def discover_task(
         + f"to convert: {labels or 'none'}"
     )
     if not to_convert:
-        largest = max((c["size"] for c in result.clusters), default=0)
+        largest = max((c.size for c in result.clusters), default=0)
         say(
             f"S3 discover: no cluster passes the conversion thresholds (min_cluster_size_to_convert="
             f"{cfg.min_cluster_size_to_convert}, fitness.*; largest: {largest} calls; see the reasons in "

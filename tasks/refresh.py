@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from components.core.clusters import registered_name
+from components.core.clusters import cluster_table_json, read_cluster_table, registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, write_records, write_table
 from components.discover.discovery import DiscoverConfig
@@ -99,7 +99,7 @@ def stabilize_clusters_task(
     refresh's splits (frozen regression sets, fresh held-out calls from the batch); returns the mixes."""
     with step_run("stable_clusters", cfg, workdir, tracking, parent_run_id):
         assignments = pd.read_parquet(resolve(workdir, discover_cfg.assignments))
-        clusters = json.loads(resolve(workdir, discover_cfg.clusters).read_text())
+        clusters = read_cluster_table(resolve(workdir, discover_cfg.clusters))
         splits = pd.read_parquet(resolve(workdir, discover_cfg.splits))
         stable_path = resolve(workdir, cfg.state).parent / STABLE_ASSIGNMENTS
         previous = (
@@ -110,7 +110,7 @@ def stabilize_clusters_task(
         stable = stabilize_clusters(assignments, clusters, splits, previous, state, batch_ids, cfg)
         write_table(stable.assignments, resolve(workdir, discover_cfg.assignments))
         write_table(stable.splits, resolve(workdir, discover_cfg.splits))
-        log_json_artifact(stable.clusters, resolve(workdir, discover_cfg.clusters))
+        log_json_artifact(cluster_table_json(stable.clusters), resolve(workdir, discover_cfg.clusters))
         write_table(stable.assignments, stable_path)
         result = stable.summary
         mlflow.log_dict(
@@ -187,7 +187,7 @@ def champion_scores_task(
     results: dict[int, dict] = {}
     with step_run("champions", cfg, workdir, tracking, parent_run_id), tempfile.TemporaryDirectory() as scratch:
         for cluster in clusters["clusters"]:
-            cluster_id, kind = int(cluster["cluster_id"]), cluster["output_kind"]
+            cluster_id, kind = cluster.cluster_id, cluster.output_kind
             name = registered_name(cfg.registered_model_prefix, cluster_id)
             version = champion_version(name)
             fresh, regression = cluster_calls(workdir, cfg, clusters, cluster_id)
@@ -216,7 +216,7 @@ def plan_task(
     cfg: RefreshConfig, state: dict, clusters: dict, champions: dict[int, dict], parent_run_id: str | None = None
 ) -> dict[int, str]:
     """Which clusters get a new challenger, and why (also a tag set on the refresh's parent run)."""
-    primary = {int(c["cluster_id"]): PRIMARY_METRIC[c["output_kind"]] for c in clusters["clusters"]}
+    primary = {c.cluster_id: PRIMARY_METRIC[c.output_kind] for c in clusters["clusters"]}
     fresh_scores = {cid: result["scores"][primary[cid]] for cid, result in champions.items()}
     plan = plan_retraining(
         clusters["clusters"], state.get("clusters", {}), clusters["train_sizes"], fresh_scores, cfg.retrain

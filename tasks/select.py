@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -12,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from components import slm
 from components.core.assets import resolve_model_ref
+from components.core.clusters import read_cluster_table
 from components.core.config import resolve
 from components.core.schema import read_records, write_table
 from components.scoring.judge import make_judge
@@ -68,7 +68,7 @@ def select_task(
 ) -> dict:
     with step_run("select", cfg, workdir, tracking, parent_run_id):
         records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
-        clusters = json.loads(resolve(workdir, cfg.clusters).read_text())
+        clusters = read_cluster_table(resolve(workdir, cfg.clusters))
         splits = pd.read_parquet(resolve(workdir, cfg.splits))
         labels = read_ground_truth(resolve(workdir, cfg.ground_truth)) if cfg.ground_truth else None
         catalog = load_catalog(resolve(workdir, cfg.catalog) if cfg.catalog else None)  # like every params path

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+
+from components.core.clusters import ClusterSummary
 
 
-def conversion_order(clusters: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def conversion_order(clusters: list[ClusterSummary]) -> list[ClusterSummary]:
     """The clusters S3 marked ``convert``, by ``conversion_rank`` (clusters of older runs, without one, by id)."""
-    chosen = [c for c in clusters if c.get("convert")]
-    return sorted(
-        chosen, key=lambda c: (c.get("conversion_rank") is None, c.get("conversion_rank") or 0, c["cluster_id"])
-    )
+    chosen = [c for c in clusters if c.convert]
+    return sorted(chosen, key=lambda c: (c.conversion_rank is None, c.conversion_rank or 0, c.cluster_id))
 
 
 class TimeBudget:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from components.core.clusters import ClusterSummary
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
 from components.discover.clustering import OUTLIER, HdbscanSettings, UmapSettings, unit_rows
@@ -104,7 +105,7 @@ class DiscoverConfig(StepConfig):
 @dataclass
 class DiscoveryResult:
     assignments: pd.DataFrame  # record_id, cluster_id, probability
-    clusters: list[dict[str, Any]]  # JSON-serializable, one per cluster, ordered by cluster_id
+    clusters: list[ClusterSummary]  # one per cluster, ordered by cluster_id (clusters.json)
     splits: pd.DataFrame  # record_id, cluster_id, split in {'train', 'test', 'outlier'}
     outlier_share: float
     embeddings: np.ndarray | None = None  # kept for the map
@@ -320,20 +321,21 @@ def discover(
     pinned = {c: rule for c, rule in pinned.items() if c != OUTLIER}
     terms = label_clusters(texts, labels, cfg.top_terms)
     members_of = {c: np.flatnonzero(labels == c) for c in sorted(terms)}
-    clusters = [
+    described = [
         _describe_cluster(
             c, members, records, unit, terms[c], functions, mix_keys, pinned[c].name if c in pinned else None
         )
         for c, members in members_of.items()
     ]
     score_clusters(
-        clusters,
+        described,
         {c: [records[i] for i in members] for c, members in members_of.items()},
         log_span_days(records),
         cfg.fitness,
         cfg.min_cluster_size_to_convert,
     )
-    mark_for_conversion(clusters, cfg.max_clusters_to_convert, decision_size(cfg))
+    mark_for_conversion(described, cfg.max_clusters_to_convert, decision_size(cfg))
+    clusters = [ClusterSummary.model_validate(cluster) for cluster in described]  # the rows, checked once
     assignments = pd.DataFrame(
         {
             "record_id": record_ids,
@@ -502,7 +504,7 @@ def write_cluster_report(result: DiscoveryResult, path: Path, map_path: Path | N
     path = Path(path)
     map_path = Path(map_path) if map_path else path.with_name(path.stem + "_map.png")
     drawn = write_cluster_map(result.embeddings, result.assignments["cluster_id"].to_numpy(), result.clusters, map_path)
-    stats: dict[str, Any] = {"candidates": sum(bool(c.get("candidate")) for c in result.clusters)}
+    stats: dict[str, Any] = {"candidates": sum(c.candidate for c in result.clusters)}
     if result.identity_check:
         check = result.identity_check
         stats["request-only assignment (the router's) agrees with the fit on held-out calls"] = (

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from components.core.clusters import ClusterSummary
 from components.discover.clustering import OUTLIER
 
 TABLE_COLUMNS = [
@@ -40,7 +41,7 @@ MAP_MAX_POINTS = 5000
 
 
 def write_cluster_map(
-    embeddings: np.ndarray | None, labels: np.ndarray, clusters: list[dict[str, Any]], path: Path, seed: int = 0
+    embeddings: np.ndarray | None, labels: np.ndarray, clusters: list[ClusterSummary], path: Path, seed: int = 0
 ) -> Path | None:
     """A PNG of the calls in the first two principal components, one colour per cluster, outliers grey."""
     if embeddings is None or len(embeddings) < 2:
@@ -58,14 +59,14 @@ def write_cluster_map(
     outliers = labels == OUTLIER
     axes.scatter(points[outliers, 0], points[outliers, 1], s=8, c="lightgray", label="outliers (stay with the LLM)")
     for cluster in clusters:
-        mask = labels == cluster["cluster_id"]
-        marker = "*" if cluster.get("convert") else "o"
+        mask = labels == cluster.cluster_id
+        marker = "*" if cluster.convert else "o"
         axes.scatter(
             points[mask, 0],
             points[mask, 1],
             s=14,
             marker=marker,
-            label=f"#{cluster['cluster_id']} {cluster['label']}"[:40],
+            label=f"#{cluster.cluster_id} {cluster.label}"[:40],
         )
     axes.set_title("Calls by task cluster (PCA of the task embeddings; * = to convert)")
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the plot, not over it
@@ -84,7 +85,7 @@ def _cell(value: Any) -> str:
 
 
 def write_cluster_report(
-    clusters: list[dict[str, Any]],
+    clusters: list[ClusterSummary],
     n_calls: int,
     outlier_share: float,
     path: Path,
@@ -99,8 +100,9 @@ def write_cluster_report(
     header = "".join(f"<th>{html.escape(name)}</th>" for name in TABLE_COLUMNS)
     rows = []
     for cluster in clusters:
-        cells = "".join(f"<td>{html.escape(_cell(cluster.get(name)))}</td>" for name in TABLE_COLUMNS)
-        style = ' style="background:#e8f5e9"' if cluster.get("convert") else ""
+        row = cluster.model_dump()
+        cells = "".join(f"<td>{html.escape(_cell(row[name]))}</td>" for name in TABLE_COLUMNS)
+        style = ' style="background:#e8f5e9"' if cluster.convert else ""
         rows.append(f"<tr{style}>{cells}</tr>")
     figure = ""
     if map_png is not None and Path(map_png).exists():
@@ -109,16 +111,16 @@ def write_cluster_report(
     examples = []
     for cluster in clusters:
         items = "".join(
-            f"<li><code>{html.escape(e['record_id'])}</code> {html.escape(e['request'])} "
-            f"&rarr; <i>{html.escape(e['answer'])}</i></li>"
-            for e in cluster.get("examples", [])
+            f"<li><code>{html.escape(e.record_id)}</code> {html.escape(e.request)} "
+            f"&rarr; <i>{html.escape(e.answer)}</i></li>"
+            for e in cluster.examples
         )
-        failures = "; ".join(cluster.get("candidate_failures", [])) or "passes every threshold"
+        failures = "; ".join(cluster.candidate_failures) or "passes every threshold"
         examples.append(
-            f"<h3>#{cluster['cluster_id']} {html.escape(cluster['label'])}</h3>"
+            f"<h3>#{cluster.cluster_id} {html.escape(cluster.label)}</h3>"
             f"<p>Candidate: {html.escape(failures)}</p><ul>{items}</ul>"
         )
-    to_convert = sum(bool(c.get("convert")) for c in clusters)
+    to_convert = sum(c.convert for c in clusters)
     extra = "".join(f" {html.escape(str(k))}: {html.escape(str(v))}." for k, v in (stats or {}).items())
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>llm2slm task clusters</title>"

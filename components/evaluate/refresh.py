@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from components.core.clusters import OUTLIER
+from components.core.clusters import OUTLIER, ClusterSummary
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, split_records
 from components.evaluate.drift import DriftConfig, cluster_mix
@@ -128,13 +128,13 @@ class StableClusters:
 
     assignments: pd.DataFrame
     splits: pd.DataFrame
-    clusters: list[dict[str, Any]]
+    clusters: list[ClusterSummary]
     summary: dict[str, Any]
 
 
 def stabilize_clusters(
     assignments: pd.DataFrame,
-    clusters: list[dict[str, Any]],
+    clusters: list[ClusterSummary],
     splits: pd.DataFrame,
     previous: Mapping[str, int],
     state: Mapping[str, Any],
@@ -150,11 +150,13 @@ def stabilize_clusters(
     )
     assignments = assignments.assign(cluster_id=assignments.cluster_id.map(mapping).astype(int))
     known = state.get("clusters", {})
-    clusters = [dict(cluster) for cluster in clusters]
+    renamed = []
     for cluster in clusters:
-        cluster["cluster_id"] = mapping[int(cluster["cluster_id"])]
+        cluster_id = mapping[cluster.cluster_id]
         # A cluster with a trained model stays in the conversion, even if others outgrew it.
-        cluster["convert"] = bool(cluster["convert"] or known.get(str(cluster["cluster_id"]), {}).get("trained_on"))
+        convert = cluster.convert or bool(known.get(str(cluster_id), {}).get("trained_on"))
+        renamed.append(cluster.model_copy(update={"cluster_id": cluster_id, "convert": convert}))
+    clusters = renamed
     regression = {int(k): v["regression_ids"] for k, v in known.items() if v.get("regression_ids")}
     if state.get("refresh", 0) == 0:
         splits = splits.assign(cluster_id=splits.cluster_id.map(mapping).astype(int))
@@ -194,7 +196,7 @@ def fresh_and_regression_calls(
 
 
 def plan_retraining(
-    clusters: list[dict[str, Any]],
+    clusters: list[ClusterSummary],
     state_clusters: Mapping[str, dict[str, Any]],
     train_sizes: Mapping[int, int],
     champion_scores: Mapping[int, float],
@@ -205,11 +207,11 @@ def plan_retraining(
     than ``max_score_drop`` from its last recorded score."""
     plan: dict[int, str] = {}
     for cluster in clusters:
-        cluster_id = int(cluster["cluster_id"])
+        cluster_id = cluster.cluster_id
         known = state_clusters.get(str(cluster_id))
         size = train_sizes.get(cluster_id, 0)
         if not known or known.get("trained_on") is None:
-            if cluster.get("convert"):
+            if cluster.convert:
                 plan[cluster_id] = f"new cluster ({size} training calls)"
             continue
         grown = size - int(known["trained_on"])

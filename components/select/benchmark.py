@@ -22,6 +22,7 @@ import pandas as pd
 from pydantic import field_validator, model_validator
 
 from components.core.budget import TimeBudget, conversion_order
+from components.core.clusters import ClusterSummary
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage, split_records
 from components.scoring.costs import cost_basis, latency_percentile, llm_cost_per_1k_calls, slm_cost_per_1k_calls
@@ -257,7 +258,7 @@ def window_note(report: dict[str, Any], cfg: SelectConfig) -> str | None:
 
 def benchmark_candidates(
     records: dict[str, CallRecord],
-    clusters: list[dict[str, Any]],
+    clusters: list[ClusterSummary],
     splits: pd.DataFrame,
     cfg: SelectConfig,
     catalog: Catalog,
@@ -278,13 +279,13 @@ def benchmark_candidates(
     budget = TimeBudget(cfg.time_budget_minutes, "S4", "select.time_budget_minutes")
     reports = []
     for cluster in conversion_order(clusters):
-        test = split_records(records, splits, cluster["cluster_id"], "test")
-        train = split_records(records, splits, cluster["cluster_id"], "train")
+        test = split_records(records, splits, cluster.cluster_id, "test")
+        train = split_records(records, splits, cluster.cluster_id, "train")
         kind = detect_output_type([r.response for r in test + train])
         reports.append(
             {
-                "cluster_id": cluster["cluster_id"],
-                "label": cluster["label"],
+                "cluster_id": cluster.cluster_id,
+                "label": cluster.label,
                 "output_kind": kind,
                 "primary_metric": PRIMARY_METRIC[kind],
                 "n_test": len(test),

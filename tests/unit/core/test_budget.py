@@ -1,6 +1,7 @@
 """The wall-clock budget S4 and S5 share: spent after its minutes, a deadline on its own clock, none without one."""
 
 from components.core.budget import TimeBudget, conversion_order
+from components.core.clusters import ClusterSummary
 
 
 def test_a_budget_is_spent_at_its_deadline_and_names_the_setting_to_raise():
@@ -15,9 +16,9 @@ def test_a_budget_is_spent_at_its_deadline_and_names_the_setting_to_raise():
 
 def test_conversion_order_is_s3s_rank_then_id_for_clusters_without_one():
     clusters = [
-        {"cluster_id": 5, "convert": True},
-        {"cluster_id": 3, "convert": True, "conversion_rank": 2},
-        {"cluster_id": 9, "convert": True, "conversion_rank": 1},
-        {"cluster_id": 1, "convert": False, "conversion_rank": None},
+        ClusterSummary(cluster_id=5, label="older run", size=30, convert=True),
+        ClusterSummary(cluster_id=3, label="second", size=30, convert=True, conversion_rank=2),
+        ClusterSummary(cluster_id=9, label="first", size=30, convert=True, conversion_rank=1),
+        ClusterSummary(cluster_id=1, label="kept", size=30, convert=False, conversion_rank=None),
     ]
-    assert [c["cluster_id"] for c in conversion_order(clusters)] == [9, 3, 5]
+    assert [c.cluster_id for c in conversion_order(clusters)] == [9, 3, 5]

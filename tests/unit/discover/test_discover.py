@@ -9,6 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 
+from components.core.clusters import cluster_table_json
 from components.core.schema import CallRecord, ChatMessage, ToolCall
 from components.discover.discovery import (
     DiscoverConfig,
@@ -106,32 +107,32 @@ def test_blobs_are_recovered_and_outliers_stay_out_of_train_and_test():
     assert adjusted_rand_score(truth, labels) > 0.95
     assert set(labels[truth == -1]) == {-1}
     # numbered largest first
-    assert [c["size"] for c in result.clusters] == SIZES and [c["cluster_id"] for c in result.clusters] == [0, 1, 2]
+    assert [c.size for c in result.clusters] == SIZES and [c.cluster_id for c in result.clusters] == [0, 1, 2]
     assert result.outlier_share == pytest.approx(N_OUTLIERS / len(records))
     outlier_ids = {r.record_id for r, t in zip(records, truth) if t == -1}
     splits = result.splits.set_index("record_id")
     assert set(splits.loc[sorted(outlier_ids), "split"]) == {"outlier"}
     assert outlier_ids.isdisjoint(result.splits.loc[result.splits.split.isin(["train", "test"]), "record_id"])
     assert (result.assignments.loc[labels >= 0, "probability"] > 0).all()
-    json.dumps(result.clusters)  # the clusters file must serialize as-is
+    json.dumps(cluster_table_json(result.clusters))  # the clusters file must serialize
 
 
 def test_cluster_descriptions_name_words_tools_kind_cost_and_representatives():
     records, embeddings, truth = dataset()
     result = discover(records, config(top_terms=4), embeddings=embeddings, reducer=pca())
     weather, flight, invoice = result.clusters
-    assert {"weather", "forecast", "rain"} <= set(weather["top_terms"]) and len(weather["top_terms"]) == 4
-    assert {"flight", "airport", "ticket"} & set(flight["top_terms"])
-    assert {"invoice", "payment", "refund"} & set(invoice["top_terms"])
-    assert weather["dominant_tools"] == ["get_weather"] and "(get_weather)" in weather["label"]
-    assert weather["label"].split(" (")[0] == " / ".join(weather["top_terms"][:3])
-    assert (weather["output_kind"], weather["tool_call_share"]) == ("tool_call", 1.0)
-    assert (invoice["output_kind"], invoice["tool_call_share"]) == ("text", 0.0)
-    assert invoice["dominant_tools"] == ["get_weather", "book_flight"]  # no calls: the offered tools
-    assert weather["llm_cost_usd"] == pytest.approx(0.01 * 39)  # record 0 has no cost: skipped, not a crash
-    assert 0.9 < weather["homogeneity"] <= 1.0  # tight blob: members point the way of their centroid
+    assert {"weather", "forecast", "rain"} <= set(weather.top_terms) and len(weather.top_terms) == 4
+    assert {"flight", "airport", "ticket"} & set(flight.top_terms)
+    assert {"invoice", "payment", "refund"} & set(invoice.top_terms)
+    assert weather.dominant_tools == ["get_weather"] and "(get_weather)" in weather.label
+    assert weather.label.split(" (")[0] == " / ".join(weather.top_terms[:3])
+    assert (weather.output_kind, weather.tool_call_share) == ("tool_call", 1.0)
+    assert (invoice.output_kind, invoice.tool_call_share) == ("text", 0.0)
+    assert invoice.dominant_tools == ["get_weather", "book_flight"]  # no calls: the offered tools
+    assert weather.llm_cost_usd == pytest.approx(0.01 * 39)  # record 0 has no cost: skipped, not a crash
+    assert 0.9 < weather.homogeneity <= 1.0  # tight blob: members point the way of their centroid
     members = set(result.assignments.loc[result.assignments.cluster_id == 0, "record_id"])
-    assert len(weather["representative_record_ids"]) == 3 and set(weather["representative_record_ids"]) <= members
+    assert len(weather.representative_record_ids) == 3 and set(weather.representative_record_ids) <= members
 
 
 def test_ctfidf_prefers_words_distinctive_of_a_cluster_over_shared_ones():
@@ -234,7 +235,7 @@ def test_convert_flags_respect_size_threshold_and_count(min_size, max_clusters, 
     records, embeddings, _ = dataset()
     cfg = config(min_cluster_size_to_convert=min_size, max_clusters_to_convert=max_clusters)
     result = discover(records, cfg, embeddings=embeddings, reducer=pca())
-    assert [c["convert"] for c in result.clusters] == expected
+    assert [c.convert for c in result.clusters] == expected
 
 
 def test_tiny_input_is_all_outliers_without_crashing(tmp_path):

@@ -195,5 +195,5 @@ def test_above_max_fit_calls_a_sample_is_fitted_and_the_rest_placed_by_centroid(
     labels = sampled.assignments.cluster_id.to_numpy()
     assert len(labels) == len(records) and adjusted_rand_score(truth, labels) > 0.8
     assert set(labels[truth == -1]) == {-1}  # far points join no centroid
-    assert [c["size"] for c in sampled.clusters] == sorted((c["size"] for c in sampled.clusters), reverse=True)
-    assert sum(c["size"] for c in sampled.clusters) == int((labels >= 0).sum())
+    assert [c.size for c in sampled.clusters] == sorted((c.size for c in sampled.clusters), reverse=True)
+    assert sum(c.size for c in sampled.clusters) == int((labels >= 0).sum())

@@ -77,9 +77,9 @@ def test_a_grab_bag_is_split_by_the_called_function_and_text_answers_stay_apart(
     labels = result.assignments.cluster_id.to_numpy()
     assert len(result.clusters) == 4  # three functions and the text answers, out of one first-level cluster
     for cluster in result.clusters:
-        members = truth[labels == cluster["cluster_id"]]
-        assert len(set(members)) == 1 and cluster["dominant_task_share"] == 1.0 and cluster["distinct_tasks"] == 1
-    assert {c["dominant_task"] for c in result.clusters} == {"Weather_GetWeather", "pay", "shell", "text"}
+        members = truth[labels == cluster.cluster_id]
+        assert len(set(members)) == 1 and cluster.dominant_task_share == 1.0 and cluster.distinct_tasks == 1
+    assert {c.dominant_task for c in result.clusters} == {"Weather_GetWeather", "pay", "shell", "text"}
     assert result.outlier_share <= 0.05
 
 
@@ -89,9 +89,9 @@ def test_without_the_split_the_grab_bag_is_refused_as_a_mixed_bag_whatever_its_f
     result = discover(records, cfg, embeddings=embeddings, reducer=False, clusterer=FixedLabels())
     assert len(result.clusters) == 1
     bag = result.clusters[0]
-    assert bag["size"] >= 70 and bag["distinct_tasks"] == 4 and bag["dominant_task_share"] < 0.3
-    assert not bag["candidate"] and not bag["convert"]
-    assert any(failure.startswith("mixed bag: 4 different answers") for failure in bag["candidate_failures"])
+    assert bag.size >= 70 and bag.distinct_tasks == 4 and bag.dominant_task_share < 0.3
+    assert not bag.candidate and not bag.convert
+    assert any(failure.startswith("mixed bag: 4 different answers") for failure in bag.candidate_failures)
     # with lower bars for the mix (and the embedding homogeneity) the same cluster passes: those are what refuse it
     lenient = config(
         task=TaskSettings(split_by="none"),
@@ -99,7 +99,7 @@ def test_without_the_split_the_grab_bag_is_refused_as_a_mixed_bag_whatever_its_f
         fitness=FitnessSettings(min_task_share=0.2, min_parts={"homogeneity": 0.0}),
     )
     again = discover(records, lenient, embeddings=embeddings, reducer=False, clusterer=FixedLabels())
-    assert again.clusters[0]["candidate"]
+    assert again.clusters[0].candidate
 
 
 def test_small_parts_stay_with_the_llm_and_one_functions_parts_are_merged():
@@ -130,7 +130,7 @@ def test_request_only_assignment_reproduces_the_fit_and_is_what_assign_does(tmp_
     by_router = assign(fresh_embeddings, model_dir).cluster_id.to_numpy()
     with_answers = assign_with_answers(fresh_records, keys, load_model(model_dir), fresh_embeddings)
     assert np.mean(by_router == with_answers) >= 0.95
-    cluster_of_task = {c["dominant_task"]: c["cluster_id"] for c in result.clusters}
+    cluster_of_task = {c.dominant_task: c.cluster_id for c in result.clusters}
     placed = by_router >= 0
     assert np.mean([cluster_of_task[t] == c for t, c in zip(fresh_truth[placed], by_router[placed])]) >= 0.98
 
@@ -159,16 +159,16 @@ def test_pinned_tasks_take_their_calls_by_rule_and_the_router_applies_request_ru
     ]
     result = discover(records, config(pinned_tasks=pinned), embeddings=embeddings, reducer=pca())
     labels = result.assignments.cluster_id.to_numpy()
-    by_name = {c["pinned"]: c for c in result.clusters if c["pinned"]}
+    by_name = {c.pinned: c for c in result.clusters if c.pinned}
     assert set(by_name) == {"billing agent", "shell", "weather tools"}
-    assert by_name["billing agent"]["size"] == 6 and by_name["shell"]["size"] == 20
-    assert by_name["weather tools"]["size"] == 40  # the weather calls and their text answers: same tool set
-    assert set(labels[-6:]) == {by_name["billing agent"]["cluster_id"]}
+    assert by_name["billing agent"].size == 6 and by_name["shell"].size == 20
+    assert by_name["weather tools"].size == 40  # the weather calls and their text answers: same tool set
+    assert set(labels[-6:]) == {by_name["billing agent"].cluster_id}
     model = load_model(save_model(result.model, tmp_path / "model"))
     # the router sees the request only: the agent rule decides although the request reads like a payment
     newcomer = record("new", "billing again", None, ["pay", "refund"], agent="billing-bot")
     placed = assign([newcomer], model, embed=lambda texts, ref: np.tile(embeddings[20], (len(texts), 1)))
-    assert placed.cluster_id[0] == by_name["billing agent"]["cluster_id"] and placed.probability[0] == 1.0
+    assert placed.cluster_id[0] == by_name["billing agent"].cluster_id and placed.probability[0] == 1.0
     with pytest.raises(ValueError, match="at least one of"):
         PinnedTask(name="empty")
 
@@ -201,7 +201,7 @@ def test_when_the_request_cannot_tell_the_called_function_s3_falls_back_to_the_c
     assert len(result.clusters) == 2 and result.outlier_share <= 0.1
     # one cluster per agent, each calling its three tools: one task, not a mixed bag
     for cluster in result.clusters:
-        assert cluster["distinct_tasks"] == 3 and cluster["task_share"] == 1.0 and cluster["candidate"]
+        assert cluster.distinct_tasks == 3 and cluster.task_share == 1.0 and cluster.candidate
     # without the fallback the function split stands and the request alone places back (almost) nothing
     strict = config(task=TaskSettings(fallback_split_by=None), min_cluster_size_to_convert=10)
     kept = discover(records, strict, embeddings=embeddings, reducer=False)

@@ -5,6 +5,7 @@ import math
 import pandas as pd
 import pytest
 
+from components.core.clusters import ClusterSummary
 from components.evaluate.drift import DriftConfig, cluster_mix, detect_drift, population_stability_index
 from components.evaluate.refresh import RetrainPolicy, match_cluster_ids, next_state, plan_retraining, refresh_splits
 
@@ -70,11 +71,8 @@ def test_refresh_splits_freeze_regression_sets_and_draw_fresh_tests_from_the_bat
 
 def test_plan_retrains_new_grown_and_degraded_clusters_only():
     clusters = [
-        {"cluster_id": 0, "convert": True},
-        {"cluster_id": 1, "convert": True},
-        {"cluster_id": 2, "convert": True},
-        {"cluster_id": 3, "convert": True},
-        {"cluster_id": 4, "convert": False},
+        ClusterSummary(cluster_id=cluster_id, label=f"task {cluster_id}", size=20, convert=convert)
+        for cluster_id, convert in [(0, True), (1, True), (2, True), (3, True), (4, False)]
     ]
     state = {
         "0": {"trained_on": 10, "champion_score": 0.8},

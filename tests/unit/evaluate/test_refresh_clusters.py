@@ -3,6 +3,7 @@
 
 import pandas as pd
 
+from components.core.clusters import ClusterSummary
 from components.core.schema import CallRecord, ChatMessage
 from components.evaluate.refresh import RefreshConfig, fresh_and_regression_calls, stabilize_clusters
 
@@ -11,12 +12,12 @@ CFG = RefreshConfig(min_cluster_overlap=0.5, max_fresh_test_per_cluster=2, seed=
 PREVIOUS = {"a": 5, "b": 5, "c": 7, "d": 7}
 
 
-def refit() -> tuple[pd.DataFrame, list[dict], pd.DataFrame]:
+def refit() -> tuple[pd.DataFrame, list[ClusterSummary], pd.DataFrame]:
     ids = ["a", "b", "n1", "n2", "c", "d", "n3", "q"]
     assignments = pd.DataFrame({"record_id": ids, "cluster_id": [1, 1, 1, 1, 0, 0, 0, -1]})
     clusters = [
-        {"cluster_id": 0, "label": "time", "convert": False},
-        {"cluster_id": 1, "label": "weather", "convert": True},
+        ClusterSummary(cluster_id=0, label="time", size=3, convert=False),
+        ClusterSummary(cluster_id=1, label="weather", size=4, convert=True),
     ]
     splits = pd.DataFrame(
         {
@@ -39,7 +40,8 @@ def test_the_first_refresh_keeps_s3s_split_under_the_previous_ids():
     assert list(stable.splits.cluster_id) == [5, 5, 5, 5, 7, 7, 7, -1]
     assert list(stable.splits.split) == list(splits.split)  # S3's own split
     # Cluster 7 has a trained model: it stays in the conversion though S3 did not pick it.
-    assert [(c["cluster_id"], c["convert"]) for c in stable.clusters] == [(7, True), (5, True)]
+    assert [(c.cluster_id, c.convert) for c in stable.clusters] == [(7, True), (5, True)]
+    assert [(c.cluster_id, c.convert) for c in clusters] == [(0, False), (1, True)]  # the inputs are left as they were
     assert stable.summary["clusters"] is stable.clusters
     assert stable.summary["mix_batch"] == {"5": 2 / 3, "7": 1 / 3}
     assert stable.summary["mix_all"] == {"-1": 1 / 8, "5": 0.5, "7": 3 / 8}

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from components.core.clusters import ClusterSummary, cluster_table_json
 from components.core.schema import CallRecord, ChatMessage, ToolCall
 from components.scoring.labels import read_ground_truth
 from components.select.benchmark import (
@@ -47,8 +48,8 @@ SPLITS = pd.DataFrame(
     {"record_id": list(RECORDS), "cluster_id": [0, 0, 0, 0], "split": ["train", "train", "test", "test"]}
 )
 CLUSTERS = [
-    {"cluster_id": 0, "label": "weather", "output_kind": "tool_call", "convert": True},
-    {"cluster_id": 1, "label": "chit-chat", "output_kind": "text", "convert": False},
+    ClusterSummary(cluster_id=0, label="weather", size=4, output_kind="tool_call", convert=True),
+    ClusterSummary(cluster_id=1, label="chit-chat", size=0, output_kind="text", convert=False),
 ]
 
 
@@ -268,7 +269,7 @@ def test_select_task_with_a_tiny_model_writes_the_leaderboard_files_and_mlflow_t
     tiny = entry("tiny").model_dump()
     (tmp_path / "catalog.yaml").write_text(yaml.safe_dump({"models": [{**tiny, "ref": tiny_model_dir}]}))
     write_records(records, tmp_path / "curated.parquet")
-    (tmp_path / "clusters.json").write_text(json.dumps(CLUSTERS[:1]))
+    (tmp_path / "clusters.json").write_text(json.dumps(cluster_table_json(CLUSTERS[:1])))
     ids = [r.record_id for r in records]
     pd.DataFrame({"record_id": ids, "cluster_id": 0, "split": ["train"] * 5 + ["test"] * 3}).to_parquet(
         tmp_path / "splits.parquet"
@@ -322,8 +323,10 @@ def ranked_clusters_on_a_fake_clock(monkeypatch):
         [SPLITS, pd.DataFrame({"record_id": ["s0", "s1", "s2"], "cluster_id": 2, "split": ["train", "test", "test"]})]
     )
     clusters = [
-        {"cluster_id": 0, "label": "weather", "output_kind": "tool_call", "convert": True, "conversion_rank": 2},
-        {"cluster_id": 2, "label": "weather east", "output_kind": "tool_call", "convert": True, "conversion_rank": 1},
+        ClusterSummary(cluster_id=0, label="weather", size=4, output_kind="tool_call", convert=True, conversion_rank=2),
+        ClusterSummary(
+            cluster_id=2, label="weather east", size=3, output_kind="tool_call", convert=True, conversion_rank=1
+        ),
     ]
     seen: list = []
     answer = answerer(seen)
