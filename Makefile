@@ -26,7 +26,20 @@ $(VENV)/.installed: pyproject.toml infra/constraints.txt | $(BIN)/python
 	$(BIN)/llm2slm fetch-assets
 	touch $@
 
-setup: $(VENV)/.installed
+# llama.cpp's GGUF converters (Python scripts only, from llama-cpp-python's sdist, sha256-pinned): the GGUF export
+# runs and is tested with them. The compiled engine stays the optional extra llm2slm[llama-cpp] (docs/serving.md).
+LLAMA_CPP_SRC := $(VENV)/llama.cpp-src
+export LLM2SLM_LLAMA_CPP_DIR ?= $(abspath $(LLAMA_CPP_SRC))
+
+$(LLAMA_CPP_SRC)/convert_hf_to_gguf.py: infra/llama-cpp-src.txt | $(BIN)/python
+	rm -rf $(VENV)/sdist && $(BIN)/pip download --quiet --no-deps --no-binary :all: --require-hashes \
+	  -r infra/llama-cpp-src.txt -d $(VENV)/sdist
+	mkdir -p $(LLAMA_CPP_SRC) && tar -xzf $(VENV)/sdist/llama_cpp_python-*.tar.gz -C $(LLAMA_CPP_SRC) \
+	  --strip-components=3 --wildcards '*/vendor/llama.cpp/convert_*.py' '*/vendor/llama.cpp/gguf-py/*' '*/vendor/llama.cpp/conversion/*'
+	rm -rf $(VENV)/sdist
+	touch $@
+
+setup: $(VENV)/.installed $(LLAMA_CPP_SRC)/convert_hf_to_gguf.py
 
 demo: setup
 	$(BIN)/llm2slm demo-data --workdir $(WORKDIR)
