@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from components.core.clusters import ClusterSummary
 from components.core.schema import CallRecord
 from components.evaluate.promotion import GateScores, PromotionDecision, PromotionPolicy, decide_promotion
 from components.scoring.costs import llm_cost_per_1k_calls, slm_cost_per_1k_calls
@@ -98,7 +99,7 @@ def _system(score: float, cost: float, regression: float | None = None, version:
 
 
 def comparison_entry(
-    cluster: dict[str, Any],
+    cluster: ClusterSummary,
     model: dict[str, Any],
     fresh: list[CallRecord],
     regression: list[CallRecord],
@@ -112,10 +113,10 @@ def comparison_entry(
     :func:`judge_challenger` took it; ``registered``: the challenger's registry ``name`` and ``version``."""
     challenger, champion, base = measured["challenger"], measured["champion"], measured["base"]
     gate, decision = verdict.gate, verdict.decision
-    metric, hourly = PRIMARY_METRIC[cluster["output_kind"]], slm_hourly_cost_usd
+    metric, hourly = PRIMARY_METRIC[cluster.output_kind], slm_hourly_cost_usd
     return {
-        "cluster_id": int(cluster["cluster_id"]),
-        "label": cluster["label"],
+        "cluster_id": cluster.cluster_id,
+        "label": cluster.label,
         "primary_metric": metric,
         "n_test": len(fresh),
         "n_regression": len(regression),

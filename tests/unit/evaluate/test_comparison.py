@@ -3,6 +3,7 @@ regression calls from one generation pass, S4's base result, the gate against ch
 
 import pytest
 
+from components.core.clusters import ClusterSummary
 from components.core.schema import CallRecord
 from components.evaluate.comparison import (
     comparison_entry,
@@ -15,7 +16,7 @@ from components.evaluate.promotion import PromotionPolicy
 from tests.support.records import tool_record
 
 POLICY = PromotionPolicy(parity=0.5, min_test_calls=2, min_gain_over_champion=0.1)
-CLUSTER = {"cluster_id": 4, "label": "weather", "output_kind": "tool_call"}
+CLUSTER = ClusterSummary(cluster_id=4, label="weather", size=6, output_kind="tool_call")
 
 
 def right(record: CallRecord, latency: float = 100.0) -> tuple[str, float]:
