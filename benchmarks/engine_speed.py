@@ -76,6 +76,7 @@ class CTranslate2Engine:
         self.name = "ctranslate2" if quantization == "float32" else f"ctranslate2-{quantization}"
         self.convert_s, self.model_mb, self.resumes = 0.0, 0, 0
         self._loaded: dict = {}  # adapter (or base) folder -> generator, tokenizer, prompt spec, stop ids
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"{self.name}-")  # the converted models, removed at exit
 
     def load(self, served) -> None:
         import ctranslate2
@@ -86,7 +87,7 @@ class CTranslate2Engine:
         from components.slm.prompt_pruning import load_prompt_spec
 
         folder = served.adapter_dir or prepare_model(served.base_model)
-        target = Path(tempfile.mkdtemp(prefix=f"{self.name}-"))
+        target = Path(self._scratch.name) / str(len(self._loaded))
         began = time.perf_counter()
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
             child.submit(convert_for_ctranslate2, served.base_model, served.adapter_dir, self.quantization,
