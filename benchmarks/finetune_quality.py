@@ -10,7 +10,8 @@ own code (components/finetune/dataset.py + train.py: same params, overrides incl
 
 - logs: logged calls only (augmentation and synthesis off)
 - aug1 / aug3 / aug10: + value-diverse augmentation, that many copies per training call
-- full-ft: logged calls, full fine-tuning instead of LoRA
+- full-ft: logged calls, full fine-tuning instead of LoRA, at learning_rate 1e-4 (LoRA's 1e-3 is too high when
+  every weight moves)
 - full-prompt: logged calls, prompt pruning off
 - history1 / history1-aug3: the prompt keeps the last earlier turn (prompt_pruning.history_turns 1), logs / + aug3
 - len768 / history1-len768: logged calls in a 768-token training window (finetune.max_length), so the calls that
@@ -71,7 +72,9 @@ def recipe_config(cfg, recipe: str):
             update={"augmentation": cfg.augmentation.model_copy(update={"enabled": True, "copies": copies})}
         )
     if recipe == "full-ft":
-        return cfg.model_copy(update={**logs_only, "lora": cfg.lora.model_copy(update={"enabled": False})})
+        return cfg.model_copy(
+            update={**logs_only, "lora": cfg.lora.model_copy(update={"enabled": False}), "learning_rate": 1.0e-4}
+        )
     if recipe == "full-prompt":
         return cfg.model_copy(
             update={**logs_only, "prompt_pruning": cfg.prompt_pruning.model_copy(update={"enabled": False})}
