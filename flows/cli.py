@@ -313,6 +313,7 @@ def proxy(
         "with a `route` section): answer routed clusters with their SLMs",
     ),
     params: Path | None = ParamsOption,
+    workdir: Path = WorkdirOption,
 ) -> None:
     """S1 live: OpenAI-compatible logging proxy; point the agent's base_url at it, then
     `collect --source proxy-store:DIR`. With --route it is also the S6 router. Client keys: $LLM2SLM_PROXY_KEYS
@@ -340,9 +341,10 @@ def proxy(
         raise typer.Exit(code=2) from None
     on_write = None
     if anonymize:
-        from components.curate.anonymize import Anonymizer
+        from components.curate.anonymize import build_anonymizer
 
-        anonymizer = Anonymizer(config.steps["anonymize"])
+        # S2's anonymizer with its deny list (a relative deny_list_file is read from --workdir, as in `run`).
+        anonymizer = build_anonymizer(config.steps["anonymize"], workdir)
         on_write = lambda record: anonymizer.anonymize_record(record)[0]  # noqa: E731
     responders = []
     if route is not None:

@@ -138,9 +138,20 @@ def load_step(params: dict[str, Any], name: str) -> StepConfig:
     return config.model_copy(update={field: read(params) for field, (_, read) in shared.items()})
 
 
+def _check_pinned_agents_survive_s2(steps: dict[str, StepConfig]) -> None:
+    """S2 keeps an agent name only if anonymize.agent_labels lists it: a task pinned by another agent name would
+    match nothing in the curated calls."""
+    labels = set(getattr(steps.get("anonymize"), "agent_labels", []))
+    pinned = [task.agent for task in getattr(steps.get("discover"), "pinned_tasks", []) if task.agent is not None]
+    missing = sorted(set(pinned) - labels)
+    if missing:
+        raise ValueError(f"discover.pinned_tasks name agents {missing} that are not in anonymize.agent_labels")
+
+
 def load_pipeline_config(params_path: Path, experiment: str | None = None) -> PipelineConfig:
     params = load_params(params_path)
     steps = {name: load_step(params, name) for name in STEP_CONFIGS}
+    _check_pinned_agents_survive_s2(steps)
     tracking = load_section(params, "tracking", TrackingConfig)
     if experiment:
         tracking = tracking.model_copy(update={"experiment": experiment})

@@ -14,9 +14,10 @@ from prefect.cache_policies import NO_CACHE
 
 from components.core.config import resolve
 from components.core.schema import read_records, write_records
-from components.curate.anonymize import AnonymizeConfig, Anonymizer, anonymize_records, load_deny_list
-from components.curate.audit import merge_audits, render_audit_html
+from components.curate.anonymize import AnonymizeConfig, anonymize_records, build_anonymizer
+from components.curate.audit import keyed_removals, merge_audits, render_audit_html
 from components.curate.filters import curate
+from components.curate.pseudonyms import Pseudonymizer
 from tasks.helpers.parallel import map_partitions
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.retries import retry_on_transient_io
@@ -42,25 +43,24 @@ def anonymize_task(
         records = read_records(resolve(workdir, cfg.input))
         curation = curate(records, cfg.curate)
         say(f"S2 curate: {len(curation.removed)} of {len(records)} records removed {curation.counts or ''}")
-        deny_list = load_deny_list(resolve(workdir, cfg.deny_list_file)) if cfg.deny_list_file else None
         if partitions > 1:
             if cfg.pseudonyms.reverse_map:
                 raise ValueError(
                     "anonymize.pseudonyms.reverse_map needs one partition (execution.partitions: 1): "
                     "each partition would hold only its own part of the map"
                 )
-            curated, audit = anonymize_partitioned(curation.kept, cfg, partitions, deny_list)
+            curated, audit = anonymize_partitioned(curation.kept, cfg, partitions, workdir)
         else:
-            anonymizer = Anonymizer(cfg, deny_list=deny_list)
+            anonymizer = build_anonymizer(cfg, workdir)
             curated, audit = anonymize_records(
                 curation.kept, cfg, anonymizer=anonymizer, progress=Progress("S2 anonymize", len(curation.kept))
             )
-        # Removed records are listed by id and reason only (no text), so nothing leaves S2 unaccounted for.
+        # Removed records are listed by keyed id and reason only (no text), so nothing leaves S2 unaccounted for.
         audit["curation"] = {
             "records_in": len(records),
             "records_removed": len(curation.removed),
             "removed_by_reason": curation.counts,
-            "removed": curation.removed,
+            "removed": keyed_removals(curation.removed, Pseudonymizer(cfg.pseudonyms).keyed_id),
         }
         write_records(curated, resolve(workdir, cfg.output))
         if cfg.pseudonyms.reverse_map:
@@ -79,18 +79,16 @@ def anonymize_task(
     return audit
 
 
-def anonymize_partition(records: list, cfg: AnonymizeConfig, deny_list: list[str] | None) -> tuple[list, dict]:
+def anonymize_partition(records: list, cfg: AnonymizeConfig, workdir: Path) -> tuple[list, dict]:
     """One partition with its own analyzer (a Dask worker process cannot share the caller's)."""
-    return anonymize_records(records, cfg, anonymizer=Anonymizer(cfg, deny_list=deny_list))
+    return anonymize_records(records, cfg, anonymizer=build_anonymizer(cfg, workdir))
 
 
-def anonymize_partitioned(
-    records: list, cfg: AnonymizeConfig, partitions: int, deny_list: list[str] | None = None
-) -> tuple[list, dict]:
+def anonymize_partitioned(records: list, cfg: AnonymizeConfig, partitions: int, workdir: Path) -> tuple[list, dict]:
     """Pseudonyms are per record (or keyed, for the dataset scope), so partitions anonymize independently (on the
     Dask cluster when there is one); their audits add up to the audit of one pass."""
     started = time.perf_counter()
-    parts = map_partitions(partial(anonymize_partition, cfg=cfg, deny_list=deny_list), records, partitions)
+    parts = map_partitions(partial(anonymize_partition, cfg=cfg, workdir=workdir), records, partitions)
     curated = [record for part_records, _ in parts for record in part_records]
     audit = merge_audits([audit for _, audit in parts], time.perf_counter() - started, cfg.audit_examples)
     return curated, audit

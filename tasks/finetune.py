@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from components.core.budget import TimeBudget
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, records_to_frame, split_records, write_table
-from components.curate.anonymize import Anonymizer, anonymize_records, load_deny_list
+from components.curate.anonymize import anonymize_records, build_anonymizer
 from components.finetune.dataset import TrainingSet, build_training_set, origin_of
 from components.finetune.runs import UnsupportedDeviceError, dvc_md5s, is_main_process, records_sha256
 from components.finetune.train import FinetuneConfig, FinetuneResult, config_for_cluster, finetune, training_settings
@@ -49,8 +49,7 @@ def _teacher_anonymizer(cfg: FinetuneConfig, workdir: Path):
             "finetune.synthesis is on but no anonymize section was given: teacher output must be anonymized"
         )
     section = cfg.anonymize
-    deny_list = load_deny_list(resolve(workdir, section.deny_list_file)) if section.deny_list_file else None
-    anonymizer = Anonymizer(section, deny_list=deny_list)
+    anonymizer = build_anonymizer(section, workdir)
 
     def anonymize(records: list[CallRecord]) -> list[CallRecord]:
         return anonymize_records(records, section, anonymizer=anonymizer)[0]

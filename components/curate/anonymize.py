@@ -48,6 +48,12 @@ from components.curate.record_texts import (
     record_texts,
     rewrite_message,
 )
+from components.curate.side_fields import (
+    check_rules_cover_the_schema,
+    metadata_texts,
+    rewrite_message_ids,
+    rewrite_side_fields,
+)
 
 DEFAULT_ENTITIES = [
     "PERSON",
@@ -122,6 +128,12 @@ class AnonymizeConfig(StepConfig):
     # Skip the NER model on texts with no capital letter (argument values such as "celsius" or "2024-05-01");
     # patterns still run. Faster on tool-heavy logs, but a name written in lower case is then left to chance.
     skip_ner_without_capitals: bool = False
+    # Agent names kept as they are (plain labels such as "default" or "billing-bot"); any other agent name becomes a
+    # keyed id, since front ends often name agents after users. List here the agents that pinned tasks name.
+    agent_labels: list[str] = Field(default_factory=lambda: ["default", "bfcl-assistant", "bfcl-multi-turn-agent"])
+    # Metadata keys whose values are kept (analyzed like the prompt); every other logged metadata key is dropped.
+    # The product's own keys (the router's route, a call's origin) are kept in their typed form regardless.
+    metadata_keys: list[str] = Field(default_factory=list)
     pseudonyms: PseudonymConfig = Field(default_factory=PseudonymConfig)
     # Curation beyond PII (duplicates, refusals, invalid tool calls...), run before anonymization: cheaper.
     curate: CurateConfig = Field(default_factory=CurateConfig)
@@ -170,6 +182,16 @@ def load_deny_list(path: Path) -> dict[str, list[str]]:
     if not isinstance(content, dict) or not all(isinstance(words, list) for words in content.values()):
         raise ValueError(f"{path} must map entity types to lists of words")
     return {str(entity): [str(word) for word in words] for entity, words in content.items()}
+
+
+def build_anonymizer(cfg: AnonymizeConfig, base_dir: Path) -> Anonymizer:
+    """The one way S2, S5's teacher synthesis and the logging proxy build their anonymizer: the ``anonymize:``
+    section with its deny list (a relative ``deny_list_file`` is read from ``base_dir``: the work dir)."""
+    deny_list = None
+    if cfg.deny_list_file:
+        path = Path(cfg.deny_list_file).expanduser()
+        deny_list = load_deny_list(path if path.is_absolute() else base_dir / path)
+    return Anonymizer(cfg, deny_list=deny_list)
 
 
 def _merge_overlapping(spans: list[_Span]) -> list[_Span]:
@@ -311,7 +333,9 @@ class Anonymizer:
         self.cfg = cfg
         self.pseudonymizer = pseudonymizer or Pseudonymizer(cfg.pseudonyms)
         self._allowed_words = {word.strip().upper() for word in cfg.allow_list}
+        check_rules_cover_the_schema()
         self._analysis_cache: dict[str, list[_Span]] = {}
+        self.side_field_counts: Counter[str] = Counter()  # metadata keys dropped, agents hashed (for the audit)
 
     # ------------------------------------------------------------------------------------------- detection
 
@@ -319,11 +343,14 @@ class Anonymizer:
         """Spans for each distinct text; uncached texts go through the NER model in one batch."""
         wanted = list(dict.fromkeys(text for text in texts if text.strip()))
         todo = [text for text in wanted if text not in self._analysis_cache]
-        for text, artifacts in self._nlp_artifacts(todo):
-            if len(self._analysis_cache) >= max(_ANALYSIS_CACHE_SIZE, len(todo)):
+        fresh = {text: self._analyze(text, artifacts) for text, artifacts in self._nlp_artifacts(todo)}
+        # The answer is taken before the cache evicts: a wanted text cached earlier may be the oldest entry.
+        found = {text: fresh[text] if text in fresh else self._analysis_cache[text] for text in wanted}
+        for text, spans in fresh.items():
+            if len(self._analysis_cache) >= _ANALYSIS_CACHE_SIZE:
                 self._analysis_cache.pop(next(iter(self._analysis_cache)))  # oldest first: a small FIFO
-            self._analysis_cache[text] = self._analyze(text, artifacts)
-        return {text: self._analysis_cache[text] for text in wanted}
+            self._analysis_cache[text] = spans
+        return found
 
     def _nlp_artifacts(self, texts: list[str]) -> Iterable[tuple[str, Any]]:
         if self.cfg.skip_ner_without_capitals and self._spacy is not None:
@@ -383,6 +410,12 @@ class Anonymizer:
 
     # ------------------------------------------------------------------------------------------- rewriting
 
+    def record_texts(self, record: CallRecord) -> list[str]:
+        """Every text of the record S2 analyzes: the conversation's, the tools', and the side fields' (the model
+        name, allow-listed metadata values)."""
+        side = [record.model or "", *metadata_texts(record.metadata, set(self.cfg.metadata_keys))]
+        return list(dict.fromkeys([*record_texts(record, self.cfg.anonymize_tool_schemas), *side]))
+
     def _in_context(self, record: CallRecord, detected: dict[str, list[_Span]]) -> dict[str, list[_Span]]:
         """The detections that count, by where their text is.
 
@@ -398,7 +431,8 @@ class Anonymizer:
           literal pass.
         """
         contents = message_contents(record)
-        in_conversation, arguments = set(contents), set(argument_texts(record))
+        side = [record.model or "", *metadata_texts(record.metadata, set(self.cfg.metadata_keys))]
+        in_conversation, arguments = set(contents) | set(side), set(argument_texts(record))
         conversation_words = _loose_words("\n".join(contents))
         schema_types = self.cfg.schema_entity_types()
 
@@ -414,26 +448,29 @@ class Anonymizer:
 
     def anonymize_record(self, record: CallRecord) -> tuple[CallRecord, Counter[str]]:
         """The record with every text pseudonymized, and the count of replaced occurrences per entity type."""
-        texts = record_texts(record, self.cfg.anonymize_tool_schemas)
+        texts = self.record_texts(record)
         detected = self._in_context(record, self.analyze_texts(texts))
         pseudonyms = self.pseudonymizer.for_record(record.record_id)
         # First pass fixes the numbering in reading order and collects every value to look for literally.
         for text in texts:
             for span in detected.get(text, []):
                 pseudonyms.placeholder_for(span.entity_type, text[span.start : span.end])
-        if not pseudonyms.placeholders:
-            return record, Counter()
         known_values = _literal_patterns(pseudonyms)
 
         def rewrite(text: str) -> str:
+            if not pseudonyms.placeholders:
+                return text
             return _replace_spans(text, detected.get(text, []) + _literal_spans(text, known_values), pseudonyms)
 
-        update: dict[str, Any] = {
-            "messages": [rewrite_message(message, rewrite) for message in record.messages],
-            "response": rewrite_message(record.response, rewrite),
-        }
+        keyed_id = self.pseudonymizer.keyed_id
+        update, side_counts = rewrite_side_fields(
+            record, keyed_id, set(self.cfg.agent_labels), set(self.cfg.metadata_keys), rewrite
+        )
+        update["messages"] = [rewrite_message_ids(rewrite_message(m, rewrite), keyed_id) for m in record.messages]
+        update["response"] = rewrite_message_ids(rewrite_message(record.response, rewrite), keyed_id)
         if self.cfg.anonymize_tool_schemas:
             update["tools"] = map_schema_strings(record.tools, rewrite)
+        self.side_field_counts.update(side_counts)
         return record.model_copy(update=update), pseudonyms.replaced
 
 
@@ -488,6 +525,7 @@ def anonymize_records(
 ) -> tuple[list[CallRecord], dict[str, Any]]:
     """All records pseudonymized (same ids, same order) and an audit of counts only, never raw values."""
     anonymizer = anonymizer or Anonymizer(cfg)
+    side_counts_before = Counter(anonymizer.side_field_counts)
     started = time.perf_counter()
     anonymized: list[CallRecord] = []
     per_record: list[Counter[str]] = []
@@ -495,9 +533,7 @@ def anonymize_records(
     for chunk_start in range(0, len(records), chunk):
         batch = records[chunk_start : chunk_start + chunk]
         try:
-            anonymizer.analyze_texts(
-                text for record in batch for text in record_texts(record, cfg.anonymize_tool_schemas)
-            )
+            anonymizer.analyze_texts(text for record in batch for text in anonymizer.record_texts(record))
         except Exception as error:
             raise AnonymizationError(
                 f"analysing records {chunk_start + 1}-{chunk_start + len(batch)} failed: {type(error).__name__}"
@@ -515,4 +551,5 @@ def anonymize_records(
                 progress(chunk_start + offset + 1, len(records))
     seconds = time.perf_counter() - started
     audit = build_audit(records, anonymized, per_record, cfg, seconds)
+    audit["side_fields"] = dict(sorted((anonymizer.side_field_counts - side_counts_before).items()))
     return anonymized, audit

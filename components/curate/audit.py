@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from components.core.schema import CallRecord
@@ -60,14 +61,33 @@ def build_audit(
     }
 
 
+# Removal reasons whose detail names the record a removed one repeats: by its keyed id, as S2's output names it.
+_DETAIL_IS_A_RECORD_ID = frozenset({"exact_duplicate", "near_duplicate"})
+
+
+def keyed_removals(removed: list[dict[str, str]], keyed_id: Callable[[str, str], str]) -> list[dict[str, str]]:
+    """Curation's removals as the audit lists them: ids as the keyed ids S2 writes (a logged id may hold an email)."""
+    return [
+        {
+            **entry,
+            "record_id": keyed_id("call", entry["record_id"]),
+            "detail": keyed_id("call", entry["detail"])
+            if entry["reason"] in _DETAIL_IS_A_RECORD_ID
+            else entry["detail"],
+        }
+        for entry in removed
+    ]
+
+
 def merge_audits(audits: list[dict[str, Any]], seconds: float, max_examples: int) -> dict[str, Any]:
     """One audit from the audits of partitions anonymized apart (pseudonyms are per record, so they add up): counts
     summed, examples in partition order up to ``max_examples``, speed over the whole wall time ``seconds``."""
     audit = dict(audits[0])  # the settings are the same in every partition
     for key in ("records_in", "records_out", "records_with_pii"):
         audit[key] = sum(a[key] for a in audits)
-    for key in ("entities", "records_per_entity"):
-        audit[key] = dict(sorted(sum((Counter(a[key]) for a in audits), Counter()).items()))
+    for key in ("entities", "records_per_entity", "side_fields"):
+        if any(key in a for a in audits):
+            audit[key] = dict(sorted(sum((Counter(a.get(key, {})) for a in audits), Counter()).items()))
     audit["examples"] = [example for a in audits for example in a["examples"]][:max_examples]
     audit["seconds"] = round(seconds, 3)
     audit["records_per_second"] = round(audit["records_in"] / seconds, 2) if seconds > 0 else None

@@ -164,6 +164,12 @@ def _tool_schemas(record: CallRecord) -> dict[str, dict[str, Any]]:
     return schemas
 
 
+def argument_path_shape(path: Any) -> str:
+    """Where in the arguments a problem is, by shape only: ``arguments.<key>.<key>[<i>]``. Keys of the arguments
+    can be data (``{"cards": {"Alex": ...}}``) and the audit goes to MLflow, so no key or value is quoted."""
+    return "arguments" + "".join("[<i>]" if isinstance(part, int) else ".<key>" for part in path)
+
+
 def _schema_problems(arguments: dict[str, Any], schema: dict[str, Any]) -> list[str]:
     """Schema violations described by argument path and rule only: jsonschema's own messages quote the value."""
     import jsonschema
@@ -175,8 +181,9 @@ def _schema_problems(arguments: dict[str, Any], schema: dict[str, Any]) -> list[
         return []  # a broken tool schema is the agent's problem, not this record's: nothing to check against
     problems = []
     for error in sorted(validator_class(schema).iter_errors(arguments), key=lambda e: list(e.absolute_path)):
-        where = "/".join(str(part) for part in error.absolute_path) or "arguments"
+        where = argument_path_shape(error.absolute_path)
         if error.validator == "required" and isinstance(error.instance, dict):
+            # The names come from the tool's schema, not from the record.
             missing = [name for name in error.validator_value if name not in error.instance]
             problems.append(f"missing required argument(s) {missing} at {where}")
         elif error.validator == "type":

@@ -48,15 +48,6 @@ class PseudonymConfig(StepConfig):
     def style_for(self, entity_type: str) -> str:
         return self.style_per_entity.get(entity_type, self.style)
 
-    @property
-    def needs_key(self) -> bool:
-        return (
-            self.scope == "dataset"
-            or self.reverse_map is not None
-            or self.style == "surrogate"
-            or "surrogate" in self.style_per_entity.values()
-        )
-
 
 def load_or_create_key(cfg: PseudonymConfig) -> bytes:
     """The secret from ``key_env`` (hex or any text), else from ``key_file``, which is created (0600) if absent."""
@@ -127,7 +118,8 @@ class Pseudonymizer:
 
     def __init__(self, cfg: PseudonymConfig) -> None:
         self.cfg = cfg
-        self._key = load_or_create_key(cfg) if cfg.needs_key else b""
+        # Always keyed: besides surrogates and dataset tags, S2 replaces logged ids with keyed hashes (side_fields).
+        self._key = load_or_create_key(cfg)
         self._fake: Any = None
         self.reverse_map: dict[str, dict[str, str]] = {}  # record id -> {placeholder: value}, only if configured
         # The raw input's text, casefolded: a surrogate found in it could be another record's real value.
@@ -144,6 +136,11 @@ class Pseudonymizer:
 
     def digest(self, entity_type: str, value: str) -> bytes:
         return hmac.new(self._key, f"{entity_type}\x00{value}".encode(), hashlib.sha256).digest()
+
+    def keyed_id(self, kind: str, value: str) -> str:
+        """A logged id (record, conversation, participant...) as a stable keyed hash: equal ids stay equal."""
+        digest = hmac.new(self._key, b"id\x00" + value.encode(), hashlib.sha256).hexdigest()
+        return f"{kind}-{digest[:16]}"
 
     def surrogate(self, entity_type: str, value: str) -> str | None:
         if self._fake is None:

@@ -8,9 +8,11 @@ proxy), answered unchanged (streams chunk by chunk, upstream errors with their s
 Records go to ``store_dir/calls-YYYYMMDD.jsonl``, encrypted (components/core/secure_store.py: one Fernet token per line,
 0600 files). Each decrypts to the request/response form ``llm2slm collect --source proxy-store:DIR`` reads:
 ``{"id", "timestamp", "agent", "request", "response", "latency_ms", "served_by"}``; a failed upstream call is
-``{..., "error": {"status", "body"}}`` (collect quarantines those with their status). With ``on_write`` (e.g. S2's
-anonymizer) the normalized, transformed record is stored instead: ``{"record": {...}}``, so raw PII never reaches
-the disk. No credential (Authorization header, API key) is ever written or logged.
+``{..., "error": {"status", "type"}}`` (collect quarantines those with their status; the upstream's error body is
+never kept: it may echo the prompt). With ``on_write`` (S2's anonymizer) the normalized, anonymized record is stored
+instead: ``{"record": {...}}``; a failed call keeps only its anonymized request (``request_record``) beside its
+status, and a call the anonymizer fails on becomes ``{"id", "timestamp", "quarantined": reason}``: raw PII never
+reaches the disk. No credential (Authorization header, API key) is ever written or logged.
 
 Durability: a record is written after the answer has gone out (in a worker thread, so the client does not wait for
 the disk), as one ``O_APPEND`` write followed by ``fsync``; it counts as ``recorded`` only then. Uvicorn finishes
@@ -31,6 +33,7 @@ import codecs
 import hmac
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -47,12 +50,19 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from components.collect.config import CollectConfig
-from components.collect.sources.common import ChunkAccumulator, RecordError
+from components.collect.sources.common import (
+    ChunkAccumulator,
+    RecordError,
+    messages_from_openai,
+    tools_from_openai,
+)
 from components.collect.sources.openai_jsonl import parse_call
 from components.core.schema import CallRecord, ChatMessage
 from components.core.secure_store import EncryptedAppendLog
 
 logger = logging.getLogger(__name__)
+# An upstream's OpenAI error type ("rate_limit_error", "invalid_request_error"): kept; anything else is free text.
+_ERROR_TYPE = re.compile(r"^[a-z_]{1,64}$")
 
 AGENT_HEADER = "x-agent-name"
 PROXY_KEYS_ENV = "LLM2SLM_PROXY_KEYS"
@@ -228,8 +238,8 @@ def create_app(
             if parsed is not None:
                 parsed = parsed.model_copy(update={"metadata": call.get("metadata", {})})
                 cost = parsed.cost_usd or 0.0
-                if on_write is not None:
-                    call = {"record": on_write(parsed).model_dump(mode="json")}
+            if on_write is not None:
+                call = anonymized_on_write(call, parsed, on_write)
             store.append(call, started_at)
         except RecordError as reason:
             # collect would quarantine it anyway; keep the store to calls that will train something.
@@ -350,7 +360,7 @@ def create_app(
                 return passthrough(answer)
             if answer.is_error:
                 stats["upstream_errors"] += 1
-                failure = {"status": answer.status_code, "body": answer.text[:4000]}
+                failure = upstream_failure(answer.status_code, answer.content)
                 return passthrough(
                     answer, recording(request_body, agent_name, started_at, started, note, error=failure)
                 )
@@ -393,6 +403,51 @@ def create_app(
         )
 
     return app
+
+
+def upstream_failure(status: int, body: bytes) -> dict[str, Any]:
+    """What the store keeps of an upstream error: its status and OpenAI error type, never its body (upstreams
+    echo the prompt in their error messages)."""
+    error_type = None
+    try:
+        error = json.loads(body).get("error")
+        candidate = error.get("type") if isinstance(error, dict) else None
+        if isinstance(candidate, str) and _ERROR_TYPE.match(candidate):
+            error_type = candidate
+    except (ValueError, AttributeError):
+        pass
+    return {"status": status, "type": error_type}
+
+
+def anonymized_on_write(
+    call: dict[str, Any], parsed: CallRecord | None, on_write: Callable[[CallRecord], CallRecord]
+) -> dict[str, Any]:
+    """The store line of a call under ``--anonymize``: the anonymized record; for a failed upstream call its
+    request anonymized the same way beside its status. When the anonymizer fails, a quarantine line with the
+    reason (the error type only: its message may quote the text) instead of the call: no raw prompt is written."""
+    kept = {key: call[key] for key in ("id", "timestamp") if key in call}
+    try:
+        if parsed is not None:
+            return {"record": on_write(parsed).model_dump(mode="json")}
+        request = request_only_record(call)
+        return {**kept, "error": call.get("error"), "request_record": on_write(request).model_dump(mode="json")}
+    except Exception as error:  # noqa: BLE001 - whatever the analyzer raised, the call must not be stored raw
+        logger.warning("proxy: call %s could not be anonymized (%s): quarantined", call.get("id"), type(error).__name__)
+        return {**kept, "quarantined": f"anonymization failed: {type(error).__name__}"}
+
+
+def request_only_record(call: dict[str, Any]) -> CallRecord:
+    """The prompt side of a logged call as a record (no answer came back: an empty assistant message)."""
+    request = call.get("request") or {}
+    return CallRecord(
+        record_id=str(call.get("id") or f"call-{uuid.uuid4().hex}"),
+        agent=call.get("agent"),
+        source="proxy",
+        model=request.get("model"),
+        messages=messages_from_openai(request.get("messages"), "request.messages"),
+        tools=tools_from_openai(request.get("tools")),
+        response=ChatMessage(role="assistant"),
+    )
 
 
 def serve(

@@ -13,8 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from benchmarks.anonymization_data import PiiFactory
+from components.core.config import load_params
 from tests.support.leak_scan import scan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +58,17 @@ def leaky_calls(n: int, seed: int = 11) -> tuple[list[str], set[str]]:
             "mrn": factory.mrn(),
         }
         support = factory.email()
-        values |= {name, email, phone, support, *extra.values()}
+        # Beside the prompt, where real logs carry personal data too: a metadata object (kept under
+        # anonymize.metadata_keys, dropped otherwise), a session id holding the user's email, the participant's
+        # name on the user message, an agent named after its user, and a tool result in the history.
+        customer = {"name": factory.person(), "email": factory.email(), "phone": factory.phone()}
+        dropped_note = f"VIP, call {factory.phone()}"
+        session = f"web:{factory.email()}:{index}"
+        participant = factory.person().replace(" ", "_").lower()
+        agent = f"assistant-of-{factory.email()}"
+        owner_name, owner_email = factory.person(), factory.email()
+        side = {*customer.values(), dropped_note, session, participant, agent, owner_name, owner_email}
+        values |= {name, email, phone, support, *extra.values(), *side}
         prompt = (
             f"{rng.choice(CUES).format(name=name)}. Please change my email to {email} and my phone to {phone}. "
             f"Card {extra['card']}, SSN {extra['ssn']}, login from {extra['ip']}, IBAN {extra['iban']}, "
@@ -68,13 +80,34 @@ def leaky_calls(n: int, seed: int = 11) -> tuple[list[str], set[str]]:
             json.dumps(
                 {
                     "id": f"call-{index:03d}",
-                    "agent": "crm",
+                    "agent": agent,
+                    "session_id": session,
+                    "metadata": {"customer": customer, "crm_note": dropped_note},
                     "request": {
                         "model": "gpt-4o",
                         "tools": [tool],
                         "messages": [
                             {"role": "system", "content": "You update CRM contacts. Never repeat the SSN."},
-                            {"role": "user", "content": prompt},
+                            {"role": "user", "content": "Whose account is this?", "name": participant},
+                            {
+                                "role": "assistant",
+                                "tool_calls": [
+                                    {
+                                        "id": f"lookup{index}",
+                                        "type": "function",
+                                        "function": {
+                                            "name": "update_contact",
+                                            "arguments": json.dumps({"email": owner_email}),
+                                        },
+                                    }
+                                ],
+                            },
+                            {
+                                "role": "tool",
+                                "tool_call_id": f"lookup{index}",
+                                "content": f"The account belongs to {owner_name} ({owner_email}).",
+                            },
+                            {"role": "user", "content": prompt, "name": participant},
                         ],
                     },
                     "response": {
@@ -119,6 +152,10 @@ def leak_run(tmp_path_factory):
     input_path.parent.mkdir()
     input_path.write_text("\n".join(lines) + "\n")
     workdir, prefect_home = base / "work", base / "prefect-home"
+    params = load_params(ROOT / "params.yaml")
+    params["anonymize"]["metadata_keys"] = ["customer"]  # its values go through S2; the other key is dropped
+    params_path = base / "params.yaml"
+    params_path.write_text(yaml.safe_dump(params))
 
     @flow(name="leak_s1_s2")
     def s1_s2(params_path: str, work: str, source: str) -> dict:
@@ -137,7 +174,7 @@ def leak_run(tmp_path_factory):
                 settings.PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
             }
         ):
-            audit = s1_s2(str(ROOT / "params.yaml"), str(workdir), str(input_path))
+            audit = s1_s2(str(params_path), str(workdir), str(input_path))
         database = Path(settings.PREFECT_SERVER_DATABASE_CONNECTION_URL.value().split(":///", 1)[1])
         # The harness's server writes its SQLite file while it runs: read it before the harness deletes it.
         database_files = {path.name: path.read_bytes() for path in database.parent.glob(database.name + "*")}

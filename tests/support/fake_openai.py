@@ -1,7 +1,7 @@
 """A fake OpenAI-compatible LLM served on 127.0.0.1 over real HTTP (uvicorn in a thread), and a helper to run any
 ASGI app the same way. Shared by the proxy and MLflow-trace tests and by benchmarks/proxy_overhead.py.
 
-Deterministic answers: model "broken" -> HTTP 500; a request with tools -> a get_weather tool call for the city
+Deterministic answers: model "broken" -> HTTP 500; model "echo-error" -> HTTP 400 quoting the messages; a request with tools -> a get_weather tool call for the city
 named last in the user message; otherwise a text answer echoing the user message. ``stream: true`` sends the same
 answer as SSE chunks, splitting text and tool-call arguments across chunks as real upstreams do.
 """
@@ -105,6 +105,12 @@ def fake_openai_app(delay_s: float = 0.0) -> FastAPI:
         if body.get("model") == "broken":
             return JSONResponse(
                 status_code=500, content={"error": {"message": "upstream exploded", "type": "server_error"}}
+            )
+        if body.get("model") == "echo-error":  # as real upstreams do, the error message quotes the request
+            quoted = json.dumps(body.get("messages"))[:200]
+            return JSONResponse(
+                status_code=400,
+                content={"error": {"message": f"invalid request: {quoted}", "type": "invalid_request_error"}},
             )
         completion_id = f"chatcmpl-{next(counter)}"
         if body.get("stream"):

@@ -21,6 +21,29 @@ PHONE = re.compile(r"\+1 \d{3} 555 01\d\d|\(\d{3}\) 555-01\d\d|\b\d{3}-555-01\d\
 SSN = re.compile(r"SSN (\d{3}-\d{2}-\d{4})")
 
 
+def sqlite_texts(path: Path) -> list[str]:
+    """Every text and blob of every table of an SQLite file (MLflow's and Prefect's stores), read through SQLite:
+    a long value spills over pages, and a byte scan sees it cut in pieces."""
+    import sqlite3
+
+    texts: list[str] = []
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for row in connection.execute(f'SELECT * FROM "{table}"'):
+                for value in row:
+                    if isinstance(value, bytes):
+                        texts.append(value.decode("utf-8", errors="ignore"))
+                    elif isinstance(value, str):
+                        texts.append(value)
+    except sqlite3.DatabaseError:
+        return []  # a WAL or journal file beside the database: scanned as bytes only
+    finally:
+        connection.close()
+    return ["\n".join(texts)]
+
+
 def texts_of(path: Path) -> list[str]:
     raw = path.read_bytes().decode("utf-8", errors="ignore")
     texts = [raw]
@@ -29,6 +52,8 @@ def texts_of(path: Path) -> list[str]:
 
         decoded = pd.read_parquet(path).to_json(force_ascii=False).replace("\\/", "/")
         texts += [decoded, decoded.replace('\\"', '"')]
+    if raw.startswith("SQLite format 3"):
+        texts += sqlite_texts(path)
     return texts
 
 

@@ -147,6 +147,8 @@ def parse_object(obj: Any, cfg: CollectConfig, source: str = "request_response")
     """Every call in one decoded log object: records, or the reason each call does not fit."""
     if not isinstance(obj, dict):
         raise RecordError(f"expected a JSON object, got {type(obj).__name__}")
+    if isinstance(obj.get("quarantined"), str):  # the proxy could not anonymize the call and kept only the reason
+        raise RecordError(f"not recorded by the proxy: {obj['quarantined']}")
     if "error" in obj and "response" not in obj:
         status = obj.get("error", {}).get("status") if isinstance(obj.get("error"), dict) else None
         raise RecordError(f"failed upstream call (HTTP {status}) recorded by the proxy: not a training example")

@@ -217,7 +217,10 @@ def test_a_record_without_pii_is_unchanged_and_unconfigured_types_are_kept(anony
         "What is the weather like tomorrow?", tool_response("get_forecast", '{"days":1, "units":"metric"}')
     )
     clean, counts = anonymizer.anonymize_record(original)
-    assert clean == original
+    # Logged ids (record, conversation, tool call) always become keyed ids; every text stays as it was.
+    ids = {"record_id": True, "conversation_id": True, "response": {"tool_calls": {0: {"id"}}}}
+    assert clean.model_dump(exclude=ids) == original.model_dump(exclude=ids)
+    assert clean.record_id == anonymizer.pseudonymizer.keyed_id("call", original.record_id)
     assert clean.response.tool_calls[0].arguments == '{"days":1, "units":"metric"}'
     assert clean.messages[0].content == SYSTEM
     assert counts == {}
@@ -240,7 +243,7 @@ def test_records_keep_ids_and_order_and_the_audit_holds_no_values(anonymizer, mo
     clean, audit = anonymize_records(
         records, CFG, progress=lambda done, total: seen.append((done, total)), anonymizer=anonymizer
     )
-    assert [r.record_id for r in clean] == ["b", "a", "c"]
+    assert [r.record_id for r in clean] == [anonymizer.pseudonymizer.keyed_id("call", i) for i in ("b", "a", "c")]
     assert seen == [(1, 3), (2, 3), (3, 3)]
     assert (audit["records_in"], audit["records_out"], audit["records_with_pii"]) == (3, 3, 2)
     assert audit["entities"] == {"EMAIL_ADDRESS": 2, "PERSON": 1, "PHONE_NUMBER": 2}

@@ -186,8 +186,8 @@ def test_tool_call_arguments_cut_off_are_truncated_and_garbage_is_invalid():
     ("arguments", "name", "expected_in_detail"),
     [
         ({"to": "chef@example.com"}, "send_email", "missing required argument(s) ['body']"),
-        ({"to": "chef@example.com", "body": "hi", "urgent": "yes"}, "send_email", "'urgent' is not of type 'boolean'"),
-        ({"party_size": "four"}, "book_table", "'party_size' is not of type 'integer'"),
+        ({"to": "chef@example.com", "body": "hi", "urgent": "yes"}, "send_email", "'arguments.<key>' is not of type"),
+        ({"party_size": "four"}, "book_table", "'arguments.<key>' is not of type 'integer'"),
         ({"to": "chef@example.com", "body": "hi"}, "delete_database", "not among the offered tools"),
     ],
 )
@@ -198,6 +198,27 @@ def test_tool_calls_are_checked_against_the_offered_schemas(arguments, name, exp
     assert entry["reason"] == "invalid_tool_call" and expected_in_detail in entry["detail"]
     for value in ("chef@example.com", "yes", "four"):
         assert value not in entry["detail"]
+
+
+def test_a_problem_deep_in_the_arguments_is_located_by_shape_never_by_its_keys():
+    """Keys below a tool's parameters are data (a name keying a card): the audit, which reaches MLflow, must not
+    quote them."""
+    cards = {
+        "type": "function",
+        "function": {
+            "name": "store_cards",
+            "parameters": {
+                "type": "object",
+                "properties": {"cards": {"type": "object", "additionalProperties": {"type": "integer"}}},
+                "required": ["cards"],
+            },
+        },
+    }
+    record = rec("deep", "Store my cards.", call("store_cards", {"cards": {"Alex Moreau": "not-a-number"}}), [cards])
+    [entry] = curate([record], CurateConfig()).removed
+    assert entry["reason"] == "invalid_tool_call"
+    assert "arguments.<key>.<key>" in entry["detail"]
+    assert "Alex" not in entry["detail"] and "cards" not in entry["detail"].split(":", 1)[1]
 
 
 def test_without_offered_tools_only_the_json_shape_is_checked():

@@ -22,7 +22,7 @@ def key_env(monkeypatch):
     return "LLM2SLM_PSEUDONYM_KEY"
 
 
-def test_record_scope_numbers_per_record_and_needs_no_key(tmp_path):
+def test_record_scope_numbers_per_record(tmp_path):
     cfg = PseudonymConfig(style="tag", key_file=str(tmp_path / "never.key"))
     pseudonymizer = Pseudonymizer(cfg)
     first, second = pseudonymizer.for_record("a"), pseudonymizer.for_record("b")
@@ -30,7 +30,20 @@ def test_record_scope_numbers_per_record_and_needs_no_key(tmp_path):
     assert first.placeholder_for("PERSON", "Bo Chen") == "<PERSON_2>"
     assert first.placeholder_for("PERSON", "Ann Lee") == "<PERSON_1>"
     assert second.placeholder_for("PERSON", "Bo Chen") == "<PERSON_1>"
-    assert not (tmp_path / "never.key").exists() and pseudonymizer.reverse_map == {}
+    assert pseudonymizer.reverse_map == {}
+
+
+def test_logged_ids_become_keyed_ids_stable_under_one_key_and_unlinkable_without_it(monkeypatch, tmp_path):
+    """S2 replaces ids taken from logs (a session id often embeds the user's email) with a keyed hash: equal ids
+    stay equal (a conversation's calls still meet), a plain hash of the email would not hide it."""
+    session = "web:jane.doe@mail.com:3"
+    monkeypatch.setenv("LLM2SLM_PSEUDONYM_KEY", "first-key")
+    first = Pseudonymizer(PseudonymConfig(style="tag"))
+    assert first.keyed_id("conv", session) == first.keyed_id("conv", session)
+    assert first.keyed_id("conv", session) != first.keyed_id("conv", session + "x")
+    assert "jane" not in first.keyed_id("conv", session) and first.keyed_id("conv", session).startswith("conv-")
+    monkeypatch.setenv("LLM2SLM_PSEUDONYM_KEY", "second-key")
+    assert Pseudonymizer(PseudonymConfig(style="tag")).keyed_id("conv", session) != first.keyed_id("conv", session)
 
 
 def test_one_value_keeps_one_placeholder_whatever_type_it_is_tagged_with(tmp_path):

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import yaml
 
 from components.collect.ingest import CollectConfig, collect_sources
 from components.collect.sources import parse_source
@@ -269,6 +270,73 @@ def test_capture_through_s2s_analyzer_writes_no_raw_pii_to_the_store(tmp_path):
     assert record.user_request == expected and record.response.content == f"You said: {expected}"
 
 
+def stored_lines(store: Path) -> list[bytes]:
+    from components.core.secure_store import decrypt_lines
+
+    return [
+        line
+        for path in store.rglob("*")
+        if path.is_file()
+        for line in decrypt_lines(iter(path.read_bytes().splitlines()), str(path))
+        if line
+    ]
+
+
+def wait_for(app, key: str, count: int = 1) -> None:
+    deadline = time.monotonic() + 30
+    while app.state.stats[key] < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)  # an error line is counted before its write completes
+
+
+def test_a_failed_upstream_call_under_anonymize_stores_its_request_anonymized_and_no_error_body(tmp_path):
+    """429s and 4xx are common, and upstream error messages quote the prompt: under --anonymize the store keeps
+    the request through S2's analyzer and the error's status and type only."""
+    from tests.support.anonymizer_fixture import shared_anonymizer
+
+    anonymizer = shared_anonymizer()
+    prompt = "I am John Smith, mail john.smith@example.com"
+    with serve_in_thread(fake_openai_app()) as upstream_url:
+        app = create_app(
+            f"{upstream_url}/v1", tmp_path, CFG, [CLIENT_KEY], on_write=lambda r: anonymizer.anonymize_record(r)[0]
+        )
+        with serve_in_thread(app) as url:
+            with pytest.raises(openai.BadRequestError) as failure:
+                openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0).chat.completions.create(
+                    model="echo-error", messages=[{"role": "user", "content": prompt}]
+                )
+            wait_for(app, "upstream_errors")
+    assert "john.smith@example.com" in str(failure.value.body)  # the agent still gets the upstream's answer
+    [line] = stored_lines(tmp_path)
+    for value in ("John Smith", "john.smith", "invalid request"):
+        assert value.encode() not in line, value
+    stored = json.loads(line)
+    assert stored["error"] == {"status": 400, "type": "invalid_request_error"}
+    assert "<EMAIL_ADDRESS_1>" in json.dumps(stored["request_record"])
+    result = collect_sources([parse_source(f"proxy-store:{tmp_path}", Path("/"))], CFG)
+    assert result.records == [] and any("HTTP 400" in entry.reason for entry in result.quarantine)
+
+
+def test_a_call_the_analyzer_fails_on_is_quarantined_with_the_reason_not_stored_raw(tmp_path):
+    def failing_analyzer(record):
+        raise ValueError(f"could not parse {record.user_request}")  # the message quotes the text
+
+    with serve_in_thread(fake_openai_app()) as upstream_url:
+        app = create_app(f"{upstream_url}/v1", tmp_path, CFG, [CLIENT_KEY], on_write=failing_analyzer)
+        with serve_in_thread(app) as url:
+            openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0).chat.completions.create(
+                model="gpt-4o", messages=[{"role": "user", "content": "mail jane@example.com"}]
+            )
+            wait_for(app, "recorded")
+    [line] = stored_lines(tmp_path)
+    assert b"jane@example.com" not in line and json.loads(line)["quarantined"] == "anonymization failed: ValueError"
+    result = collect_sources([parse_source(f"proxy-store:{tmp_path}", Path("/"))], CFG)
+    assert result.records == []
+    assert [entry.reason for entry in result.quarantine] == [
+        "not recorded by the proxy: anonymization failed: ValueError"
+    ]
+
+
 def test_the_proxy_command_wires_the_analyzer_when_asked_to_anonymize(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
@@ -294,3 +362,15 @@ def test_the_proxy_command_wires_the_analyzer_when_asked_to_anonymize(tmp_path, 
     written = served["on_write"](record).user_request
     # params.yaml's style: a surrogate address of the same form, never the raw one
     assert "john.smith" not in written and re.fullmatch(r"Mail [\w.+-]+@[\w-]+\.\w+", written), written
+    # The deny list of the anonymize: section (read from --workdir, as in `run`) is the proxy's too.
+    from components.core.config import load_params
+
+    params = load_params()
+    params["anonymize"]["deny_list_file"] = "deny.yaml"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "deny.yaml").write_text("PERSON: [zorblax]\n")  # a word no recognizer would tag on its own
+    with_deny_list = [*arguments, "--anonymize", "--params", str(tmp_path / "params.yaml"), "--workdir", str(tmp_path)]
+    result = CliRunner().invoke(app, with_deny_list)
+    assert result.exit_code == 0, result.output
+    nickname = record.model_copy(update={"messages": [ChatMessage(role="user", content="tell zorblax hello")]})
+    assert "zorblax" not in served["on_write"](nickname).user_request
