@@ -88,6 +88,23 @@ class CollectResult:
         }
 
 
+def unique_record_id(record_id: str, digest: str, taken: set[str]) -> str:
+    """A new id for a call logged under an id already ``taken``: the id plus a prefix of the call's content hash,
+    lengthened (then numbered, for identical content) until it is free.
+
+    The suffix comes from the content, not from a position, so it is the same whichever source or run reads the
+    call first, and two calls sharing an id never get the same new id: a position restarts per source and per run,
+    and two records renamed ``x#jsonl0`` by two runs would alias in every ``{record_id: record}`` map downstream.
+    """
+    for length in (8, 16, len(digest)):
+        candidate = f"{record_id}#{digest[:length]}"
+        if candidate not in taken:
+            return candidate
+    return next(
+        f"{record_id}#{digest}-{n}" for n in range(2, len(taken) + 3) if f"{record_id}#{digest}-{n}" not in taken
+    )
+
+
 class _Merger:
     """Adds records to a collection, skipping known content and making colliding ids unique."""
 
@@ -96,7 +113,7 @@ class _Merger:
         self.hashes = {content_hash(record) for record in result.records}
         self.ids = {record.record_id for record in result.records}
 
-    def add(self, record: CallRecord, position: str) -> bool:
+    def add(self, record: CallRecord) -> bool:
         digest = content_hash(record)
         if digest in self.hashes:
             self.result.duplicates_skipped += 1
@@ -104,7 +121,7 @@ class _Merger:
         if record.record_id in self.ids:
             # Two different calls logged under one id: keep both, make the second id unique and say so.
             self.result.duplicate_ids += 1
-            record = record.model_copy(update={"record_id": f"{record.record_id}#{position}"})
+            record = record.model_copy(update={"record_id": unique_record_id(record.record_id, digest, self.ids)})
         self.hashes.add(digest)
         self.ids.add(record.record_id)
         self.result.records.append(record)
@@ -154,7 +171,7 @@ def collect_sources(
     merger = _Merger(result)
     for source in sources:
         batch = read_source(source, cfg, state.get("sources", {}).get(source.key, {}), trace_fetcher)
-        added = sum(merger.add(record, f"{source.kind}{index}") for index, record in enumerate(batch.records))
+        added = sum(merger.add(record) for record in batch.records)
         result.new_by_source[source.key] = added
         result.quarantine.extend(batch.quarantine)
         result.state["sources"][source.key] = batch.watermark
@@ -169,7 +186,8 @@ def collect_lines(lines: Iterable[str], cfg: CollectConfig) -> CollectResult:
     for record in batch.records:
         if record.record_id in seen_ids:
             result.duplicate_ids += 1
-            record = record.model_copy(update={"record_id": f"{record.record_id}#L{len(result.records) + 1}"})
+            new_id = unique_record_id(record.record_id, content_hash(record), seen_ids)
+            record = record.model_copy(update={"record_id": new_id})
         seen_ids.add(record.record_id)
         result.records.append(record)
     return result

@@ -315,6 +315,30 @@ def test_second_ingestion_adds_zero_records_and_appended_lines_are_read_alone(tm
     assert fourth.new_records == 0 and fourth.duplicates_skipped == 5
 
 
+def test_renamed_duplicate_ids_stay_unique_across_sources_and_runs(tmp_path):
+    def call(answer: str) -> dict:
+        return {
+            **valid_line(1),
+            "id": "dup",
+            "response": {"choices": [{"message": {"role": "assistant", "content": answer}}]},
+        }
+
+    first_log = write_lines(tmp_path / "a.jsonl", [call("a"), call("b")])
+    second_log = write_lines(tmp_path / "b.jsonl", [valid_line(2), call("c")])
+    specs = [parse_source(str(first_log), tmp_path), parse_source(str(second_log), tmp_path)]
+    first = collect_sources(specs, CFG)
+    with first_log.open("ab") as handle:
+        handle.write(b"".join(json.dumps(call(answer)).encode() + b"\n" for answer in ("d", "e")))
+    second = collect_sources(specs, CFG, first.records, first.state)
+
+    answers_by_id = {r.record_id: r.response.content for r in second.records if r.record_id.startswith("dup")}
+    assert sorted(answers_by_id.values()) == ["a", "b", "c", "d", "e"]  # five calls, five ids: none aliased
+    assert second.duplicate_ids == 2 and first.duplicate_ids == 2
+    # Deterministic: reading the same logs afresh names every call the same.
+    again = collect_sources(specs, CFG)
+    assert {r.record_id: r.response.content for r in again.records if r.record_id.startswith("dup")} == answers_by_id
+
+
 def test_unterminated_last_line_is_read_but_not_passed_by_the_watermark(tmp_path):
     path = tmp_path / "live.jsonl"
     path.write_text(json.dumps(valid_line(1)) + "\n" + json.dumps(valid_line(2)))
