@@ -243,6 +243,32 @@ def test_mapped_jsonl_and_parquet_give_the_same_records(tmp_path):
     assert from_parquet.model_dump() == record.model_dump()
 
 
+def test_a_null_token_count_or_latency_in_parquet_reads_as_unknown(tmp_path):
+    def row(uid: str, usage: list, ms: float | None) -> dict:
+        return {
+            "uid": uid,
+            "input": {"prompt": "Opening hours?"},
+            "output": {"text": f"answer {uid}"},
+            "meta": {"model": "gpt-4o", "usage": usage},
+            "ms": ms,
+        }
+
+    # One row with counts makes the columns numeric, so the other row's nulls are real Parquet nulls.
+    pd.DataFrame([row("m-1", [50, 4], 12.5), row("m-2", [None, None], None)]).to_parquet(tmp_path / "n.parquet")
+    result = read("mapped:mylog:n.parquet", tmp_path)
+    assert result.quarantine == []
+    known, unknown = result.records
+    assert (known.prompt_tokens, known.completion_tokens, known.latency_ms) == (50, 4, 12.5)
+    assert (unknown.prompt_tokens, unknown.completion_tokens, unknown.latency_ms, unknown.cost_usd) == (None,) * 4
+
+
+def test_a_nan_token_count_in_a_jsonl_log_reads_as_unknown(tmp_path):
+    line = {**valid_line(1), "response": {**valid_line(1)["response"], "usage": {"prompt_tokens": float("nan")}}}
+    (tmp_path / "nan.jsonl").write_text(json.dumps(line) + "\n")  # json writes the float as the literal NaN
+    result = read("nan.jsonl", tmp_path)
+    assert result.quarantine == [] and result.records[0].prompt_tokens is None
+
+
 def valid_line(n: int) -> dict:
     return {
         "id": f"c-{n}",
