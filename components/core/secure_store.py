@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -159,9 +159,35 @@ class EncryptedAppendLog:
         return path
 
 
+def _wrong_key(what: str, undecryptable: int) -> StoreKeyError:
+    return StoreKeyError(
+        f"cannot decrypt {what}: none of its {undecryptable} lines opens with this key: wrong store key "
+        f"(check ${KEY_ENV} / {key_file_path()})"
+    )
+
+
+def check_key_opens(lines: Iterable[bytes], what: str, key: bytes | None = None) -> None:
+    """Raise StoreKeyError unless the key opens these lines of an :class:`EncryptedAppendLog`. The key is right
+    as soon as one line decrypts: a line that does not is torn or altered, and its reader quarantines it. Only
+    when no line at all decrypts is the key wrong (one clear error rather than a quarantine entry per line)."""
+    box = fernet(key)
+    undecryptable = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            box.decrypt(line.strip())
+            return
+        except InvalidToken:
+            undecryptable += 1
+    if undecryptable:
+        raise _wrong_key(what, undecryptable)
+
+
 def decrypt_lines(lines: Iterator[bytes], what: str, key: bytes | None = None) -> Iterator[bytes | None]:
     """Decrypt the lines of an :class:`EncryptedAppendLog`; a line that is not a valid token yields ``None``
-    (the caller quarantines it) unless no line at all decrypts, which means a wrong key: one clear error."""
+    (the caller quarantines it) unless no line at all decrypts, which means a wrong key: one clear error, the
+    same rule as :func:`check_key_opens`."""
     box = fernet(key)
     decrypted_any = failed = 0
     for line in lines:
@@ -172,13 +198,9 @@ def decrypt_lines(lines: Iterator[bytes], what: str, key: bytes | None = None) -
             plain = box.decrypt(line.strip())
         except InvalidToken:
             failed += 1
-            if not decrypted_any and failed >= 3:
-                raise StoreKeyError(
-                    f"cannot decrypt {what}: wrong store key (check ${KEY_ENV} / {key_file_path()})"
-                ) from None
             yield None
             continue
         decrypted_any += 1
         yield plain
     if failed and not decrypted_any:
-        raise StoreKeyError(f"cannot decrypt {what}: wrong store key (check ${KEY_ENV} / {key_file_path()})")
+        raise _wrong_key(what, failed)

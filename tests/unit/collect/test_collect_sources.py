@@ -376,6 +376,34 @@ def test_unterminated_last_line_is_read_but_not_passed_by_the_watermark(tmp_path
     assert [r.record_id for r in second.records] == ["c-1", "c-2", "c-3"] and second.duplicates_skipped == 1
 
 
+def test_an_unreadable_first_line_of_a_proxy_store_file_is_quarantined_not_fatal(tmp_path):
+    from components.core.secure_store import EncryptedAppendLog
+
+    store = tmp_path / "store"
+    store.mkdir()
+    # A torn token first (a disk that failed mid-write), then the calls the proxy recorded after it.
+    (store / "calls-20261201.jsonl").write_bytes(b"gAAAAABtorn-token\n")
+    log = EncryptedAppendLog(store)
+    for n in (1, 2):
+        log.append("calls-20261201.jsonl", json.dumps(valid_line(n)).encode())
+    result = read("proxy-store:store", tmp_path)
+    assert [r.record_id for r in result.records] == ["c-1", "c-2"]
+    [entry] = result.quarantine
+    assert entry.line_number == 1 and entry.offset == 0 and "cannot be decrypted" in entry.reason
+
+
+def test_a_proxy_store_no_line_of_which_decrypts_is_a_wrong_key(tmp_path):
+    from cryptography.fernet import Fernet
+
+    from components.core.secure_store import EncryptedAppendLog, StoreKeyError
+
+    log = EncryptedAppendLog(tmp_path / "store", key=Fernet.generate_key())
+    for n in (1, 2, 3, 4):
+        log.append(f"calls-2026120{n % 2 + 1}.jsonl", json.dumps(valid_line(n)).encode())
+    with pytest.raises(StoreKeyError, match="wrong store key"):
+        read("proxy-store:store", tmp_path)
+
+
 def test_source_specs_and_unreadable_sources(tmp_path):
     specs = source_specs(
         CFG,

@@ -9,6 +9,7 @@ from components.core.schema import read_records, write_records
 from components.core.secure_store import (
     EncryptedAppendLog,
     StoreKeyError,
+    check_key_opens,
     decrypt_lines,
     load_key,
     read_maybe_encrypted,
@@ -71,6 +72,15 @@ def test_append_log_writes_one_token_per_line(key_file, tmp_path):
     other = Fernet.generate_key()
     with pytest.raises(StoreKeyError, match="wrong store key"):
         list(decrypt_lines(iter(lines), "store", key=other))
+
+
+def test_lines_that_do_not_decrypt_before_one_that_does_are_left_to_the_reader(key_file, tmp_path):
+    good = EncryptedAppendLog(tmp_path / "store").append("calls.jsonl", b'{"b": 2}').read_bytes().strip()
+    lines = [b"torn", b"gAAAAAB-altered", b"x", good]
+    assert list(decrypt_lines(iter(lines), "store")) == [None, None, None, b'{"b": 2}']
+    check_key_opens(iter(lines), "store")  # one line opens: the key is right
+    with pytest.raises(StoreKeyError, match="wrong store key"):
+        check_key_opens(iter(lines[:3]), "store")
 
 
 def test_whole_file_round_trip_and_wrong_key(key_file, tmp_path):
