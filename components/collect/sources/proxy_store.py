@@ -14,12 +14,13 @@ from components.core.secure_store import check_key_opens, fernet
 STORE_GLOB = "calls-*.jsonl"
 
 
-def check_store_key(directory: Path, max_line_bytes: int) -> list[Path]:
+def check_store_key(directory: Path, cfg: CollectConfig) -> list[Path]:
     """The store's files, after checking that the key opens the store as a whole: a wrong key is one clear
     StoreKeyError. The check reads lines (from the first file on) only until one decrypts, so an unreadable line,
     even a file's first, is left to the reader, which quarantines it with its reason."""
     paths = sorted(directory.glob(STORE_GLOB))
-    lines = (raw.data for path in paths for raw in iter_lines(path, max_line_bytes=max_line_bytes) if raw.data)
+    limit = stored_line_limit(cfg, encrypted=True)
+    lines = (raw.data for path in paths for raw in iter_lines(path, max_line_bytes=limit) if raw.data)
     try:
         check_key_opens(lines, f"the proxy store {directory}")
     finally:
@@ -30,7 +31,7 @@ def check_store_key(directory: Path, max_line_bytes: int) -> list[Path]:
 def read_proxy_store(directory: Path, cfg: CollectConfig, source: str, watermark: dict[str, Any]) -> SourceBatch:
     if not directory.is_dir():
         raise SourceError(f"proxy store not found: {directory} is not a directory")
-    paths = check_store_key(directory, stored_line_limit(cfg, encrypted=True))
+    paths = check_store_key(directory, cfg)
     box = fernet()
 
     def decode(line: bytes) -> bytes | None:

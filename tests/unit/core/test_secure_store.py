@@ -1,5 +1,6 @@
 """Encryption at rest: key sources, key file creation, wrong keys, encrypted records read transparently."""
 
+import os
 import stat
 
 import pytest
@@ -30,6 +31,16 @@ def test_key_file_is_created_once_private_and_reused(key_file):
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert load_key() == key and Fernet(key)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644], ids=oct)
+def test_a_key_file_group_or_others_may_read_is_refused(key_file, mode):
+    key = load_key()
+    os.chmod(key_file, mode)
+    with pytest.raises(PermissionError, match=f"{key_file}.*chmod 600"):
+        load_key()
+    os.chmod(key_file, 0o600)
+    assert load_key() == key
 
 
 def test_environment_key_wins_over_the_file(key_file, monkeypatch):
