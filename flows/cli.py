@@ -305,6 +305,9 @@ def proxy(
         "(params anonymize.*) before it is written: raw PII never touches disk",
     ),
     timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
+    max_body_mib: float = typer.Option(
+        8.0, "--max-body-mib", help="Largest request body accepted, in MiB (a larger one is answered 413)"
+    ),
     route: Path | None = typer.Option(
         None,
         "--route",
@@ -369,6 +372,7 @@ def proxy(
         timeout_s=timeout_s,
         on_write=on_write,
         responders=responders,
+        max_body_bytes=int(max_body_mib * 1024 * 1024),
     )
 
 
