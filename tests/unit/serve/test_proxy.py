@@ -163,14 +163,21 @@ def test_store_is_encrypted_private_and_holds_no_credentials(servers):
         model="gpt-4o", messages=[{"role": "user", "content": "mail jane@example.com please"}]
     )
     wait_for_writes(servers, base + 1)
+    from components.core.secure_store import decrypt_lines
+
     files = sorted(servers["store"].glob("calls-*.jsonl"))
     assert files
+    plaintext = b""
     for path in files:
         data = path.read_bytes()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert all(line.startswith(b"gAAAAA") for line in data.splitlines())
-        for clear in (b"jane@example.com", CLIENT_KEY.encode(), UPSTREAM_KEY.encode(), b"weather", b"authorization"):
-            assert clear not in data
+        assert b"jane@example.com" not in data and b"weather" not in data  # the prompts are encrypted
+        plaintext += b"\n".join(line for line in decrypt_lines(iter(data.splitlines()), str(path)) if line)
+    # Credentials could only hide in the plaintext: look there, in what the store key decrypts.
+    assert b"jane@example.com" in plaintext  # the real calls, decrypted: what is absent below would show
+    for credential in (CLIENT_KEY.encode(), UPSTREAM_KEY.encode(), b"authorization", b"Bearer"):
+        assert credential not in plaintext
     assert by_agent(servers, "secret-bot")[0].user_request == "mail jane@example.com please"
 
 
