@@ -195,6 +195,7 @@ def refresh(
     experiment: str | None = ExperimentOption,
 ) -> None:
     """S6 flywheel: add a batch, measure drift, retrain what grew or degraded, promote through the gate."""
+    from components.evaluate.drift import describe_drift
     from flows.refresh import refresh as refresh_flow
     from flows.steps import default_params_path
 
@@ -206,11 +207,7 @@ def refresh(
         input_path=str(input) if input else None,
         experiment=experiment,
     )
-    drift = result["drift"]
-    typer.echo(
-        f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, cluster-mix PSI "
-        f"{drift['psi']:.3f}{' (drifted)' if drift['drifted'] else ''}"
-    )
+    typer.echo(f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, {describe_drift(result['drift'])}")
     for entry in result["clusters"]:
         model = entry["registered_model"]
         typer.echo(
