@@ -365,6 +365,26 @@ def test_renamed_duplicate_ids_stay_unique_across_sources_and_runs(tmp_path):
     assert {r.record_id: r.response.content for r in again.records if r.record_id.startswith("dup")} == answers_by_id
 
 
+def test_a_call_made_again_later_is_kept_but_one_call_logged_by_two_sources_is_one(tmp_path):
+    def call(record_id: str, when: str | None) -> dict:
+        return {**valid_line(1), "id": record_id, "timestamp": when}
+
+    agent_log = write_lines(
+        tmp_path / "agent.jsonl",
+        [call("a-1", "2026-11-20T10:00:00Z"), call("a-2", "2026-11-20T15:30:00Z")],  # the agent asked twice
+    )
+    # The proxy saw the first call too, stamped a moment later and without a zone (UTC), under its own id.
+    proxy_log = write_lines(tmp_path / "proxy.jsonl", [call("p-1", "2026-11-20T10:00:01.200")])
+    result = collect_sources([parse_source(str(agent_log), tmp_path), parse_source(str(proxy_log), tmp_path)], CFG)
+    assert [r.record_id for r in result.records] == ["a-1", "a-2"]
+    assert (result.repeats_kept, result.duplicates_skipped) == (1, 1)
+    assert result.summary()["repeats_kept"] == 1 and result.summary()["records"] == 2
+    # A repeat under a taken id is renamed, like any other call logged under a taken id.
+    again = write_lines(tmp_path / "again.jsonl", [call("a-1", "2026-11-21T08:00:00Z")])
+    later = collect_sources([parse_source(str(again), tmp_path)], CFG, result.records)
+    assert later.new_records == 1 and later.records[-1].record_id.startswith("a-1#")
+
+
 def test_unterminated_last_line_is_read_but_not_passed_by_the_watermark(tmp_path):
     path = tmp_path / "live.jsonl"
     path.write_text(json.dumps(valid_line(1)) + "\n" + json.dumps(valid_line(2)))
