@@ -31,7 +31,7 @@ def _run_step(step: str, params: Path | None, workdir: Path, experiment: str | N
     import importlib
 
     from components.collect.sources import SourceError
-    from components.core.secure_store import StoreKeyError
+    from components.core.secure_store import KeyFilePermissionError, StoreKeyError
 
     config = _config(params, experiment)
     step_task = getattr(importlib.import_module(f"tasks.{step}"), f"{step}_task")
@@ -39,8 +39,8 @@ def _run_step(step: str, params: Path | None, workdir: Path, experiment: str | N
     try:
         # `.fn` runs the step without the Prefect engine: DVC already orchestrates these stage processes.
         step_task.fn(config.steps[step], workdir.resolve(), config.tracking, **options)
-    except (StoreKeyError, SourceError) as error:
-        # An unreadable source or a wrong store key: one clear line, not a traceback.
+    except (StoreKeyError, KeyFilePermissionError, SourceError) as error:
+        # An unreadable source, a wrong store key or a key file others can read: one clear line, not a traceback.
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
 
@@ -195,6 +195,7 @@ def refresh(
     experiment: str | None = ExperimentOption,
 ) -> None:
     """S6 flywheel: add a batch, measure drift, retrain what grew or degraded, promote through the gate."""
+    from components.evaluate.drift import describe_drift
     from flows.refresh import refresh as refresh_flow
     from flows.steps import default_params_path
 
@@ -206,11 +207,7 @@ def refresh(
         input_path=str(input) if input else None,
         experiment=experiment,
     )
-    drift = result["drift"]
-    typer.echo(
-        f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, cluster-mix PSI "
-        f"{drift['psi']:.3f}{' (drifted)' if drift['drifted'] else ''}"
-    )
+    typer.echo(f"\nRefresh {result['refresh']}: {result['batch_records']} new calls, {describe_drift(result['drift'])}")
     for entry in result["clusters"]:
         model = entry["registered_model"]
         typer.echo(
@@ -305,6 +302,9 @@ def proxy(
         "(params anonymize.*) before it is written: raw PII never touches disk",
     ),
     timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
+    max_body_mib: float = typer.Option(
+        8.0, "--max-body-mib", help="Largest request body accepted, in MiB (a larger one is answered 413)"
+    ),
     route: Path | None = typer.Option(
         None,
         "--route",
@@ -321,7 +321,7 @@ def proxy(
     import os
 
     from components.collect.sources.proxy_store import check_store_key
-    from components.core.secure_store import StoreKeyError, load_key
+    from components.core.secure_store import KeyFilePermissionError, StoreKeyError, load_key
     from components.serve.proxy import PROXY_KEYS_ENV, serve
 
     # Keys come from the environment, never from the command line (shell history, ps).
@@ -335,8 +335,8 @@ def proxy(
         # Fails now, not on the first call, if the store key is malformed or is not the store's key.
         load_key()
         if store.is_dir():
-            check_store_key(store)
-    except StoreKeyError as error:
+            check_store_key(store, collect_cfg)
+    except (StoreKeyError, KeyFilePermissionError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
     on_write = None
@@ -371,6 +371,7 @@ def proxy(
         timeout_s=timeout_s,
         on_write=on_write,
         responders=responders,
+        max_body_bytes=int(max_body_mib * 1024 * 1024),
     )
 
 
@@ -385,7 +386,7 @@ def route_report(
     """S6: what the router did (per cluster: SLM share, fallbacks, shadow agreement, cost saved per 1k calls),
     as an HTML report logged to MLflow."""
     from components.collect.sources import SourceError
-    from components.core.secure_store import StoreKeyError
+    from components.core.secure_store import KeyFilePermissionError, StoreKeyError
     from components.serve.route_report import RouteReportConfig
     from tasks.route_report import route_report_task
 
@@ -399,7 +400,7 @@ def route_report(
     workdir.mkdir(parents=True, exist_ok=True)
     try:
         result = route_report_task.fn(cfg, config.steps["collect"], workdir.resolve(), config.tracking)
-    except (StoreKeyError, SourceError) as error:
+    except (StoreKeyError, KeyFilePermissionError, SourceError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(code=2) from None
     overall = result["overall"]

@@ -102,6 +102,7 @@ def collect_task(
             )
     say(
         f"S1 collect: {summary['records']} records ({summary['new_records']} new, "
-        f"{summary['duplicates_skipped']} already collected), {summary['quarantined']} quarantined -> {quarantine}"
+        f"{summary['duplicates_skipped']} already collected, {summary['repeats_kept']} repeats of earlier calls), "
+        f"{summary['quarantined']} quarantined -> {quarantine}"
     )
     return summary

@@ -13,6 +13,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.collect.sources.common import content_hash
 from components.core.clusters import registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_table
@@ -210,7 +211,7 @@ def evaluate_task(
         collected = read_records(resolve(workdir, cfg.collected))
         assignments = pd.read_parquet(resolve(workdir, cfg.assignments))
         summary = run_summary(
-            [CollectedCall(r.record_id, r.cost_usd) for r in collected],
+            [CollectedCall(r.record_id, r.cost_usd, content_hash(r)) for r in collected],
             dict(zip(assignments.record_id, assignments.cluster_id.astype(int))),
             entries,
             not_converted,

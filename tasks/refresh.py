@@ -23,7 +23,7 @@ from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, write_records, write_table
 from components.discover.discovery import DiscoverConfig
 from components.evaluate.comparison import score_fresh_and_regression
-from components.evaluate.drift import detect_drift
+from components.evaluate.drift import describe_drift, detect_drift
 from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig
 from components.evaluate.refresh import (
     RefreshConfig,
@@ -136,10 +136,7 @@ def drift_task(
         mlflow.log_dict(
             {**report, "reference_mix": state.get("mix", {}), "batch_mix": clusters["mix_batch"]}, "drift.json"
         )
-    say(
-        f"refresh drift: PSI {report['psi']:.3f}, outliers {report['outlier_share_current']:.1%}"
-        f"{' -> drifted: ' + '; '.join(report['reasons']) if report['drifted'] else ' (no drift)'}"
-    )
+    say(f"refresh drift: {describe_drift(report)}")
     return report
 
 

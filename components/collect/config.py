@@ -42,6 +42,9 @@ class CollectConfig(StepConfig):
     default_agent: str = "default"
     # A longer line is quarantined unread (a runaway log line must not exhaust memory).
     max_line_bytes: int = 8_000_000
+    # Two logs of one content are one call when their times differ by at most this (two sources stamp a call at
+    # slightly different points: request sent, trace opened); further apart, the agent made the call again.
+    same_call_within_s: float = 2.0
     mappings: dict[str, FieldMapping] = {
         "example": FieldMapping(
             messages="input.messages",

@@ -6,8 +6,12 @@ This module merges their output:
 
 * **incremental**: each source keeps a watermark in ``collect.state`` (byte offset per file, last trace time for
   MLflow), so a re-run reads only what is new; the records collected before are read back and kept;
-* **deduplicated**: a record whose content hash (model, prompt, tools, answer) is already collected, from this or
-  another source, is skipped and counted, so a second ingestion of the same sources adds zero records;
+* **deduplicated**: one call logged twice, by another source or read again, is kept once: a record whose content
+  hash (model, prompt, tools, answer) is already collected *at the same moment* (timestamps within
+  ``collect.same_call_within_s``, or either without one) is skipped and counted, so a second ingestion of the same
+  sources adds zero records. The same content at another time is a call the agent made again: a call of its own,
+  kept and counted as a repeat, since the number of calls is what the conversion is sized and priced by (S2 keeps
+  one copy for training; S6's summary counts every one);
 * **nothing silent**: every skipped input is either a quarantine entry (source, line, offset, reason: never the
   text, it may hold PII) or a counted duplicate.
 
@@ -17,9 +21,11 @@ work dir, or a DVC stage output deleted before a run), the state is ignored and 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +65,7 @@ class CollectResult:
     duplicate_ids: int = 0
     previous_records: int = 0
     duplicates_skipped: int = 0
+    repeats_kept: int = 0  # calls whose content was collected before at another time: the agent made them again
     new_by_source: dict[str, int] = field(default_factory=dict)
     state: dict[str, Any] = field(default_factory=dict)
 
@@ -79,6 +86,7 @@ class CollectResult:
             "previous_records": self.previous_records,
             "quarantined": len(self.quarantine),
             "duplicates_skipped": self.duplicates_skipped,
+            "repeats_kept": self.repeats_kept,
             "duplicate_ids_renamed": self.duplicate_ids,
             "by_source": by_source,
             "new_by_input": self.new_by_source,
@@ -88,24 +96,68 @@ class CollectResult:
         }
 
 
-class _Merger:
-    """Adds records to a collection, skipping known content and making colliding ids unique."""
+def unique_record_id(record_id: str, digest: str, taken: set[str]) -> str:
+    """A new id for a call logged under an id already ``taken``: the id plus a prefix of the call's content hash,
+    lengthened (then numbered, for identical content) until it is free.
 
-    def __init__(self, result: CollectResult) -> None:
+    The suffix comes from the content, not from a position, so it is the same whichever source or run reads the
+    call first, and two calls sharing an id never get the same new id: a position restarts per source and per run,
+    and two records renamed ``x#jsonl0`` by two runs would alias in every ``{record_id: record}`` map downstream.
+    """
+    for length in (8, 16, len(digest)):
+        candidate = f"{record_id}#{digest[:length]}"
+        if candidate not in taken:
+            return candidate
+    return next(
+        f"{record_id}#{digest}-{n}" for n in range(2, len(taken) + 3) if f"{record_id}#{digest}-{n}" not in taken
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    # A log without a time zone is taken as UTC (as S1's Parquet stores it), so both forms compare.
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def same_moment(first: datetime | None, second: datetime | None, within_s: float) -> bool:
+    """Whether two logs of one content can be the same call: their times agree within ``within_s`` seconds. A log
+    without a time cannot tell a second log of the call from a repeat, and counts as the same call."""
+    if first is None or second is None:
+        return True
+    return abs((_utc(first) - _utc(second)).total_seconds()) <= within_s
+
+
+def _call_digest(content_digest: str, moment: datetime | None) -> str:
+    """What tells one call from another: its content and when it was made (a repeat differs only by the time)."""
+    when = _utc(moment).isoformat() if moment is not None else ""
+    return hashlib.sha256(f"{content_digest}|{when}".encode()).hexdigest()
+
+
+class _Merger:
+    """Adds records to a collection: a call already collected (same content, same moment) is skipped, a repeat of
+    one (same content, another time) is kept, and colliding ids are made unique."""
+
+    def __init__(self, result: CollectResult, same_call_within_s: float) -> None:
         self.result = result
-        self.hashes = {content_hash(record) for record in result.records}
+        self.within_s = same_call_within_s
+        self.moments: dict[str, list[datetime | None]] = {}
+        for record in result.records:
+            self.moments.setdefault(content_hash(record), []).append(record.timestamp)
         self.ids = {record.record_id for record in result.records}
 
-    def add(self, record: CallRecord, position: str) -> bool:
+    def add(self, record: CallRecord) -> bool:
         digest = content_hash(record)
-        if digest in self.hashes:
+        seen = self.moments.get(digest, [])
+        if any(same_moment(moment, record.timestamp, self.within_s) for moment in seen):
             self.result.duplicates_skipped += 1
             return False
+        if seen:
+            self.result.repeats_kept += 1
         if record.record_id in self.ids:
             # Two different calls logged under one id: keep both, make the second id unique and say so.
             self.result.duplicate_ids += 1
-            record = record.model_copy(update={"record_id": f"{record.record_id}#{position}"})
-        self.hashes.add(digest)
+            new_id = unique_record_id(record.record_id, _call_digest(digest, record.timestamp), self.ids)
+            record = record.model_copy(update={"record_id": new_id})
+        self.moments.setdefault(digest, []).append(record.timestamp)
         self.ids.add(record.record_id)
         self.result.records.append(record)
         return True
@@ -151,10 +203,10 @@ def collect_sources(
     result.previous_records = len(result.records)
     state = state or {"version": STATE_VERSION, "sources": {}}
     result.state = {"version": STATE_VERSION, "sources": dict(state.get("sources", {}))}
-    merger = _Merger(result)
+    merger = _Merger(result, cfg.same_call_within_s)
     for source in sources:
         batch = read_source(source, cfg, state.get("sources", {}).get(source.key, {}), trace_fetcher)
-        added = sum(merger.add(record, f"{source.kind}{index}") for index, record in enumerate(batch.records))
+        added = sum(merger.add(record) for record in batch.records)
         result.new_by_source[source.key] = added
         result.quarantine.extend(batch.quarantine)
         result.state["sources"][source.key] = batch.watermark
@@ -169,7 +221,8 @@ def collect_lines(lines: Iterable[str], cfg: CollectConfig) -> CollectResult:
     for record in batch.records:
         if record.record_id in seen_ids:
             result.duplicate_ids += 1
-            record = record.model_copy(update={"record_id": f"{record.record_id}#L{len(result.records) + 1}"})
+            new_id = unique_record_id(record.record_id, content_hash(record), seen_ids)
+            record = record.model_copy(update={"record_id": new_id})
         seen_ids.add(record.record_id)
         result.records.append(record)
     return result

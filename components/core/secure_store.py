@@ -4,7 +4,7 @@ The key is a Fernet key (``cryptography``: AES-128-CBC + HMAC-SHA256, authentica
 
 1. the environment variable ``LLM2SLM_STORE_KEY``, else
 2. the key file named by ``LLM2SLM_STORE_KEY_FILE`` (default ``~/.config/llm2slm/store.key``), created on first use
-   with mode 0600 in a 0700 folder. It lives outside the work directory so that copying, versioning (DVC) or
+   with mode 0600 in a 0700 folder (a key file its group or others may access is refused). It lives outside the work directory so that copying, versioning (DVC) or
    archiving a run never carries the key along with the data it protects.
 
 Two encrypted forms are written:
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import base64
 import os
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -43,6 +44,22 @@ FERNET_PREFIX = b"gAAAAA"
 
 class StoreKeyError(RuntimeError):
     """The store key is missing, malformed or not the one the data was encrypted with."""
+
+
+class KeyFilePermissionError(PermissionError):
+    """A secret key file that users other than its owner may access: refused, not read."""
+
+
+def read_private_key_file(path: Path, what: str) -> bytes:
+    """A key file's bytes, stripped; refused when its group or others have any access to it: whoever can read the
+    key can read everything it protects. The one rule for every key file llm2slm reads (the store key, S2's
+    pseudonym key)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise KeyFilePermissionError(
+            f"{what} {path} is accessible by group or others (mode {mode:04o}); chmod 600 {path}"
+        )
+    return path.read_bytes().strip()
 
 
 def key_file_path() -> Path:
@@ -69,7 +86,7 @@ def load_key(create: bool = True) -> bytes:
         return _validated(from_env.encode(), f"${KEY_ENV}")
     path = key_file_path()
     if path.exists():
-        return _validated(path.read_bytes().strip(), str(path))
+        return _validated(read_private_key_file(path, "store key file"), str(path))
     if not create:
         raise StoreKeyError(f"no store key: set ${KEY_ENV} or provide the key file {path} (${KEY_FILE_ENV})")
     path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
@@ -78,7 +95,7 @@ def load_key(create: bool = True) -> bytes:
         # O_EXCL: two processes starting at once must not each write a different key.
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     except FileExistsError:
-        return _validated(path.read_bytes().strip(), str(path))
+        return _validated(read_private_key_file(path, "store key file"), str(path))
     with os.fdopen(descriptor, "wb") as handle:
         handle.write(key + b"\n")
     return key
@@ -159,9 +176,35 @@ class EncryptedAppendLog:
         return path
 
 
+def _wrong_key(what: str, undecryptable: int) -> StoreKeyError:
+    return StoreKeyError(
+        f"cannot decrypt {what}: none of its {undecryptable} lines opens with this key: wrong store key "
+        f"(check ${KEY_ENV} / {key_file_path()})"
+    )
+
+
+def check_key_opens(lines: Iterable[bytes], what: str, key: bytes | None = None) -> None:
+    """Raise StoreKeyError unless the key opens these lines of an :class:`EncryptedAppendLog`. The key is right
+    as soon as one line decrypts: a line that does not is torn or altered, and its reader quarantines it. Only
+    when no line at all decrypts is the key wrong (one clear error rather than a quarantine entry per line)."""
+    box = fernet(key)
+    undecryptable = 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            box.decrypt(line.strip())
+            return
+        except InvalidToken:
+            undecryptable += 1
+    if undecryptable:
+        raise _wrong_key(what, undecryptable)
+
+
 def decrypt_lines(lines: Iterator[bytes], what: str, key: bytes | None = None) -> Iterator[bytes | None]:
     """Decrypt the lines of an :class:`EncryptedAppendLog`; a line that is not a valid token yields ``None``
-    (the caller quarantines it) unless no line at all decrypts, which means a wrong key: one clear error."""
+    (the caller quarantines it) unless no line at all decrypts, which means a wrong key: one clear error, the
+    same rule as :func:`check_key_opens`."""
     box = fernet(key)
     decrypted_any = failed = 0
     for line in lines:
@@ -172,13 +215,9 @@ def decrypt_lines(lines: Iterator[bytes], what: str, key: bytes | None = None) -
             plain = box.decrypt(line.strip())
         except InvalidToken:
             failed += 1
-            if not decrypted_any and failed >= 3:
-                raise StoreKeyError(
-                    f"cannot decrypt {what}: wrong store key (check ${KEY_ENV} / {key_file_path()})"
-                ) from None
             yield None
             continue
         decrypted_any += 1
         yield plain
     if failed and not decrypted_any:
-        raise StoreKeyError(f"cannot decrypt {what}: wrong store key (check ${KEY_ENV} / {key_file_path()})")
+        raise _wrong_key(what, failed)

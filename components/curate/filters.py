@@ -319,7 +319,14 @@ class _NearDuplicateIndex:
 
 
 def curate(records: list[CallRecord], cfg: CurateConfig) -> CurationResult:
-    """The usable records in input order, and every removed one with its reason."""
+    """The usable records in input order, and every removed one with its reason.
+
+    ``exact_duplicate`` removes a call the agent made again (S1 already merged one call logged twice, so the
+    copies that reach S2 are repeats made at other times) from the *training data* only: a second copy teaches the
+    SLM nothing, and one on each side of the train/test split would score the SLM on an answer it trained on. The
+    repeat stays a call in S1's records, which the run's summary counts (``calls_total``, the LLM cost): volume is
+    what the conversion is sized and priced by, and the summary serves it where its kept copy lands (the router
+    sees the same request); see components/evaluate/summary.py."""
     kept: list[CallRecord] = []
     removed: list[dict[str, str]] = []
     first_with_key: dict[str, str] = {}

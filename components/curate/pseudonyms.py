@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from components.core.config import StepConfig
+from components.core.secure_store import read_private_key_file
 
 KEY_BYTES = 32
 _TAG_HASH_CHARS = 8
@@ -70,9 +71,7 @@ def load_or_create_key(cfg: PseudonymConfig) -> bytes:
             pass  # another process created it first: use that one
         finally:
             draft.unlink()
-    if path.stat().st_mode & 0o077:
-        raise PermissionError(f"pseudonym key file {path} is readable by others; chmod 600 it")
-    return path.read_text().strip().encode()
+    return read_private_key_file(path, "pseudonym key file")
 
 
 def _fernet(key: bytes) -> Any:

@@ -1,8 +1,10 @@
 """The headline of a run: how many of the agent's calls an SLM serves at the LLM's quality, and what that saves.
 
 ``calls_total`` counts every collected call (outliers and calls S2 filtered out included; quarantined lines are not
-calls). A call is *at parity* when its request-only cluster assignment (what the router computes, with no answer yet)
-lands in a cluster whose SLM the gate promoted. The blended cost prices calls at parity at their cluster's SLM cost
+calls; a call the agent made again later is one more call, see components/collect/ingest.py). A call is *at parity*
+when its request-only cluster assignment (what the router computes, with no answer yet) lands in a cluster whose SLM
+the gate promoted. A repeat S2 kept out of the training data (one copy trains) has no assignment of its own: it
+lands where its copy does, since the router sees the same request. The blended cost prices calls at parity at their cluster's SLM cost
 and every other call at its logged LLM cost; calls of unknown LLM cost count at the mean of the known ones.
 """
 
@@ -20,6 +22,19 @@ from components.core.clusters import OUTLIER
 class CollectedCall:
     record_id: str
     llm_cost_usd: float | None
+    content_key: str | None = None  # S1's content hash: the copies of a repeated call share it
+
+
+def _clusters_of(calls: Sequence[CollectedCall], request_clusters: Mapping[str, int]) -> dict[str, int]:
+    """Each call's cluster: its own assignment, else that of a copy with the same content, else the outliers."""
+    by_content: dict[str, int] = {}
+    for call in calls:
+        if call.content_key is not None and call.record_id in request_clusters:
+            by_content.setdefault(call.content_key, int(request_clusters[call.record_id]))
+    return {
+        call.record_id: int(request_clusters.get(call.record_id, by_content.get(call.content_key or "", OUTLIER)))
+        for call in calls
+    }
 
 
 def _mean_known(costs: Iterable[float | None]) -> float:
@@ -45,7 +60,7 @@ def run_summary(
     llm_costs = {c.record_id: c.llm_cost_usd if c.llm_cost_usd is not None else fallback_cost for c in calls}
     evaluated = {int(e["cluster_id"]): e for e in entries}
     promoted = {cid for cid, e in evaluated.items() if e.get("promoted")}
-    cluster_of = {c.record_id: int(request_clusters.get(c.record_id, OUTLIER)) for c in calls}
+    cluster_of = _clusters_of(calls, request_clusters)
     sizes = Counter(cluster_of.values())
     at_parity = {rid for rid, cid in cluster_of.items() if cid in promoted}
 

@@ -4,6 +4,8 @@ The agent points its ``base_url`` at this proxy and uses one of the proxy's own 
 any other key gets 401). Every chat completion is answered by the first *responder* that takes it, else forwarded
 to the upstream LLM with the upstream's key (``LLM2SLM_UPSTREAM_API_KEY``; the client's key never leaves the
 proxy), answered unchanged (streams chunk by chunk, upstream errors with their status and body), and recorded.
+A request body over ``max_body_bytes`` (8 MiB by default) is answered 413. ``GET /healthz`` needs no key and says
+only that the proxy is up; ``GET /stats`` (a client key) adds the upstream and the call and cost counts.
 
 Records go to ``store_dir/calls-YYYYMMDD.jsonl``, encrypted (components/core/secure_store.py: one Fernet token per line,
 0600 files). Each decrypts to the request/response form ``llm2slm collect --source proxy-store:DIR`` reads:
@@ -67,6 +69,9 @@ _ERROR_TYPE = re.compile(r"^[a-z_]{1,64}$")
 AGENT_HEADER = "x-agent-name"
 PROXY_KEYS_ENV = "LLM2SLM_PROXY_KEYS"
 UPSTREAM_KEY_ENV = "LLM2SLM_UPSTREAM_API_KEY"
+# Far above any chat completion an agent sends (a 128k-token context is ~0.5 MiB of text), far below what would
+# strain the proxy's memory: every request body is buffered whole before it is forwarded and recorded.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class Responder(Protocol):
@@ -156,6 +161,66 @@ def completion_as_sse(completion: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
 
 
+class _BodyTooLarge(Exception):
+    """Raised from inside the request's ``receive`` once the body passes the limit."""
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is answered 413 with an OpenAI-style error before the
+    app has buffered it: at once when its Content-Length says so, else (a chunked body) as soon as the bytes
+    received pass the limit. Nothing of such a request is forwarded or recorded."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Any, size: str) -> None:
+        logger.warning("proxy: refused a request body of %s bytes (limit %d)", size, self.max_bytes)
+        response = JSONResponse(
+            status_code=413,
+            content={
+                "error": {
+                    "message": f"request body over the llm2slm proxy's limit of {self.max_bytes} bytes",
+                    "type": "invalid_request_error",
+                    "code": "request_too_large",
+                }
+            },
+        )
+        await response({"type": "http"}, None, send)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send, declared.decode())
+            return
+        received = 0
+        response_started = False
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: dict[str, Any]) -> None:
+            nonlocal response_started
+            response_started = response_started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracked_send)
+        except _BodyTooLarge:
+            if response_started:  # cannot happen while every route reads its body first; never answer twice
+                raise
+            await self._refuse(send, f"over {received}")
+
+
 def create_app(
     upstream_url: str,
     store_dir: Path,
@@ -168,8 +233,10 @@ def create_app(
     on_write: Callable[[CallRecord], CallRecord] | None = None,
     store_key: bytes | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
-    """The proxy app; ``transport`` replaces the network (tests may route it to an in-process upstream)."""
+    """The proxy app; ``transport`` replaces the network (tests may route it to an in-process upstream). A request
+    body over ``max_body_bytes`` is answered 413 (see :class:`BodySizeLimit`)."""
     if not client_keys:
         raise ValueError(f"the proxy needs at least one client API key (${PROXY_KEYS_ENV}, comma-separated)")
     accepted = [key.encode() for key in client_keys]
@@ -193,6 +260,7 @@ def create_app(
             yield
 
     app = FastAPI(title="llm2slm logging proxy", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.state.stats = stats
 
     def refused(request: Request) -> JSONResponse | None:
@@ -298,7 +366,15 @@ def create_app(
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "upstream": upstream, **stats}
+        # Unauthenticated (load balancers, probes): liveness only. The upstream URL and the traffic and cost
+        # figures tell a stranger where the LLM is and what the agent spends: they are under /stats, with a key.
+        return {"status": "ok"}
+
+    @app.get("/stats")
+    async def stats_view(request: Request) -> Response:
+        if (refusal := refused(request)) is not None:
+            return refusal
+        return JSONResponse({"status": "ok", "upstream": upstream, **stats})
 
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
@@ -463,6 +539,7 @@ def serve(
     on_write: Callable[[CallRecord], CallRecord] | None = None,
     log_level: str = "info",
     responders: Sequence[Responder] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> None:
     """Run the proxy with uvicorn until interrupted (what ``llm2slm proxy`` calls)."""
     import uvicorn
@@ -477,5 +554,6 @@ def serve(
         timeout_s=timeout_s,
         on_write=on_write,
         responders=responders,
+        max_body_bytes=max_body_bytes,
     )
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -268,7 +268,7 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
 
     # 1: weather and time calls; both clusters are new, trained 4 steps (40 % right): promoted over the base SLM.
     first = run(1, {"get_weather": 14, "get_time": 12}, max_steps=4)
-    assert not first["drift"]["drifted"]
+    assert first["drift"]["drifted"] is None and first["drift"]["psi"] is None  # no reference: not measurable
     assert sorted(next(t for t in TOOLS if t in e["label"]) for e in first["clusters"]) == ["get_time", "get_weather"]
     assert all(e["promoted"] for e in first["clusters"]), [e["reason"] for e in first["clusters"]]
     weather = next(e for e in first["clusters"] if "get_weather" in e["label"])["cluster_id"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +146,12 @@ def check_answer(answer: ChatMessage) -> None:
             raise RecordError(f"tool call {index} has arguments that are not a JSON object") from None
 
 
+def _known_count(value: Any) -> Any:
+    """A logged token count, None when the log has none: exports write an unknown count as null or NaN (JSON's
+    ``NaN``, a float column's missing value), which means "not recorded", not a malformed call."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def build_record(
     cfg: CollectConfig,
     *,
@@ -168,8 +175,8 @@ def build_record(
     if not messages:
         raise RecordError("no prompt before the assistant's response")
     usage = usage if isinstance(usage, dict) else {}
-    prompt_tokens = usage.get("prompt_tokens", usage.get("input_tokens"))
-    completion_tokens = usage.get("completion_tokens", usage.get("output_tokens"))
+    prompt_tokens = _known_count(usage.get("prompt_tokens", usage.get("input_tokens")))
+    completion_tokens = _known_count(usage.get("completion_tokens", usage.get("output_tokens")))
     try:
         record = CallRecord(
             record_id=record_id,

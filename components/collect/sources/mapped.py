@@ -45,17 +45,6 @@ def field_at(row: Any, path: str | None) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
-    """Parquet rows as plain Python: structs are dicts already, lists come back as numpy arrays."""
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    return value
-
-
 def _decoded(value: Any) -> Any:
     # Parquet exports often hold nested parts as JSON text.
     if isinstance(value, str) and value[:1] in ("[", "{"):
@@ -124,15 +113,17 @@ def read_mapped(
             batch.quarantine.append(QuarantineEntry(number, str(error), kind, source, offset))
 
     if path.suffix == ".parquet":
-        import pandas as pd
+        import pyarrow.parquet as pq
 
         # Parquet files are rewritten, not appended: read them whole; the content hash drops what is known.
+        # Rows as plain Python straight from Arrow: a null stays None (pandas would turn it into NaN, which a
+        # token count or latency cannot hold) and an integer column stays integer.
         try:
-            frame = pd.read_parquet(path)
+            rows = pq.read_table(path).to_pylist()
         except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a bad file
             raise SourceError(f"cannot read Parquet {path}: {type(error).__name__}") from None
-        for number, row in enumerate(frame.to_dict(orient="records"), start=1):
-            add(number, None, "row", _plain(row))
+        for number, row in enumerate(rows, start=1):
+            add(number, None, "row", row)
         return batch
 
     offset, lines = file_watermark(path, watermark.get("file"))

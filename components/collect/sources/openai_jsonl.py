@@ -231,6 +231,12 @@ def new_file_watermark(path: Path, offset: int, lines: int) -> dict[str, Any]:
     return {"offset": offset, "lines": lines, "head": _head_digest(path)}
 
 
+def stored_line_limit(cfg: CollectConfig, encrypted: bool) -> int:
+    """The longest line read: ``collect.max_line_bytes``, or 4 times that for an encrypted line (a Fernet token
+    is base64 of the padded, authenticated bytes: about 4/3 of the plain line, with room to spare)."""
+    return 4 * cfg.max_line_bytes if encrypted else cfg.max_line_bytes
+
+
 def read_jsonl_files(
     paths: list[Path],
     cfg: CollectConfig,
@@ -245,7 +251,7 @@ def read_jsonl_files(
     for path in paths:
         key = str(path.resolve())
         offset, lines = file_watermark(path, watermark.get("files", {}).get(key))
-        for raw in iter_lines(path, offset, lines, cfg.max_line_bytes if decode is None else 4 * cfg.max_line_bytes):
+        for raw in iter_lines(path, offset, lines, stored_line_limit(cfg, decode is not None)):
             if decode is not None and raw.data is not None and raw.data.strip():
                 plain = decode(raw.data)
                 if plain is None:

@@ -130,9 +130,10 @@ def test_quarantine_file_never_holds_the_raw_line(tmp_path):
 
 
 def test_duplicate_ids_are_kept_and_made_unique():
-    result = collect_lines([request_response_line(), request_response_line()], CFG)
-    assert [r.record_id for r in result.records] == ["call-1", "call-1#L2"]
-    assert result.summary()["duplicate_ids_renamed"] == 1
+    result = collect_lines([request_response_line(), request_response_line(), request_response_line()], CFG)
+    ids = [r.record_id for r in result.records]
+    assert ids[0] == "call-1" and all(i.startswith("call-1#") for i in ids[1:]) and len(set(ids)) == 3
+    assert result.summary()["duplicate_ids_renamed"] == 2
 
 
 def test_unknown_model_has_no_cost_rather_than_a_wrong_one():

@@ -243,6 +243,32 @@ def test_mapped_jsonl_and_parquet_give_the_same_records(tmp_path):
     assert from_parquet.model_dump() == record.model_dump()
 
 
+def test_a_null_token_count_or_latency_in_parquet_reads_as_unknown(tmp_path):
+    def row(uid: str, usage: list, ms: float | None) -> dict:
+        return {
+            "uid": uid,
+            "input": {"prompt": "Opening hours?"},
+            "output": {"text": f"answer {uid}"},
+            "meta": {"model": "gpt-4o", "usage": usage},
+            "ms": ms,
+        }
+
+    # One row with counts makes the columns numeric, so the other row's nulls are real Parquet nulls.
+    pd.DataFrame([row("m-1", [50, 4], 12.5), row("m-2", [None, None], None)]).to_parquet(tmp_path / "n.parquet")
+    result = read("mapped:mylog:n.parquet", tmp_path)
+    assert result.quarantine == []
+    known, unknown = result.records
+    assert (known.prompt_tokens, known.completion_tokens, known.latency_ms) == (50, 4, 12.5)
+    assert (unknown.prompt_tokens, unknown.completion_tokens, unknown.latency_ms, unknown.cost_usd) == (None,) * 4
+
+
+def test_a_nan_token_count_in_a_jsonl_log_reads_as_unknown(tmp_path):
+    line = {**valid_line(1), "response": {**valid_line(1)["response"], "usage": {"prompt_tokens": float("nan")}}}
+    (tmp_path / "nan.jsonl").write_text(json.dumps(line) + "\n")  # json writes the float as the literal NaN
+    result = read("nan.jsonl", tmp_path)
+    assert result.quarantine == [] and result.records[0].prompt_tokens is None
+
+
 def valid_line(n: int) -> dict:
     return {
         "id": f"c-{n}",
@@ -315,6 +341,50 @@ def test_second_ingestion_adds_zero_records_and_appended_lines_are_read_alone(tm
     assert fourth.new_records == 0 and fourth.duplicates_skipped == 5
 
 
+def test_renamed_duplicate_ids_stay_unique_across_sources_and_runs(tmp_path):
+    def call(answer: str) -> dict:
+        return {
+            **valid_line(1),
+            "id": "dup",
+            "response": {"choices": [{"message": {"role": "assistant", "content": answer}}]},
+        }
+
+    first_log = write_lines(tmp_path / "a.jsonl", [call("a"), call("b")])
+    second_log = write_lines(tmp_path / "b.jsonl", [valid_line(2), call("c")])
+    specs = [parse_source(str(first_log), tmp_path), parse_source(str(second_log), tmp_path)]
+    first = collect_sources(specs, CFG)
+    with first_log.open("ab") as handle:
+        handle.write(b"".join(json.dumps(call(answer)).encode() + b"\n" for answer in ("d", "e")))
+    second = collect_sources(specs, CFG, first.records, first.state)
+
+    answers_by_id = {r.record_id: r.response.content for r in second.records if r.record_id.startswith("dup")}
+    assert sorted(answers_by_id.values()) == ["a", "b", "c", "d", "e"]  # five calls, five ids: none aliased
+    assert second.duplicate_ids == 2 and first.duplicate_ids == 2
+    # Deterministic: reading the same logs afresh names every call the same.
+    again = collect_sources(specs, CFG)
+    assert {r.record_id: r.response.content for r in again.records if r.record_id.startswith("dup")} == answers_by_id
+
+
+def test_a_call_made_again_later_is_kept_but_one_call_logged_by_two_sources_is_one(tmp_path):
+    def call(record_id: str, when: str | None) -> dict:
+        return {**valid_line(1), "id": record_id, "timestamp": when}
+
+    agent_log = write_lines(
+        tmp_path / "agent.jsonl",
+        [call("a-1", "2026-11-20T10:00:00Z"), call("a-2", "2026-11-20T15:30:00Z")],  # the agent asked twice
+    )
+    # The proxy saw the first call too, stamped a moment later and without a zone (UTC), under its own id.
+    proxy_log = write_lines(tmp_path / "proxy.jsonl", [call("p-1", "2026-11-20T10:00:01.200")])
+    result = collect_sources([parse_source(str(agent_log), tmp_path), parse_source(str(proxy_log), tmp_path)], CFG)
+    assert [r.record_id for r in result.records] == ["a-1", "a-2"]
+    assert (result.repeats_kept, result.duplicates_skipped) == (1, 1)
+    assert result.summary()["repeats_kept"] == 1 and result.summary()["records"] == 2
+    # A repeat under a taken id is renamed, like any other call logged under a taken id.
+    again = write_lines(tmp_path / "again.jsonl", [call("a-1", "2026-11-21T08:00:00Z")])
+    later = collect_sources([parse_source(str(again), tmp_path)], CFG, result.records)
+    assert later.new_records == 1 and later.records[-1].record_id.startswith("a-1#")
+
+
 def test_unterminated_last_line_is_read_but_not_passed_by_the_watermark(tmp_path):
     path = tmp_path / "live.jsonl"
     path.write_text(json.dumps(valid_line(1)) + "\n" + json.dumps(valid_line(2)))
@@ -324,6 +394,34 @@ def test_unterminated_last_line_is_read_but_not_passed_by_the_watermark(tmp_path
         handle.write("\n" + json.dumps(valid_line(3)) + "\n")
     second = read(str(path), tmp_path, first.records, first.state)
     assert [r.record_id for r in second.records] == ["c-1", "c-2", "c-3"] and second.duplicates_skipped == 1
+
+
+def test_an_unreadable_first_line_of_a_proxy_store_file_is_quarantined_not_fatal(tmp_path):
+    from components.core.secure_store import EncryptedAppendLog
+
+    store = tmp_path / "store"
+    store.mkdir()
+    # A torn token first (a disk that failed mid-write), then the calls the proxy recorded after it.
+    (store / "calls-20261201.jsonl").write_bytes(b"gAAAAABtorn-token\n")
+    log = EncryptedAppendLog(store)
+    for n in (1, 2):
+        log.append("calls-20261201.jsonl", json.dumps(valid_line(n)).encode())
+    result = read("proxy-store:store", tmp_path)
+    assert [r.record_id for r in result.records] == ["c-1", "c-2"]
+    [entry] = result.quarantine
+    assert entry.line_number == 1 and entry.offset == 0 and "cannot be decrypted" in entry.reason
+
+
+def test_a_proxy_store_no_line_of_which_decrypts_is_a_wrong_key(tmp_path):
+    from cryptography.fernet import Fernet
+
+    from components.core.secure_store import EncryptedAppendLog, StoreKeyError
+
+    log = EncryptedAppendLog(tmp_path / "store", key=Fernet.generate_key())
+    for n in (1, 2, 3, 4):
+        log.append(f"calls-2026120{n % 2 + 1}.jsonl", json.dumps(valid_line(n)).encode())
+    with pytest.raises(StoreKeyError, match="wrong store key"):
+        read("proxy-store:store", tmp_path)
 
 
 def test_source_specs_and_unreadable_sources(tmp_path):

@@ -1,5 +1,6 @@
 """Encryption at rest: key sources, key file creation, wrong keys, encrypted records read transparently."""
 
+import os
 import stat
 
 import pytest
@@ -9,6 +10,7 @@ from components.core.schema import read_records, write_records
 from components.core.secure_store import (
     EncryptedAppendLog,
     StoreKeyError,
+    check_key_opens,
     decrypt_lines,
     load_key,
     read_maybe_encrypted,
@@ -29,6 +31,16 @@ def test_key_file_is_created_once_private_and_reused(key_file):
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
     assert load_key() == key and Fernet(key)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644], ids=oct)
+def test_a_key_file_group_or_others_may_read_is_refused(key_file, mode):
+    key = load_key()
+    os.chmod(key_file, mode)
+    with pytest.raises(PermissionError, match=f"{key_file}.*chmod 600"):
+        load_key()
+    os.chmod(key_file, 0o600)
+    assert load_key() == key
 
 
 def test_environment_key_wins_over_the_file(key_file, monkeypatch):
@@ -71,6 +83,15 @@ def test_append_log_writes_one_token_per_line(key_file, tmp_path):
     other = Fernet.generate_key()
     with pytest.raises(StoreKeyError, match="wrong store key"):
         list(decrypt_lines(iter(lines), "store", key=other))
+
+
+def test_lines_that_do_not_decrypt_before_one_that_does_are_left_to_the_reader(key_file, tmp_path):
+    good = EncryptedAppendLog(tmp_path / "store").append("calls.jsonl", b'{"b": 2}').read_bytes().strip()
+    lines = [b"torn", b"gAAAAAB-altered", b"x", good]
+    assert list(decrypt_lines(iter(lines), "store")) == [None, None, None, b'{"b": 2}']
+    check_key_opens(iter(lines), "store")  # one line opens: the key is right
+    with pytest.raises(StoreKeyError, match="wrong store key"):
+        check_key_opens(iter(lines[:3]), "store")
 
 
 def test_whole_file_round_trip_and_wrong_key(key_file, tmp_path):

@@ -6,7 +6,13 @@ import pandas as pd
 import pytest
 
 from components.core.clusters import ClusterSummary
-from components.evaluate.drift import DriftConfig, cluster_mix, detect_drift, population_stability_index
+from components.evaluate.drift import (
+    DriftConfig,
+    cluster_mix,
+    describe_drift,
+    detect_drift,
+    population_stability_index,
+)
 from components.evaluate.refresh import RetrainPolicy, match_cluster_ids, next_state, plan_retraining, refresh_splits
 
 
@@ -36,7 +42,28 @@ def test_detect_drift_flags_mix_and_outliers_against_thresholds():
     shifted = detect_drift({"0": 0.5, "1": 0.45, "-1": 0.05}, {"0": 0.2, "1": 0.4, "-1": 0.4}, cfg)
     assert shifted.mix_drifted and shifted.outliers_drifted and len(shifted.reasons) == 2
     assert shifted.to_dict()["drifted"] is True
-    assert not detect_drift({}, {"0": 1.0}, cfg).drifted  # first refresh: no reference, no drift
+
+
+@pytest.mark.parametrize(
+    "reference, current, why",
+    [({}, {"0": 1.0}, "first refresh"), ({"0": 1.0}, {}, "no calls"), ({}, {}, "first refresh")],
+)
+def test_an_empty_mix_makes_drift_not_measurable_neither_drift_nor_steady(reference, current, why):
+    assert population_stability_index(reference, current) is None
+    report = detect_drift(reference, current, DriftConfig()).to_dict()
+    assert report["psi"] is None and report["drifted"] is None and report["mix_drifted"] is None
+    assert report["reasons"] == [] and why in report["not_measurable"]
+    line = describe_drift(report)
+    assert "not measurable" in line and why in line
+    assert "0.000" not in line and "no drift" not in line and "drifted" not in line
+
+
+def test_a_measured_drift_is_described_with_its_figure_and_verdict():
+    cfg = DriftConfig(psi_threshold=0.2, outlier_share_increase=0.1)
+    steady = describe_drift(detect_drift({"0": 0.5, "1": 0.5}, {"0": 0.5, "1": 0.5}, cfg).to_dict())
+    assert steady == "cluster-mix PSI 0.000, outliers 0.0% (no drift)"
+    shifted = describe_drift(detect_drift({"0": 0.9, "1": 0.1}, {"0": 0.1, "1": 0.9}, cfg).to_dict())
+    assert shifted.startswith("cluster-mix PSI ") and "-> drifted: cluster mix PSI" in shifted
 
 
 def test_refit_clusters_keep_their_ids_by_shared_calls_and_new_ones_get_fresh_ids():

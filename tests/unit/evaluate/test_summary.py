@@ -22,6 +22,18 @@ def test_calls_at_parity_are_those_whose_request_lands_in_a_promoted_cluster():
     assert "30% of the agent's calls (3 of 10)" in summary["headline"]
 
 
+def test_a_repeated_call_s2_kept_out_of_training_counts_where_its_copy_is_served():
+    # r1 is the agent's second call of r0's content: S2 trained on r0 only, so only r0 has a cluster.
+    calls = [CollectedCall("r0", 0.002, "same"), CollectedCall("r1", 0.002, "same"), CollectedCall("r2", 0.002, "x")]
+    summary = run_summary(calls, {"r0": 0}, [entry(0, True, 0.5)])
+    assert summary["calls_total"] == 3 and summary["calls_at_parity"] == 2
+    assert summary["calls_in_converted_clusters"] == 2
+    # 2 calls at $0.0005, 1 at $0.002 -> $0.003 for 3 calls
+    assert summary["blended_cost_per_1k_calls"] == pytest.approx(1.0)
+    # a call without a copy in a cluster stays with the LLM
+    assert run_summary(calls, {"r2": 0}, [entry(0, True, 0.5)])["calls_at_parity"] == 1
+
+
 def test_calls_of_unknown_cost_count_at_the_mean_known_cost():
     calls = [CollectedCall("a", 0.004), CollectedCall("b", None)]
     summary = run_summary(calls, {}, [])

@@ -72,7 +72,13 @@ def servers(tmp_path_factory):
             on_write=None,
         )
         with serve_in_thread(proxy_app) as proxy_url:
-            yield {"store": store, "upstream": upstream_app, "proxy": proxy_app, "url": proxy_url}
+            yield {
+                "store": store,
+                "upstream": upstream_app,
+                "upstream_url": upstream_url,
+                "proxy": proxy_app,
+                "url": proxy_url,
+            }
 
 
 def client(servers, agent: str, key: str = CLIENT_KEY) -> openai.OpenAI:
@@ -158,14 +164,21 @@ def test_store_is_encrypted_private_and_holds_no_credentials(servers):
         model="gpt-4o", messages=[{"role": "user", "content": "mail jane@example.com please"}]
     )
     wait_for_writes(servers, base + 1)
+    from components.core.secure_store import decrypt_lines
+
     files = sorted(servers["store"].glob("calls-*.jsonl"))
     assert files
+    plaintext = b""
     for path in files:
         data = path.read_bytes()
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert all(line.startswith(b"gAAAAA") for line in data.splitlines())
-        for clear in (b"jane@example.com", CLIENT_KEY.encode(), UPSTREAM_KEY.encode(), b"weather", b"authorization"):
-            assert clear not in data
+        assert b"jane@example.com" not in data and b"weather" not in data  # the prompts are encrypted
+        plaintext += b"\n".join(line for line in decrypt_lines(iter(data.splitlines()), str(path)) if line)
+    # Credentials could only hide in the plaintext: look there, in what the store key decrypts.
+    assert b"jane@example.com" in plaintext  # the real calls, decrypted: what is absent below would show
+    for credential in (CLIENT_KEY.encode(), UPSTREAM_KEY.encode(), b"authorization", b"Bearer"):
+        assert credential not in plaintext
     assert by_agent(servers, "secret-bot")[0].user_request == "mail jane@example.com please"
 
 
@@ -177,6 +190,45 @@ def test_wrong_or_missing_client_key_is_refused(servers):
     assert httpx.get(f"{servers['url']}/v1/models").status_code == 401
     assert servers["proxy"].state.stats["unauthorized"] >= 2
     assert not by_agent(servers, "intruder")
+
+
+def test_healthz_needs_no_key_and_shows_only_status_stats_need_a_key(servers):
+    health = httpx.get(f"{servers['url']}/healthz")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    assert servers["upstream_url"] not in health.text
+    assert httpx.get(f"{servers['url']}/stats").status_code == 401
+    stats = httpx.get(f"{servers['url']}/stats", headers={"Authorization": f"Bearer {CLIENT_KEY}"}).json()
+    assert (
+        stats["upstream"] == f"{servers['upstream_url']}/v1"
+        and stats["recorded"] == servers["proxy"].state.stats["recorded"]
+    )
+    assert "llm_cost_usd" in stats
+
+
+def test_a_body_over_the_limit_is_refused_with_413_and_neither_forwarded_nor_recorded(tmp_path):
+    upstream_app = fake_openai_app()
+    with serve_in_thread(upstream_app) as upstream_url:
+        app = create_app(f"{upstream_url}/v1", tmp_path, CFG, [CLIENT_KEY], max_body_bytes=2048)
+        with serve_in_thread(app) as url:
+            agent = openai.OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+            small = agent.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+            assert small.choices[0].message.content == "You said: hi"
+            with pytest.raises(openai.APIStatusError) as refused:
+                agent.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x" * 4096}])
+            assert refused.value.status_code == 413
+            assert refused.value.body["code"] == "request_too_large" and "2048" in refused.value.body["message"]
+
+            # A chunked body declares no length: it is cut off once it passes the limit.
+            def chunks():
+                yield b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "'
+                yield b"y" * 4096
+                yield b'"}]}'
+
+            chunked = httpx.post(
+                f"{url}/v1/chat/completions", content=chunks(), headers={"Authorization": f"Bearer {CLIENT_KEY}"}
+            )
+            assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
+    assert len(upstream_app.state.requests) == 1  # only the small call reached the upstream
 
 
 def test_models_are_listed_from_the_upstream(servers):
