@@ -153,6 +153,41 @@ def test_export_merged_from_the_router_config_loads_in_transformers_and_answers_
     assert refused.exit_code == 2 and "cluster 7 is not served" in refused.output
 
 
+def test_export_falls_back_to_the_router_config_only_without_a_registry_or_a_champion(
+    tmp_path, tiny_model_dir, adapter, monkeypatch
+):
+    import shutil
+
+    from tasks.helpers.tracking import TrackingConfig, configure_tracking
+    from tests.unit.serve.test_serve_slm_cli import register_version
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / "run"
+    write_router_yaml(workdir, tiny_model_dir, adapter)
+
+    def export(name: str):
+        command = ["export", "--cluster", "0", "--format", "vllm", "--workdir", str(workdir), "--out"]
+        return CliRunner().invoke(cli_app(), [*command, str(tmp_path / name)])
+
+    no_registry = export("no-registry")
+    assert no_registry.exit_code == 0 and "no registry" in no_registry.output, no_registry.output
+    assert not (workdir / "mlflow.db").exists()  # reading it did not create one
+    configure_tracking(workdir.resolve(), TrackingConfig())  # the registry a run leaves, with no champion yet
+    no_champion = export("no-champion")
+    assert no_champion.exit_code == 0 and "no champion registered for llm2slm-cluster-0" in no_champion.output
+    # A champion the registry cannot hand over (its files are gone): router.yaml's adapter may be a rolled-back
+    # version, so nothing is exported.
+    register_version(adapter, tiny_model_dir)
+    shutil.rmtree(workdir / "mlartifacts")
+    broken = export("broken")
+    assert broken.exit_code == 2 and not (tmp_path / "broken").exists()
+    assert "reading the champion of llm2slm-cluster-0 from the registry" in broken.output
+    assert "Not falling back to the router config's adapter" in broken.output
+    (workdir / "mlflow.db").write_bytes(b"not a database" * 100)  # an unreadable store: the same
+    unreadable = export("unreadable")
+    assert unreadable.exit_code == 2 and "DatabaseError" in unreadable.output, unreadable.output
+
+
 def test_the_vllm_bundle_loads_through_peft_with_its_template_and_its_parser_reads_the_calls(
     tmp_path, tiny_model_dir, adapter
 ):
