@@ -38,6 +38,7 @@ def build_server(
     engine=None,
     engine_name: str = "transformers",
     engine_threads: int | None = None,
+    max_request_bytes: int | None = None,
 ):
     """The SLMServer a ``serve-slm`` command line describes (the CLI runs it with uvicorn)."""
     from components.core.config import resolve
@@ -69,6 +70,7 @@ def build_server(
         hourly_cost_usd=select.hourly_cost_usd,
         engine=engine_name,
         engine_threads=engine_threads,
+        **({"max_request_bytes": max_request_bytes} if max_request_bytes else {}),
     )
     resolver = None
     if watch_registry and poll_s > 0:
@@ -85,7 +87,8 @@ def export_source(
     workdir: Path, cluster_id: int, params: Path | None = None, router_config: Path | None = None
 ) -> tuple[object, list]:
     """What ``export`` exports for a cluster, found as ``serve-slm`` finds it: the cluster of the router config
-    (S6's reports/router.yaml), upgraded to its registry ``champion`` when one is registered; and the tools its
+    (S6's reports/router.yaml), upgraded to its registry ``champion`` when one is registered (a registry that
+    fails otherwise raises tasks/helpers/champions.py's RegistryError); and the tools its
     training calls offer (for guided decoding), when the run's curated records and splits are there."""
     from components.core.config import resolve
     from components.core.schema import read_records, split_records
@@ -103,16 +106,14 @@ def export_source(
     if cluster_id not in served:
         known = ", ".join(str(c) for c in sorted(served)) or "none"
         raise ValueError(f"cluster {cluster_id} is not served by the router config (served: {known})")
-    source = served[cluster_id]
-    try:
-        from tasks.helpers.champions import champion_resolver
-        from tasks.helpers.tracking import configure_tracking
+    from tasks.helpers.champions import champion_or_router_adapter
 
-        configure_tracking(workdir.resolve(), config.tracking)
-        download_dir = workdir.resolve() / "models" / "serving"
-        source = champion_resolver({cluster_id: source}, evaluate.registered_model_prefix, download_dir)()[cluster_id]
-    except Exception as error:  # noqa: BLE001 - no registry: the router config's adapter is the promoted one
-        typer.echo(f"registry not read ({type(error).__name__}): exporting the router config's adapter", err=True)
+    download_dir = workdir.resolve() / "models" / "serving"
+    source, fallback = champion_or_router_adapter(
+        workdir.resolve(), cluster_id, served[cluster_id], evaluate.registered_model_prefix, download_dir
+    )
+    if fallback:
+        typer.echo(f"exporting {fallback}", err=True)
     curated, splits = resolve(workdir, evaluate.curated), resolve(workdir, evaluate.splits)
     tools = []
     if Path(curated).exists() and Path(splits).exists():
@@ -173,9 +174,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export a cluster's served SLM with its tool calling kept: a merged HF folder, a vLLM multi-LoRA bundle,
         or GGUF with an Ollama Modelfile (docs/serving.md)."""
+        from tasks.helpers.champions import RegistryError
+
         try:
             folder = run_export(workdir, cluster, kind, out, params, router_config, llama_cpp, tools)
-        except (FileNotFoundError, ValueError) as error:
+        except (FileNotFoundError, ValueError, RegistryError) as error:
             typer.echo(f"error: {error}", err=True)
             raise typer.Exit(code=2) from None
         typer.echo(f"cluster-{cluster} exported as {kind}: {folder}")
@@ -202,6 +205,9 @@ def register(app: typer.Typer) -> None:
             "transformers", "--engine", help="transformers (eager, default) | llama-cpp (the llama-cpp extra)"
         ),
         threads: int | None = typer.Option(None, "--threads", help="llama-cpp threads (default: every core)"),
+        max_request_bytes: int | None = typer.Option(
+            None, "--max-request-bytes", min=1, help="Larger request bodies get 413 (default 8 MiB)"
+        ),
     ) -> None:
         """Serve a run's SLMs as an OpenAI-compatible API: `model` = cluster-<id>, tools answered under each
         cluster's grammar; keys from $LLM2SLM_PROXY_KEYS; /metrics, /healthz, /v1/engine."""
@@ -209,7 +215,15 @@ def register(app: typer.Typer) -> None:
 
         try:
             server = build_server(
-                workdir, poll_s, router_config, adapter, base_model, params, engine_name=engine, engine_threads=threads
+                workdir,
+                poll_s,
+                router_config,
+                adapter,
+                base_model,
+                params,
+                engine_name=engine,
+                engine_threads=threads,
+                max_request_bytes=max_request_bytes,
             )
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             typer.echo(f"error: {error}", err=True)

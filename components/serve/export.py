@@ -16,6 +16,7 @@ The call format every export names is components/slm/prompt.py's: one ``<tool_ca
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -149,20 +150,22 @@ def export_vllm(
     has_tokens = "<tool_call>" in vocab and "</tool_call>" in vocab
     parser = VLLM_TOOL_PARSER if has_tokens else PLUGIN_PARSER
     name = f"cluster-{cluster_id}"
-    lora_modules = f'{name}=${{BUNDLE:-$(dirname "$0")}}/adapter'
     command = [
-        "vllm serve ${BASE_MODEL:-" + base_folder + "}",
+        'vllm serve "$BASE_MODEL"',
         "--enable-lora",
         f"--max-lora-rank {_lora_rank(adapter_dir)}",
-        f"--lora-modules {lora_modules}",
-        '--chat-template "${BUNDLE:-$(dirname "$0")}/chat_template.jinja"',
+        f'--lora-modules "{name}=$BUNDLE/adapter"',
+        '--chat-template "$BUNDLE/chat_template.jinja"',
         "--enable-auto-tool-choice",
         f"--tool-call-parser {parser}",
     ]
     if not has_tokens:
-        command.append('--tool-parser-plugin "${BUNDLE:-$(dirname "$0")}/llm2slm_tool_parser.py"')
+        command.append('--tool-parser-plugin "$BUNDLE/llm2slm_tool_parser.py"')
     command.append("--structured-outputs-config.backend guidance")
     script = "#!/bin/sh\n# Serve this bundle with vLLM (GPU); runtime adapter swaps need VLLM_ALLOW_RUNTIME_LORA_UPDATING=True.\n"
+    # Paths enter the shell text only quoted: a folder may hold spaces, `$` or quotes.
+    script += f"BASE_MODEL=${{BASE_MODEL:-{shlex.quote(base_folder)}}}\n"
+    script += 'BUNDLE=${BUNDLE:-$(dirname "$0")}\n'
     script += "exec " + " \\\n  ".join(command) + ' "$@"\n'
     (out / "serve.sh").write_text(script)
     (out / "serve.sh").chmod(0o755)

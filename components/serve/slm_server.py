@@ -9,6 +9,8 @@ same as the proxy does for its responders): clients that only speak streaming wo
 
 Keys: the proxy's (``LLM2SLM_PROXY_KEYS``, comma-separated), compared in constant time; ``/healthz`` and
 ``/metrics`` (Prometheus: requests, tokens, latency per model; adapter reloads) hold no prompt text and are open.
+A metric's ``model`` label is a served id (``cluster-<id>``, in that spelling only) or ``unknown``, never the
+request's raw string, so clients cannot grow the series. A request body over ``max_request_bytes`` gets 413 unread.
 ``/v1/engine`` tells which engine and hardware answer, and the throughput and cost per 1k calls measured so far, at
 the configured hourly price (components/scoring/costs.py's rule): the cost figure comes from the serving path.
 
@@ -37,6 +39,7 @@ from components.collect.sources.common import RecordError
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
 from components.serve.batching import BatchWorker
+from components.serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyTooLarge, read_body
 from components.serve.proxy import completion_as_sse
 from components.serve.service import RouterConfig, as_completion, request_record
 from components.slm.engines import Engine, ServedAdapter, make_engine
@@ -44,6 +47,8 @@ from components.slm.engines import Engine, ServedAdapter, make_engine
 logger = logging.getLogger(__name__)
 
 MODEL_PREFIX = "cluster-"
+# The metrics' model label of a request naming no served model: labels stay the served ids, a bounded set.
+UNKNOWN_MODEL = "unknown"
 
 
 # () -> cluster id -> what serves it now; polled for hot reloads.
@@ -59,6 +64,7 @@ class SLMServerConfig(StepConfig):
     hourly_cost_usd: float = Field(0.10, ge=0.0)  # that machine's price
     engine: str = "transformers"  # components/slm/engines.py make_engine: transformers | llama-cpp
     engine_threads: int | None = Field(None, ge=1)  # llama-cpp's threads (default: every core)
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)  # a larger body gets 413 before it is read
 
 
 def model_id(cluster_id: int) -> str:
@@ -66,10 +72,13 @@ def model_id(cluster_id: int) -> str:
 
 
 def cluster_of_model(model: Any) -> int | None:
+    """The cluster a model id names, only in its own spelling (``cluster-7``, not ``cluster-007``)."""
     if not isinstance(model, str) or not model.startswith(MODEL_PREFIX):
         return None
     number = model[len(MODEL_PREFIX) :]
-    return int(number) if number.lstrip("-").isdigit() else None
+    if not number.lstrip("-").isdigit() or model_id(int(number)) != model:
+        return None
+    return int(number)
 
 
 def served_from_router_config(config: RouterConfig) -> dict[int, ServedAdapter]:
@@ -321,16 +330,25 @@ class SLMServer:
                 return refusal
             started = time.perf_counter()
             try:
-                body = json.loads(await request.body())
+                body = json.loads(await read_body(request, server.config.max_request_bytes))
+            except BodyTooLarge as error:
+                server.metrics.requests.labels(UNKNOWN_MODEL, "413").inc()
+                return _error(413, str(error), code="request_too_large")
             except ValueError:
+                server.metrics.requests.labels(UNKNOWN_MODEL, "400").inc()
                 return _error(400, "the request body is not JSON")
             if not isinstance(body, dict):
+                server.metrics.requests.labels(UNKNOWN_MODEL, "400").inc()
                 return _error(400, "the request body must be a JSON object")
-            model = body.get("model")
-            cluster_id = cluster_of_model(model)
+            requested = body.get("model")
+            cluster_id = cluster_of_model(requested)
             if cluster_id is None or cluster_id not in server._served:
+                server.metrics.requests.labels(UNKNOWN_MODEL, "404").inc()
                 served_ids = ", ".join(model_id(c) for c in sorted(server._served)) or "none"
-                return _error(404, f"model {model!r} is not served here (served: {served_ids})", code="model_not_found")
+                return _error(
+                    404, f"model {requested!r} is not served here (served: {served_ids})", code="model_not_found"
+                )
+            model = model_id(cluster_id)  # the served id: the only model label the metrics ever get
             rejected, budget = server._check_request(body)
             if rejected:
                 server.metrics.requests.labels(model, "400").inc()

@@ -8,6 +8,7 @@ one-line change where a model hub is reachable.
 from __future__ import annotations
 
 import json
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -81,6 +82,23 @@ def load_catalog(path: str | Path | None = None) -> Catalog:
     """The validated catalog; a clear error names the bad entry and field."""
     source = Path(path) if path else DEFAULT_CATALOG
     return Catalog.model_validate(yaml.safe_load(source.read_text(encoding="utf-8")))
+
+
+@cache
+def _default_catalog_refs() -> dict[str, str]:
+    return {model.name: model.ref for model in load_catalog().models}
+
+
+def catalog_ref(reference: str) -> str:
+    """What a base model reference names, for ``from_pretrained``: a catalog name (what S4 picks, and what
+    reports/router.yaml and ``--base-model`` carry, e.g. ``SmolLM2-135M-Instruct``) becomes its catalog ``ref``
+    (``pypi:<asset>``, a hub id or a folder); an existing local folder stays that folder even when it has a catalog
+    name (as ``from_pretrained`` prefers a folder to a hub id), and anything else (a hub id, ``pypi:...``) is
+    returned unchanged. The one place a catalog name is read as a model: every loader goes through
+    components/slm/loading.py's ``prepare_model``."""
+    if Path(reference).is_dir():
+        return reference
+    return _default_catalog_refs().get(reference, reference)
 
 
 class Constraints(BaseModel):

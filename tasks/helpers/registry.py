@@ -158,13 +158,17 @@ def champion_history(name: str) -> list[str]:
 
 
 def champion_version(name: str) -> str | None:
-    """The version the alias ``champion`` points at, or None (no such model, or no champion yet)."""
+    """The version the alias ``champion`` points at, or None (no such model, or no champion yet); any other
+    registry error (unreadable store, server down) is raised, never read as "no champion"."""
     from mlflow.exceptions import MlflowException
 
     try:
         return str(MlflowClient().get_model_version_by_alias(name, CHAMPION).version)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        # no such registered model / no such alias on it (what MLflow's stores answer for each)
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def promote(name: str, version: str, reason: str) -> None:

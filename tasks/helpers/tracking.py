@@ -43,6 +43,19 @@ def tracking_uri(workdir: Path) -> str:
     return embedded_store_uri(workdir)
 
 
+def use_existing_registry(workdir: Path) -> str | None:
+    """Points MLflow at the work dir's registry and returns its URI; None (and nothing changed) when it has none:
+    no server is set and the embedded store's SQLite file was never written (asking MLflow would create one)."""
+    uri = tracking_uri(workdir)
+    if uri == embedded_store_uri(workdir):
+        if not (workdir / "mlflow.db").exists():
+            return None
+        _EMBEDDED_URIS_SET.add(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
 def configure_tracking(workdir: Path, cfg: TrackingConfig) -> str:
     """Point MLflow at the work directory's store (unless a server is set) and select the experiment."""
     uri = tracking_uri(workdir)

