@@ -54,7 +54,7 @@ def evaluate_cluster(
     entry = evaluation_entry(
         cluster, n_train, test_records, answers, per_call, policy, slm_hourly_cost_usd, tuned_confidence
     )
-    return entry, per_call_rows(cluster, test_records, answers, per_call)
+    return entry, per_call_rows(cluster, test_records, answers, per_call, tuned_confidence)
 
 
 def selective_entry(
@@ -153,10 +153,11 @@ def per_call_rows(
     test_records: list[CallRecord],
     answers: dict[str, list[Answer]],
     per_call: dict[str, CallScores],
+    tuned_confidence: list[Confidence] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per held-out call: the request (the last user message), the LLM's answer, each SLM's answer, and
-    each SLM's metric values (``per_call``) and latency as ``<system>.<metric>``. Texts are as S2 left them
-    (anonymized)."""
+    each SLM's metric values (``per_call``) and latency as ``<system>.<metric>``, and the fine-tuned answer's
+    confidence features as ``slm_finetuned.<feature>`` when it has them. Texts are as S2 left them (anonymized)."""
     rows = []
     for index, record in enumerate(test_records):
         row: dict[str, Any] = {
@@ -171,5 +172,7 @@ def per_call_rows(
             row[system] = text
             row[f"{system}.latency_ms"] = float(latency)
             row |= {f"{system}.{metric}": value for metric, value in per_call[system][index].items()}
+        features = tuned_confidence[index] if tuned_confidence and index < len(tuned_confidence) else None
+        row |= {f"slm_finetuned.{name}": float(value) for name, value in (features or {}).items()}
         rows.append(row)
     return rows

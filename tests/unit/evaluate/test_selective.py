@@ -208,7 +208,9 @@ def selective_cluster_entry(tmp_path=None) -> dict:
     ]
     cluster = {"cluster_id": 4, "label": "weather", "output_kind": "tool_call", "selected": "smollm2"}
     wrong = [("It is sunny.", 120.0)] * 100
-    entry, _ = evaluate_cluster(cluster, 80, records, wrong, tuned, PromotionPolicy(), 0.10, confidence)
+    entry, rows = evaluate_cluster(cluster, 80, records, wrong, tuned, PromotionPolicy(), 0.10, confidence)
+    # The per-call table (MLflow) carries each fine-tuned answer's features beside its scores.
+    assert [row["slm_finetuned.mean_logprob"] for row in rows] == [c["mean_logprob"] for c in confidence]
     return entry
 
 
