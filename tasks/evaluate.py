@@ -20,7 +20,13 @@ from components.core.schema import CallRecord, read_records, split_records, writ
 from components.evaluate.entry import evaluate_cluster, score_answers
 from components.evaluate.evaluation import EvaluateConfig, write_markdown_summary, write_report
 from components.evaluate.learning_curve import CurvePoint, below_parity, learning_curve
-from components.evaluate.router_config import offered_tools, router_config, write_router_config
+from components.evaluate.router_config import (
+    offered_tools,
+    route_mode,
+    router_config,
+    write_router_config,
+    write_selective_gate,
+)
 from components.evaluate.summary import CollectedCall, run_summary
 from components.finetune.train import config_for_cluster, finetune
 from components.scoring.costs import cost_basis
@@ -40,6 +46,9 @@ def metrics_view(entries: list[dict]) -> dict:
             "cost_per_1k_calls": e["cost_per_1k_calls"],
             "latency_ms_p50": e["latency_ms_p50"],
             "promoted": e["promoted"],
+            "selective": {
+                key: (e.get("selective") or {}).get(key) for key in ("coverage", "accepted_accuracy", "threshold")
+            },
         }
         for e in entries
     }
@@ -94,11 +103,12 @@ def log_learning_curve(cluster_id: int, metric: str, curve: dict) -> None:
 
 
 def make_tuned_answerer(cfg: EvaluateConfig):
-    """(engine name, (S5's model entry, records, progress) -> [(completion, latency ms)]) on S6's engine, so the
-    fine-tuned SLM's latency and cost are those of the engine that serves it."""
+    """(engine name, (S5's model entry, records, progress) -> [(completion, latency ms, confidence)]) on S6's
+    engine, so the fine-tuned SLM's latency and cost are those of the engine that serves it; the confidence
+    features (components/slm/confidence.py) are None where the engine gives none."""
     if cfg.engine == "transformers":
 
-        def eager(model: dict, records: list[CallRecord], progress: Progress) -> list[tuple[str, float]]:
+        def eager(model: dict, records: list[CallRecord], progress: Progress) -> list[tuple]:
             return generate_answers(
                 model["base_model"],
                 records,
@@ -107,6 +117,7 @@ def make_tuned_answerer(cfg: EvaluateConfig):
                 progress,
                 adapter_dir=model["adapter_dir"],
                 constrain_tool_calls=cfg.constrained_decoding,
+                with_confidence=True,
             )
 
         return GENERATION_ENGINE, eager
@@ -114,17 +125,22 @@ def make_tuned_answerer(cfg: EvaluateConfig):
 
     engine = make_engine(cfg.engine, cfg.engine_threads)
 
-    def served(model: dict, records: list[CallRecord], progress: Progress) -> list[tuple[str, float]]:
+    def served(model: dict, records: list[CallRecord], progress: Progress) -> list[tuple]:
         adapter = ServedAdapter(model["base_model"], model["adapter_dir"])
         answers = []
         for done, record in enumerate(records, start=1):  # one call at a time, as the engine serves them
             [generation] = engine.generate(adapter, [record], cfg.max_new_tokens)
-            answers.append((generation.text, generation.latency_ms))
+            answers.append((generation.text, generation.latency_ms, getattr(generation, "confidence", None)))
             progress(done, len(records))
         engine.unload(adapter)
         return answers
 
     return engine.name, served
+
+
+def split_confidence(answers: list[tuple]) -> tuple[list[tuple[str, float]], list[dict | None]]:
+    """[(completion, latency ms)] and each answer's confidence (None for an answer that came without one)."""
+    return [(a[0], a[1]) for a in answers], [a[2] if len(a) > 2 else None for a in answers]
 
 
 @task(name="S6 evaluate", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
@@ -150,6 +166,7 @@ def evaluate_task(
         entries, prediction_rows, call_rows = [], [], []
         adapters: dict[int, str] = {}
         known_tools: dict[int, list[str]] = {}
+        gates: dict[int, str] = {}
         for model in trained:
             cluster_id = model["cluster_id"]
             cluster = selected[cluster_id]
@@ -161,7 +178,9 @@ def evaluate_task(
             base_answers = [
                 (base.at[r.record_id, "text"], float(base.at[r.record_id, "latency_ms"])) for r in test_records
             ]
-            tuned_answers = answer_tuned(model, test_records, Progress(f"S6 cluster #{cluster_id}", len(test_records)))
+            tuned_answers, tuned_confidence = split_confidence(
+                answer_tuned(model, test_records, Progress(f"S6 cluster #{cluster_id}", len(test_records)))
+            )
             entry, rows = evaluate_cluster(
                 cluster,
                 model["n_train"],
@@ -170,6 +189,7 @@ def evaluate_task(
                 tuned_answers,
                 cfg.promotion,
                 cfg.slm_hourly_cost_usd,
+                tuned_confidence,
             )
             train_records = split_records(records, splits, cluster_id, "train")
             if cfg.learning_curve.enabled and below_parity(entry):
@@ -193,6 +213,11 @@ def evaluate_task(
             entry["registered_model"] = {"name": name, "version": version, "alias": alias}
             entries.append(entry)
             adapters[cluster_id] = model["adapter_dir"]
+            gate_file = resolve(workdir, cfg.selective_gates) / f"cluster_{cluster_id}.json"
+            gate_file.unlink(missing_ok=True)  # a gate of an earlier run must not outlive its decision
+            if route_mode(entry) == "selective":
+                gates[cluster_id] = str(write_selective_gate(entry, gate_file))
+                mlflow.log_artifact(gates[cluster_id], "selective")
             known_tools[cluster_id] = offered_tools(train_records)
             prediction_rows += [
                 {"record_id": r.record_id, "cluster_id": cluster_id, "text": text, "latency_ms": latency}
@@ -218,7 +243,7 @@ def evaluate_task(
             cost_basis(engine_name, cfg.slm_serving_hardware, cfg.slm_hourly_cost_usd),
         )
         evaluation = {"summary": summary, "clusters": entries}
-        router = router_config(entries, adapters, known_tools, str(resolve(workdir, cfg.cluster_model_dir)))
+        router = router_config(entries, adapters, known_tools, str(resolve(workdir, cfg.cluster_model_dir)), gates)
         mlflow.log_artifact(str(write_router_config(router, resolve(workdir, cfg.router_config))))
         log_numeric_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         log_json_artifact(evaluation, resolve(workdir, cfg.evaluation))

@@ -36,6 +36,9 @@ from components.scoring.metrics import (  # noqa: F401  (re-exported for S6)
 )
 
 SYSTEMS = ["llm", "slm_base", "slm_finetuned"]
+# Every score's reference is the LLM's logged answer, so the LLM scores 1.0 against itself by construction: it is
+# shown as the reference, with no interval.
+REFERENCE = "llm"
 
 
 class EvaluateConfig(StepConfig):
@@ -50,6 +53,8 @@ class EvaluateConfig(StepConfig):
     report: str = "reports/report.html"
     predictions: str = "data/predictions/slm_finetuned.parquet"
     router_config: str = "reports/router.yaml"  # the gate's decisions as `llm2slm proxy --route` config
+    # selective clusters' gates (calibrator + threshold, one JSON per cluster) the router config names
+    selective_gates: str = "models/selective"
     collected: str = "data/collected/records.parquet"  # every collected call: the summary's calls_total
     assignments: str = "data/clusters/assignments.parquet"  # S3's cluster of each call: where calls at parity are
     max_new_tokens: int = 256  # a cap: the adapter's prompt spec holds its own, smaller budget
@@ -104,10 +109,14 @@ def proportion_interval(rate: float, n: int, confidence: float = 0.95) -> list[f
 def primary_metric_intervals(
     scores: dict[str, dict[str, float]], primary_metric: str, n: int
 ) -> dict[str, list[float] | None] | None:
-    """The 95 % interval of each system's primary metric, when that metric is a proportion; else None."""
+    """The 95 % interval of each system's primary metric, when that metric is a proportion; else None. The LLM is the
+    reference (its answers score themselves): no interval."""
     if primary_metric not in BINARY_METRICS:
         return None
-    return {system: proportion_interval(scores[system].get(primary_metric, 0.0), n) for system in scores}
+    return {
+        system: None if system == REFERENCE else proportion_interval(scores[system].get(primary_metric, 0.0), n)
+        for system in scores
+    }
 
 
 # ---- reports ----------------------------------------------------------------------------------------------
@@ -166,6 +175,65 @@ def _interval(bounds: list[float] | None) -> str:
     return f" [{bounds[0]:.2f}, {bounds[1]:.2f}]" if bounds else ""
 
 
+def _primary(entry: dict[str, Any], system: str) -> str:
+    """A system's primary metric with its interval; the LLM's as the reference it is (no interval)."""
+    value = entry.get("scores", {}).get(system, {}).get(entry.get("primary_metric", ""))
+    if system == REFERENCE:
+        return f"{_number(value)} (reference)"
+    return _number(value) + _interval((entry.get("primary_metric_ci95") or {}).get(system))
+
+
+def _risk_coverage_png(curve: list[dict[str, float]], target: float | None, coverage: float | None) -> str:
+    """The out-of-fold risk-coverage curve of one cluster's SLM (risk = 1 − accuracy of the accepted calls)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 3.2))
+    axes.plot([p["coverage"] for p in curve], [p["risk"] for p in curve], color="#1f77b4", label="fine-tuned SLM")
+    if target is not None:
+        axes.axhline(1 - target, color="#d62728", linestyle="--", label="risk at parity")
+    if coverage:
+        axes.axvline(coverage, color="#2ca02c", linestyle=":", label="coverage shipped (out of fold)")
+    axes.set_xlabel("coverage (share of held-out calls the SLM answers)")
+    axes.set_ylabel("risk (share answered wrong)")
+    axes.set_xlim(0, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _selective_section(entry: dict[str, Any]) -> str:
+    """The SLM answering only the calls it is sure of: out-of-fold coverage, accepted accuracy and the curve."""
+    figures = entry.get("selective")
+    if not figures:
+        return ""
+    accuracy = figures.get("accepted_accuracy")
+    shown = f"{_number(accuracy)}{_interval(figures.get('accepted_interval'))}" if accuracy is not None else "–"
+    rows = [
+        ("mode", str(entry.get("mode", ""))),
+        ("threshold (calibrated confidence)", _number(figures.get("threshold"))),
+        ("coverage (out of fold)", f"{figures.get('coverage', 0.0):.1%}"),
+        ("accepted accuracy", shown),
+        ("accepted / deferred calls", f"{figures.get('accepted_calls')} / {figures.get('deferred_calls')}"),
+    ]
+    table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+    curve = figures.get("risk_coverage") or []
+    plot = (
+        f"<img alt='risk-coverage' src='data:image/png;base64,"
+        f"{_risk_coverage_png(curve, figures.get('target'), figures.get('coverage'))}'>"
+        if curve
+        else ""
+    )
+    return f"<h3>Selective parity</h3><table>{table}</table>{plot}"
+
+
 def _learning_curve_section(curve: dict[str, Any] | None) -> str:
     """How far the cluster is from parity: its score at each training size, and what the fitted curve says."""
     if not curve:
@@ -188,8 +256,7 @@ def _cluster_section(entry: dict[str, Any]) -> str:
     for system in SYSTEMS:
         scores = entry.get("scores", {}).get(system, {})
         cells = "".join(
-            f"<td>{_number(scores.get(c))}{_interval(intervals.get(system)) if c == primary else ''}</td>"
-            for c in columns
+            f"<td>{_primary(entry, system) if c == primary else _number(scores.get(c))}</td>" for c in columns
         )
         cost = entry.get("cost_per_1k_calls", {}).get(system)
         latency = entry.get("latency_ms_p50", {}).get(system)
@@ -204,6 +271,7 @@ def _cluster_section(entry: dict[str, Any]) -> str:
         f"{''.join(rows)}</table>"
         f"<p class='{'yes' if entry.get('promoted') else 'no'}'>Promoted: <b>{promoted}</b> — "
         f"{html.escape(str(entry.get('promotion_reason', '')))}</p>"
+        f"{_selective_section(entry)}"
         f"{_learning_curve_section(entry.get('learning_curve'))}"
     )
 
@@ -251,9 +319,18 @@ def write_report(entries: list[dict[str, Any]], path: Path, summary: dict[str, A
     return path
 
 
+def _promoted(entry: dict[str, Any]) -> str:
+    if entry.get("promoted"):
+        return "yes"
+    figures = entry.get("selective") or {}
+    if entry.get("mode") == "selective":
+        return f"selective ({figures.get('coverage', 0.0):.0%} of calls)"
+    return "no"
+
+
 def write_markdown_summary(entries: list[dict[str, Any]]) -> str:
     """One Markdown table row per cluster: primary metric of each system (with its 95 % interval when it is a
-    proportion), costs per 1k calls, promotion."""
+    proportion; the LLM's is the reference), costs per 1k calls, promotion (or selective with its coverage)."""
     lines = [
         "| cluster | label | primary metric | llm | slm_base | slm_finetuned | "
         "cost/1k llm | cost/1k slm_finetuned | promoted |",
@@ -261,16 +338,12 @@ def write_markdown_summary(entries: list[dict[str, Any]]) -> str:
     ]
     for entry in entries:
         metric = entry.get("primary_metric", "")
-        intervals = entry.get("primary_metric_ci95") or {}
-        scores = [
-            _number(entry.get("scores", {}).get(system, {}).get(metric)) + _interval(intervals.get(system))
-            for system in SYSTEMS
-        ]
+        scores = [_primary(entry, system) for system in SYSTEMS]
         costs = entry.get("cost_per_1k_calls", {})
         label = str(entry.get("label", "")).replace("|", "/")
         lines.append(
             f"| {entry.get('cluster_id')} | {label} | {metric} | {' | '.join(scores)} | "
             f"{_number(costs.get('llm'), 4)} | {_number(costs.get('slm_finetuned'), 4)} | "
-            f"{'yes' if entry.get('promoted') else 'no'} |"
+            f"{_promoted(entry)} |"
         )
     return "\n".join(lines) + "\n"

@@ -12,6 +12,14 @@ same held-out calls,
    max_regression`` (skipped when there is no champion or no regression set).
 
 Otherwise it stays ``challenger``; the reason lists every check with its figures either way.
+
+**Selective parity** (mode ``selective``): a challenger that fails 1 or 2 may still serve the calls it is sure of
+(components/evaluate/selective.py), the LLM the rest, when its out-of-fold figures on the held-out calls show
+
+5. accuracy on the calls it accepts ``>= parity × llm``, on at least ``min_test_calls`` accepted calls;
+6. ``coverage >= min_coverage`` (the share of held-out calls it accepts);
+
+and checks 3 and 4 hold. The decision's ``mode`` is the router's: ``on`` (promoted), ``selective`` or ``shadow``.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ class PromotionPolicy(StepConfig):
     min_gain_over_champion: float = 0.05  # margin over the current champion
     min_gain_over_base: float = 0.0  # margin over the base SLM when the cluster has no champion yet
     max_regression: float = 0.0  # allowed drop vs the champion on the fixed regression set
+    min_coverage: float = 0.2  # selective: the SLM accepts at least this share of the held-out calls
+    selective_folds: int = 5  # selective: cross-fitting folds over the held-out calls (out-of-fold figures)
 
     @model_validator(mode="before")
     @classmethod
@@ -49,6 +59,15 @@ class PromotionPolicy(StepConfig):
 
 
 @dataclass(frozen=True)
+class SelectiveScores:
+    """Out-of-fold figures of the SLM answering only the calls its calibrated confidence accepts."""
+
+    accepted_accuracy: float | None
+    accepted_calls: int
+    coverage: float
+
+
+@dataclass(frozen=True)
 class GateScores:
     """Primary-metric scores of one cluster on ``n_test`` held-out calls; ``None`` where a system was not measured."""
 
@@ -59,6 +78,7 @@ class GateScores:
     base: float | None = None
     challenger_regression: float | None = None
     champion_regression: float | None = None
+    selective: SelectiveScores | None = None  # None: the answers carry no confidence, no selective mode
 
 
 @dataclass
@@ -66,6 +86,32 @@ class PromotionDecision:
     promote: bool
     reason: str
     checks: dict[str, bool] = field(default_factory=dict)
+    mode: str = "shadow"  # the router's mode: on (promoted), selective, shadow
+    selective_checks: dict[str, bool] | None = None
+
+
+def _selective_checks(
+    scores: GateScores, policy: PromotionPolicy, checks: dict[str, bool]
+) -> tuple[dict[str, bool], str]:
+    """Checks 5 and 6 on the out-of-fold selective figures, with the whole-cluster checks 3 and 4 as they were."""
+    selective = scores.selective
+    assert selective is not None
+    bar = policy.parity * scores.llm
+    accuracy = selective.accepted_accuracy
+    found = {
+        "enough_accepted_calls": selective.accepted_calls >= policy.min_test_calls,
+        "accepted_parity": accuracy is not None and accuracy >= bar,
+        "min_coverage": selective.coverage >= policy.min_coverage,
+    }
+    found |= {name: passed for name, passed in checks.items() if name not in ("enough_test_calls", "parity")}
+    shown = f"{accuracy:.3f}" if accuracy is not None else "–"
+    note = (
+        f"selective (out-of-fold): {selective.accepted_calls} accepted calls "
+        f"{'≥' if found['enough_accepted_calls'] else '<'} {policy.min_test_calls}, accepted accuracy {shown} "
+        f"{'≥' if found['accepted_parity'] else '<'} {bar:.3f}, coverage {selective.coverage:.2f} "
+        f"{'≥' if found['min_coverage'] else '<'} {policy.min_coverage:.2f}"
+    )
+    return found, note
 
 
 def decide_promotion(scores: GateScores, policy: PromotionPolicy, metric: str = "primary metric") -> PromotionDecision:
@@ -110,4 +156,15 @@ def decide_promotion(scores: GateScores, policy: PromotionPolicy, metric: str = 
     promote = all(checks.values())
     failed = [name for name, passed in checks.items() if not passed]
     head = "promoted" if promote else f"not promoted ({', '.join(failed)})"
-    return PromotionDecision(promote, f"{head}: " + "; ".join(notes), checks)
+    reason = f"{head}: " + "; ".join(notes)
+    if promote:
+        return PromotionDecision(True, reason, checks, "on")
+    if scores.selective is None:
+        return PromotionDecision(False, reason, checks, "shadow")
+    selective_checks, note = _selective_checks(scores, policy, checks)
+    if all(selective_checks.values()):
+        reason += f". Selective: the SLM answers the calls it is sure of, the LLM the rest: {note}"
+        return PromotionDecision(False, reason, checks, "selective", selective_checks)
+    missed = [name for name, passed in selective_checks.items() if not passed]
+    reason += f". Not selective ({', '.join(missed)}): {note}"
+    return PromotionDecision(False, reason, checks, "shadow", selective_checks)

@@ -1,12 +1,15 @@
 """reports/router.yaml: what the gate decided, as the router's config (``llm2slm proxy --route reports/router.yaml``).
 
-A promoted cluster is routed ``on`` (its SLM answers, the LLM stays the fallback); every other evaluated cluster is
+A promoted cluster is routed ``on`` (its SLM answers, the LLM stays the fallback); a cluster at selective parity is
+``selective``, with its calibrator and threshold (a small JSON beside the adapter: feature names, coefficients,
+intercept, threshold) so a router answers with the SLM only the calls it is sure of; every other evaluated cluster is
 ``shadow``, so live traffic keeps measuring it against the LLM while the LLM answers. Clusters not listed, outliers
 and requests that offer a tool the cluster never saw go to the LLM (components/serve/router.py).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,22 +28,54 @@ def offered_tools(records: Iterable[CallRecord]) -> list[str]:
     return sorted(names)
 
 
+def route_mode(entry: Mapping[str, Any]) -> str:
+    """The gate's decision as a router mode: ``on``, ``selective`` or ``shadow``."""
+    if entry.get("promoted"):
+        return "on"
+    return "selective" if entry.get("mode") == "selective" and entry.get("selective") else "shadow"
+
+
+def selective_gate(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """What a router needs to apply a selective cluster's gate to one answer: P(match) = sigmoid(features ·
+    coefficients + intercept) over the answer's confidence features (components/slm/confidence.py), the SLM's
+    answer kept when P ≥ threshold."""
+    figures = entry["selective"]
+    return {
+        **figures["calibrator"],
+        "threshold": figures["threshold"],
+        "target": figures.get("target"),
+        "coverage": figures.get("coverage"),
+    }
+
+
+def write_selective_gate(entry: Mapping[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(selective_gate(entry), indent=2) + "\n")
+    return path
+
+
 def router_config(
     entries: Sequence[Mapping[str, Any]],
     adapters: Mapping[int, str],
     known_tools: Mapping[int, Sequence[str]],
     cluster_model_dir: str,
+    calibrators: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
-    """The router config for the evaluated clusters (``entries`` of reports/evaluation.json)."""
+    """The router config for the evaluated clusters (``entries`` of reports/evaluation.json); ``calibrators``: the
+    selective clusters' gate files (:func:`write_selective_gate`)."""
     clusters = {}
     for entry in entries:
         cluster_id = int(entry["cluster_id"])
+        mode = route_mode(entry)
         clusters[cluster_id] = {
-            "mode": "on" if entry.get("promoted") else "shadow",
+            "mode": mode,
             "base_model": entry["base_model"],
             "adapter_dir": adapters.get(cluster_id),
             "known_tools": list(known_tools.get(cluster_id, [])),
         }
+        if mode == "selective":
+            clusters[cluster_id]["threshold"] = entry["selective"]["threshold"]
+            clusters[cluster_id]["calibrator"] = (calibrators or {}).get(cluster_id)
     return {"cluster_model_dir": cluster_model_dir, "clusters": clusters}
 
 
@@ -48,6 +83,9 @@ def write_router_config(config: Mapping[str, Any], path: Path) -> Path:
     import yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    header = "# Written by S6 evaluate: `on` = promoted at parity, `shadow` = the LLM answers, the SLM is measured.\n"
+    header = (
+        "# Written by S6 evaluate: `on` = promoted at parity, `selective` = the SLM answers the calls its calibrated\n"
+        "# confidence clears `threshold` (gate in `calibrator`), `shadow` = the LLM answers, the SLM is measured.\n"
+    )
     path.write_text(header + yaml.safe_dump(dict(config), sort_keys=False))
     return path

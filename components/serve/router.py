@@ -3,7 +3,9 @@
 Pure logic, framework-free. A call goes to the SLM only when its cluster has an SLM, the cluster's mode allows it
 (``on``; ``canary`` for a seeded share of calls) and every tool the request offers is known to the cluster.
 Outliers (cluster ``-1``) and unknown tools always go to the LLM. ``shadow`` lets the LLM answer while the SLM runs
-too, so agreement can be measured. An SLM answer that fails the guardrail (no parse, unknown tool, arguments not
+too, so agreement can be measured. ``selective`` (S6's selective parity: the SLM answers the calls its calibrated
+confidence clears, the LLM the rest) is served as ``shadow`` by this router for now: the gate file it names
+(calibrator and threshold) is there for a router that scores each SLM answer's confidence. An SLM answer that fails the guardrail (no parse, unknown tool, arguments not
 valid against the tool's JSON schema) falls back to the LLM.
 """
 
@@ -18,7 +20,7 @@ from typing import Any, Literal
 from components.core.clusters import OUTLIER
 from components.core.schema import ChatMessage
 
-Mode = Literal["off", "shadow", "canary", "on"]
+Mode = Literal["off", "shadow", "canary", "selective", "on"]
 Route = Literal["slm", "llm", "shadow", "fallback"]
 
 
@@ -67,6 +69,9 @@ def decide(
         return Decision(cluster_id, "llm", f"{len(unknown)} tool(s) unknown to the cluster")
     if route.mode == "shadow":
         return Decision(cluster_id, "shadow", "shadow mode")
+    if route.mode == "selective":
+        # The confidence gate is not applied here yet: the LLM answers and the SLM's answer is measured beside it.
+        return Decision(cluster_id, "shadow", "selective mode (served as shadow)")
     if route.mode == "canary" and not _in_canary(call_key, route.canary_share, seed):
         return Decision(cluster_id, "llm", "outside canary share")
     return Decision(cluster_id, "slm", route.mode)

@@ -60,6 +60,9 @@ class ClusterServing(StepConfig):
     adapter_dir: str | None = None  # the cluster's champion adapter (or whole fine-tuned model)
     canary_share: float = Field(0.1, ge=0.0, le=1.0)
     known_tools: list[str] = Field(default_factory=list)  # tools the SLM was trained on; others go to the LLM
+    # mode selective: the calibrated-confidence threshold and the gate file (calibrator + threshold, JSON) S6 wrote
+    threshold: float | None = None
+    calibrator: str | None = None
     # Where the SLM runs: the in-process pool, or {base_url, model} of an OpenAI-compatible server (serve-slm, vLLM).
     backend: Backend = "embedded"
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from components.core.schema import CallRecord
+from components.slm.confidence import answer_confidence
 from components.slm.loading import PROMPT_SPEC_ATTRIBUTE, load_model
 from components.slm.prompt import render_prompt
 
@@ -30,6 +31,9 @@ class Generation:
     latency_ms: float
     prompt_tokens: int
     completion_tokens: int
+    # How sure the model was (components/slm/confidence.py), from its token log-probabilities; None where the
+    # engine gives none.
+    confidence: dict[str, float] | None = None
 
 
 def answer_token_budget(
@@ -63,6 +67,38 @@ def _stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return sorted(i for i in ids if i is not None and i != tokenizer.unk_token_id)
 
 
+class TokenLogprobs:
+    """A logits processor, last in the list, that keeps each row's log-probability of the token greedy decoding
+    picks at each step (the largest of the scores the grammar left, renormalised over the allowed tokens); it
+    changes no score. ``steps[t][row]``."""
+
+    def __init__(self) -> None:
+        self.steps: list[list[float]] = []
+
+    def __call__(self, input_ids, scores):  # noqa: ANN001, ANN204  (transformers' processor protocol)
+        import torch
+
+        logprobs = torch.log_softmax(scores.float(), dim=-1).max(dim=-1).values
+        self.steps.append(torch.nan_to_num(logprobs, nan=0.0).tolist())
+        return scores
+
+    def row(self, row: int, count: int) -> list[float]:
+        return [step[row] for step in self.steps[:count]]
+
+
+def token_offsets(tokenizer: PreTrainedTokenizerBase, tokens: list[int]) -> list[int]:
+    """Where each token's characters begin in the decode of ``tokens`` (one more entry: the decode's length)."""
+    return [len(tokenizer.decode(tokens[:end], skip_special_tokens=True)) for end in range(len(tokens) + 1)]
+
+
+def tokens_confidence(
+    tokenizer: PreTrainedTokenizerBase, tokens: list[int], logprobs: list[float]
+) -> dict[str, float] | None:
+    """An answer's confidence features (components/slm/confidence.py) from its tokens and their log-probabilities."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return answer_confidence(text, token_offsets(tokenizer, tokens), logprobs)
+
+
 def generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -79,7 +115,8 @@ def generate(
     The prompt is the one the model was trained on: its folder's prompt spec when :func:`load_model` found one.
     With ``constrain_tool_calls``, a call that offers tools is decoded under their grammar
     (components/slm/grammar.py), with at most ``max_tool_calls`` calls (default: the spec's budget);
-    ``require_tool_calls`` (default: what the spec says the model answers) allows calls only.
+    ``require_tool_calls`` (default: what the spec says the model answers) allows calls only. Each answer carries
+    its confidence features (:func:`tokens_confidence`), from the log-probabilities the decode gave its tokens.
     """
     import torch
     from transformers import LogitsProcessorList
@@ -116,6 +153,7 @@ def generate(
                 tokenizer, stop_ids, [records[i].tools for i in batch_indices], require_tool_calls, max_tool_calls
             )
         )
+        recorder = TokenLogprobs()
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
@@ -127,7 +165,7 @@ def generate(
                 temperature=None,
                 top_p=None,
                 top_k=None,
-                logits_processor=LogitsProcessorList([grammar] if grammar else []),
+                logits_processor=LogitsProcessorList(([grammar] if grammar else []) + [recorder]),
             )
         latency_ms = (time.perf_counter() - began) * 1000 / len(batch_indices)
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
@@ -140,6 +178,7 @@ def generate(
                 latency_ms=latency_ms,
                 prompt_tokens=int(prompt_lengths[row]),
                 completion_tokens=end,
+                confidence=tokens_confidence(tokenizer, tokens[:end], recorder.row(row, end)),
             )
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
@@ -155,8 +194,10 @@ def generate_answers(
     adapter_dir: str | None = None,
     loaded: tuple | None = None,
     constrain_tool_calls: bool = True,
-) -> list[tuple[str, float]]:
-    """Answer the records with a model (optionally with an adapter): [(completion, latency ms)].
+    with_confidence: bool = False,
+) -> list[tuple]:
+    """Answer the records with a model (optionally with an adapter): [(completion, latency ms)], or with
+    ``with_confidence`` [(completion, latency ms, confidence features)] (:attr:`Generation.confidence`).
     ``loaded`` is a (model, tokenizer) pair already in memory; without it the model is loaded here."""
     model, tokenizer = loaded or load_model(reference, adapter_dir=adapter_dir)
     generations = generate(
@@ -168,4 +209,6 @@ def generate_answers(
         progress=progress,
         constrain_tool_calls=constrain_tool_calls,
     )
+    if with_confidence:
+        return [(g.text, g.latency_ms, g.confidence) for g in generations]
     return [(g.text, g.latency_ms) for g in generations]

@@ -83,7 +83,7 @@ def test_the_summary_is_the_headline_and_the_router_config_follows_the_gate(conv
     assert summary["clusters_at_parity"] == promoted
     assert summary["clusters_evaluated"] == sorted(e["cluster_id"] for e in evaluation["clusters"])
     assert 0 <= summary["calls_at_parity"] <= summary["calls_in_converted_clusters"] <= summary["calls_total"]
-    if not promoted:  # nothing at parity: every call stays with the LLM, at the LLM's cost
+    if not promoted and not summary["clusters_selective"]:  # nothing at parity: every call stays with the LLM
         assert summary["blended_cost_per_1k_calls"] == summary["llm_cost_per_1k_calls"] > 0
     # The gate: never promoted below parity or on fewer than min_test_calls held-out calls.
     gate = load_params(ROOT / "params.yaml")["promotion"]
@@ -99,8 +99,16 @@ def test_the_summary_is_the_headline_and_the_router_config_follows_the_gate(conv
     # the router places requests with S3's own cluster model
     assert Path(router["cluster_model_dir"]) == workdir / "data/clusters/model"
     assert {int(c): v["mode"] for c, v in router["clusters"].items()} == {
-        e["cluster_id"]: "on" if e["promoted"] else "shadow" for e in evaluation["clusters"]
+        e["cluster_id"]: "on" if e["promoted"] else "selective" if e["mode"] == "selective" else "shadow"
+        for e in evaluation["clusters"]
     }
+    # A selective cluster (the SLM answers the calls it is sure of) passed the gate on out-of-fold figures.
+    for entry in evaluation["clusters"]:
+        if entry["mode"] == "selective":
+            figures = entry["selective"]
+            assert figures["accepted_calls"] >= gate["min_test_calls"]
+            assert figures["coverage"] >= gate["min_coverage"]
+            assert figures["accepted_accuracy"] >= gate["parity"] * entry["scores"]["llm"][entry["primary_metric"]]
     # printed last by the CLI (after the paths; library log lines may interleave), and the report opens with it
     lines = conversion["output"].splitlines()
     mlflow_line = next(i for i, line in enumerate(lines) if line.startswith("MLflow UI:"))

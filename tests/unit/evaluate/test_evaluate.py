@@ -324,6 +324,6 @@ def test_markdown_summary_has_a_row_per_cluster():
     summary = write_markdown_summary([entry(0, "weather | lookups", True), entry(3, "music", False)])
     rows = summary.strip().splitlines()
     assert len(rows) == 4 and rows[2].startswith(
-        "| 0 | weather / lookups | full_call_match | 1.000 [0.72, 1.00] | 0.200 [0.06, 0.51] | 0.700 [0.40, 0.89]"
+        "| 0 | weather / lookups | full_call_match | 1.000 (reference) | 0.200 [0.06, 0.51] | 0.700 [0.40, 0.89]"
     )
     assert rows[2].endswith("| yes |") and rows[3].endswith("| no |")

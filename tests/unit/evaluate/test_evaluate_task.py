@@ -147,3 +147,46 @@ def test_a_cluster_below_parity_gets_a_learning_curve_trained_as_s5_trains(tmp_p
     history = client.get_metric_history(run.info.run_id, "cluster_0.learning_curve.full_call_match")
     assert sorted(m.step for m in history) == sizes
     assert "cluster_0.learning_curve.target" in run.data.metrics
+
+
+def test_s6_gates_a_cluster_selective_from_the_answers_confidence_and_routes_it_with_its_gate_file(
+    tmp_path, monkeypatch, tracking
+):
+    """generation → confidence features → calibrator → gate → evaluation.json → summary → router.yaml, with the
+    SLM right (and sure) on half the held-out calls; the gate's bar is lowered to fit 4 held-out calls."""
+    import yaml
+
+    import tasks.evaluate
+    from components.evaluate.promotion import PromotionPolicy
+
+    sure = {"mean_logprob": -0.02, "min_logprob": -0.1, "name_logprob": -0.05, "value_logprob": -0.03}
+    unsure = {"mean_logprob": -0.9, "min_logprob": -3.0, "name_logprob": -2.0, "value_logprob": -1.5}
+
+    def half_right_and_sure_of_it(reference, records, *args, with_confidence=False, **kwargs):
+        assert with_confidence  # S6 asks the eager engine for each answer's confidence
+        return [
+            (render_target(r.response), 12.0, sure) if i < 2 else ("no idea", 12.0, unsure)
+            for i, r in enumerate(records)
+        ]
+
+    monkeypatch.setattr(tasks.evaluate, "generate_answers", half_right_and_sure_of_it)
+    work = tmp_path / "work"
+    cfg = prepare_workdir(work, "unused")
+    cfg = cfg.model_copy(update={"promotion": PromotionPolicy(min_test_calls=2, min_coverage=0.2, selective_folds=4)})
+
+    evaluation = tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+
+    [entry] = evaluation["clusters"]
+    assert not entry["promoted"] and entry["mode"] == "selective"
+    figures = entry["selective"]
+    assert figures["coverage"] == 0.5 and figures["accepted_accuracy"] == 1.0
+    assert (figures["accepted_calls"], figures["deferred_calls"]) == (2, 2)
+    summary = evaluation["summary"]
+    assert summary["clusters_selective"] == [0] and summary["calls_at_parity"] == (N_TRAIN + N_TEST) // 2
+    router = yaml.safe_load((work / cfg.router_config).read_text())
+    route = router["clusters"][0]
+    assert route["mode"] == "selective" and route["threshold"] == figures["threshold"]
+    gate = json.loads(Path(route["calibrator"]).read_text())
+    assert Path(route["calibrator"]) == work / cfg.selective_gates / "cluster_0.json"
+    assert gate["features"] and gate["threshold"] == figures["threshold"]
+    assert json.loads((work / cfg.metrics).read_text())["cluster_0"]["selective"]["coverage"] == 0.5
