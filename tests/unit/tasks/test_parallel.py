@@ -42,7 +42,7 @@ def test_execution_defaults_to_in_process_and_rejects_unknown_runners():
         ExecutionConfig(partitions=0)
 
 
-def test_partitioned_anonymization_equals_one_pass(monkeypatch):
+def test_partitioned_anonymization_equals_one_pass(monkeypatch, tmp_path):
     import components.curate.anonymize
     from components.core.schema import CallRecord, ChatMessage
     from components.curate.anonymize import AnonymizeConfig, Anonymizer, anonymize_records
@@ -51,7 +51,7 @@ def test_partitioned_anonymization_equals_one_pass(monkeypatch):
     cfg = AnonymizeConfig(input="in.parquet", output="out.parquet", audit="audit.json")
     # One spaCy load for the whole test: each partition would otherwise build its own (seconds each).
     shared = Anonymizer(cfg)
-    monkeypatch.setattr(components.curate.anonymize, "Anonymizer", lambda _cfg: shared)
+    monkeypatch.setattr(components.curate.anonymize, "Anonymizer", lambda _cfg, **_: shared)
     users = [
         "I am John Smith, mail john.smith@example.com",
         "Weather in Paris?",
@@ -68,7 +68,7 @@ def test_partitioned_anonymization_equals_one_pass(monkeypatch):
         for i, text in enumerate(users)
     ]
     one_records, one_audit = anonymize_records(records, cfg)
-    part_records, part_audit = anonymize_partitioned(records, cfg, partitions=2)
+    part_records, part_audit = anonymize_partitioned(records, cfg, partitions=2, workdir=tmp_path)
     assert part_records == one_records
     assert part_audit["partitions"] == 2
     timing = {"seconds", "records_per_second", "partitions"}
