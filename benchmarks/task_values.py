@@ -4,7 +4,7 @@ recall on injected PII, on real BFCL live calls and on the demo's multi-turn age
     PYTHONPATH=. python benchmarks/task_values.py [--live 300] [--conversations 60] [--examples 15]
 
 A *request-stated* value is a string (or number) argument of the LLM's call, two characters or more, that occurs
-verbatim in the conversation before the call (user, assistant and tool messages; not the system prompt). After S2
+verbatim, as a whole word or phrase, in the conversation before the call (user, assistant and tool messages; not the system prompt). After S2
 it is *kept* when the anonymized call's value at the same place occurs verbatim in the anonymized conversation:
 either untouched in both, or replaced by the same surrogate in both. A value that is not kept is a label the SLM
 cannot derive from its prompt. Recall is the pipeline's detection recall on the labelled PII set of
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -65,6 +66,11 @@ def call_leaves(record: CallRecord) -> list[tuple[int, tuple, str]]:
     return found
 
 
+def states(prompt: str, value: str) -> bool:
+    """The value occurs in the prompt as a whole (not inside a longer word: "en" is not stated by "English")."""
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", prompt) is not None
+
+
 def kept_share(raw: list[CallRecord], clean: list[CallRecord], examples: int) -> dict[str, Any]:
     stated = kept = 0
     misses = []
@@ -72,11 +78,11 @@ def kept_share(raw: list[CallRecord], clean: list[CallRecord], examples: int) ->
         prompt_before, prompt_after = conversation_text(before), conversation_text(after)
         after_leaves = {(index, path): text for index, path, text in call_leaves(after)}
         for index, path, text in call_leaves(before):
-            if len(text.strip()) < 2 or text not in prompt_before:
+            if len(text.strip()) < 2 or not states(prompt_before, text):
                 continue
             stated += 1
             new = after_leaves.get((index, path))
-            if new is not None and new in prompt_after:
+            if new is not None and states(prompt_after, new):
                 kept += 1
             elif len(misses) < examples:
                 misses.append({"value": text, "became": new, "argument": ".".join(map(str, path))})

@@ -402,6 +402,10 @@ class Anonymizer:
                 not value
                 or value.upper() in self._allowed_words
                 or (span.entity_type in _NER_TYPES and not _WORDLIKE.search(value))
+                # A name or place written without a capital is mostly a word NER misread in a short text ("json",
+                # "echo %time%", "item_id"); one the user typed in lower case is still found through the literal
+                # pass when it is detected elsewhere in the record.
+                or (span.entity_type in _NER_TYPES and value == value.lower())
                 or (span.entity_type == "PHONE_NUMBER" and _DATE_SHAPED.match(value))
             ):
                 continue
@@ -435,8 +439,11 @@ class Anonymizer:
         in_conversation, arguments = set(contents) | set(side), set(argument_texts(record))
         conversation_words = _loose_words("\n".join(contents))
         schema_types = self.cfg.schema_entity_types()
+        enum_members = {member.casefold() for member in _enum_members(record.tools)}
 
         def counts(text: str, span: _Span) -> bool:
+            if span.entity_type in _NER_TYPES and text[span.start : span.end].casefold() in enum_members:
+                return False  # a value the offered tools enumerate is the tool's vocabulary, not a person or place
             if text in in_conversation:
                 return True
             if text in arguments:
@@ -450,6 +457,17 @@ class Anonymizer:
         """The record with every text pseudonymized, and the count of replaced occurrences per entity type."""
         texts = self.record_texts(record)
         detected = self._in_context(record, self.analyze_texts(texts))
+        # Units that must come out whole and alike everywhere: argument values the conversation states, and the
+        # names and places found in the conversation (a city in the request stays one unit in "city, state").
+        said = set(message_contents(record))
+        named = [
+            t[s.start : s.end]
+            for t, spans in detected.items()
+            if t in said
+            for s in spans
+            if s.entity_type in _NER_TYPES
+        ]
+        detected = _around_anchors(detected, _stated_argument_values(record), named)
         pseudonyms = self.pseudonymizer.for_record(record.record_id)
         # First pass fixes the numbering in reading order and collects every value to look for literally.
         for text in texts:
@@ -472,6 +490,69 @@ class Anonymizer:
             update["tools"] = map_schema_strings(record.tools, rewrite)
         self.side_field_counts.update(side_counts)
         return record.model_copy(update=update), pseudonyms.replaced
+
+
+def _enum_members(value: Any) -> list[str]:
+    """Every string a tool schema lists under ``enum``."""
+    if isinstance(value, dict):
+        found = [m for m in value.get("enum", []) if isinstance(m, str)] if isinstance(value.get("enum"), list) else []
+        return found + [m for key, item in value.items() if key != "enum" for m in _enum_members(item)]
+    if isinstance(value, list):
+        return [m for item in value for m in _enum_members(item)]
+    return []
+
+
+def _whole_word(value: str) -> re.Pattern[str]:
+    return re.compile(rf"(?<!\w){re.escape(value)}(?!\w)")
+
+
+def _stated_argument_values(record: CallRecord) -> list[str]:
+    """The tool-call argument values the conversation states verbatim (a city the user names and the call passes
+    on): each must come out of S2 as one unit, the same in prompt and call, or the label stops matching its prompt."""
+    conversation = "\n".join(message_contents(record))
+    return [
+        value
+        for value in argument_texts(record)
+        if len(value.strip()) >= 2 and value.strip() == value and _whole_word(value).search(conversation)
+    ]
+
+
+def _around_anchors(detected: dict[str, list[_Span]], *anchor_groups: list[str]) -> dict[str, list[_Span]]:
+    """NER spans re-cut at the edges of the stated argument values they overlap (see _stated_argument_values): a
+    value inside a longer detection ("Ton Pao" in "Ton Pao Subdistrict") becomes a span of its own, a detection
+    inside a value ("Pao" of "Ton Pao") grows to the whole value, and what is left of a detection beside a value
+    stays a span of its type. Pattern types (emails, phones, cards, secrets) are never cut."""
+    # Groups in priority order (the stated values first, so a name found around one does not swallow it), each
+    # longest first.
+    patterns = [_whole_word(anchor) for group in anchor_groups for anchor in sorted(set(group), key=len, reverse=True)]
+    if not patterns:
+        return detected
+    recut: dict[str, list[_Span]] = {}
+    for text, spans in detected.items():
+        if not any(span.entity_type in _NER_TYPES for span in spans):
+            recut[text] = spans
+            continue
+        units: list[tuple[int, int]] = []
+        for pattern in patterns:  # an occurrence overlapping an earlier unit is not a unit of its own
+            for found in pattern.finditer(text):
+                if not any(found.start() < end and start < found.end() for start, end in units):
+                    units.append((found.start(), found.end()))
+        recut[text] = [piece for span in spans for piece in _cut(text, span, units)]
+    return recut
+
+
+def _cut(text: str, span: _Span, units: list[tuple[int, int]]) -> list[_Span]:
+    overlapping = [(start, end) for start, end in units if start < span.end and span.start < end]
+    if span.entity_type not in _NER_TYPES or not overlapping or overlapping == [(span.start, span.end)]:
+        return [span]
+    pieces = [_Span(start, end, span.entity_type, span.score) for start, end in overlapping]
+    cursor = span.start
+    for start, end in sorted(overlapping) + [(span.end, span.end)]:
+        rest = re.search(r"\w(?:.*\w)?", text[cursor:start], re.DOTALL) if start > cursor else None
+        if rest is not None and _WORDLIKE.search(rest.group()):  # what is left, without the punctuation around it
+            pieces.append(_Span(cursor + rest.start(), cursor + rest.end(), span.entity_type, span.score))
+        cursor = max(cursor, end)
+    return sorted(pieces, key=lambda piece: piece.start)  # reading order numbers the tags
 
 
 def _literal_patterns(pseudonyms: RecordPseudonyms) -> list[tuple[re.Pattern[str], str]]:

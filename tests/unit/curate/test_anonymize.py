@@ -5,6 +5,7 @@ spaCy and Presidio's recognizers takes seconds.
 """
 
 import json
+import re
 
 import pytest
 from pydantic import ValidationError
@@ -79,18 +80,21 @@ def test_a_name_missed_by_ner_in_an_argument_follows_the_prompt_mapping(anonymiz
         tool_response("book_table", {"first_name": "Emma", "last_name": "Johnson", "party_size": 2}),
     )
     clean, _ = anonymizer.anonymize_record(original)
-    assert clean.messages[-1].content == "Please book a table for <PERSON_1> tonight."
+    # The call passes the name on in two parts the request states: each part is one unit, so each argument is still
+    # a copy of the prompt (one tag for both would make first and last name the same value).
+    assert clean.messages[-1].content == "Please book a table for <PERSON_1> <PERSON_2> tonight."
     assert clean.response.tool_calls[0].parsed_arguments() == {
         "first_name": "<PERSON_1>",
-        "last_name": "<PERSON_1>",
+        "last_name": "<PERSON_2>",
         "party_size": 2,
     }
 
 
 def test_ner_guesses_in_bare_arguments_need_the_conversation_to_hold_the_value(anonymizer):
-    # Alone, these values look like names to spaCy (as seen on the demo data)...
+    # Alone, "JPY" looks like a name to spaCy (as seen on the demo data; so did "vacuum", which the lower-case rule
+    # now drops at detection: NER's names and places without a capital are mostly misread words)...
     guessed = anonymizer.analyze_texts(["JPY", "vacuum"])
-    assert all(any(span.entity_type == "PERSON" for span in guessed[value]) for value in ("JPY", "vacuum"))
+    assert any(span.entity_type == "PERSON" for span in guessed["JPY"]) and guessed["vacuum"] == []
     # ... but the LLM wrote them from general knowledge (a currency code, a schema default), not from the user.
     original = record(
         f"Convert 100 British pounds to Japanese yen for {EMAIL}.",
@@ -349,3 +353,52 @@ def test_a_transformers_engine_needs_a_model_and_schema_types_default_to_the_str
         AnonymizeConfig(input="i", output="o", audit="a", nlp_engine="transformers")
     assert "PERSON" not in CFG.schema_entity_types() and "EMAIL_ADDRESS" in CFG.schema_entity_types()
     assert CFG.model_copy(update={"tool_schema_entities": ["PERSON"]}).schema_entity_types() == {"PERSON"}
+
+
+VOICES = {
+    "type": "function",
+    "function": {
+        "name": "f",
+        "parameters": {"type": "object", "properties": {"voice": {"type": "string", "enum": ["Brian", "Amy", "Emma"]}}},
+    },
+}
+REQUEST_WITH_A_SUB_DISTRICT = (  # a BFCL live request: NER took "Ton Pao Subdistrict" for a person
+    "Help find a housewife who provides ironing services in Chiang Mai, Sankampang District, Ton Pao Subdistrict, "
+    "with a review of 4.5 stars"
+)
+
+
+def stated(value: str, text: str) -> bool:
+    return re.search(rf"(?<!\w){re.escape(value)}(?!\w)", text) is not None
+
+
+@pytest.mark.parametrize(
+    ("request_text", "arguments", "tools", "unchanged"),
+    [
+        # a value inside a longer detection: one unit, the same surrogate in request and call
+        (REQUEST_WITH_A_SUB_DISTRICT, {"district_name": "Sankampang", "sub_district_name": "Ton Pao"}, [], False),
+        # words NER misreads as names or places when they have no capital: not personal data, kept as they are
+        ("Give me the answer in json format", {"type": "json"}, [], True),
+        ("Run the command echo %time% on my machine", {"command": "echo %time%"}, [], True),
+        # a member of an offered tool's enum is the tool's vocabulary, kept as it is
+        ("Read this aloud with the voice Brian, please.", {"voice": "Brian"}, [VOICES], True),
+    ],
+)
+def test_a_value_the_request_states_is_still_stated_after_anonymization(
+    anonymizer, request_text, arguments, tools, unchanged
+):
+    """S2 keeps the task: each argument value the request states is, after S2, still stated by the anonymized
+    request (unchanged, or the same surrogate in both), so the label stays derivable from its prompt."""
+    original = record(request_text, tool_response("f", arguments)).model_copy(update={"tools": tools})
+    clean, _ = anonymizer.anonymize_record(original)
+    values = clean.response.tool_calls[0].parsed_arguments()
+    assert all(stated(value, clean.messages[-1].content) for value in values.values()), clean
+    if unchanged:
+        assert values == arguments
+
+
+def test_a_place_the_call_extends_keeps_the_requests_surrogate(anonymizer):
+    original = record("What's the weather in Berkeley tomorrow?", tool_response("f", {"location": "Berkeley, CA"}))
+    clean, _ = anonymizer.anonymize_record(original)
+    assert clean.messages[-1].content == "What's the weather in <LOCATION_1> tomorrow?"
+    assert clean.response.tool_calls[0].parsed_arguments() == {"location": "<LOCATION_1>, CA"}
