@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,21 @@ def load_state(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"refresh": 0, "mix": {}, "outlier_share": 0.0, "clusters": {}}
     return json.loads(path.read_text())
+
+
+def run_state(cluster_ids: Iterable[int], trained_on: Mapping[int, int]) -> dict[str, Any]:
+    """The state a conversion (``llm2slm run``, ``dvc repro``) leaves for its first refresh: refresh 0, the run's
+    cluster mix (``cluster_ids``: its assignments, outliers ``-1``) as the drift reference, so that refresh
+    measures drift against what the run converted rather than against nothing, and each cluster the run trained
+    with its training size (``trained_on``), so it is retrained only once its data grew (:func:`plan_retraining`)
+    and its challenger is not replaced by one trained on the same calls."""
+    mix = cluster_mix(cluster_ids)
+    return {
+        "refresh": 0,
+        "mix": mix,
+        "outlier_share": float(mix.get("-1", 0.0)),
+        "clusters": {str(int(c)): {"trained_on": int(n)} for c, n in trained_on.items()},
+    }
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:

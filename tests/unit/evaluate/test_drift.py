@@ -1,5 +1,6 @@
 """Drift (PSI of the cluster mix, outlier share) and the refresh bookkeeping (stable ids, splits, retrain plan)."""
 
+import json
 import math
 
 import pandas as pd
@@ -157,3 +158,31 @@ def test_a_held_out_set_too_small_for_the_gate_accumulates_across_refreshes():
     # a decision on 3 held-out calls: the next batch starts afresh
     state = next_state(state, {"0": 1.0}, {}, {0: 0.5}, {0: ["n1", "n2", "m2"]}, min_test_calls=3)
     assert "pending_test_ids" not in state["clusters"]["0"]
+
+
+def test_the_first_refresh_after_a_conversion_measures_drift_against_the_runs_mix(records, tmp_path):
+    from components.core.schema import write_records, write_table
+    from components.evaluate.refresh import RefreshConfig, load_state
+    from tasks.refresh import seed_history_task
+
+    cfg = RefreshConfig()
+    write_records(records, tmp_path / "curated.parquet")
+    ids = [r.record_id for r in records]
+    labels = [0 if i % 2 else 1 for i in range(len(ids))]
+    labels[0] = -1
+    write_table(pd.DataFrame({"record_id": ids, "cluster_id": labels, "probability": 1.0}), tmp_path / "a.parquet")
+    (tmp_path / "finetune.json").write_text(json.dumps({"clusters": [{"cluster_id": 0, "n_train": 7}], "skipped": []}))
+    assert load_state(tmp_path / cfg.state)["mix"] == {}  # before: the first refresh had nothing to compare with
+    assert seed_history_task.fn(cfg, "curated.parquet", "a.parquet", tmp_path, "finetune.json") is True
+    state = load_state(tmp_path / cfg.state)
+    n = len(ids)
+    assert state["refresh"] == 0 and state["mix"] == pytest.approx(
+        {"-1": 1 / n, "0": labels.count(0) / n, "1": labels.count(1) / n}
+    )
+    assert state["outlier_share"] == pytest.approx(1 / n)
+    # the same mix in the batch: measured, and no drift
+    report = detect_drift(state["mix"], dict(state["mix"]), DriftConfig())
+    assert report.not_measurable is None and report.drifted is False
+    # the cluster the run trained is not a "new cluster" to retrain on the same calls
+    trained = ClusterSummary(cluster_id=0, label="x", size=labels.count(0), convert=True)
+    assert plan_retraining([trained], state["clusters"], {0: 7}, {}, RefreshConfig().retrain) == {}
