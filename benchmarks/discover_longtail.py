@@ -37,7 +37,7 @@ from components.discover.clustering import OUTLIER
 from components.discover.discovery import DiscoverConfig, discover, embed_records
 from components.discover.embeddings import TextSettings
 from components.discover.identity import assign_embedded, request_only_agreement
-from components.discover.task_keys import TEXT_KEY, function_family, task_key
+from components.discover.task_keys import TEXT_KEY, function_family, task_key, task_keys
 
 BFCL_LIVE = ["live_simple", "live_multiple"]
 BASELINE_TEXT = TextSettings(combine="template", template="Tools: {tools}\nRequest: {request}")
@@ -118,7 +118,8 @@ def main() -> None:
     request_only, _ = assign_embedded(held_records, embeddings[held_out], result.model)
     # The second level the fit used: S3 may have fallen back from cfg.task.split_by (multi-turn agents).
     split_by = (result.task_split or {}).get("split_by", cfg.task.split_by)
-    keys = [task_key(r, split_by) for r in held_records]
+    all_keys = task_keys(records, split_by, cfg.task)  # split_by api reads the APIs off the whole log
+    keys = [all_keys[i] for i in held_out]
     fit_counts = Counter(truth[i] for i in fit)
     placeable = np.mean([fit_counts[truth[i]] >= cfg.task.min_task_calls for i in held_out])
     report = {

@@ -44,6 +44,10 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
     steps, tracking = config.steps, config.tracking
     refresh_cfg = load_section(config.params, "refresh", RefreshConfig)
     policy = load_section(config.params, "promotion", PromotionPolicy)
+    # Before the first refresh after a conversion: its calls, ids, mix (the drift reference) and trained clusters.
+    seed_history_task(
+        refresh_cfg, steps["anonymize"].output, steps["discover"].assignments, root, steps["finetune"].summary
+    )
     state = load_state(resolve(root, refresh_cfg.state))
     number = int(state["refresh"]) + 1
     parent = start_parent_run(
@@ -54,7 +58,6 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
         kind="refresh",
     )
     try:
-        seed_history_task(refresh_cfg, steps["anonymize"].output, steps["discover"].assignments, root)
         collect_task(steps["collect"], root, tracking, parent, Path(input_path).resolve() if input_path else None)
         anonymize_task(steps["anonymize"], root, tracking, parent)
         batch_ids = merge_batch_task(refresh_cfg, steps["anonymize"].output, root, tracking, parent)

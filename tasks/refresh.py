@@ -29,6 +29,8 @@ from components.evaluate.refresh import (
     RefreshConfig,
     fresh_and_regression_calls,
     plan_retraining,
+    run_state,
+    save_state,
     stabilize_clusters,
 )
 from components.finetune.train import FinetuneConfig
@@ -41,15 +43,27 @@ STABLE_ASSIGNMENTS = "assignments.parquet"  # beside the state file: the last re
 
 
 @task(name="refresh: seed history", cache_policy=NO_CACHE)
-def seed_history_task(cfg: RefreshConfig, curated: str, assignments: str, workdir: Path) -> bool:
+def seed_history_task(
+    cfg: RefreshConfig, curated: str, assignments: str, workdir: Path, finetune_summary: str | None = None
+) -> bool:
     """Before the first refresh of a work dir that already holds a conversion (`llm2slm run`): its curated calls
-    start the history and its clusters the stable ids, so its registered champions keep meaning the same task."""
+    start the history and its clusters the stable ids, so its registered champions keep meaning the same task; its
+    cluster mix becomes the drift reference and its trained clusters' sizes (``finetune_summary``, S5's report)
+    the state the refresh plans from (:func:`components.evaluate.refresh.run_state`)."""
     history, stable = resolve(workdir, cfg.history), resolve(workdir, cfg.state).parent / STABLE_ASSIGNMENTS
     if history.exists() or not resolve(workdir, curated).exists():
         return False
     write_records(read_records(resolve(workdir, curated)), history)
-    if not stable.exists() and resolve(workdir, assignments).exists():
-        write_table(pd.read_parquet(resolve(workdir, assignments)), stable)
+    if resolve(workdir, assignments).exists():
+        run_assignments = pd.read_parquet(resolve(workdir, assignments))
+        if not stable.exists():
+            write_table(run_assignments, stable)
+        state_path = resolve(workdir, cfg.state)
+        summary = resolve(workdir, finetune_summary) if finetune_summary else None
+        trained = json.loads(summary.read_text()).get("clusters", []) if summary and summary.exists() else []
+        if not state_path.exists():
+            trained_on = {int(c["cluster_id"]): int(c["n_train"]) for c in trained if c.get("n_train") is not None}
+            save_state(run_state(run_assignments.cluster_id, trained_on), state_path)
     say(f"refresh: history seeded from the previous conversion's {curated}")
     return True
 

@@ -43,7 +43,15 @@ from components.discover.identity import (
 from components.discover.labels import label_clusters
 from components.discover.report import write_cluster_map
 from components.discover.report import write_cluster_report as write_report_page
-from components.discover.task_keys import PinnedTask, TaskSettings, key_mix, pinned_labels, split_by_task, task_key
+from components.discover.task_keys import (
+    PinnedTask,
+    TaskSettings,
+    key_mix,
+    pinned_labels,
+    split_by_task,
+    task_key,
+    task_keys,
+)
 
 __all__ = [
     "ASSIGNMENT_COLUMNS",
@@ -308,7 +316,7 @@ def discover(
     unit = unit_rows(embeddings) if len(embeddings) else embeddings
     # The called function of each call (text answers: "text"): what the report and the fitness judge a mix by.
     functions = [task_key(record, "function") for record in records]
-    keys = functions if cfg.task.split_by == "function" else [task_key(r, cfg.task.split_by) for r in records]
+    keys = functions if cfg.task.split_by == "function" else task_keys(records, cfg.task.split_by, cfg.task)
     raw_labels, probabilities, pinned_of, reasons, keys, task_split = _task_labels(
         records, embeddings, unit, keys, cfg, reducer, clusterer
     )
@@ -391,10 +399,12 @@ def _task_labels(
     # keeps enough wins, else the one that kept most (if it kept more than the split asked for).
     best, best_keys, best_by = result, keys, cfg.task.split_by
     fallbacks = [] if kept_share >= cfg.task.min_reproducible_share else cfg.task.fallback_split_by
+    tried: dict[str, float] = {}
     for fallback in (f for f in fallbacks if f != cfg.task.split_by):
         settings = cfg.task.model_copy(update={"split_by": fallback})
-        fallback_keys = [task_key(r, fallback) for r in records]
+        fallback_keys = task_keys(records, fallback, settings)
         coarse = _split_and_check(record_ids, rule_of, unit, first, first_probabilities, fallback_keys, settings, cfg)
+        tried[fallback] = coarse.kept_share
         if coarse.kept_share > best.kept_share:
             best, best_keys, best_by = coarse, fallback_keys, fallback
         if coarse.kept_share >= cfg.task.min_reproducible_share:
@@ -402,6 +412,8 @@ def _task_labels(
     split = {"split_by": best_by, "kept_share": best.kept_share}
     if best_by != cfg.task.split_by:
         split |= {"instead_of": cfg.task.split_by, "which_kept": kept_share}
+    if tried:
+        split["fallbacks_kept"] = tried  # each fallback tried, with the share of its members it kept
     return best.labels, best.probabilities, best.pinned_of, best.reasons, best_keys, split
 
 

@@ -8,6 +8,12 @@ first-level cluster by its members' **task key**:
 - ``split_by: function`` (default): the called function's *family*, its name with the version segment dropped
   (``Movies_3_FindMovies`` -> ``Movies_FindMovies``; two versions of one service method are one task), several
   calls in one answer joined in call order; a text answer's key is ``text``.
+- ``split_by: api``: the agent's **API** the answer drives, and its answer kind: tools the log offers together (the
+  calls offering one and the other overlap by at least ``api_min_co_offer``, Jaccard) are one API, named by its
+  first tool; a tool-call answer's key is its API (several APIs joined) with the agent's name, a text answer's key
+  is ``text`` with the agent's name. Parts with the same key are merged across first-level clusters and the
+  first-level outliers join them: a multi-turn agent's calls to one API are one task, whatever step of a turn
+  they are (see :func:`api_of_tools`).
 - ``split_by: answer_kind``: only ``tool_call`` vs ``text`` (text answers never share a cluster with tool calls).
 - ``split_by: none``: no second level (the clusters are HDBSCAN's).
 
@@ -15,8 +21,9 @@ A split whose tasks the request alone does not reproduce (``min_reproducible_sha
 ``fallback_split_by``: see :class:`TaskSettings`.
 
 A part with fewer than ``min_task_calls`` calls becomes outliers (they stay with the LLM). Parts with the same
-tool-call key in different first-level clusters are one task and are merged (``merge_same_task``); text parts are
-never merged across first-level clusters, since ``text`` names no task of its own. With ``rescue_outliers``, a
+tool-call key in different first-level clusters are one task and are merged (``merge_same_task``); plain ``text``
+parts are never merged across first-level clusters, since ``text`` names no task of its own (the ``api`` split's
+``text@agent`` does: the agent's answers to its user). With ``rescue_outliers``, a
 first-level outlier whose answer calls a function joins that function's task too: on a long tail the requests of
 one function are often too few or too varied for a dense region, yet the answer says they are one task (whether
 the request alone places them back is checked afterwards, see :mod:`components.discover.discovery`).
@@ -48,14 +55,18 @@ _VERSION_SEGMENT = re.compile(r"(?:[._]v?\d+)(?=$|[._])", re.IGNORECASE)
 
 
 class TaskSettings(StepConfig):
-    split_by: Literal["function", "answer_kind", "none"] = "function"
+    split_by: Literal["function", "api", "answer_kind", "none"] = "function"
     # A task the router cannot find from requests alone is no task for it. In a multi-turn agent the next call
     # depends on tool results the request-only assignment cannot foresee, so a split by the called function keeps
     # few members. When the split's request-only check keeps less than min_reproducible_share of the split
     # members, S3 tries the fallback_split_by splits in order and uses the first that keeps enough (else the one
     # that kept most), and says so in the report; [] (or null): never.
-    fallback_split_by: list[Literal["answer_kind", "none"]] = ["answer_kind", "none"]
+    # api first: a multi-turn agent's calls to one API, whatever step of a turn, are one task of a size to train and
+    # decide on, and the same at any log volume (docs/benchmarks-discover.md, issue 29).
+    fallback_split_by: list[Literal["api", "answer_kind", "none"]] = ["api", "answer_kind", "none"]
     min_reproducible_share: float = 0.75
+    # split_by api: two tools are one API when the calls offering them overlap by at least this share (Jaccard).
+    api_min_co_offer: float = 0.8
     # A split part smaller than this stays with the LLM (outliers). Small on purpose: a long tail's functions have
     # few calls each, and a small task is still one task; conversion has its own minimum (min_cluster_size_to_convert).
     min_task_calls: int = 5
@@ -113,7 +124,10 @@ def called_families(record: CallRecord) -> list[str]:
 
 
 def task_key(record: CallRecord, split_by: str) -> str:
-    """The answer's shape that splits a cluster (see the module docstring)."""
+    """The answer's shape that splits a cluster (see the module docstring); ``api`` needs the whole log:
+    :func:`task_keys`."""
+    if split_by == "api":
+        raise ValueError("split_by api reads the APIs off the whole log: use task_keys(records, 'api', settings)")
     if split_by == "none":
         return ""
     families = called_families(record)
@@ -122,6 +136,54 @@ def task_key(record: CallRecord, split_by: str) -> str:
     if split_by == "answer_kind":
         return TOOL_CALL_KEY
     return "+".join(dict.fromkeys(families))  # repeated calls of one function (parallel answers) are one task
+
+
+def api_of_tools(records: list[CallRecord], min_co_offer: float) -> dict[str, str]:
+    """Each offered tool's API, read from the log alone: two tools are one API when the sets of calls that offer
+    them overlap by at least ``min_co_offer`` (Jaccard), and chains of such pairs too; an API is named by its first
+    tool in sorted order. An agent offers an API's tools together (a class, an MCP server, a plug-in), so its tools
+    share their offering calls, while two APIs are offered together only in some conversations."""
+    from scipy import sparse
+
+    names = sorted({name for record in records for name in record.tool_names if name})
+    if not names:
+        return {}
+    column = {name: i for i, name in enumerate(names)}
+    rows, columns = [], []
+    for row, record in enumerate(records):
+        for i in {column[name] for name in record.tool_names if name}:
+            rows.append(row)
+            columns.append(i)
+    offered = sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, columns)), (len(records), len(names)))
+    both = (offered.T @ offered).tocoo()  # calls offering tool i and tool j
+    counts = np.asarray(offered.sum(axis=0)).ravel()
+    parent = list(range(len(names)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j, shared in zip(both.row, both.col, both.data):
+        if i < j and shared / (counts[i] + counts[j] - shared) >= min_co_offer:
+            parent[max(root(i), root(j))] = min(root(i), root(j))
+    return {name: names[root(i)] for i, name in enumerate(names)}
+
+
+def api_key(record: CallRecord, api_of: dict[str, str]) -> str:
+    """The ``api`` task key: the APIs the answer calls (a tool the log never offered is its own API), or ``text``,
+    with the agent's name: ``cd@bot``, ``text@bot``."""
+    apis = sorted({api_of.get(call.name, call.name) for call in record.response.tool_calls})
+    return f"{'+'.join(apis) or TEXT_KEY}@{record.agent or ''}"
+
+
+def task_keys(records: list[CallRecord], split_by: str, settings: TaskSettings) -> list[str]:
+    """Every record's task key for ``split_by``; ``api`` reads the APIs off the whole log (:func:`api_of_tools`)."""
+    if split_by == "api":
+        api_of = api_of_tools(records, settings.api_min_co_offer)
+        return [api_key(record, api_of) for record in records]
+    return [task_key(record, split_by) for record in records]
 
 
 def pinned_labels(records: list[CallRecord], pinned: list[PinnedTask]) -> list[int | None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,28 +52,53 @@ def load_state(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def run_state(cluster_ids: Iterable[int], trained_on: Mapping[int, int]) -> dict[str, Any]:
+    """The state a conversion (``llm2slm run``, ``dvc repro``) leaves for its first refresh: refresh 0, the run's
+    cluster mix (``cluster_ids``: its assignments, outliers ``-1``) as the drift reference, so that refresh
+    measures drift against what the run converted rather than against nothing, and each cluster the run trained
+    with its training size (``trained_on``), so it is retrained only once its data grew (:func:`plan_retraining`)
+    and its challenger is not replaced by one trained on the same calls."""
+    mix = cluster_mix(cluster_ids)
+    return {
+        "refresh": 0,
+        "mix": mix,
+        "outlier_share": float(mix.get("-1", 0.0)),
+        "clusters": {str(int(c)): {"trained_on": int(n)} for c, n in trained_on.items()},
+    }
+
+
 def save_state(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(state, indent=2, sort_keys=True))
 
 
-def match_cluster_ids(previous: Mapping[str, int], current: Mapping[str, int], min_overlap: float) -> dict[int, int]:
-    """Map each cluster id of a refit to a stable id: the previous cluster holding most of its already-known calls
-    (if that is at least ``min_overlap`` of them and no larger new cluster claimed it first); otherwise a fresh id
-    above every id used before. Outliers stay -1."""
+def match_cluster_ids(
+    previous: Mapping[str, int], current: Mapping[str, int], min_overlap: float, keep: Collection[int] = ()
+) -> dict[int, int]:
+    """Map each cluster id of a refit to a stable id, largest cluster first: a previous cluster that holds at least
+    ``min_overlap`` of its already-known calls, or of whose own known calls at least ``min_overlap`` are in it (a
+    task the refit merged from several: S3's ``api`` split), not claimed by a larger new cluster; among several, one
+    of ``keep`` first (the clusters with a trained model, so their challenger and champion carry over), then the one
+    sharing most calls. Otherwise a fresh id above every id used before. Outliers stay -1."""
     members: dict[int, list[str]] = {}
     for record_id, cluster_id in current.items():
         if cluster_id != OUTLIER:
             members.setdefault(int(cluster_id), []).append(record_id)
+    old_sizes = Counter(int(c) for c in previous.values() if c != OUTLIER)
     used = {int(c) for c in previous.values() if c != OUTLIER}
     next_id = max(used, default=-1) + 1
     mapping: dict[int, int] = {OUTLIER: OUTLIER}
     taken: set[int] = set()
     for cluster_id in sorted(members, key=lambda c: (-len(members[c]), c)):
         known = Counter(int(previous[r]) for r in members[cluster_id] if r in previous and previous[r] != OUTLIER)
-        best, count = known.most_common(1)[0] if known else (None, 0)
         seen = sum(1 for r in members[cluster_id] if r in previous)
-        if best is not None and best not in taken and seen and count / seen >= min_overlap:
+        matches = [
+            old
+            for old, count in known.items()
+            if old not in taken and (count / seen >= min_overlap or count / old_sizes[old] >= min_overlap)
+        ]
+        if matches:
+            best = max(matches, key=lambda old: (old in keep, known[old], -old))
             mapping[cluster_id] = best
             taken.add(best)
         else:
@@ -145,11 +170,15 @@ def stabilize_clusters(
     record id -> cluster id, matched by :func:`match_cluster_ids`) and the refresh's splits: on the first refresh
     S3's own split (its test calls become the regression sets), later :func:`refresh_splits` (frozen regression
     sets, fresh held-out calls from the batch)."""
+    known = state.get("clusters", {})
+    trained = {int(c) for c, entry in known.items() if entry.get("trained_on") is not None}
     mapping = match_cluster_ids(
-        previous, dict(assignments[["record_id", "cluster_id"]].itertuples(index=False)), cfg.min_cluster_overlap
+        previous,
+        dict(assignments[["record_id", "cluster_id"]].itertuples(index=False)),
+        cfg.min_cluster_overlap,
+        trained,
     )
     assignments = assignments.assign(cluster_id=assignments.cluster_id.map(mapping).astype(int))
-    known = state.get("clusters", {})
     renamed = []
     for cluster in clusters:
         cluster_id = mapping[cluster.cluster_id]

@@ -195,8 +195,8 @@ def test_when_the_request_cannot_tell_the_called_function_s3_falls_back_to_the_c
     records, embeddings = agent_steps()
     cfg = config(min_cluster_size_to_convert=10)
     result = discover(records, cfg, embeddings=embeddings, reducer=False)
-    # every step calls a tool: the first fallback, text vs tool call, keeps them all
-    assert result.task_split["split_by"] == "answer_kind" and result.task_split["instead_of"] == "function"
+    # every step calls a tool: the first fallback, the agent's API (each blob's tool set), keeps them all
+    assert result.task_split["split_by"] == "api" and result.task_split["instead_of"] == "function"
     assert result.task_split["which_kept"] < cfg.task.min_reproducible_share <= result.task_split["kept_share"]
     assert len(result.clusters) == 2 and result.outlier_share <= 0.1
     # one cluster per agent, each calling its three tools: one task, not a mixed bag
@@ -219,7 +219,9 @@ def test_when_the_request_cannot_tell_the_called_function_s3_falls_back_to_the_c
 
 def test_text_answers_get_their_own_clusters_when_the_request_tells_them_from_tool_calls():
     records, embeddings = agent_steps(per_blob=40, text_share=0.4, text_offset=4.0)
-    result = discover(records, config(min_cluster_size_to_convert=10), embeddings=embeddings, reducer=False)
+    answer_kind = TaskSettings(fallback_split_by=["answer_kind", "none"])
+    cfg = config(task=answer_kind, min_cluster_size_to_convert=10)
+    result = discover(records, cfg, embeddings=embeddings, reducer=False)
     assert result.task_split["split_by"] == "answer_kind"
     labels = result.assignments.cluster_id.to_numpy()
     kinds = np.array([r.output_kind for r in records])

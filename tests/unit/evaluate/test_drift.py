@@ -1,5 +1,6 @@
 """Drift (PSI of the cluster mix, outlier share) and the refresh bookkeeping (stable ids, splits, retrain plan)."""
 
+import json
 import math
 
 import pandas as pd
@@ -13,7 +14,15 @@ from components.evaluate.drift import (
     detect_drift,
     population_stability_index,
 )
-from components.evaluate.refresh import RetrainPolicy, match_cluster_ids, next_state, plan_retraining, refresh_splits
+from components.evaluate.refresh import (
+    RefreshConfig,
+    RetrainPolicy,
+    match_cluster_ids,
+    next_state,
+    plan_retraining,
+    refresh_splits,
+    stabilize_clusters,
+)
 
 
 def test_cluster_mix_counts_outliers_and_sums_to_one():
@@ -75,6 +84,23 @@ def test_refit_clusters_keep_their_ids_by_shared_calls_and_new_ones_get_fresh_id
     mapping = match_cluster_ids(previous, merged, min_overlap=0.5)
     assert mapping[0] in (0, 1)
     assert match_cluster_ids(previous, {"a": 0, "c": 0, "q": 0}, min_overlap=0.8)[0] == 2  # too mixed: new id
+
+
+def test_a_task_merged_from_several_clusters_keeps_the_id_of_the_trained_one():
+    # S3's api split merged the run's small clusters 0, 1 and 2 of one API into one task, beside new calls
+    previous = {"a": 0, "b": 0, "c": 1, "d": 1, "e": 1, "f": 2, "g": 2, "h": 3}
+    current = {"a": 5, "b": 5, "c": 5, "d": 5, "e": 5, "f": 5, "g": 5, "n1": 5, "n2": 5, "h": 6}
+    # no old cluster holds half of the task's known calls (3 of 7 at most), but each lies wholly inside it
+    assert match_cluster_ids(previous, current, min_overlap=0.5) == {-1: -1, 5: 1, 6: 3}  # the largest by default
+    assert match_cluster_ids(previous, current, min_overlap=0.5, keep={2})[5] == 2  # the trained one
+    # the refresh takes the trained clusters from its state
+    assignments = pd.DataFrame({"record_id": list(current), "cluster_id": list(current.values())})
+    splits = assignments.assign(split="train")
+    clusters = [ClusterSummary(cluster_id=5, label="x", size=9), ClusterSummary(cluster_id=6, label="y", size=1)]
+    state = {"refresh": 1, "clusters": {"2": {"trained_on": 2}}}
+    stable = stabilize_clusters(assignments, clusters, splits, previous, state, ["n1", "n2"], RefreshConfig())
+    assert sorted(set(stable.assignments.cluster_id)) == [2, 3]
+    assert next(c for c in stable.clusters if c.cluster_id == 2).convert  # its challenger carries over
 
 
 def test_refresh_splits_freeze_regression_sets_and_draw_fresh_tests_from_the_batch():
@@ -157,3 +183,31 @@ def test_a_held_out_set_too_small_for_the_gate_accumulates_across_refreshes():
     # a decision on 3 held-out calls: the next batch starts afresh
     state = next_state(state, {"0": 1.0}, {}, {0: 0.5}, {0: ["n1", "n2", "m2"]}, min_test_calls=3)
     assert "pending_test_ids" not in state["clusters"]["0"]
+
+
+def test_the_first_refresh_after_a_conversion_measures_drift_against_the_runs_mix(records, tmp_path):
+    from components.core.schema import write_records, write_table
+    from components.evaluate.refresh import RefreshConfig, load_state
+    from tasks.refresh import seed_history_task
+
+    cfg = RefreshConfig()
+    write_records(records, tmp_path / "curated.parquet")
+    ids = [r.record_id for r in records]
+    labels = [0 if i % 2 else 1 for i in range(len(ids))]
+    labels[0] = -1
+    write_table(pd.DataFrame({"record_id": ids, "cluster_id": labels, "probability": 1.0}), tmp_path / "a.parquet")
+    (tmp_path / "finetune.json").write_text(json.dumps({"clusters": [{"cluster_id": 0, "n_train": 7}], "skipped": []}))
+    assert load_state(tmp_path / cfg.state)["mix"] == {}  # before: the first refresh had nothing to compare with
+    assert seed_history_task.fn(cfg, "curated.parquet", "a.parquet", tmp_path, "finetune.json") is True
+    state = load_state(tmp_path / cfg.state)
+    n = len(ids)
+    assert state["refresh"] == 0 and state["mix"] == pytest.approx(
+        {"-1": 1 / n, "0": labels.count(0) / n, "1": labels.count(1) / n}
+    )
+    assert state["outlier_share"] == pytest.approx(1 / n)
+    # the same mix in the batch: measured, and no drift
+    report = detect_drift(state["mix"], dict(state["mix"]), DriftConfig())
+    assert report.not_measurable is None and report.drifted is False
+    # the cluster the run trained is not a "new cluster" to retrain on the same calls
+    trained = ClusterSummary(cluster_id=0, label="x", size=labels.count(0), convert=True)
+    assert plan_retraining([trained], state["clusters"], {0: 7}, {}, RefreshConfig().retrain) == {}
