@@ -51,6 +51,7 @@ from components.collect.demo_data import (
     _stable_hex,
     _time_ordered,
     _tokens,
+    fake_person,
     malformed_line,
     openai_tool,
     with_pii,
@@ -311,7 +312,14 @@ def _owner_class(session: ApiSession, name: str) -> str:
 
 
 def _request_line(
-    conversation: Conversation, index: int, step: Step, when: Any, session_id: str | None, cfg: DemoDataConfig, rng
+    conversation: Conversation,
+    index: int,
+    step: Step,
+    when: Any,
+    session_id: str | None,
+    cfg: DemoDataConfig,
+    rng,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[str, str, float]:
     request = {"model": cfg.llm_model, "messages": step.history, "tools": conversation.tools}
     completion = step.answer.get("tool_calls") or step.answer["content"]
@@ -326,6 +334,8 @@ def _request_line(
     }
     if session_id:
         line["session_id"] = session_id
+    if metadata:
+        line["metadata"] = metadata
     line.update(
         {
             "request": request,
@@ -405,9 +415,18 @@ def build_agent_log(
             session_id = (
                 f"sess-{_stable_hex('session', cfg.seed, item['id'], length=12)}" if rng.random() < 0.5 else None
             )
+            side = None
+            if session_id and index in with_pii_indices:
+                # Personal data beside the prompt, as real front ends log it: a session named after the user's
+                # email and a customer object in the metadata (its own seeded draw: the log's stream is unchanged).
+                person = fake_person(random.Random(f"{cfg.seed}|{item['id']}|side"))
+                session_id = f"web:{person['email']}:{index}"
+                side = {"customer": {key: person[key] for key in ("name", "email", "phone")}}
             record_ids, when = [], start
             for number, step in enumerate(conversation.steps):
-                line, record_id, latency_ms = _request_line(conversation, number, step, when, session_id, cfg, rng)
+                line, record_id, latency_ms = _request_line(
+                    conversation, number, step, when, session_id, cfg, rng, side
+                )
                 lines.append(line)
                 record_ids.append(record_id)
                 # The next call follows the tool's run, or the user's next message after an answer.

@@ -171,7 +171,7 @@ def sample_items(
     return chosen
 
 
-def _fake_person(rng: random.Random) -> dict[str, str]:
+def fake_person(rng: random.Random) -> dict[str, str]:
     name = rng.choice(FAKE_PEOPLE)
     first, last = name.lower().replace("'", "").split(" ", 1)
     area = rng.choice(["415", "212", "312", "617"])
@@ -191,7 +191,7 @@ def _fake_person(rng: random.Random) -> dict[str, str]:
 def with_pii(prompt: str, rng: random.Random) -> str:
     """The prompt with one natural sentence about a fake person before or after it."""
     position, template = rng.choice(_PII_TEMPLATES)
-    sentence = template.format(**_fake_person(rng))
+    sentence = template.format(**fake_person(rng))
     return sentence + prompt if position == "prefix" else prompt.rstrip() + sentence
 
 
