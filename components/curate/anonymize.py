@@ -184,6 +184,14 @@ def load_deny_list(path: Path) -> dict[str, list[str]]:
     return {str(entity): [str(word) for word in words] for entity, words in content.items()}
 
 
+# The recognizers backed by the NER model (the deny list and the patterns are not guesses from context).
+_NER_RECOGNIZERS = frozenset({"SpacyRecognizer", "TransformersRecognizer"})
+
+
+def _from_ner_model(result: Any) -> bool:
+    return (getattr(result, "recognition_metadata", None) or {}).get("recognizer_name") in _NER_RECOGNIZERS
+
+
 def build_anonymizer(cfg: AnonymizeConfig, base_dir: Path) -> Anonymizer:
     """The one way S2, S5's teacher synthesis and the logging proxy build their anonymizer: the ``anonymize:``
     section with its deny list (a relative ``deny_list_file`` is read from ``base_dir``: the work dir)."""
@@ -405,7 +413,7 @@ class Anonymizer:
                 # A name or place written without a capital is mostly a word NER misread in a short text ("json",
                 # "echo %time%", "item_id"); one the user typed in lower case is still found through the literal
                 # pass when it is detected elsewhere in the record.
-                or (span.entity_type in _NER_TYPES and value == value.lower())
+                or (_from_ner_model(result) and value == value.lower())
                 or (span.entity_type == "PHONE_NUMBER" and _DATE_SHAPED.match(value))
             ):
                 continue
