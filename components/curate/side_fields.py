@@ -14,7 +14,8 @@ Rules:
   calls of one conversation still meet, a tool call still matches its result) and cannot be traced back.
 * ``label``: kept when it is one of the configured plain labels (``anonymize.agent_labels``), else a keyed id.
 * ``source_kind``: only the source's kind (``jsonl``, ``proxy-store``...) is kept; its location may name a person.
-* ``metadata``: product keys (the router's ``route``, a call's ``origin``) are kept in their typed form only;
+* ``metadata``: product keys (the router's ``route`` with a selective call's numeric gate fields and decision, a
+  call's ``origin``) are kept in their typed form only;
   keys in ``anonymize.metadata_keys`` keep their values, analyzed (numbers and booleans as their text); every
   other key is dropped, and counted.
 * ``fact``: figures and enumerations the product reads (token counts, latency, cost, time, role, function name).
@@ -25,6 +26,7 @@ Framework-free.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -59,6 +61,8 @@ TOOL_CALL_FIELD_RULES: dict[str, str] = {"id": "keyed_id", "name": "fact", "argu
 
 # What the product itself writes into metadata, in the only form S2 lets through.
 ROUTES = frozenset({"slm", "llm", "fallback", "shadow", "canary"})
+ROUTE_NUMBERS = ("confidence", "threshold", "latency_ms")  # a selective call's gate and its SLM time
+DECISIONS = frozenset({"accept", "defer"})
 ORIGINS = frozenset({"log", "augmented", "teacher", "deferred", "audited"})
 _SOURCE_KIND = re.compile(r"^[a-z][a-z_-]{0,31}$")
 
@@ -87,14 +91,26 @@ def check_rules_cover_the_schema() -> None:
         raise RuntimeError(f"fields with no anonymization rule in components/curate/side_fields.py: {missing}")
 
 
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def typed_route(value: Any) -> dict[str, Any] | None:
-    """The router's decision as the product writes it (``{"route", "cluster_id"}``), or None when it is not one."""
+    """The router's decision as the product writes it (``{"route", "cluster_id"}``, and for a selective cluster's
+    call its gate: ``confidence``, ``threshold``, ``latency_ms`` as finite numbers, ``decision`` ``accept`` or
+    ``defer``), or None when it is not one. Only those keys, of those types, are kept: any other value is dropped."""
     if not isinstance(value, dict) or value.get("route") not in ROUTES:
         return None
     cluster_id = value.get("cluster_id")
     if cluster_id is not None and (isinstance(cluster_id, bool) or not isinstance(cluster_id, int)):
         return None
-    return {"route": value["route"], "cluster_id": cluster_id}
+    typed = {"route": value["route"], "cluster_id": cluster_id}
+    for key in ROUTE_NUMBERS:
+        if _finite_number(value.get(key)):
+            typed[key] = float(value[key])
+    if value.get("decision") in DECISIONS:
+        typed["decision"] = value["decision"]
+    return typed
 
 
 def source_kind(source: str) -> str:

@@ -15,47 +15,15 @@ threshold function.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from components.slm.confidence import FEATURES
-
-# A logprob this low stands for "never": keeps the features finite for the fit.
-_FLOOR = -50.0
-
-
-@dataclass(frozen=True)
-class Calibrator:
-    """P(the SLM's answer matches the LLM's) = sigmoid(features · coefficients + intercept), on raw features."""
-
-    features: tuple[str, ...]
-    coefficients: tuple[float, ...]
-    intercept: float
-
-    def predict(self, matrix: np.ndarray) -> np.ndarray:
-        logits = np.asarray(matrix, dtype=float) @ np.asarray(self.coefficients, dtype=float) + self.intercept
-        return 1.0 / (1.0 + np.exp(-np.clip(logits, -500, 500)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"features": list(self.features), "coefficients": list(self.coefficients), "intercept": self.intercept}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Calibrator:
-        return cls(tuple(data["features"]), tuple(float(c) for c in data["coefficients"]), float(data["intercept"]))
-
-
-def feature_matrix(
-    confidences: Sequence[Mapping[str, float] | None] | None, features: Sequence[str] = FEATURES
-) -> np.ndarray | None:
-    """One row per answer, one column per feature; ``None`` when any answer has no confidence (an engine that
-    returns none): such a cluster cannot be served selectively."""
-    if not confidences or any(c is None for c in confidences):
-        return None
-    rows = [[float(c.get(name, 0.0)) for name in features] for c in confidences]  # type: ignore[union-attr]
-    return np.clip(np.nan_to_num(np.array(rows, dtype=float), nan=_FLOOR, neginf=_FLOOR), _FLOOR, 0.0)
+# The calibrator and the gate a router applies live with the features (components/slm/confidence.py), so the gate
+# fitted here and the router that serves it score an answer by one formula.
+from components.slm.confidence import FEATURES, Calibrator, feature_matrix  # noqa: F401 - re-exported
 
 
 def fit_calibrator(matrix: np.ndarray, correct: np.ndarray, features: Sequence[str] = FEATURES) -> Calibrator:

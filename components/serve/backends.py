@@ -3,13 +3,15 @@
 
 A remote backend is one more :data:`components.serve.service.Generator`: each record of a batch is sent as a chat
 completion (concurrently, so the server can batch them), and each answer comes back as the completion text the
-embedded pool would have produced (``<tool_call>`` lines, components/slm's format), so the router's guardrail,
-shadow and canary logic run unchanged on it. A failing server raises: the router then sends the call to the LLM.
+embedded pool would have produced (``<tool_call>`` lines, components/slm's format), with the confidence features
+serve-slm sends (``llm2slm.features``), so the router's guardrail, shadow, canary and selective logic run unchanged
+on it. A failing server raises: the router then sends the call to the LLM.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
@@ -18,7 +20,8 @@ from pydantic import Field
 
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
-from components.slm.generation import GENERATION_ENGINE
+from components.slm.confidence import features_from
+from components.slm.generation import GENERATION_ENGINE, Generation
 
 
 class OpenAIBackend(StepConfig):
@@ -38,8 +41,8 @@ def backend_name(backend: Backend) -> str:
     return f"embedded ({GENERATION_ENGINE})"
 
 
-# (cluster id, records of one batch) -> completion texts, in order (components.serve.service.Generator).
-Generator = Callable[[int, list[CallRecord]], list[str]]
+# (cluster id, records of one batch) -> answers (texts or generations), in order (components.serve.service.Generator).
+Generator = Callable[[int, list[CallRecord]], list[Any]]
 
 
 def openai_message(message: ChatMessage) -> dict[str, Any]:
@@ -100,14 +103,25 @@ class OpenAIGenerator:
         self._client = httpx.Client(base_url=backend.base_url.rstrip("/"), headers=headers, timeout=backend.timeout_s)
         self._senders = ThreadPoolExecutor(max_workers=max_parallel, thread_name_prefix="slm-backend")
 
-    def _answer(self, record: CallRecord) -> str:
+    def _answer(self, record: CallRecord) -> Generation:
+        began = time.perf_counter()
         response = self._client.post(
             "/chat/completions", json=chat_request(record, self.backend.model, self.max_new_tokens)
         )
         response.raise_for_status()
-        return completion_text(response.json())
+        completion = response.json()
+        usage = completion.get("usage") or {}
+        extra = completion.get("llm2slm")
+        return Generation(
+            text=completion_text(completion),
+            latency_ms=(time.perf_counter() - began) * 1000,
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+            # serve-slm sends its answer's confidence features: the router's own calibrator scores them.
+            confidence=features_from(extra.get("features")) if isinstance(extra, dict) else None,
+        )
 
-    def __call__(self, records: list[CallRecord]) -> list[str]:
+    def __call__(self, records: list[CallRecord]) -> list[Generation]:
         return list(self._senders.map(self._answer, records))
 
     def close(self) -> None:

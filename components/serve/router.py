@@ -3,10 +3,10 @@
 Pure logic, framework-free. A call goes to the SLM only when its cluster has an SLM, the cluster's mode allows it
 (``on``; ``canary`` for a seeded share of calls) and every tool the request offers is known to the cluster.
 Outliers (cluster ``-1``) and unknown tools always go to the LLM. ``shadow`` lets the LLM answer while the SLM runs
-too, so agreement can be measured. ``selective`` (S6's selective parity: the SLM answers the calls its calibrated
-confidence clears, the LLM the rest) is served as ``shadow`` by this router for now: the gate file it names
-(calibrator and threshold) is there for a router that scores each SLM answer's confidence. An SLM answer that fails the guardrail (no parse, unknown tool, arguments not
-valid against the tool's JSON schema) falls back to the LLM.
+too, so agreement can be measured. ``selective`` (S6's selective parity) sends the call to the SLM first: its answer
+is kept only when its calibrated confidence clears the cluster's threshold (components/slm/confidence.py
+:class:`SelectiveGate`, applied by components/serve/service.py), else the LLM answers. An SLM answer that fails the
+guardrail (no parse, unknown tool, arguments not valid against the tool's JSON schema) falls back to the LLM.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def decide(
     if route.mode == "shadow":
         return Decision(cluster_id, "shadow", "shadow mode")
     if route.mode == "selective":
-        # The confidence gate is not applied here yet: the LLM answers and the SLM's answer is measured beside it.
-        return Decision(cluster_id, "shadow", "selective mode (served as shadow)")
+        # The SLM answers first; its confidence then decides whether its answer is sent or the LLM is asked.
+        return Decision(cluster_id, "slm", "selective")
     if route.mode == "canary" and not _in_canary(call_key, route.canary_share, seed):
         return Decision(cluster_id, "llm", "outside canary share")
     return Decision(cluster_id, "slm", route.mode)

@@ -6,8 +6,13 @@ Per call: the request becomes a :class:`CallRecord`, is embedded and assigned to
 picks the route. ``slm``: the cluster's SLM generates, its answer is parsed and checked against the request's tool
 schemas; a valid answer goes back as a ``chat.completion``, an invalid one falls
 back to the LLM (route ``fallback``). ``shadow``: the LLM answers while the SLM runs beside it, and whether the two
-agree is recorded once the LLM's answer is in. Each call's route, cluster, reason (and agreement) become the stored
-call's ``metadata.route`` through :func:`components.serve.proxy.current_note`; no prompt text is ever logged.
+agree is recorded once the LLM's answer is in. ``selective``: the cluster's SLM answers first and its answer's
+calibrated confidence (components/slm/confidence.py :class:`SelectiveGate`, the gate's own calibrator and
+formula) decides: at or above the cluster's threshold the SLM's answer is sent (route ``slm``, decision ``accept``),
+below it, without a confidence or when the SLM failed, the call goes on to the LLM (route ``llm``, decision
+``defer``); the SLM's time (``latency_ms``) is recorded either way, since a deferral adds it to the call. Each call's
+route, cluster, reason (agreement, confidence, threshold, decision) become the stored call's ``metadata.route``
+through :func:`components.serve.proxy.current_note`; no prompt text is ever logged.
 
 Serving: one worker thread runs the SLMs (:class:`components.slm.adapter_pool.SLMPool`: one copy of each base model, each
 cluster's LoRA adapter loaded onto it once and switched per batch). Calls for the same cluster that queue up while
@@ -45,13 +50,23 @@ from components.discover.identity import ClusterModel, assign, load_model
 from components.serve.backends import Backend, backend_name, cluster_generator
 from components.serve.proxy import current_note
 from components.serve.router import ClusterRoute, Mode, agreement, check_tool_calls, decide
+from components.slm.confidence import SelectiveGate, Verdict
 
 logger = logging.getLogger(__name__)
 
 # (texts, model_ref) -> unit embeddings, one row per text: what assign() embeds with.
 Embed = Callable[[list[str], str], np.ndarray]
-# (cluster_id, records of one batch) -> the SLM's raw completion texts, in order; the default is the SLM pool.
-Generator = Callable[[int, list[CallRecord]], list[str]]
+# (cluster_id, records of one batch) -> the SLM's answers, in order: raw completion texts, or generations
+# (components.slm.Generation: ``text`` and ``confidence`` features) when the engine measures its confidence; the
+# default is the SLM pool.
+Generator = Callable[[int, list[CallRecord]], list[Any]]
+
+
+def answer_parts(answer: Any) -> tuple[str, dict[str, float] | None]:
+    """(completion text, confidence features or None) of one generator answer (a text or a generation)."""
+    if isinstance(answer, str):
+        return answer, None
+    return answer.text, getattr(answer, "confidence", None)
 
 
 class ClusterServing(StepConfig):
@@ -176,7 +191,21 @@ class _SLMJob:
     cluster_id: int
     record: CallRecord
     request_body: dict[str, Any]
-    answer: Future  # -> (the SLM's parsed message, the guardrail's reason to reject it or None)
+    # -> (the SLM's parsed message, the guardrail's reason to reject it or None, its confidence features or None)
+    answer: Future
+
+
+def selective_gates(config: RouterConfig) -> dict[int, SelectiveGate]:
+    """The gate of each ``selective`` cluster: its calibrator file with router.yaml's threshold. A selective
+    cluster without a calibrator file cannot be scored: refused at start rather than deferring every call."""
+    gates = {}
+    for cluster_id, serving in config.clusters.items():
+        if serving.mode != "selective":
+            continue
+        if not serving.calibrator:
+            raise ValueError(f"cluster {cluster_id} is selective but names no calibrator (S6's gate file)")
+        gates[cluster_id] = SelectiveGate.load(serving.calibrator, serving.threshold)
+    return gates
 
 
 class RouterResponder:
@@ -195,6 +224,7 @@ class RouterResponder:
 
         self.config = config
         self.routes = config.routes()
+        self.gates = selective_gates(config)
         model = cluster_model if cluster_model is not None else Path(config.cluster_model_dir)
         self.cluster_model = model if isinstance(model, ClusterModel) else load_model(Path(model))
         self.embed = embed or TextEncoder()
@@ -219,9 +249,9 @@ class RouterResponder:
     def cluster_of(self, record: CallRecord) -> int:
         return int(assign([record], self.cluster_model, embed=self.embed).cluster_id.iloc[0])
 
-    def generate_with_slm(self, cluster_id: int, records: list[CallRecord]) -> list[str]:
+    def generate_with_slm(self, cluster_id: int, records: list[CallRecord]) -> list[Any]:
         serving = self.config.clusters[cluster_id]
-        return self.pool.generate(serving.base_model, serving.adapter_dir, records, self.config.max_new_tokens)
+        return self.pool.generations(serving.base_model, serving.adapter_dir, records, self.config.max_new_tokens)
 
     def _answer_batch(self, cluster_id: int, jobs: list[_SLMJob]) -> None:
         """Generates for the batch, then parses and checks each answer against its own request's tools."""
@@ -232,11 +262,12 @@ class RouterResponder:
         except Exception as error:  # noqa: BLE001 - a failing SLM must never fail the agent's call
             logger.warning("router: SLM of cluster %s failed: %s", cluster_id, type(error).__name__)
             for job in jobs:
-                job.answer.set_result((ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}"))
+                job.answer.set_result((ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}", None))
             return
-        for job, text in zip(jobs, texts, strict=True):
+        for job, answer in zip(jobs, texts, strict=True):
+            text, confidence = answer_parts(answer)
             message = parse_completion(text)
-            job.answer.set_result((message, check_tool_calls(message, job.request_body)))
+            job.answer.set_result((message, check_tool_calls(message, job.request_body), confidence))
 
     async def __call__(self, request_body: dict[str, Any], agent: str) -> dict[str, Any] | None:
         note = current_note()
@@ -276,12 +307,36 @@ class RouterResponder:
         if decision.route == "shadow":
             note.on_llm_answer = lambda llm_answer: self._compare(pending, llm_answer, route)
             return None
-        message, rejected = await asyncio.wrap_future(pending)
+        began = time.perf_counter()
+        message, rejected, confidence = await asyncio.wrap_future(pending)
+        gate = self.gates.get(cluster_id)
+        if gate is not None:
+            route["latency_ms"] = round((time.perf_counter() - began) * 1000, 1)
+            if not self._gate_accepts(gate, rejected, confidence, route):
+                return None
         if rejected:
             route.update(route="fallback", reason=rejected)
             logger.info("router: cluster %s falls back to the LLM: %s", cluster_id, rejected)
             return None
         return as_completion(message, f"slm-cluster-{cluster_id}")
+
+    @staticmethod
+    def _gate_accepts(
+        gate: SelectiveGate, rejected: str | None, confidence: dict[str, float] | None, route: dict[str, Any]
+    ) -> bool:
+        """A selective cluster's gate on one SLM answer; writes the verdict into the call's route. A failed SLM
+        is a deferral too: the LLM answers (the guardrail's own rejections stay ``fallback``)."""
+        if rejected is not None and rejected.startswith("SLM error"):
+            route.update(Verdict(None, gate.threshold, "defer").as_fields(), route="llm", reason=rejected)
+            return False
+        verdict = gate.verdict(confidence)
+        route.update(verdict.as_fields())
+        if verdict.accepted:
+            route["reason"] = "confidence at or above threshold"
+            return True
+        reason = "no confidence from the SLM" if verdict.confidence is None else "confidence below threshold"
+        route.update(route="llm", reason=reason)
+        return False
 
     def _submit(self, cluster_id: int, record: CallRecord, request_body: dict[str, Any]) -> Future | None:
         """Queues the call for the SLM thread; None when ``max_queued`` calls are already waiting or running."""
@@ -318,14 +373,16 @@ class RouterResponder:
                 logger.exception("router: SLM batch failed")
                 for job in batch:
                     if not job.answer.done():
-                        job.answer.set_result((ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}"))
+                        job.answer.set_result(
+                            (ChatMessage(role="assistant"), f"SLM error: {type(error).__name__}", None)
+                        )
             with self._jobs_changed:
                 self._queued -= len(batch)
 
     def _compare(self, pending: Future, llm_answer: ChatMessage, route: dict[str, Any]) -> None:
         # Runs in the proxy's writer thread once the LLM has answered: the agent never waited for the SLM.
         try:
-            message, rejected = pending.result(timeout=self.config.shadow_timeout_s)
+            message, rejected, _ = pending.result(timeout=self.config.shadow_timeout_s)
         except TimeoutError:
             route["slm_rejected"] = "SLM timed out"
             return

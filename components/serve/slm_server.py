@@ -14,6 +14,15 @@ request's raw string, so clients cannot grow the series. A request body over ``m
 ``/v1/engine`` tells which engine and hardware answer, and the throughput and cost per 1k calls measured so far, at
 the configured hourly price (components/scoring/costs.py's rule): the cost figure comes from the serving path.
 
+Confidence: each answer carries an ``llm2slm`` object beside ``choices``: ``features`` (the answer's confidence
+features, components/slm/confidence.py) and ``confidence`` whenever the engine returns features. For a cluster with a
+selective gate (router.yaml mode ``selective``) ``confidence`` is the gate's calibrated P(the answer matches the
+LLM's) (``calibrated: true``), with the gate's ``threshold`` and ``decision`` (``accept``/``defer``: whether the router
+would send this answer); otherwise it is the answer's mean token probability, exp(``mean_logprob``)
+(``calibrated: false``). ``logprobs: true`` adds each generated token's log-probability in OpenAI's
+``choices[0].logprobs.content`` shape (under the tool grammar, renormalised over the tokens it allowed; no
+``top_logprobs`` alternatives); it is null where the engine gives none.
+
 Hot reload: ``resolve()`` (e.g. the registry's ``champion`` aliases, tasks/helpers/champions.py) is polled every
 ``poll_s``; an adapter that changed is loaded on the worker thread first and then serves the next batch, with no
 restart. An adapter that fails to load leaves the cluster on its previous one; a rollback is just another change.
@@ -41,7 +50,8 @@ from components.core.schema import CallRecord
 from components.serve.batching import BatchWorker
 from components.serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyTooLarge, read_body
 from components.serve.proxy import completion_as_sse
-from components.serve.service import RouterConfig, as_completion, request_record
+from components.serve.service import RouterConfig, as_completion, request_record, selective_gates
+from components.slm.confidence import SelectiveGate
 from components.slm.engines import Engine, ServedAdapter, make_engine
 
 logger = logging.getLogger(__name__)
@@ -91,6 +101,36 @@ def served_from_router_config(config: RouterConfig) -> dict[int, ServedAdapter]:
     }
 
 
+def gates_from_router_config(config: RouterConfig) -> dict[int, SelectiveGate]:
+    """The selective gates of a router config's clusters (calibrator file + threshold), keyed by cluster."""
+    return selective_gates(config)
+
+
+def answer_confidence_object(generation: Any, gate: SelectiveGate | None) -> dict[str, Any] | None:
+    """The ``llm2slm`` object of one answer (see the module docstring); None when there is nothing to say (no
+    features and no gate)."""
+    import math
+
+    features = getattr(generation, "confidence", None)
+    if gate is not None:
+        return {"features": features, **gate.verdict(features).as_fields(), "calibrated": True}
+    if features is None:
+        return None
+    return {"features": features, "confidence": math.exp(features["mean_logprob"]), "calibrated": False}
+
+
+def logprobs_object(generation: Any) -> dict[str, Any] | None:
+    """OpenAI's ``choices[i].logprobs`` for a generation's tokens; None when the engine gave no log-probabilities."""
+    tokens = getattr(generation, "token_logprobs", None)
+    if tokens is None:
+        return None
+    content = [
+        {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": []}
+        for token, logprob in tokens
+    ]
+    return {"content": content, "refusal": None}
+
+
 def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": {"message": message, "type": kind, "code": code}})
 
@@ -134,6 +174,7 @@ class SLMServer:
         client_keys: Sequence[str],
         engine: Engine | None = None,
         resolve: Resolve | None = None,
+        gates: Mapping[int, SelectiveGate] | None = None,
     ) -> None:
         from components.serve.proxy import PROXY_KEYS_ENV
 
@@ -142,6 +183,7 @@ class SLMServer:
         self.config = config
         self.engine: Engine = engine or make_engine(config.engine, config.engine_threads)
         self.resolve = resolve
+        self.gates: dict[int, SelectiveGate] = dict(gates or {})  # selective clusters' gates (router.yaml)
         self._keys = [key.encode() for key in client_keys]
         self._served: dict[int, ServedAdapter] = dict(served)  # replaced whole, on the worker thread only
         self.reloads: list[dict[int, tuple[ServedAdapter | None, ServedAdapter | None]]] = []  # applied changes
@@ -371,6 +413,11 @@ class SLMServer:
             from components.slm import parse_completion
 
             completion = as_completion(parse_completion(generation.text), model)
+            extra = answer_confidence_object(generation, server.gates.get(cluster_id))
+            if extra is not None:
+                completion["llm2slm"] = extra
+            if body.get("logprobs") is True:
+                completion["choices"][0]["logprobs"] = logprobs_object(generation)
             completion["usage"] = {
                 "prompt_tokens": generation.prompt_tokens,
                 "completion_tokens": generation.completion_tokens,

@@ -34,6 +34,9 @@ class Generation:
     # How sure the model was (components/slm/confidence.py), from its token log-probabilities; None where the
     # engine gives none.
     confidence: dict[str, float] | None = None
+    # Each generated token's text and log-probability (the stop token left out), for an OpenAI ``logprobs`` answer;
+    # None where the engine gives none.
+    token_logprobs: list[tuple[str, float]] | None = None
 
 
 def answer_token_budget(
@@ -173,12 +176,20 @@ def generate(
         for row, index in enumerate(batch_indices):
             tokens = new_tokens[row]
             end = next((position + 1 for position, token in enumerate(tokens) if token in stop_ids), len(tokens))
+            decoded = tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            offsets = token_offsets(tokenizer, tokens[:end])
+            logprobs = recorder.row(row, end)
             results[index] = Generation(
-                text=tokenizer.decode(tokens[:end], skip_special_tokens=True).strip(),
+                text=decoded.strip(),
                 latency_ms=latency_ms,
                 prompt_tokens=int(prompt_lengths[row]),
                 completion_tokens=end,
-                confidence=tokens_confidence(tokenizer, tokens[:end], recorder.row(row, end)),
+                confidence=answer_confidence(decoded, offsets, logprobs),
+                token_logprobs=[
+                    (decoded[offsets[i] : offsets[i + 1]], logprobs[i])
+                    for i in range(len(logprobs))
+                    if tokens[i] not in stop_ids
+                ],
             )
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))

@@ -170,3 +170,74 @@ def test_proxy_route_answers_a_held_out_call_with_the_clusters_slm(served, tmp_p
     assert (routed["route"], answer.model) == ("slm", f"slm-cluster-{cluster_id}"), routed
     assert upstream.state.requests == []  # the LLM was not asked
     assert_tool_calls_valid(answer.choices[0].message, served["request"])
+
+
+def test_a_selective_cluster_is_answered_by_its_slm_only_when_it_is_sure(served, tmp_path, monkeypatch):
+    """The run's cluster made ``selective`` (a calibrator on the answer's mean log-probability): serve-slm reports
+    each held-out call's calibrated confidence to the `openai` client, and a threshold between the most and the
+    least sure answers makes ``proxy --route`` send the first with the SLM and defer the second to the LLM."""
+    import pandas as pd
+
+    from components.collect.ingest import CollectConfig, collect_sources
+    from components.collect.sources import parse_source
+    from components.slm.confidence import FEATURES, Calibrator
+
+    workdir, cluster_id = served["workdir"], served["cluster_id"]
+    evaluate = load_params(served["params"])["evaluate"]
+    records = {r.record_id: r for r in read_records(Path(resolve(workdir, evaluate["curated"])))}
+    held_out = split_records(records, pd.read_parquet(resolve(workdir, evaluate["splits"])), cluster_id, "test")
+    requests = [dict(zip(("messages", "tools"), request_messages(record), strict=True)) for record in held_out]
+    gate = tmp_path / f"cluster_{cluster_id}.json"
+    gate.write_text(json.dumps({**Calibrator(FEATURES, (1.0, 0.0, 0.0, 0.0), 0.0).to_dict(), "threshold": None}))
+
+    def write_router(threshold: float) -> Path:
+        router = yaml.safe_load((workdir / "reports/router.yaml").read_text())
+        router["clusters"][cluster_id].update(mode="selective", calibrator=str(gate), threshold=threshold)
+        path = tmp_path / "router.yaml"
+        path.write_text(yaml.safe_dump(router))
+        return path
+
+    monkeypatch.setenv(PROXY_KEYS_ENV, KEY)
+    started = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **_: started.update(app=app))
+    command = ["serve-slm", "--workdir", str(workdir), "--params", str(served["params"]), "--poll-s", "0"]
+    result = CliRunner().invoke(
+        cli_app(), [*command, "--router-config", str(write_router(0.0))], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    with serve_in_thread(started["app"]) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+        answers = [client.chat.completions.create(model=f"cluster-{cluster_id}", **r) for r in requests]
+    notes = [answer.model_extra["llm2slm"] for answer in answers]
+    assert all(n["calibrated"] and n["threshold"] == 0.0 and n["decision"] == "accept" for n in notes), notes
+    confidence = [n["confidence"] for n in notes]
+    sure, unsure = confidence.index(max(confidence)), confidence.index(min(confidence))
+    assert confidence[sure] > confidence[unsure], confidence  # the held-out answers differ in how sure they are
+    threshold = (confidence[sure] + confidence[unsure]) / 2
+
+    store = tmp_path / "store"
+    upstream = fake_openai_app()
+    started.clear()
+    with serve_in_thread(upstream) as upstream_url:
+        command = ["proxy", "--upstream-url", f"{upstream_url}/v1", "--store", str(store)]
+        command += ["--route", str(write_router(threshold)), "--params", str(served["params"])]
+        result = CliRunner().invoke(cli_app(), command, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        with serve_in_thread(started["app"]) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key=KEY, max_retries=0)
+            routed = [client.chat.completions.create(model="gpt-4o", **requests[i]) for i in (sure, unsure)]
+            deadline = time.monotonic() + 30
+            while started["app"].state.stats["recorded"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert [answer.model for answer in routed] == [f"slm-cluster-{cluster_id}", "gpt-4o"]
+    assert len(upstream.state.requests) == 1  # only the deferred call reached the LLM
+    stored = collect_sources([parse_source(f"proxy-store:{store}", Path("/"))], CollectConfig()).records
+    routes = sorted((record.metadata["route"] for record in stored), key=lambda r: r["decision"])
+    assert [(r["route"], r["decision"], r["cluster_id"]) for r in routes] == [
+        ("slm", "accept", cluster_id),
+        ("llm", "defer", cluster_id),
+    ]
+    # The router scored each answer as serve-slm did: same engine path, same calibrator.
+    assert [r["confidence"] for r in routes] == pytest.approx([confidence[sure], confidence[unsure]], abs=1e-4)
+    assert all(r["threshold"] == pytest.approx(threshold) and r["latency_ms"] > 0 for r in routes)
+    assert_tool_calls_valid(routed[0].choices[0].message, requests[sure])

