@@ -52,7 +52,7 @@ def _start_trace(call: CallTrace, start_ns: int) -> str:
         )
         at += int(call.latency_ms[system] * 1e6)
         span.end(outputs={"answer": call.answers[system]}, end_time_ns=at)
-    root.end(outputs={"response": call.answers["slm_finetuned"]}, end_time_ns=at)
+    root.end(outputs=call.answers["slm_finetuned"], end_time_ns=at)
     return root.trace_id
 
 
