@@ -1,5 +1,6 @@
 """The Prefect flow `llm_to_slm`: S1 collect -> S2 anonymize -> S3 discover -> S4 select -> S5 finetune ->
-S6 evaluate. It only composes the tasks; data moves between them as files under the work directory.
+S6 evaluate. It only composes the tasks; data moves between them as files under the work directory. The flow
+run ends by publishing the evaluation's headline and per-cluster table as a Markdown artifact.
 
 Each step that succeeds records a stage lock (components/core/stage_lock.py). With ``resume=True`` a step whose lock
 still matches (same params, same input files, outputs present and unchanged) is skipped as up to date, so a run
@@ -23,6 +24,7 @@ from tasks.anonymize import anonymize_task
 from tasks.collect import collect_task
 from tasks.discover import discover_task
 from tasks.evaluate import evaluate_task
+from tasks.helpers.flow_artifacts import publish_conversion
 from tasks.helpers.parallel import ExecutionConfig, dask_task_runner
 from tasks.helpers.progress import say
 from tasks.helpers.tracking import TrackingConfig, end_parent_run, start_parent_run
@@ -113,6 +115,7 @@ def llm_to_slm(
         end_parent_run(parent, "FAILED")
         raise
     end_parent_run(parent)
+    publish_conversion(evaluation, parent)  # the flow run's Artifacts tab: headline, clusters, the MLflow run
     return {
         "parent_run_id": parent,
         "quarantined": collected["quarantined"],

@@ -2,7 +2,8 @@
 history, is clustered (S3) with stable cluster ids, and its cluster mix is compared with the previous refresh's
 (drift). Clusters whose data grew enough or whose champion's score dropped get a new challenger (S4 picks the
 base SLM, S5 trains it); each challenger is compared with the champion and the LLM on the same fresh held-out
-calls and promoted only through the gate of params `promotion`. One MLflow parent run per refresh.
+calls and promoted only through the gate of params `promotion`. One MLflow parent run per refresh, and one
+Markdown artifact per flow run with its decisions.
 
 Where S3's assignment without refit lands, `discover_task` + `stabilize_clusters_task` become: assign the batch
 to the saved clusters, measure drift, and refit (then stabilize) only when the drift report says so.
@@ -23,6 +24,7 @@ from tasks.collect import collect_task
 from tasks.compare import compare_task
 from tasks.discover import discover_task
 from tasks.finetune import finetune_task
+from tasks.helpers.flow_artifacts import publish_refresh
 from tasks.helpers.tracking import end_parent_run, log_json_artifact_to_run, start_parent_run
 from tasks.refresh import (
     champion_scores_task,
@@ -105,4 +107,5 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
         end_parent_run(parent, "FAILED")
         raise
     end_parent_run(parent)
+    publish_refresh(summary, parent)  # the flow run's Artifacts tab: drift, retraining, decisions, the MLflow run
     return {"parent_run_id": parent, **summary, "report": str(resolve(root, refresh_cfg.report))}

@@ -1,6 +1,7 @@
 """S6 task: compare the LLM, the base SLM and the fine-tuned SLM on each cluster's held-out calls, gate the
 promotion, register the fine-tuned model with an alias, and write the evaluation table and report. Beside the
-figures, the run holds one row per held-out call (an MLflow table) and its data as MLflow datasets; with
+figures, the run holds one row per held-out call (an MLflow table), up to ``max_traces`` of them as traces with
+their assessments, and its data as MLflow datasets; with
 ``learning_curve.enabled``, each cluster below parity is retrained on shares of its calls (S5's ``finetune``)."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from components.collect.sources.common import content_hash
 from components.core.clusters import registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, split_records, write_table
+from components.evaluate.call_traces import call_traces
 from components.evaluate.entry import evaluate_cluster, score_answers
 from components.evaluate.evaluation import EvaluateConfig, write_markdown_summary, write_report
 from components.evaluate.learning_curve import CurvePoint, below_parity, learning_curve
@@ -32,6 +34,7 @@ from components.finetune.train import config_for_cluster, finetune
 from components.scoring.costs import cost_basis
 from components.slm.generation import GENERATION_ENGINE, generate_answers
 from tasks.helpers.evaluation_log import log_evaluation_inputs, log_per_call_results
+from tasks.helpers.evaluation_traces import log_call_traces
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import CHALLENGER, CHAMPION, register_challenger
 from tasks.helpers.retries import retry_on_transient_io
@@ -226,6 +229,7 @@ def evaluate_task(
             say(f"S6 evaluate: cluster #{cluster_id}: {reason} -> {name} v{version} @{alias}")
 
         log_per_call_results(call_rows)
+        log_call_traces(call_traces(entries, call_rows, cfg.max_traces), total=len(call_rows))
         write_table(
             pd.DataFrame(prediction_rows, columns=["record_id", "cluster_id", "text", "latency_ms"]),
             resolve(workdir, cfg.predictions),

@@ -11,7 +11,7 @@ import io
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from components.core.config import StepConfig
 from components.evaluate.learning_curve import LearningCurveSettings
@@ -67,6 +67,8 @@ class EvaluateConfig(StepConfig):
     engine: Literal["transformers", "llama-cpp"] = "transformers"
     engine_threads: int | None = None  # llama-cpp only; None: one per core
     learning_curve: LearningCurveSettings = LearningCurveSettings()
+    # Held-out calls logged as MLflow traces of the evaluate run, with their assessments (~0.25 s each on 2 cores)
+    max_traces: int = Field(default=200, ge=0)
     # Written once elsewhere in params.yaml, filled in by the loader (flows/steps.py SHARED_VALUES): the SLM's
     # serving price (select's serving_hardware), the one gate (top-level `promotion:`), S3's cluster model,
     # which the router config names so the router places requests as S3 did, and S5's training settings, with

@@ -302,6 +302,15 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
     assert latest.data.tags[f"cluster_{weather}.promoted"] == "True"
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id)}
     assert "refresh.json" in artifacts
+    # Each refresh's flow run published its decisions as a Markdown artifact, the latest with the promotion.
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"key": {"any_": ["llm2slm-refresh"]}}, "sort": "CREATED_DESC", "limit": 10}
+    published = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json=body, timeout=30).json()
+    assert len(published) == 3 and "# llm2slm refresh 3" in published[0]["data"]
+    [row] = [line for line in published[0]["data"].splitlines() if line.startswith(f"| {weather} |")]
+    assert "| yes |" in row and latest.info.run_id in published[0]["data"]
     decisions = [json.loads(line) for line in (work / "reports" / "promotions.jsonl").read_text().splitlines()]
     assert [d["promoted"] for d in decisions if d["cluster_id"] == weather] == [True, False, True]
     assert (work / "reports" / "quality_vs_cost.png").read_bytes()[:4] == b"\x89PNG"

@@ -190,3 +190,89 @@ def test_s6_gates_a_cluster_selective_from_the_answers_confidence_and_routes_it_
     assert Path(route["calibrator"]) == work / cfg.selective_gates / "cluster_0.json"
     assert gate["features"] and gate["threshold"] == figures["threshold"]
     assert json.loads((work / cfg.metrics).read_text())["cluster_0"]["selective"]["coverage"] == 0.5
+
+
+SURE = {"mean_logprob": -0.02, "min_logprob": -0.1, "name_logprob": -0.05, "value_logprob": -0.03}
+UNSURE = {"mean_logprob": -0.9, "min_logprob": -3.0, "name_logprob": -2.0, "value_logprob": -1.5}
+
+
+def half_right_and_sure_of_it(reference, records, *args, with_confidence=False, **kwargs):
+    return [
+        (render_target(r.response), 12.0, SURE) if i < 2 else ("no idea", 30.0, UNSURE) for i, r in enumerate(records)
+    ]
+
+
+def stored_traces(work: Path, run_id: str) -> dict[str, dict]:
+    """The evaluate run's traces as the SQLite store holds them: tags, span names and assessments per trace."""
+    import sqlite3
+
+    db = sqlite3.connect(work / "mlflow.db")
+    ids = [
+        row[0]
+        for row in db.execute(
+            "SELECT request_id FROM trace_request_metadata WHERE key = 'mlflow.sourceRun' AND value = ?", (run_id,)
+        )
+    ]
+    traces = {}
+    for trace_id in ids:
+        tags = dict(db.execute("SELECT key, value FROM trace_tags WHERE request_id = ?", (trace_id,)).fetchall())
+        spans = sorted(row[0] for row in db.execute("SELECT name FROM spans WHERE trace_id = ?", (trace_id,)))
+        assessments = {
+            name: (kind, json.loads(value))
+            for name, kind, value in db.execute(
+                "SELECT name, assessment_type, value FROM assessments WHERE trace_id = ?", (trace_id,)
+            )
+        }
+        traces[tags["record_id"]] = {"tags": tags, "spans": spans, "assessments": assessments}
+    return traces
+
+
+def test_s6_logs_each_held_out_call_as_a_trace_of_its_run_with_the_llm_answer_and_a_verdict_per_metric(
+    tmp_path, monkeypatch, tracking
+):
+    import tasks.evaluate
+    from components.evaluate.promotion import PromotionPolicy
+
+    monkeypatch.setattr(tasks.evaluate, "generate_answers", half_right_and_sure_of_it)
+    work = tmp_path / "work"
+    cfg = prepare_workdir(work, "unused")
+    cfg = cfg.model_copy(update={"promotion": PromotionPolicy(min_test_calls=2, min_coverage=0.2, selective_folds=4)})
+
+    evaluation = tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+
+    [entry] = evaluation["clusters"]
+    assert entry["mode"] == "selective"
+    run = evaluate_run(work, tracking.experiment)
+    traces = stored_traces(work, run.info.run_id)
+    test_records = work_records()[N_TRAIN:]
+    assert sorted(traces) == sorted(r.record_id for r in test_records)
+    for i, record in enumerate(test_records):
+        trace = traces[record.record_id]
+        right = i < 2
+        assert trace["spans"] == ["held-out call", "slm_base", "slm_finetuned"]
+        assert trace["tags"]["cluster_id"] == "0"
+        assert trace["tags"]["llm2slm.outcome"] == ("match" if right else "miss")
+        # the shipped gate keeps the sure (right) answers with the SLM and defers the others to the LLM
+        assert trace["tags"]["llm2slm.route"] == ("slm" if right else "llm")
+        assessments = trace["assessments"]
+        assert assessments["expected_response"] == ("expectation", render_target(record.response))
+        assert assessments["full_call_match"] == ("feedback", right)
+        assert assessments["slm_base.full_call_match"] == ("feedback", False)
+        assert {"function_name_accuracy", "argument_accuracy", "confidence"} <= set(assessments)
+        confidence = assessments["confidence"][1]
+        assert (confidence >= entry["selective"]["threshold"]) == right
+    assert run.data.tags["llm2slm.traces"] == f"{N_TEST} of {N_TEST} held-out calls"
+
+
+def test_s6_logs_at_most_max_traces_held_out_calls(tmp_path, monkeypatch, tracking):
+    import tasks.evaluate
+
+    monkeypatch.setattr(tasks.evaluate, "generate_answers", half_right_and_sure_of_it)
+    work = tmp_path / "work"
+    cfg = prepare_workdir(work, "unused").model_copy(update={"max_traces": 3})
+
+    tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+
+    run = evaluate_run(work, tracking.experiment)
+    assert len(stored_traces(work, run.info.run_id)) == 3
+    assert run.data.tags["llm2slm.traces"] == f"3 of {N_TEST} held-out calls"
