@@ -36,3 +36,22 @@ def test_every_entity_type_the_demo_injects_is_listed() -> None:
     assert all(values[kind] for kind in ("name", "email", "phone", "ssn", "card")), values
     every = set().union(*values.values())
     assert all(any(value in line for line in lines) for value in every - values["name"])
+
+
+def test_a_value_split_across_sqlite_overflow_pages_is_found(tmp_path: Path) -> None:
+    """MLflow's and Prefect's stores are SQLite: a long text spills onto overflow pages, each opening with a
+    pointer, so a value crossing a page boundary is not in the file's bytes; read through SQLite it is."""
+    import sqlite3
+
+    def store_with(extra: int) -> Path:
+        # The value sits past the first page; the row's length moves where SQLite cuts its pages.
+        database = tmp_path / f"store-{extra}.db"
+        connection = sqlite3.connect(database)
+        connection.execute("CREATE TABLE spans (content TEXT)")
+        connection.execute("INSERT INTO spans VALUES (?)", ("x" * 5000 + f"SSN {SSN}" + "y" * (9000 + extra),))
+        connection.commit()
+        connection.close()
+        return database
+
+    cut = next(path for extra in range(0, 4096, 7) if SSN.encode() not in (path := store_with(extra)).read_bytes())
+    assert scan(cut, {SSN, "987-65-4321"}) == [SSN]
