@@ -425,8 +425,11 @@ class Anonymizer:
     def record_texts(self, record: CallRecord) -> list[str]:
         """Every text of the record S2 analyzes: the conversation's, the tools', and the side fields' (the model
         name, allow-listed metadata values)."""
-        side = [record.model or "", *metadata_texts(record.metadata, set(self.cfg.metadata_keys))]
-        return list(dict.fromkeys([*record_texts(record, self.cfg.anonymize_tool_schemas), *side]))
+        return list(dict.fromkeys([*record_texts(record, self.cfg.anonymize_tool_schemas), *self._side_texts(record)]))
+
+    def _side_texts(self, record: CallRecord) -> list[str]:
+        """The texts beside the conversation that S2 analyzes like it: the model name, allow-listed metadata."""
+        return [record.model or "", *metadata_texts(record.metadata, set(self.cfg.metadata_keys))]
 
     def _in_context(self, record: CallRecord, detected: dict[str, list[_Span]]) -> dict[str, list[_Span]]:
         """The detections that count, by where their text is.
@@ -443,8 +446,7 @@ class Anonymizer:
           literal pass.
         """
         contents = message_contents(record)
-        side = [record.model or "", *metadata_texts(record.metadata, set(self.cfg.metadata_keys))]
-        in_conversation, arguments = set(contents) | set(side), set(argument_texts(record))
+        in_conversation, arguments = set(contents) | set(self._side_texts(record)), set(argument_texts(record))
         conversation_words = _loose_words("\n".join(contents))
         schema_types = self.cfg.schema_entity_types()
         enum_members = {member.casefold() for member in _enum_members(record.tools)}

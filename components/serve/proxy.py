@@ -55,12 +55,12 @@ from components.collect.config import CollectConfig
 from components.collect.sources.common import (
     ChunkAccumulator,
     RecordError,
-    messages_from_openai,
-    tools_from_openai,
+    request_record,
 )
 from components.collect.sources.openai_jsonl import parse_call
 from components.core.schema import CallRecord, ChatMessage
 from components.core.secure_store import EncryptedAppendLog
+from components.serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyTooLarge, read_body
 
 logger = logging.getLogger(__name__)
 # An upstream's OpenAI error type ("rate_limit_error", "invalid_request_error"): kept; anything else is free text.
@@ -71,7 +71,6 @@ PROXY_KEYS_ENV = "LLM2SLM_PROXY_KEYS"
 UPSTREAM_KEY_ENV = "LLM2SLM_UPSTREAM_API_KEY"
 # Far above any chat completion an agent sends (a 128k-token context is ~0.5 MiB of text), far below what would
 # strain the proxy's memory: every request body is buffered whole before it is forwarded and recorded.
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 class Responder(Protocol):
@@ -161,66 +160,6 @@ def completion_as_sse(completion: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
 
 
-class _BodyTooLarge(Exception):
-    """Raised from inside the request's ``receive`` once the body passes the limit."""
-
-
-class BodySizeLimit:
-    """ASGI middleware: a request body over ``max_bytes`` is answered 413 with an OpenAI-style error before the
-    app has buffered it: at once when its Content-Length says so, else (a chunked body) as soon as the bytes
-    received pass the limit. Nothing of such a request is forwarded or recorded."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def _refuse(self, send: Any, size: str) -> None:
-        logger.warning("proxy: refused a request body of %s bytes (limit %d)", size, self.max_bytes)
-        response = JSONResponse(
-            status_code=413,
-            content={
-                "error": {
-                    "message": f"request body over the llm2slm proxy's limit of {self.max_bytes} bytes",
-                    "type": "invalid_request_error",
-                    "code": "request_too_large",
-                }
-            },
-        )
-        await response({"type": "http"}, None, send)
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send, declared.decode())
-            return
-        received = 0
-        response_started = False
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracked_send(message: dict[str, Any]) -> None:
-            nonlocal response_started
-            response_started = response_started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except _BodyTooLarge:
-            if response_started:  # cannot happen while every route reads its body first; never answer twice
-                raise
-            await self._refuse(send, f"over {received}")
-
-
 def create_app(
     upstream_url: str,
     store_dir: Path,
@@ -233,10 +172,10 @@ def create_app(
     on_write: Callable[[CallRecord], CallRecord] | None = None,
     store_key: bytes | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_body_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> FastAPI:
     """The proxy app; ``transport`` replaces the network (tests may route it to an in-process upstream). A request
-    body over ``max_body_bytes`` is answered 413 (see :class:`BodySizeLimit`)."""
+    body over ``max_body_bytes`` is answered 413 (the SLM server's rule: components/serve/limits.py)."""
     if not client_keys:
         raise ValueError(f"the proxy needs at least one client API key (${PROXY_KEYS_ENV}, comma-separated)")
     accepted = [key.encode() for key in client_keys]
@@ -260,7 +199,6 @@ def create_app(
             yield
 
     app = FastAPI(title="llm2slm logging proxy", lifespan=lifespan)
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     app.state.stats = stats
 
     def refused(request: Request) -> JSONResponse | None:
@@ -390,7 +328,12 @@ def create_app(
     async def chat_completions(request: Request) -> Response:
         if (refusal := refused(request)) is not None:
             return refusal
-        raw_body = await request.body()
+        try:
+            raw_body = await read_body(request, max_body_bytes)
+        except BodyTooLarge as error:  # nothing of it is forwarded or recorded
+            logger.warning("proxy: %s", error)
+            error_body = {"message": str(error), "type": "invalid_request_error", "code": "request_too_large"}
+            return JSONResponse(status_code=413, content={"error": error_body})
         try:
             request_body = json.loads(raw_body)
         except ValueError:  # not JSON or not UTF-8
@@ -505,25 +448,11 @@ def anonymized_on_write(
     try:
         if parsed is not None:
             return {"record": on_write(parsed).model_dump(mode="json")}
-        request = request_only_record(call)
+        request = request_record(call.get("request") or {}, call.get("agent"), str(call.get("id") or ""), "proxy")
         return {**kept, "error": call.get("error"), "request_record": on_write(request).model_dump(mode="json")}
     except Exception as error:  # noqa: BLE001 - whatever the analyzer raised, the call must not be stored raw
         logger.warning("proxy: call %s could not be anonymized (%s): quarantined", call.get("id"), type(error).__name__)
         return {**kept, "quarantined": f"anonymization failed: {type(error).__name__}"}
-
-
-def request_only_record(call: dict[str, Any]) -> CallRecord:
-    """The prompt side of a logged call as a record (no answer came back: an empty assistant message)."""
-    request = call.get("request") or {}
-    return CallRecord(
-        record_id=str(call.get("id") or f"call-{uuid.uuid4().hex}"),
-        agent=call.get("agent"),
-        source="proxy",
-        model=request.get("model"),
-        messages=messages_from_openai(request.get("messages"), "request.messages"),
-        tools=tools_from_openai(request.get("tools")),
-        response=ChatMessage(role="assistant"),
-    )
 
 
 def serve(
@@ -539,7 +468,7 @@ def serve(
     on_write: Callable[[CallRecord], CallRecord] | None = None,
     log_level: str = "info",
     responders: Sequence[Responder] = (),
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    max_body_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> None:
     """Run the proxy with uvicorn until interrupted (what ``llm2slm proxy`` calls)."""
     import uvicorn

@@ -42,8 +42,7 @@ from typing import Any
 import numpy as np
 from pydantic import Field, field_validator
 
-from components.collect.sources.common import RecordError
-from components.collect.sources.openai_jsonl import messages_from_openai, tools_from_openai
+from components.collect.sources.common import RecordError, request_record
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
 from components.discover.identity import ClusterModel, assign, load_model
@@ -109,20 +108,6 @@ def load_router_config(path: Path) -> RouterConfig:
 
     data = yaml.safe_load(Path(path).read_text()) or {}
     return RouterConfig.model_validate(data.get("route", data) if isinstance(data, dict) else data)
-
-
-def request_record(request_body: dict[str, Any], agent: str | None = None) -> CallRecord:
-    """The prompt side of a request as a record (the response is not known yet: an empty assistant message); the
-    agent too, since a task pinned by agent name (params discover.pinned_tasks) is placed by it."""
-    return CallRecord(
-        record_id=f"route-{uuid.uuid4().hex}",
-        agent=agent,
-        source="router",
-        model=request_body.get("model"),
-        messages=messages_from_openai(request_body.get("messages"), "request.messages"),
-        tools=tools_from_openai(request_body.get("tools")),
-        response=ChatMessage(role="assistant"),
-    )
 
 
 def call_key(request_body: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -318,3 +319,19 @@ def decode_line(raw: RawLine, cfg: CollectConfig, source: str) -> Any:
         return entry(f"not UTF-8 (invalid byte at position {error.start})")
     except json.JSONDecodeError as error:
         return entry(f"not valid JSON: {error.msg}")
+
+
+def request_record(
+    request_body: dict[str, Any], agent: str | None = None, record_id: str | None = None, source: str = "router"
+) -> CallRecord:
+    """The prompt side of a request as a record (no answer yet: an empty assistant message). The router places it
+    (with its agent: a task pinned by agent name is placed by it); the proxy anonymizes a failed call's request."""
+    return CallRecord(
+        record_id=record_id or f"route-{uuid.uuid4().hex}",
+        agent=agent,
+        source=source,
+        model=request_body.get("model"),
+        messages=messages_from_openai(request_body.get("messages"), "request.messages"),
+        tools=tools_from_openai(request_body.get("tools")),
+        response=ChatMessage(role="assistant"),
+    )

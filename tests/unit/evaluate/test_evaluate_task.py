@@ -149,6 +149,30 @@ def test_a_cluster_below_parity_gets_a_learning_curve_trained_as_s5_trains(tmp_p
     assert "cluster_0.learning_curve.target" in run.data.metrics
 
 
+SURE = {"mean_logprob": -0.02, "min_logprob": -0.1, "name_logprob": -0.05, "value_logprob": -0.03}
+UNSURE = {"mean_logprob": -0.9, "min_logprob": -3.0, "name_logprob": -2.0, "value_logprob": -1.5}
+
+
+def half_right_and_sure_of_it(reference, records, *args, with_confidence=False, **kwargs):
+    """A stand-in SLM right (and sure) on the first two held-out calls, wrong (and unsure) on the rest."""
+    assert with_confidence  # S6 asks the eager engine for each answer's confidence
+    return [
+        (render_target(r.response), 12.0, SURE) if i < 2 else ("no idea", 30.0, UNSURE) for i, r in enumerate(records)
+    ]
+
+
+def evaluate_half_right_and_sure(tmp_path, monkeypatch, tracking):
+    """S6 on a prepared work dir with that stand-in, the gate's bar lowered to fit 4 held-out calls."""
+    import tasks.evaluate
+    from components.evaluate.promotion import PromotionPolicy
+
+    monkeypatch.setattr(tasks.evaluate, "generate_answers", half_right_and_sure_of_it)
+    work = tmp_path / "work"
+    cfg = prepare_workdir(work, "unused")
+    cfg = cfg.model_copy(update={"promotion": PromotionPolicy(min_test_calls=2, min_coverage=0.2, selective_folds=4)})
+    return work, cfg, tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+
+
 def test_s6_gates_a_cluster_selective_from_the_answers_confidence_and_routes_it_with_its_gate_file(
     tmp_path, monkeypatch, tracking
 ):
@@ -156,25 +180,7 @@ def test_s6_gates_a_cluster_selective_from_the_answers_confidence_and_routes_it_
     SLM right (and sure) on half the held-out calls; the gate's bar is lowered to fit 4 held-out calls."""
     import yaml
 
-    import tasks.evaluate
-    from components.evaluate.promotion import PromotionPolicy
-
-    sure = {"mean_logprob": -0.02, "min_logprob": -0.1, "name_logprob": -0.05, "value_logprob": -0.03}
-    unsure = {"mean_logprob": -0.9, "min_logprob": -3.0, "name_logprob": -2.0, "value_logprob": -1.5}
-
-    def half_right_and_sure_of_it(reference, records, *args, with_confidence=False, **kwargs):
-        assert with_confidence  # S6 asks the eager engine for each answer's confidence
-        return [
-            (render_target(r.response), 12.0, sure) if i < 2 else ("no idea", 12.0, unsure)
-            for i, r in enumerate(records)
-        ]
-
-    monkeypatch.setattr(tasks.evaluate, "generate_answers", half_right_and_sure_of_it)
-    work = tmp_path / "work"
-    cfg = prepare_workdir(work, "unused")
-    cfg = cfg.model_copy(update={"promotion": PromotionPolicy(min_test_calls=2, min_coverage=0.2, selective_folds=4)})
-
-    evaluation = tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+    work, cfg, evaluation = evaluate_half_right_and_sure(tmp_path, monkeypatch, tracking)
 
     [entry] = evaluation["clusters"]
     assert not entry["promoted"] and entry["mode"] == "selective"
@@ -190,16 +196,6 @@ def test_s6_gates_a_cluster_selective_from_the_answers_confidence_and_routes_it_
     assert Path(route["calibrator"]) == work / cfg.selective_gates / "cluster_0.json"
     assert gate["features"] and gate["threshold"] == figures["threshold"]
     assert json.loads((work / cfg.metrics).read_text())["cluster_0"]["selective"]["coverage"] == 0.5
-
-
-SURE = {"mean_logprob": -0.02, "min_logprob": -0.1, "name_logprob": -0.05, "value_logprob": -0.03}
-UNSURE = {"mean_logprob": -0.9, "min_logprob": -3.0, "name_logprob": -2.0, "value_logprob": -1.5}
-
-
-def half_right_and_sure_of_it(reference, records, *args, with_confidence=False, **kwargs):
-    return [
-        (render_target(r.response), 12.0, SURE) if i < 2 else ("no idea", 30.0, UNSURE) for i, r in enumerate(records)
-    ]
 
 
 def stored_traces(work: Path, run_id: str) -> dict[str, dict]:
@@ -230,15 +226,7 @@ def stored_traces(work: Path, run_id: str) -> dict[str, dict]:
 def test_s6_logs_each_held_out_call_as_a_trace_of_its_run_with_the_llm_answer_and_a_verdict_per_metric(
     tmp_path, monkeypatch, tracking
 ):
-    import tasks.evaluate
-    from components.evaluate.promotion import PromotionPolicy
-
-    monkeypatch.setattr(tasks.evaluate, "generate_answers", half_right_and_sure_of_it)
-    work = tmp_path / "work"
-    cfg = prepare_workdir(work, "unused")
-    cfg = cfg.model_copy(update={"promotion": PromotionPolicy(min_test_calls=2, min_coverage=0.2, selective_folds=4)})
-
-    evaluation = tasks.evaluate.evaluate_task.fn(cfg, work, tracking)
+    work, _, evaluation = evaluate_half_right_and_sure(tmp_path, monkeypatch, tracking)
 
     [entry] = evaluation["clusters"]
     assert entry["mode"] == "selective"
