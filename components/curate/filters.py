@@ -254,7 +254,9 @@ def _language_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str] 
 def _record_problem(record: CallRecord, cfg: CurateConfig) -> tuple[str, str] | None:
     response = record.response
     route = (record.metadata or {}).get("route") or {}
-    if cfg.drop_slm_answers and route.get("route") == "slm":
+    # An audited call's response is the LLM's (components/serve/audit.py): it is kept, and trains like any other.
+    audited = (record.metadata or {}).get("origin") == "audited" and route.get("audit") in ("match", "miss")
+    if cfg.drop_slm_answers and route.get("route") == "slm" and not audited:
         return "slm_answer", f"answered by the SLM of cluster {route.get('cluster_id')}, not by the LLM"
     if not response.tool_calls and not (response.content or "").strip():
         return "empty_response", "no text and no tool call"

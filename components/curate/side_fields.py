@@ -63,6 +63,7 @@ TOOL_CALL_FIELD_RULES: dict[str, str] = {"id": "keyed_id", "name": "fact", "argu
 ROUTES = frozenset({"slm", "llm", "fallback", "shadow", "canary"})
 ROUTE_NUMBERS = ("confidence", "threshold", "latency_ms")  # a selective call's gate and its SLM time
 DECISIONS = frozenset({"accept", "defer"})
+AUDITS = frozenset({"match", "miss"})  # an audited call: the SLM's kept answer against the LLM's
 ORIGINS = frozenset({"log", "augmented", "teacher", "deferred", "audited"})
 _SOURCE_KIND = re.compile(r"^[a-z][a-z_-]{0,31}$")
 
@@ -98,7 +99,7 @@ def _finite_number(value: Any) -> bool:
 def typed_route(value: Any) -> dict[str, Any] | None:
     """The router's decision as the product writes it (``{"route", "cluster_id"}``, and for a selective cluster's
     call its gate: ``confidence``, ``threshold``, ``latency_ms`` as finite numbers, ``decision`` ``accept`` or
-    ``defer``), or None when it is not one. Only those keys, of those types, are kept: any other value is dropped."""
+    ``defer``; for an audited call ``audit`` ``match`` or ``miss``), or None when it is not one. Only those keys, of those types, are kept: any other value is dropped."""
     if not isinstance(value, dict) or value.get("route") not in ROUTES:
         return None
     cluster_id = value.get("cluster_id")
@@ -110,6 +111,8 @@ def typed_route(value: Any) -> dict[str, Any] | None:
             typed[key] = float(value[key])
     if value.get("decision") in DECISIONS:
         typed["decision"] = value["decision"]
+    if value.get("audit") in AUDITS:
+        typed["audit"] = value["audit"]
     return typed
 
 

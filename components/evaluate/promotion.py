@@ -20,6 +20,9 @@ Otherwise it stays ``challenger``; the reason lists every check with its figures
 6. ``coverage >= min_coverage`` (the share of held-out calls it accepts);
 
 and checks 3 and 4 hold. The decision's ``mode`` is the router's: ``on`` (promoted), ``selective`` or ``shadow``.
+
+In production the router audits a share of the calls an ``on`` or ``selective`` SLM keeps and demotes the cluster
+to ``shadow`` when the audited calls fail check 5 (:func:`served_at_parity`, the same rule).
 """
 
 from __future__ import annotations
@@ -90,6 +93,16 @@ class PromotionDecision:
     selective_checks: dict[str, bool] | None = None
 
 
+def served_at_parity(accuracy: float | None, calls: int, llm: float, policy: PromotionPolicy) -> dict[str, bool]:
+    """The gate's rule on the calls an SLM answers (checks 5): enough of them, right at ``parity`` × the LLM.
+    One rule for the gate's out-of-fold accepted calls and the router's audited calls (an audited cluster below it
+    is demoted: components/evaluate/demotion.py)."""
+    return {
+        "enough_accepted_calls": calls >= policy.min_test_calls,
+        "accepted_parity": accuracy is not None and accuracy >= policy.parity * llm,
+    }
+
+
 def _selective_checks(
     scores: GateScores, policy: PromotionPolicy, checks: dict[str, bool]
 ) -> tuple[dict[str, bool], str]:
@@ -98,11 +111,8 @@ def _selective_checks(
     assert selective is not None
     bar = policy.parity * scores.llm
     accuracy = selective.accepted_accuracy
-    found = {
-        "enough_accepted_calls": selective.accepted_calls >= policy.min_test_calls,
-        "accepted_parity": accuracy is not None and accuracy >= bar,
-        "min_coverage": selective.coverage >= policy.min_coverage,
-    }
+    found = served_at_parity(accuracy, selective.accepted_calls, scores.llm, policy)
+    found["min_coverage"] = selective.coverage >= policy.min_coverage
     found |= {name: passed for name, passed in checks.items() if name not in ("enough_test_calls", "parity")}
     shown = f"{accuracy:.3f}" if accuracy is not None else "–"
     note = (

@@ -27,6 +27,9 @@ cluster with its promoted SLM is one more responder; the upstream stays the fall
 A responder annotates the call through :func:`current_note`: the note's ``fields`` are stored as the call's
 ``metadata`` (collect keeps them as the record's metadata), and ``on_llm_answer``, if set, is called with the LLM's
 answer just before the call is written (e.g. to compare a shadow SLM's answer with it; it may add to ``fields``).
+A responder that answered and set ``audit`` has the LLM asked too, after its answer went out (:mod:`components.serve
+.audit`): the stored call holds the LLM's answer, the hook scores the responder's against it; if the LLM fails, the
+responder's answer is stored as usual (counted in ``audit_failures``).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 
 from components.collect.config import CollectConfig
 from components.collect.sources.common import (
@@ -87,6 +91,9 @@ class CallNote:
 
     fields: dict[str, Any] = field(default_factory=dict)
     on_llm_answer: Callable[[ChatMessage], None] | None = None
+    # Set by a responder that answered: the proxy also asks the LLM (in the background, after the answer went out),
+    # stores the LLM's answer as the call's response and gives it to ``on_llm_answer`` (components/serve/audit.py).
+    audit: bool = False
 
 
 _call_note: ContextVar[CallNote | None] = ContextVar("llm2slm_call_note", default=None)
@@ -188,6 +195,8 @@ def create_app(
         "write_failures": 0,
         "unauthorized": 0,
         "answered_by_responder": 0,
+        "audits": 0,
+        "audit_failures": 0,
         "llm_cost_usd": 0.0,
     }
 
@@ -225,9 +234,9 @@ def create_app(
             headers["authorization"] = f"Bearer {upstream_api_key}"
         return headers
 
-    def annotate(call: dict[str, Any], note: CallNote, answer: CallRecord | None) -> None:
+    def annotate(call: dict[str, Any], note: CallNote, answer: CallRecord | None, llm_answered: bool) -> None:
         """Run the note's LLM-answer hook and put its fields on the call; a failing hook never loses the call."""
-        if answer is not None and note.on_llm_answer is not None and call["served_by"] == "upstream":
+        if answer is not None and note.on_llm_answer is not None and llm_answered:
             try:
                 note.on_llm_answer(answer.response)
             except Exception:  # noqa: BLE001
@@ -235,12 +244,13 @@ def create_app(
         if note.fields:
             call["metadata"] = {**note.fields}
 
-    def store_call(call: dict[str, Any], started_at: datetime, note: CallNote) -> None:
-        """Check, transform and write one call (runs in a worker thread after the answer has been sent)."""
+    def store_call(call: dict[str, Any], started_at: datetime, note: CallNote, llm_answered: bool = False) -> None:
+        """Check, transform and write one call (runs in a worker thread after the answer has been sent);
+        ``llm_answered``: its response is the LLM's (upstream, or an audit's)."""
         cost = 0.0
         try:
             parsed = parse_call(call, cfg) if "response" in call else None
-            annotate(call, note, parsed)
+            annotate(call, note, parsed, llm_answered or call["served_by"] == "upstream")
             if parsed is not None:
                 parsed = parsed.model_copy(update={"metadata": call.get("metadata", {})})
                 cost = parsed.cost_usd or 0.0
@@ -285,6 +295,29 @@ def create_app(
         }
         call.update({"error": error} if error is not None else {"response": response_body})
         return BackgroundTask(store_call, call, started_at, note)
+
+    async def audit_then_store(client: httpx.AsyncClient, served: BackgroundTask, note: CallNote) -> None:
+        """An audited call, once the responder's answer is out: the LLM answers the same request (not streamed);
+        the call is stored with the LLM's answer, the hook scores the responder's against it. Without an LLM
+        answer the responder's call is stored as it was."""
+        call, started_at = served.args[0], served.args[1]
+        request_body = {**call["request"], "stream": False}
+        request_body.pop("stream_options", None)
+        try:
+            answer = await client.post(
+                f"{upstream}/chat/completions", content=json.dumps(request_body), headers=upstream_headers()
+            )
+            body = answer.json() if not answer.is_error else None
+        except (httpx.HTTPError, ValueError) as error:
+            logger.warning("proxy: the audit of call %s failed: %s", call["id"], type(error).__name__)
+            body = None
+        if not isinstance(body, dict):
+            stats["audit_failures"] += 1
+            await run_in_threadpool(store_call, call, started_at, note)
+            return
+        stats["audits"] += 1
+        audited = {**call, "id": body.get("id") or call["id"], "response": body}
+        await run_in_threadpool(store_call, audited, started_at, note, True)
 
     def passthrough(answer: httpx.Response, background: BackgroundTask | None = None) -> Response:
         return Response(
@@ -354,6 +387,8 @@ def create_app(
                 background = recording(
                     request_body, agent_name, started_at, started, note, completion, served_by=responder.name
                 )
+                if note.audit:
+                    background = BackgroundTask(audit_then_store, request.app.state.client, background, note)
                 if request_body.get("stream"):
                     return Response(
                         completion_as_sse(completion), media_type="text/event-stream", background=background

@@ -6,6 +6,10 @@ cost per call is the mean logged (or priced) cost of the calls the LLM answered;
 the hourly price (``slm_hourly_cost_usd``, as in S6's evaluation), measured on the backends that answered (the
 router records each SLM call's backend; the report names them, the machine and the hardware billed). Calls the router never placed (streaming,
 unreadable) count with the outliers (cluster -1): the LLM answered them all the same.
+
+The audit stream (components/serve/audit.py): per cluster the audited calls (an SLM-kept call the LLM answered
+too), the share the SLM got right with its 95 % Wilson interval, and what the audits cost at the LLM's logged
+price; with the promotions log's lines, each cluster's demotions (components/evaluate/demotion.py).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
+from components.evaluate.demotion import AuditedFigures, demotions_by_cluster
 from components.scoring.costs import cost_basis, describe_cost_basis, slm_cost_per_1k_calls
 from components.serve.router import OUTLIER, route_summary
 
@@ -50,24 +55,48 @@ def routes_taken(records: Iterable[CallRecord]) -> list[dict[str, Any]]:
                 "latency_ms": record.latency_ms,
                 "cost_usd": record.cost_usd,
                 "backend": route.get("backend"),
+                "audit": route.get("audit"),
             }
         )
     return rows
 
 
+def audit_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The audited calls among ``rows``: how many, the SLM's accuracy on them with its interval, the audits' cost."""
+    audited = [row for row in rows if row["audit"] in ("match", "miss")]
+    figures = AuditedFigures(len(audited), sum(row["audit"] == "match" for row in audited))
+    return {
+        "audited_calls": figures.calls,
+        "audited_accuracy": figures.accuracy,
+        "audited_interval": figures.interval,
+        "audit_cost": float(sum(row["cost_usd"] or 0.0 for row in audited)),
+    }
+
+
 def route_report(
-    records: Iterable[CallRecord], slm_hourly_cost_usd: float, slm_serving_hardware: str = "cpu-2-cores"
+    records: Iterable[CallRecord],
+    slm_hourly_cost_usd: float,
+    slm_serving_hardware: str = "cpu-2-cores",
+    demotions: Iterable[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """The summary, with the SLM's cost from the latencies of the calls it answered, on the backends that answered
-    them (named in ``slm_cost_basis``; calls stored by a router that did not record it count as 'not recorded')."""
+    them (named in ``slm_cost_basis``; calls stored by a router that did not record it count as 'not recorded'),
+    the audit figures and, from the promotions log's lines (``demotions``), each cluster's demotions."""
     rows = routes_taken(records)
     llm_costs = [row["cost_usd"] for row in rows if row["route"] != "slm" and row["cost_usd"]]
     served = [row for row in rows if row["route"] == "slm" and row["latency_ms"] is not None]
     llm_cost = float(np.mean(llm_costs)) if llm_costs else 0.0
     slm_cost = slm_cost_per_1k_calls([row["latency_ms"] for row in served], slm_hourly_cost_usd) / 1000
     backends = sorted({row["backend"] or "not recorded" for row in served}) or ["none (no call answered by an SLM)"]
+    summary = route_summary(rows, llm_cost, slm_cost)
+    summary["overall"].update(audit_figures(rows))
+    demoted = demotions_by_cluster(demotions)
+    summary["overall"]["demotions"] = [line for lines in demoted.values() for line in lines]
+    for cluster_id, entry in summary["clusters"].items():
+        entry.update(audit_figures([row for row in rows if row["cluster_id"] == cluster_id]))
+        entry["demotions"] = demoted.get(cluster_id, [])
     return {
-        **route_summary(rows, llm_cost, slm_cost),
+        **summary,
         "llm_cost_per_call": llm_cost,
         "slm_cost_per_call": slm_cost,
         "slm_cost_basis": cost_basis(", ".join(backends), slm_serving_hardware, slm_hourly_cost_usd),
@@ -105,11 +134,29 @@ def _percent(value: float | None) -> str:
     return "" if value is None else f"{value:.1%}"
 
 
+def _audited(entry: dict[str, Any]) -> str:
+    if entry.get("audited_accuracy") is None:
+        return ""
+    low, high = entry["audited_interval"]
+    return f"{entry['audited_accuracy']:.1%} ({low:.1%}–{high:.1%})"
+
+
 def write_route_report(summary: dict[str, Any], path: Path) -> Path:
     """A self-contained HTML page: the overall figures, the per-cluster table and the plot (embedded)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = ["cluster", "calls", "SLM share", *ROUTE_COLOURS, "fallback rate", "agreement", "saved / 1k calls"]
+    columns = [
+        "cluster",
+        "calls",
+        "SLM share",
+        *ROUTE_COLOURS,
+        "fallback rate",
+        "agreement",
+        "audited",
+        "audited accuracy (95 % CI)",
+        "demotions",
+        "saved / 1k calls",
+    ]
     rows = []
     for name, entry in [
         ("all", summary["overall"]),
@@ -122,6 +169,9 @@ def write_route_report(summary: dict[str, Any], path: Path) -> Path:
             *(entry["routes"].get(r, 0) for r in ROUTE_COLOURS),
             _percent(entry["fallback_rate"]),
             _percent(entry["agreement"]),
+            entry.get("audited_calls", 0),
+            _audited(entry),
+            len(entry.get("demotions", [])),
             f"${entry['cost_saved_per_1k']:.4f}",
         ]
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in cells) + "</tr>")
@@ -137,7 +187,9 @@ def write_route_report(summary: dict[str, Any], path: Path) -> Path:
         "<h1>Router: who answered the agent's calls</h1>"
         f"<p>{summary['overall']['calls']} routed calls; LLM cost per call ${summary['llm_cost_per_call']:.6f}, "
         f"SLM cost per call ${summary['slm_cost_per_call']:.6f}. Fallback rate: SLM answers the guardrail sent "
-        "back to the LLM. Agreement: shadow calls whose SLM answer matched the LLM's. "
+        "back to the LLM. Agreement: shadow calls whose SLM answer matched the LLM's. Audited accuracy: the share of "
+        "audited calls (SLM-kept calls the LLM answered too) whose SLM answer matched the LLM's; a cluster below "
+        "parity on enough of them is demoted to shadow. "
         f"{html.escape(describe_cost_basis(summary['slm_cost_basis']))}.</p>"
         f"<table><tr>{''.join(f'<th>{html.escape(c)}</th>' for c in columns)}</tr>{''.join(rows)}</table>"
         f"{figure}</body></html>"

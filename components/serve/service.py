@@ -12,7 +12,14 @@ formula) decides: at or above the cluster's threshold the SLM's answer is sent (
 below it, without a confidence or when the SLM failed, the call goes on to the LLM (route ``llm``, decision
 ``defer``); the SLM's time (``latency_ms``) is recorded either way, since a deferral adds it to the call. Each call's
 route, cluster, reason (agreement, confidence, threshold, decision) become the stored call's ``metadata.route``
-through :func:`components.serve.proxy.current_note`; no prompt text is ever logged.
+through :func:`components.serve.proxy.current_note`; no prompt text is ever logged. A deferred call's record carries
+``metadata.origin`` ``deferred`` (the refresh trains on what the SLM did not know).
+
+Audit and demotion (components/serve/audit.py): a share of the calls an ``on`` or ``selective`` SLM keeps is also
+answered by the LLM after the agent got the SLM's answer; the stored call holds the LLM's answer (origin
+``audited``) and ``route.audit`` (``match``/``miss``). When a cluster's audited calls fail the gate's rule
+(components/evaluate/demotion.py) the router serves it as ``shadow`` from its next call and logs the demotion in
+``promotions_log``; the refresh's task moves the registry alias.
 
 Serving: one worker thread runs the SLMs (:class:`components.slm.adapter_pool.SLMPool`: one copy of each base model, each
 cluster's LoRA adapter loaded onto it once and switched per batch). Calls for the same cluster that queue up while
@@ -35,7 +42,7 @@ import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,9 @@ from components.collect.sources.common import RecordError, request_record
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
 from components.discover.identity import ClusterModel, assign, load_model
+from components.evaluate.demotion import AuditedFigures, append_log_line, demotion_line, demotion_reason
+from components.evaluate.promotion import PromotionPolicy
+from components.serve.audit import AuditSampler, AuditTally
 from components.serve.backends import Backend, backend_name, cluster_generator
 from components.serve.proxy import current_note
 from components.serve.router import ClusterRoute, Mode, agreement, check_tool_calls, decide
@@ -97,6 +107,13 @@ class RouterConfig(StepConfig):
     # never makes the agent wait behind a long SLM queue.
     max_queued: int = Field(8, ge=1)
     max_batch_size: int = Field(8, ge=1)  # queued calls of one cluster answered in one generation
+    # The audit stream (components/serve/audit.py): per UTC day and cluster the first `audit_min_per_day` calls an
+    # `on` or `selective` SLM keeps, then this share of them, are also answered by the LLM and scored.
+    audit_share: float = Field(0.0, ge=0.0, le=1.0)
+    audit_min_per_day: int = Field(0, ge=0)
+    # Demotion to shadow when the audited calls fail the gate's rule (parity, min_test_calls: params `promotion`).
+    demotion: PromotionPolicy = PromotionPolicy()
+    promotions_log: str = "reports/promotions.jsonl"  # where a demotion is logged (params refresh.promotions_log)
 
     def routes(self) -> dict[int, ClusterRoute]:
         return {cid: ClusterRoute(c.mode, frozenset(c.known_tools), c.canary_share) for cid, c in self.clusters.items()}
@@ -228,6 +245,9 @@ class RouterResponder:
         self._closed = False
         self._queued = 0  # submitted and not answered yet (queued or generating)
         self.batch_sizes: list[int] = []  # of each generation, for tests and the benchmark
+        self.auditor = AuditSampler(config.audit_share, config.audit_min_per_day, config.seed)
+        self.audited = AuditTally()
+        self._demoting = threading.Lock()
         self._slm_thread = threading.Thread(target=self._serve_slm_jobs, name="router-slm", daemon=True)
         self._slm_thread.start()
 
@@ -298,12 +318,46 @@ class RouterResponder:
         if gate is not None:
             route["latency_ms"] = round((time.perf_counter() - began) * 1000, 1)
             if not self._gate_accepts(gate, rejected, confidence, route):
+                note.fields["origin"] = "deferred"  # the LLM answers what the SLM was not sure of: S5 learns it
                 return None
         if rejected:
             route.update(route="fallback", reason=rejected)
             logger.info("router: cluster %s falls back to the LLM: %s", cluster_id, rejected)
             return None
+        if self.routes[cluster_id].mode in ("on", "selective") and self.auditor.pick(cluster_id):
+            note.audit = True
+            note.on_llm_answer = lambda llm_answer: self._score_audit(cluster_id, message, llm_answer, note.fields)
         return as_completion(message, f"slm-cluster-{cluster_id}")
+
+    def _score_audit(
+        self, cluster_id: int, slm_answer: ChatMessage, llm_answer: ChatMessage, fields: dict[str, Any]
+    ) -> None:
+        """An audited call's pair, scored once the LLM answered (in the proxy's writer thread): the stored call
+        holds the LLM's answer (origin ``audited``); a cluster whose audited calls fail the gate's rule is demoted."""
+        hit = agreement(slm_answer, llm_answer)
+        fields["origin"] = "audited"
+        fields["route"]["audit"] = "match" if hit else "miss"
+        self.demote_if_below_parity(cluster_id, self.audited.add(cluster_id, hit))
+
+    def demote_if_below_parity(self, cluster_id: int, audited: AuditedFigures) -> bool:
+        """Move the cluster to ``shadow`` (from its next call on) and log the demotion with its figures, when its
+        audited calls fail the gate's rule; True when it was demoted now."""
+        reason = demotion_reason(audited, self.config.demotion)
+        if reason is None:
+            return False
+        with self._demoting:
+            current = self.routes.get(cluster_id)
+            if current is None or current.mode not in ("on", "selective"):
+                return False  # already demoted by a concurrent audit
+            self.routes = {**self.routes, cluster_id: replace(current, mode="shadow")}
+        self.audited.reset(cluster_id)
+        logger.warning("router: cluster %s demoted from %s to shadow: %s", cluster_id, current.mode, reason)
+        line = demotion_line(cluster_id, current.mode, audited, reason)
+        try:
+            append_log_line(Path(self.config.promotions_log), line)
+        except OSError as error:  # the demotion holds in this router even when the log cannot be written
+            logger.error("router: could not log the demotion of cluster %s: %s", cluster_id, type(error).__name__)
+        return True
 
     @staticmethod
     def _gate_accepts(

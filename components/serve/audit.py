@@ -1,0 +1,75 @@
+"""The audit stream: a share of the calls a served SLM keeps also goes to the LLM, and the pair is scored.
+
+A selective cluster's held-out figures say how it did before promotion; in production the LLM only sees the calls
+it deferred, so nothing would notice the accepted calls drifting below parity. The router therefore audits a share
+of the calls an ``on`` or ``selective`` cluster's SLM answers: the agent gets the SLM's answer at once, the proxy
+asks the LLM the same request in the background (components/serve/proxy.py ``CallNote.audit``), and the stored call
+holds the LLM's answer (``metadata.origin`` ``audited``, a reference the refresh can train and calibrate on) with
+``metadata.route.audit`` ``match`` or ``miss``: the SLM's answer scored against the LLM's (full-call agreement,
+components/serve/router.py :func:`agreement`, what S6's calibrator predicts).
+
+Which calls: per cluster and UTC day the first ``audit_min_per_day`` kept calls (so a quiet cluster still gets
+audited), then a seeded ``audit_share`` of the rest. Each cluster's audited calls since the router started are
+tallied; once they fail the gate's rule (components/evaluate/demotion.py) the router demotes the cluster to
+``shadow`` and writes the demotion to the promotions log.
+
+Framework-free.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from datetime import UTC, date, datetime
+
+from components.evaluate.demotion import AuditedFigures
+
+
+class AuditSampler:
+    """Decides which kept calls are audited: the day's first ``min_per_day`` per cluster, then ``share`` of them."""
+
+    def __init__(self, share: float, min_per_day: int, seed: int = 0) -> None:
+        self.share, self.min_per_day = share, min_per_day
+        self._draw = random.Random(seed)
+        self._day: date | None = None
+        self._today: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def pick(self, cluster_id: int, moment: datetime | None = None) -> bool:
+        day = (moment or datetime.now(UTC)).date()
+        with self._lock:
+            if day != self._day:
+                self._day, self._today = day, Counter()
+            # The draw is taken for every call, so the seeded sequence does not depend on the minimum's calls.
+            drawn = self._draw.random() < self.share
+            if self._today[cluster_id] < self.min_per_day or drawn:
+                self._today[cluster_id] += 1
+                return True
+            return False
+
+
+class AuditTally:
+    """Each cluster's audited calls and hits since the router started (thread-safe: scored in the proxy's writer
+    threads)."""
+
+    def __init__(self) -> None:
+        self._calls: Counter[int] = Counter()
+        self._hits: Counter[int] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, cluster_id: int, hit: bool) -> AuditedFigures:
+        with self._lock:
+            self._calls[cluster_id] += 1
+            self._hits[cluster_id] += int(hit)
+            return AuditedFigures(self._calls[cluster_id], self._hits[cluster_id])
+
+    def figures(self, cluster_id: int) -> AuditedFigures:
+        with self._lock:
+            return AuditedFigures(self._calls[cluster_id], self._hits[cluster_id])
+
+    def reset(self, cluster_id: int) -> None:
+        """After a demotion: a cluster routed again starts a fresh tally."""
+        with self._lock:
+            self._calls.pop(cluster_id, None)
+            self._hits.pop(cluster_id, None)
