@@ -17,11 +17,19 @@ from prefect import flow
 
 from components.core.config import load_section, resolve
 from components.evaluate.promotion import PromotionPolicy
-from components.evaluate.refresh import RefreshConfig, champion_scores_after, load_state, next_state, save_state
+from components.evaluate.refresh import (
+    RefreshConfig,
+    champion_scores_after,
+    coverage_by_cluster,
+    load_state,
+    next_state,
+    save_state,
+)
 from flows.steps import load_pipeline_config
 from tasks.anonymize import anonymize_task
 from tasks.collect import collect_task
 from tasks.compare import compare_task
+from tasks.demotions import apply_demotions_task
 from tasks.discover import discover_task
 from tasks.finetune import finetune_task
 from tasks.helpers.flow_artifacts import publish_refresh
@@ -66,8 +74,13 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
         discover_task(steps["discover"], root, tracking, parent)
         clusters = stabilize_clusters_task(steps["discover"], refresh_cfg, root, state, batch_ids, tracking, parent)
         drift = drift_task(refresh_cfg, root, state, clusters, tracking, parent)
+        # The router's demotions since the last refresh: the registry alias goes back (before the champions are
+        # scored), and the cluster is retrained.
+        promotions_log = resolve(root, refresh_cfg.promotions_log)
+        demotions = apply_demotions_task(promotions_log, steps["evaluate"].registered_model_prefix)
+        demoted = sorted({int(d["cluster_id"]) for d in demotions})
         champions = champion_scores_task(steps["evaluate"], root, clusters, tracking, parent)
-        plan = plan_task(refresh_cfg, state, clusters, champions, parent)
+        plan = plan_task(refresh_cfg, state, clusters, champions, parent, demoted)
         leaderboard, trained = None, {"clusters": []}
         if plan:
             leaderboard = select_task(steps["select"], root, tracking, parent)
@@ -100,6 +113,8 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
             "batch_records": len(batch_ids),
             "drift": drift,
             "retrained": {str(k): v for k, v in plan.items()},
+            "demotions": demotions,
+            "coverage": coverage_by_cluster(comparison["clusters"]),
             "clusters": comparison["clusters"],
         }
         log_json_artifact_to_run(parent, summary, resolve(root, refresh_cfg.report))

@@ -247,7 +247,8 @@ def evaluate_task(
             cost_basis(engine_name, cfg.slm_serving_hardware, cfg.slm_hourly_cost_usd),
         )
         evaluation = {"summary": summary, "clusters": entries}
-        router = router_config(entries, adapters, known_tools, str(resolve(workdir, cfg.cluster_model_dir)), gates)
+        model_dir = str(resolve(workdir, cfg.cluster_model_dir))
+        router = router_config(entries, adapters, known_tools, model_dir, gates, policy=cfg.promotion)
         mlflow.log_artifact(str(write_router_config(router, resolve(workdir, cfg.router_config))))
         log_numeric_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         log_json_artifact(evaluation, resolve(workdir, cfg.evaluation))

@@ -121,7 +121,10 @@ def stabilize_clusters_task(
             if stable_path.exists()
             else {}
         )
-        stable = stabilize_clusters(assignments, clusters, splits, previous, state, batch_ids, cfg)
+        # The router's audited and deferred calls (metadata.origin) decide which of the batch's calls are held out.
+        history = read_records(resolve(workdir, cfg.history))
+        origins = {r.record_id: str(r.metadata["origin"]) for r in history if r.metadata.get("origin")}
+        stable = stabilize_clusters(assignments, clusters, splits, previous, state, batch_ids, cfg, origins)
         write_table(stable.assignments, resolve(workdir, discover_cfg.assignments))
         write_table(stable.splits, resolve(workdir, discover_cfg.splits))
         log_json_artifact(cluster_table_json(stable.clusters), resolve(workdir, discover_cfg.clusters))
@@ -173,6 +176,7 @@ def answer_and_score(
         Progress(label, len(calls)),
         adapter_dir=adapter_dir,
         constrain_tool_calls=cfg.constrained_decoding,
+        with_confidence=True,  # a selective champion and its challenger are compared on calls served at parity
     )
     return score_fresh_and_regression(fresh, regression, answers, kind)
 
@@ -224,13 +228,23 @@ def champion_scores_task(
 
 @task(name="refresh: plan retraining", cache_policy=NO_CACHE)
 def plan_task(
-    cfg: RefreshConfig, state: dict, clusters: dict, champions: dict[int, dict], parent_run_id: str | None = None
+    cfg: RefreshConfig,
+    state: dict,
+    clusters: dict,
+    champions: dict[int, dict],
+    parent_run_id: str | None = None,
+    demoted: list[int] | None = None,
 ) -> dict[int, str]:
     """Which clusters get a new challenger, and why (also a tag set on the refresh's parent run)."""
     primary = {c.cluster_id: PRIMARY_METRIC[c.output_kind] for c in clusters["clusters"]}
     fresh_scores = {cid: result["scores"][primary[cid]] for cid, result in champions.items()}
     plan = plan_retraining(
-        clusters["clusters"], state.get("clusters", {}), clusters["train_sizes"], fresh_scores, cfg.retrain
+        clusters["clusters"],
+        state.get("clusters", {}),
+        clusters["train_sizes"],
+        fresh_scores,
+        cfg.retrain,
+        demoted or (),
     )
     if parent_run_id:
         MlflowClient().log_dict(parent_run_id, {str(k): v for k, v in plan.items()}, "retrain_plan.json")

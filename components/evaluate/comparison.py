@@ -1,22 +1,37 @@
 """The refresh's comparison: each challenger's gate decision against its cluster's champion, base SLM and the LLM
 on the same fresh held-out calls, the comparison entry of each cluster, one row per cluster and system (LLM, base
 SLM, champion, challenger) with the primary metric and the cost per 1k calls side by side, and a quality-vs-cost
-plot of those rows. Pure: the task generates the answers and registers."""
+plot of those rows. Pure: the task generates the answers and registers.
+
+Selective systems are compared on what they serve, not on raw accuracy: when the answers carry confidence features,
+each SLM's selective figures are fitted on the fresh held-out calls (cross-fitted, components/evaluate/selective.py:
+the threshold is recalibrated on them, and the fresh set holds the audited calls first, deferred ones last:
+components/evaluate/refresh.py :func:`refresh_splits`), and the champion and the challenger are compared on the share
+of calls each serves at parity (:func:`served_at_parity_share`: all of them at whole-cluster parity, its coverage
+when only its accepted calls reach parity, none otherwise)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from components.core.clusters import ClusterSummary
 from components.core.schema import CallRecord
-from components.evaluate.promotion import GateScores, PromotionDecision, PromotionPolicy, decide_promotion
+from components.evaluate.entry import selective_entry
+from components.evaluate.promotion import (
+    GateScores,
+    PromotionDecision,
+    PromotionPolicy,
+    SelectiveScores,
+    decide_promotion,
+    served_at_parity,
+)
 from components.scoring.costs import llm_cost_per_1k_calls, slm_cost_per_1k_calls
-from components.scoring.metrics import PRIMARY_METRIC, score_pairs
+from components.scoring.metrics import PRIMARY_METRIC, score_each, score_pairs
 from components.slm.prompt import parse_completion
 
-Answer = tuple[str, float]  # the raw completion and its latency in ms
+Answer = tuple  # (raw completion, latency in ms) or (..., confidence features or None)
 
 COMPARISON_COLUMNS = [
     "cluster_id",
@@ -44,14 +59,44 @@ def score_fresh_and_regression(
 ) -> dict[str, Any]:
     """One model's scores on the fresh held-out calls and on the regression set, from one generation pass over
     ``fresh + regression`` (``answers`` in that order); latencies of the fresh calls only."""
-    parsed = [parse_completion(text) for text, _ in answers]
+    parsed = [parse_completion(answer[0]) for answer in answers]
+    confidence = [answer[2] if len(answer) > 2 else None for answer in answers[: len(fresh)]]
     return {
         "scores": score_pairs([r.response for r in fresh], parsed[: len(fresh)], kind),
+        "per_call": score_each([r.response for r in fresh], parsed[: len(fresh)], kind),
+        "confidence": confidence if any(c is not None for c in confidence) else None,
         "regression_scores": (
             score_pairs([r.response for r in regression], parsed[len(fresh) :], kind) if regression else None
         ),
-        "latencies_ms": [latency for _, latency in answers[: len(fresh)]],
+        "latencies_ms": [answer[1] for answer in answers[: len(fresh)]],
     }
+
+
+def selective_on_fresh(
+    measured: dict[str, Any] | None, metric: str, llm: float, policy: PromotionPolicy
+) -> dict[str, Any] | None:
+    """An SLM's selective figures recalibrated on the fresh held-out calls (None without confidence features)."""
+    if not measured or not measured.get("confidence") or not measured.get("per_call"):
+        return None
+    return selective_entry(
+        measured["per_call"], metric, measured["confidence"], policy.parity * llm, policy.selective_folds
+    )
+
+
+def served_at_parity_share(
+    score: float, selective: dict[str, Any] | None, llm: float, n_test: int, policy: PromotionPolicy
+) -> float:
+    """The share of the fresh calls an SLM answers at parity: all of them when its whole-cluster score reaches
+    parity × the LLM on enough calls (the gate's checks 1-2), its coverage when only the calls it accepts pass the
+    gate's rule (:func:`served_at_parity`, with ``min_coverage``), none otherwise."""
+    if n_test >= policy.min_test_calls and score >= policy.parity * llm:
+        return 1.0
+    if selective is None:
+        return 0.0
+    checks = served_at_parity(selective["accepted_accuracy"], selective["accepted_calls"], llm, policy)
+    return (
+        float(selective["coverage"]) if all(checks.values()) and selective["coverage"] >= policy.min_coverage else 0.0
+    )
 
 
 def selected_base_result(leaderboard_cluster: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -72,6 +117,8 @@ class ChallengerVerdict:
 
     gate: GateScores
     decision: PromotionDecision
+    selective: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # per SLM, on the fresh calls
+    served_at_parity: dict[str, float] = field(default_factory=dict)  # per SLM: share served at parity
 
 
 def judge_challenger(
@@ -82,16 +129,35 @@ def judge_challenger(
     (:func:`selected_base_result`, or None)."""
     challenger, champion, base = measured["challenger"], measured["champion"], measured["base"]
     metric = PRIMARY_METRIC[kind]
+    llm = score_pairs([r.response for r in fresh], [r.response for r in fresh], kind)[metric]
+    selective = {name: selective_on_fresh(measured[name], metric, llm, policy) for name in ("challenger", "champion")}
+    served = {
+        name: served_at_parity_share(measured[name]["scores"][metric], selective[name], llm, len(fresh), policy)
+        for name in ("challenger", "champion")
+        if measured[name]
+    }
+    mine = selective["challenger"]
     gate = GateScores(
-        llm=score_pairs([r.response for r in fresh], [r.response for r in fresh], kind)[metric],
+        llm=llm,
         challenger=challenger["scores"][metric],
         n_test=len(fresh),
         champion=champion["scores"][metric] if champion else None,
         base=base["scores"].get(metric) if base else None,
         challenger_regression=_regression_score(challenger, metric),
         champion_regression=_regression_score(champion, metric),
+        selective=(
+            SelectiveScores(mine["accepted_accuracy"], mine["accepted_calls"], mine["coverage"]) if mine else None
+        ),
+        # Compared on calls served at parity when either side is (or may be) selective: both measured their confidence.
+        served_at_parity=(
+            (served["challenger"], served["champion"]) if champion and selective["champion"] and mine else None
+        ),
     )
-    return ChallengerVerdict(gate, decide_promotion(gate, policy, metric))
+    return ChallengerVerdict(gate, decide_promotion(gate, policy, metric), selective, served)
+
+
+def _without_curve(figures: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in figures.items() if key != "risk_coverage"}
 
 
 def _system(score: float, cost: float, regression: float | None = None, version: str | None = None) -> dict:
@@ -122,8 +188,12 @@ def comparison_entry(
         "n_regression": len(regression),
         "n_train": model["n_train"],
         "promoted": decision.promote,
+        "mode": decision.mode,
         "reason": decision.reason,
         "checks": decision.checks,
+        # Recalibrated on the fresh held-out calls (threshold, coverage, accepted accuracy and interval) per SLM
+        "selective": {name: _without_curve(figures) for name, figures in verdict.selective.items() if figures},
+        "served_at_parity": verdict.served_at_parity,
         "registered_model": {
             "name": registered["name"],
             "version": registered["version"],

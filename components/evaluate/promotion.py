@@ -7,7 +7,8 @@ same held-out calls,
 1. it was measured on enough calls: ``n_test >= min_test_calls`` (a rate on 10 calls spans ±30 points);
 2. it reaches parity with the LLM: ``challenger >= parity × llm`` (the point estimate; its interval is reported);
 3. it beats the champion by the margin: ``challenger > champion + min_gain_over_champion`` (with no champion yet,
-   it must beat the base SLM: ``challenger > base + min_gain_over_base``);
+   it must beat the base SLM: ``challenger > base + min_gain_over_base``); where both measured their confidence
+   (the refresh), on the share of calls each serves at parity (coverage × at parity), not on raw accuracy;
 4. it does not regress on the cluster's fixed regression set: ``challenger_regression >= champion_regression −
    max_regression`` (skipped when there is no champion or no regression set).
 
@@ -82,6 +83,9 @@ class GateScores:
     challenger_regression: float | None = None
     champion_regression: float | None = None
     selective: SelectiveScores | None = None  # None: the answers carry no confidence, no selective mode
+    # (challenger, champion): the share of the calls each serves at parity (the refresh's comparison, when both
+    # measured their confidence); check 3 then compares these, not raw accuracy
+    served_at_parity: tuple[float, float] | None = None
 
 
 @dataclass
@@ -137,7 +141,15 @@ def decide_promotion(scores: GateScores, policy: PromotionPolicy, metric: str = 
         f"{metric} {scores.challenger:.3f} {'≥' if checks['parity'] else '<'} "
         f"{policy.parity:.2f} × LLM {scores.llm:.3f} = {bar_llm:.3f}"
     )
-    if scores.champion is not None:
+    if scores.champion is not None and scores.served_at_parity is not None:
+        mine, theirs = scores.served_at_parity
+        bar = theirs + policy.min_gain_over_champion
+        checks["beats_champion"] = mine > bar
+        notes.append(
+            f"calls served at parity {mine:.3f} {'>' if checks['beats_champion'] else '≤'} champion's {theirs:.3f} + "
+            f"{policy.min_gain_over_champion:.3f} = {bar:.3f}"
+        )
+    elif scores.champion is not None:
         bar = scores.champion + policy.min_gain_over_champion
         checks["beats_champion"] = scores.challenger > bar
         notes.append(

@@ -24,6 +24,9 @@ from components.core.config import StepConfig
 from components.core.schema import CallRecord, split_records
 from components.evaluate.drift import DriftConfig, cluster_mix
 
+# The order in which a batch's calls are drawn into the fresh held-out set, by origin (others rank 1).
+_HELD_OUT_RANK = {"audited": 0, "deferred": 2}
+
 
 class RetrainPolicy(StepConfig):
     min_new_train_calls: int = 4  # a cluster grew enough when it gained at least this many training calls
@@ -115,12 +118,16 @@ def refresh_splits(
     seed: int,
     refresh_number: int,
     carried: Mapping[int, list[str]] | None = None,
+    origins: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Splits for a refresh: a cluster's frozen regression set is never trained on (split ``regression``); up to
     ``max_fresh_test`` calls of the new batch are the fresh held-out set (``test``), drawn with a seeded
     generator; every other call is ``train``; outliers stay ``outlier``. ``carried``: per cluster, the held-out
     calls of earlier refreshes too few for a gate decision (:func:`next_state`); they stay held out, first in the
-    fresh set, so the set accumulates across batches until it is large enough."""
+    fresh set, so the set accumulates across batches until it is large enough. ``origins`` (record id ->
+    ``metadata.origin``): the router's audited calls are drawn first (an unbiased sample of what the SLM kept: the
+    threshold is recalibrated on them and the other held-out calls), its deferred calls last, so they train
+    (the SLM learns what it did not know) and never make up the held-out set alone."""
     regression_ids = {r for ids in regression.values() for r in ids}
     carried_ids = {r for ids in (carried or {}).values() for r in ids} - regression_ids
     split_of: dict[str, str] = {}
@@ -132,9 +139,10 @@ def refresh_splits(
         kept = [r for r in ids if r in carried_ids]
         fresh = [r for r in ids if r in batch_ids and r not in regression_ids and r not in carried_ids]
         order = np.random.default_rng([seed, refresh_number, int(cluster_id)]).permutation(len(fresh))
+        draw = sorted(order, key=lambda i: _HELD_OUT_RANK.get((origins or {}).get(fresh[i], ""), 1))  # stable
         # A cluster keeps at least one training call.
         n_test = min(max_fresh_test, len(kept) + len(fresh), max(len(ids) - 1, 0))
-        test = set(kept[:n_test]) | {fresh[i] for i in order[: max(n_test - len(kept), 0)]}
+        test = set(kept[:n_test]) | {fresh[i] for i in draw[: max(n_test - len(kept), 0)]}
         for r in ids:
             split_of[r] = "regression" if r in regression_ids else "test" if r in test else "train"
     return pd.DataFrame(
@@ -165,11 +173,12 @@ def stabilize_clusters(
     state: Mapping[str, Any],
     batch_ids: list[str],
     cfg: RefreshConfig,
+    origins: Mapping[str, str] | None = None,
 ) -> StableClusters:
     """Rewrite S3's assignments, clusters and splits with stable cluster ids (``previous``: the last refresh's
     record id -> cluster id, matched by :func:`match_cluster_ids`) and the refresh's splits: on the first refresh
     S3's own split (its test calls become the regression sets), later :func:`refresh_splits` (frozen regression
-    sets, fresh held-out calls from the batch)."""
+    sets, fresh held-out calls from the batch, audited calls first and deferred ones last by ``origins``)."""
     known = state.get("clusters", {})
     trained = {int(c) for c, entry in known.items() if entry.get("trained_on") is not None}
     mapping = match_cluster_ids(
@@ -198,6 +207,7 @@ def stabilize_clusters(
             cfg.seed,
             int(state.get("refresh", 0)) + 1,
             {int(k): v["pending_test_ids"] for k, v in known.items() if v.get("pending_test_ids")},
+            origins,
         )
     in_batch = assignments[assignments.record_id.isin(set(batch_ids))]
     summary = {
@@ -230,8 +240,10 @@ def plan_retraining(
     train_sizes: Mapping[int, int],
     champion_scores: Mapping[int, float],
     policy: RetrainPolicy,
+    demoted: Collection[int] = (),
 ) -> dict[int, str]:
-    """Clusters to (re)train, with the reason: a convertible cluster never trained; one whose training data grew
+    """Clusters to (re)train, with the reason: a convertible cluster never trained; one the router ``demoted``
+    (its audited calls fell below parity: components/evaluate/demotion.py); one whose training data grew
     by at least ``min_new_train_calls`` and ``min_new_train_share``; one whose champion's fresh score fell by more
     than ``max_score_drop`` from its last recorded score."""
     plan: dict[int, str] = {}
@@ -239,6 +251,9 @@ def plan_retraining(
         cluster_id = cluster.cluster_id
         known = state_clusters.get(str(cluster_id))
         size = train_sizes.get(cluster_id, 0)
+        if cluster_id in demoted and size:
+            plan[cluster_id] = f"demoted by the router: audited calls below parity ({size} training calls)"
+            continue
         if not known or known.get("trained_on") is None:
             if cluster.convert:
                 plan[cluster_id] = f"new cluster ({size} training calls)"
@@ -286,6 +301,24 @@ def next_state(
         "outlier_share": float(mix.get("-1", 0.0)),
         "clusters": clusters,
     }
+
+
+def coverage_by_cluster(entries: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per evaluated cluster, what the refresh report shows of its selective serving: each SLM's coverage and
+    accepted accuracy recalibrated on the fresh held-out calls, and the share each serves at parity."""
+    found = {}
+    for entry in entries:
+        selective = entry.get("selective") or {}
+        found[str(entry["cluster_id"])] = {
+            "mode": entry.get("mode"),
+            "served_at_parity": entry.get("served_at_parity") or {},
+            **{
+                f"{system}_{key}": figures.get(key)
+                for system, figures in selective.items()
+                for key in ("coverage", "accepted_accuracy", "threshold")
+            },
+        }
+    return found
 
 
 def champion_scores_after(champions: Mapping[int, dict[str, Any]], entries: list[dict[str, Any]]) -> dict[int, float]:

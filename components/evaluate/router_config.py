@@ -5,6 +5,10 @@ A promoted cluster is routed ``on`` (its SLM answers, the LLM stays the fallback
 intercept, threshold) so a router answers with the SLM only the calls it is sure of; every other evaluated cluster is
 ``shadow``, so live traffic keeps measuring it against the LLM while the LLM answers. Clusters not listed, outliers
 and requests that offer a tool the cluster never saw go to the LLM (components/serve/router.py).
+
+The router audits the calls an ``on`` or ``selective`` SLM keeps (``audit_share`` of them, at least
+``audit_min_per_day`` per cluster and day: components/serve/audit.py) and demotes a cluster whose audited calls fail
+the gate's rule (``demotion``: the gate's ``parity`` and ``min_test_calls``) to ``shadow``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from components.core.schema import CallRecord
+
+# The audit stream's defaults written into router.yaml: 5 % of the kept calls, at least 20 per cluster and day (the
+# gate's min_test_calls), so a demotion can be decided within a day even on a quiet cluster.
+AUDIT_SHARE = 0.05
+AUDIT_MIN_PER_DAY = 20
 
 
 def offered_tools(records: Iterable[CallRecord]) -> list[str]:
@@ -60,9 +69,11 @@ def router_config(
     known_tools: Mapping[int, Sequence[str]],
     cluster_model_dir: str,
     calibrators: Mapping[int, str] | None = None,
+    policy: Any = None,
 ) -> dict[str, Any]:
     """The router config for the evaluated clusters (``entries`` of reports/evaluation.json); ``calibrators``: the
-    selective clusters' gate files (:func:`write_selective_gate`)."""
+    selective clusters' gate files (:func:`write_selective_gate`); ``policy``: the gate's (a ``PromotionPolicy``),
+    whose parity rule the router's demotion applies to the audited calls."""
     clusters = {}
     for entry in entries:
         cluster_id = int(entry["cluster_id"])
@@ -76,7 +87,11 @@ def router_config(
         if mode == "selective":
             clusters[cluster_id]["threshold"] = entry["selective"]["threshold"]
             clusters[cluster_id]["calibrator"] = (calibrators or {}).get(cluster_id)
-    return {"cluster_model_dir": cluster_model_dir, "clusters": clusters}
+    config: dict[str, Any] = {"cluster_model_dir": cluster_model_dir, "clusters": clusters}
+    config |= {"audit_share": AUDIT_SHARE, "audit_min_per_day": AUDIT_MIN_PER_DAY}
+    if policy is not None:
+        config["demotion"] = {"parity": policy.parity, "min_test_calls": policy.min_test_calls}
+    return config
 
 
 def write_router_config(config: Mapping[str, Any], path: Path) -> Path:

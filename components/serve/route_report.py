@@ -37,6 +37,7 @@ class RouteReportConfig(StepConfig):
     out_dir: str = "reports/route"
     slm_hourly_cost_usd: float = 0.10  # select's serving_hardware price (the CLI passes it from params.yaml)
     slm_serving_hardware: str = "cpu-2-cores"
+    promotions_log: str = "reports/promotions.jsonl"  # the router's demotions (params refresh.promotions_log)
 
 
 def routes_taken(records: Iterable[CallRecord]) -> list[dict[str, Any]]:

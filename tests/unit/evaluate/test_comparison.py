@@ -121,3 +121,41 @@ def test_a_first_challenger_that_fails_the_gate_stays_challenger_without_a_champ
     assert not entry["promoted"] and entry["registered_model"]["alias"] == "challenger"
     assert entry["systems"]["champion"] is None and entry["systems"]["slm_base"] is None
     assert [row["system"] for row in comparison_rows(entry)] == ["llm", "challenger"]
+
+
+def sure(mean_logprob: float) -> dict[str, float]:
+    return {"mean_logprob": mean_logprob, "min_logprob": mean_logprob, "name_logprob": -0.1, "value_logprob": -0.1}
+
+
+def test_a_selective_champion_and_its_challenger_are_compared_on_calls_served_at_parity():
+    fresh = [tool_record(f"s{i}", city) for i, city in enumerate(["oslo", "rome", "lima", "kyiv", "bern"] * 4)]
+    policy = PromotionPolicy(parity=0.9, min_test_calls=4, min_gain_over_champion=0.05, selective_folds=4)
+    # The challenger is right on half the calls and knows which (its confidence separates them); the champion is
+    # right more often (0.6) but equally sure of every answer, so none of its calls is served at parity.
+    challenger_right = [i % 2 == 0 for i in range(len(fresh))]
+    champion_right = [i % 5 < 3 for i in range(len(fresh))]
+
+    def system(rights: list[bool], confidence: list[dict]) -> dict:
+        answers = [(*right(r)[:1], 100.0, c) if ok else (*WRONG, c) for r, ok, c in zip(fresh, rights, confidence)]
+        return {"version": "3", **score_fresh_and_regression(fresh, [], answers, "tool_call")}
+
+    systems = {
+        "challenger": system(challenger_right, [sure(-0.01 if ok else -3.0) for ok in challenger_right]),
+        "champion": system(champion_right, [sure(-0.5)] * len(fresh)),
+        "base": None,
+    }
+    verdict = judge_challenger(fresh, "tool_call", systems, policy)
+    challenger, champion = verdict.selective["challenger"], verdict.selective["champion"]
+    assert verdict.gate.challenger < verdict.gate.champion  # raw accuracy alone would keep the champion
+    assert challenger["accepted_accuracy"] >= 0.9 and challenger["coverage"] >= policy.min_coverage
+    assert champion["accepted_calls"] == 0  # no threshold reaches parity on an uninformative confidence
+    assert verdict.served_at_parity == {"challenger": challenger["coverage"], "champion": 0.0}
+    assert verdict.gate.served_at_parity == (challenger["coverage"], 0.0)
+    assert verdict.decision.checks["beats_champion"] and verdict.decision.mode == "selective"
+    assert "calls served at parity" in verdict.decision.reason
+    entry = comparison_entry(CLUSTER, {"n_train": 9}, fresh, [], systems, verdict, {"name": "n", "version": "4"}, 1.0)
+    assert entry["mode"] == "selective" and entry["served_at_parity"] == verdict.served_at_parity
+    assert (
+        entry["selective"]["challenger"]["threshold"] is not None
+        and "risk_coverage" not in entry["selective"]["challenger"]
+    )

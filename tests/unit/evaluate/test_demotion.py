@@ -96,3 +96,25 @@ def test_a_logged_demotion_rolls_the_champion_back_once(registry, tmp_path):
     assert str(client.get_model_version_by_alias(alone_cluster, "challenger").version) == only
     assert apply_demotions(log, prefix) == []  # applied once: a second refresh moves nothing
     assert [json.loads(text)["event"] for text in log.read_text().splitlines()][-2:] == ["demotion_applied"] * 2
+
+
+def test_the_refresh_holds_out_audited_calls_first_and_trains_on_deferred_ones():
+    import pandas as pd
+
+    from components.core.clusters import ClusterSummary
+    from components.evaluate.refresh import RetrainPolicy, plan_retraining, refresh_splits
+
+    ids = [f"a{i}" for i in range(3)] + [f"d{i}" for i in range(4)] + [f"l{i}" for i in range(3)]
+    origins = {r: {"a": "audited", "d": "deferred", "l": "log"}[r[0]] for r in ids}
+    assignments = pd.DataFrame({"record_id": ["old", *ids], "cluster_id": [0] * (len(ids) + 1)})
+    for held_out in (3, 6):
+        splits = refresh_splits(assignments, set(ids), {}, held_out, seed=1, refresh_number=2, origins=origins)
+        test = set(splits[splits.split == "test"].record_id)
+        # The audited calls first, then the logged ones; the deferred calls all train (the SLM learns them).
+        assert {origins[r] for r in test} == ({"audited"} if held_out == 3 else {"audited", "log"})
+        assert all(origins[r] != "deferred" for r in test) and len(test) == held_out
+    cluster = ClusterSummary(cluster_id=0, label="weather", size=11, output_kind="tool_call")
+    state = {"0": {"trained_on": 10, "champion_score": 0.9}}
+    assert plan_retraining([cluster], state, {0: 10}, {0: 0.9}, RetrainPolicy()) == {}
+    plan = plan_retraining([cluster], state, {0: 10}, {0: 0.9}, RetrainPolicy(), demoted=[0])
+    assert plan[0].startswith("demoted by the router")
