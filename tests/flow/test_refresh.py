@@ -200,14 +200,17 @@ def stand_in_answers(
     adapter_dir=None,
     loaded=None,
     constrain_tool_calls=True,
+    with_confidence=False,
 ):
-    """The first quality × n calls answered right, the rest wrong; a base model (no adapter) answers none."""
+    """The first quality × n calls answered right, the rest wrong; a base model (no adapter) answers none. No
+    confidence features (None): the gate's selective figures are left out."""
     marker = Path(adapter_dir) / "quality.json" if adapter_dir else None
     quality = json.loads(marker.read_text())["quality"] if marker and marker.exists() else 0.0
     right = round(quality * len(records))
-    return [
+    answers = [
         (render_target(r.response) if i < right else "I cannot help with that.", 5.0) for i, r in enumerate(records)
     ]
+    return [(*answer, None) for answer in answers] if with_confidence else answers
 
 
 @pytest.fixture(scope="module")

@@ -83,7 +83,7 @@ def test_refresh_fine_tunes_and_generates_with_a_real_tiny_model(harness, tmp_pa
     tuned = [
         answers for adapter_dir, answers in generated if adapter_dir and Path(adapter_dir) == Path(training.adapter_dir)
     ]
-    # (S6 asks for each answer's confidence too: (text, latency, confidence); the refresh for (text, latency).)
+    # (S6 and the refresh ask for each answer's confidence too: (text, latency, confidence).)
     assert tuned and all(answer[0] and answer[1] > 0 for answers in tuned for answer in answers)
     systems = entry["systems"]
     assert "challenger" in systems and 0.0 <= systems["challenger"]["score"] <= 1.0

@@ -11,17 +11,21 @@ import time
 from pathlib import Path
 
 import openai
+import pandas as pd
 import pytest
 
 from components.collect.ingest import collect_sources
 from components.collect.sources import parse_source
-from components.core.schema import CallRecord
+from components.core.schema import CallRecord, ChatMessage, ToolCall
 from components.curate.filters import CurateConfig, curate
+from components.evaluate.refresh import refresh_splits
 from components.evaluate.selective import wilson_interval
 from components.serve.proxy import create_app
 from components.serve.route_report import route_report, write_route_report
+from components.serve.router import agreement
 from components.serve.service import RouterConfig, RouterResponder
-from components.slm import Generation
+from components.slm import Generation, parse_completion, render_target
+from components.slm.confidence import SelectiveGate
 from tests.support.fake_openai import fake_openai_app, serve_in_thread
 from tests.unit.serve.test_router_service import CFG, CLIENT_KEY, WEATHER, bag_of_words, body, cluster_model
 from tests.unit.serve.test_selective_serving import features, write_gate
@@ -196,3 +200,79 @@ def test_a_failed_audit_stores_the_slms_call_as_it_was(tmp_path):
     assert (stats["audits"], stats["audit_failures"]) == (0, 1)
     assert "origin" not in record.metadata and "audit" not in record.metadata["route"]
     assert record.metadata["route"]["route"] == "slm" and not record.cost_usd  # the SLM's answer, as served
+
+
+class MemorySLM:
+    """An SLM stand-in that learns: training stores each call's answer by its request; it answers a request it was
+    trained on with that answer, sure of it (mean log-prob -0.01), and any other with a guess it is unsure of (-3).
+    (The tiny random llama does not learn a request -> city mapping in a few steps, so it cannot show this.)"""
+
+    def __init__(self) -> None:
+        self.known: dict[str, str] = {}
+
+    def train(self, records: list[CallRecord]) -> None:
+        self.known |= {record.user_request: render_target(record.response) for record in records}
+
+    def __call__(self, cluster_id: int, records: list[CallRecord]) -> list[Generation]:
+        guess = '<tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>'
+        return [
+            Generation(
+                self.known.get(r.user_request, guess),
+                5.0,
+                10,
+                12,
+                features(-0.01 if r.user_request in self.known else -3.0),
+            )
+            for r in records
+        ]
+
+
+def logged_call(place: str) -> CallRecord:
+    answer = ToolCall(id="call_1", name="get_weather", arguments=json.dumps({"city": place}))
+    return CallRecord(
+        record_id=f"log-{place}",
+        messages=body(WEATHER, place)["messages"],
+        tools=body(WEATHER, place)["tools"],
+        response=ChatMessage(role="assistant", tool_calls=[answer]),
+    )
+
+
+def test_coverage_rises_on_a_cluster_once_its_deferred_calls_come_back(tmp_path):
+    known, unknown = ["Paris", "Berlin", "Tokyo"], ["Oslo", "Cairo", "Quito", "Perth", "Lima"]
+    slm = MemorySLM()
+    slm.train([logged_call(place) for place in known])  # the conversion's training calls
+    gate = SelectiveGate.load(write_gate(tmp_path))
+    held_out = [logged_call(place) for place in known + unknown]  # the LLM's answers are the reference
+
+    def coverage() -> tuple[float, float]:
+        """Share of the held-out calls the served gate accepts, and the accepted answers' full-call accuracy."""
+        answers = slm(WEATHER, held_out)
+        accepted = [(r, a) for r, a in zip(held_out, answers) if gate.verdict(a.confidence).accepted]
+        right = [agreement(parse_completion(a.text), r.response) for r, a in accepted]
+        return len(accepted) / len(held_out), sum(right) / len(right)
+
+    before = coverage()
+    # Production: the router serves the cluster selectively; what the SLM is unsure of is deferred to the LLM, and
+    # the day's first two calls it keeps are audited.
+    responder = selective_router(tmp_path, slm, audit_share=0.0, audit_min_per_day=2)
+    with AuditedProxy(tmp_path / "store", responder) as proxy:
+        served = {place: proxy.ask(place) for place in known + unknown}
+        stored = proxy.records()
+    assert served == {**dict.fromkeys(known, SLM_MODEL), **dict.fromkeys(unknown, "gpt-4o")}
+    # The refresh: S2 keeps the audited and deferred calls (the LLM answered them); the audited ones are held out
+    # (the threshold is recalibrated on them), the deferred ones trained on.
+    plain = CurateConfig(languages=None, dedupe_exact=False, near_duplicate_threshold=None)
+    batch = curate(stored, plain).kept
+    assert sorted(r.metadata["origin"] for r in batch) == ["audited"] * 2 + ["deferred"] * len(unknown)
+    history = [logged_call(place) for place in known] + batch
+    assignments = pd.DataFrame({"record_id": [r.record_id for r in history], "cluster_id": WEATHER})
+    origins = {r.record_id: r.metadata.get("origin", "log") for r in history}
+    splits = refresh_splits(assignments, {r.record_id for r in batch}, {}, 2, 0, 2, origins=origins)
+    train_ids, test_ids = (set(splits[splits.split == split].record_id) for split in ("train", "test"))
+    assert {origins[r] for r in test_ids} == {"audited"}
+    assert {r.record_id for r in batch if origins[r.record_id] == "deferred"} <= train_ids
+    slm.train([r for r in history if r.record_id in train_ids])
+
+    after = coverage()
+    assert before[0] == pytest.approx(len(known) / len(held_out)) and after[0] == 1.0  # coverage rises...
+    assert before[1] == after[1] == 1.0  # ...at the same accuracy on the accepted calls
