@@ -1,6 +1,7 @@
 """Serving: the logging proxy (S1's live source), the router that sends each call to its cluster's SLM or the LLM,
-the OpenAI-compatible SLM server, exports and the route report (the engines and the adapter pool are components/slm's). Imports core, collect (the proxy writes its store), discover's cluster model
-and slm."""
+the OpenAI-compatible SLM server, exports, the audit stream and the route report (the engines and the adapter pool are
+components/slm's). Imports core, collect (the proxy writes its store), discover's cluster model, slm and evaluate's
+gate rule (a cluster whose audited calls fail it is demoted: components/evaluate/demotion.py)."""
 
 from components.serve.proxy import PROXY_KEYS_ENV, serve
 from components.serve.route_report import RouteReportConfig, route_report, write_route_report

@@ -18,12 +18,21 @@ Framework-free.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
 
-from components.evaluate.demotion import AuditedFigures
+from components.core.schema import ChatMessage
+from components.evaluate.demotion import AuditedFigures, append_log_line, demotion_line, demotion_reason
+from components.evaluate.promotion import PromotionPolicy
+from components.serve.router import agreement
+
+logger = logging.getLogger(__name__)
 
 
 class AuditSampler:
@@ -73,3 +82,44 @@ class AuditTally:
         with self._lock:
             self._calls.pop(cluster_id, None)
             self._hits.pop(cluster_id, None)
+
+
+class AuditStream:
+    """The router's audits: which kept calls to audit (``sampler``), each audited pair scored into the cluster's
+    tally, and the demotion when the tally fails the gate's rule: ``demote(cluster_id)`` moves the router's route
+    (returning the mode it left, or None when there was nothing to demote) and the demotion is logged."""
+
+    def __init__(
+        self,
+        sampler: AuditSampler,
+        policy: PromotionPolicy,
+        promotions_log: Path,
+        demote: Callable[[int], str | None],
+    ) -> None:
+        self.sampler, self.policy, self.promotions_log, self._demote = sampler, policy, promotions_log, demote
+        self.tally = AuditTally()
+
+    def score(self, cluster_id: int, slm_answer: ChatMessage, llm_answer: ChatMessage, fields: dict[str, Any]) -> None:
+        """An audited call's pair, once the LLM answered (in the proxy's writer thread): the stored call holds the
+        LLM's answer (origin ``audited``) and the verdict; a cluster whose audited calls fail the rule is demoted."""
+        hit = agreement(slm_answer, llm_answer)
+        fields["origin"] = "audited"
+        fields["route"]["audit"] = "match" if hit else "miss"
+        self.demote_if_below_parity(cluster_id, self.tally.add(cluster_id, hit))
+
+    def demote_if_below_parity(self, cluster_id: int, audited: AuditedFigures) -> bool:
+        """Demote the cluster to ``shadow`` and log it with its figures when its audited calls fail the gate's
+        rule; True when it was demoted now."""
+        reason = demotion_reason(audited, self.policy)
+        if reason is None:
+            return False
+        from_mode = self._demote(cluster_id)
+        if from_mode is None:
+            return False
+        self.tally.reset(cluster_id)
+        logger.warning("router: cluster %s demoted from %s to shadow: %s", cluster_id, from_mode, reason)
+        try:
+            append_log_line(self.promotions_log, demotion_line(cluster_id, from_mode, audited, reason))
+        except OSError as error:  # the demotion holds in this router even when the log cannot be written
+            logger.error("router: could not log the demotion of cluster %s: %s", cluster_id, type(error).__name__)
+        return True

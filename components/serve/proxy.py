@@ -7,8 +7,8 @@ proxy), answered unchanged (streams chunk by chunk, upstream errors with their s
 A request body over ``max_body_bytes`` (8 MiB by default) is answered 413. ``GET /healthz`` needs no key and says
 only that the proxy is up; ``GET /stats`` (a client key) adds the upstream and the call and cost counts.
 
-Records go to ``store_dir/calls-YYYYMMDD.jsonl``, encrypted (components/core/secure_store.py: one Fernet token per line,
-0600 files). Each decrypts to the request/response form ``llm2slm collect --source proxy-store:DIR`` reads:
+Records go to ``store_dir/calls-YYYYMMDD.jsonl``, encrypted (components/serve/call_store.py over
+components/core/secure_store.py: one Fernet token per line, 0600 files). Each decrypts to the request/response form ``llm2slm collect --source proxy-store:DIR`` reads:
 ``{"id", "timestamp", "agent", "request", "response", "latency_ms", "served_by"}``; a failed upstream call is
 ``{..., "error": {"status", "type"}}`` (collect quarantines those with their status; the upstream's error body is
 never kept: it may echo the prompt). With ``on_write`` (S2's anonymizer) the normalized, anonymized record is stored
@@ -27,18 +27,16 @@ cluster with its promoted SLM is one more responder; the upstream stays the fall
 A responder annotates the call through :func:`current_note`: the note's ``fields`` are stored as the call's
 ``metadata`` (collect keeps them as the record's metadata), and ``on_llm_answer``, if set, is called with the LLM's
 answer just before the call is written (e.g. to compare a shadow SLM's answer with it; it may add to ``fields``).
-A responder that answered and set ``audit`` has the LLM asked too, after its answer went out (:mod:`components.serve
-.audit`): the stored call holds the LLM's answer, the hook scores the responder's against it; if the LLM fails, the
+A responder that answered and set ``audit`` has the LLM asked too, after its answer went out
+(components/serve/audit.py): the stored call holds the LLM's answer, the hook scores the responder's against it; if the LLM fails, the
 responder's answer is stored as usual (counted in ``audit_failures``).
 """
 
 from __future__ import annotations
 
-import codecs
 import hmac
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -56,19 +54,16 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from components.collect.config import CollectConfig
-from components.collect.sources.common import (
-    ChunkAccumulator,
-    RecordError,
-    request_record,
-)
+from components.collect.sources.common import RecordError
 from components.collect.sources.openai_jsonl import parse_call
 from components.core.schema import CallRecord, ChatMessage
-from components.core.secure_store import EncryptedAppendLog
+from components.serve.call_store import CallStore, anonymized_on_write, upstream_failure
 from components.serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyTooLarge, read_body
+from components.serve.sse import SSEAccumulator, completion_as_sse
+
+__all__ = ["CallNote", "CallStore", "Responder", "completion_as_sse", "create_app", "current_note", "serve"]
 
 logger = logging.getLogger(__name__)
-# An upstream's OpenAI error type ("rate_limit_error", "invalid_request_error"): kept; anything else is free text.
-_ERROR_TYPE = re.compile(r"^[a-z_]{1,64}$")
 
 AGENT_HEADER = "x-agent-name"
 PROXY_KEYS_ENV = "LLM2SLM_PROXY_KEYS"
@@ -102,69 +97,6 @@ _call_note: ContextVar[CallNote | None] = ContextVar("llm2slm_call_note", defaul
 def current_note() -> CallNote:
     """The note of the call being served; outside a proxy request, a throwaway one (a responder called directly)."""
     return _call_note.get() or CallNote()
-
-
-class CallStore:
-    """The proxy's encrypted, append-only store: one file per UTC day."""
-
-    def __init__(self, store_dir: Path, key: bytes | None = None) -> None:
-        self.store_dir = Path(store_dir)
-        self._log = EncryptedAppendLog(self.store_dir, key=key)
-
-    def append(self, call: dict[str, Any], moment: datetime) -> Path:
-        return self._log.append(f"calls-{moment:%Y%m%d}.jsonl", json.dumps(call, ensure_ascii=False).encode())
-
-
-class SSEAccumulator:
-    """Rebuilds the final chat.completion from the raw SSE bytes of a streamed one."""
-
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._pending = ""
-        self._chunks = ChunkAccumulator()
-
-    def feed(self, raw: bytes) -> None:
-        # Chunks may split an event or a multi-byte character anywhere: decode incrementally, parse whole lines.
-        self._pending += self._decoder.decode(raw)
-        *lines, self._pending = self._pending.split("\n")
-        for line in lines:
-            line = line.rstrip("\r")
-            if not line.startswith("data:"):
-                continue  # blank separators, comments, event/id fields
-            payload = line[len("data:") :].strip()
-            if payload == "[DONE]":
-                continue
-            try:
-                self._chunks.add(json.loads(payload))
-            except (json.JSONDecodeError, RecordError):
-                logger.warning("proxy: skipped an SSE data line that is not a chunk object")
-
-    def response(self) -> dict[str, Any]:
-        self.feed(b"\n")  # flush a last line the upstream did not terminate
-        return self._chunks.response()
-
-
-def completion_as_sse(completion: dict[str, Any]) -> bytes:
-    """A whole completion as a one-chunk stream (for a responder answering a streaming request)."""
-    base = {key: completion.get(key) for key in ("id", "created", "model")}
-    choices = [
-        {
-            "index": choice.get("index", 0),
-            "finish_reason": choice.get("finish_reason"),
-            "delta": {
-                **choice.get("message", {}),
-                "tool_calls": [
-                    {"index": i, **call} for i, call in enumerate(choice.get("message", {}).get("tool_calls") or [])
-                ]
-                or None,
-            },
-        }
-        for choice in completion.get("choices", [])
-    ]
-    chunk = {**base, "object": "chat.completion.chunk", "choices": choices}
-    if completion.get("usage"):
-        chunk["usage"] = completion["usage"]
-    return f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode()
 
 
 def create_app(
@@ -457,37 +389,6 @@ def create_app(
         )
 
     return app
-
-
-def upstream_failure(status: int, body: bytes) -> dict[str, Any]:
-    """What the store keeps of an upstream error: its status and OpenAI error type, never its body (upstreams
-    echo the prompt in their error messages)."""
-    error_type = None
-    try:
-        error = json.loads(body).get("error")
-        candidate = error.get("type") if isinstance(error, dict) else None
-        if isinstance(candidate, str) and _ERROR_TYPE.match(candidate):
-            error_type = candidate
-    except (ValueError, AttributeError):
-        pass
-    return {"status": status, "type": error_type}
-
-
-def anonymized_on_write(
-    call: dict[str, Any], parsed: CallRecord | None, on_write: Callable[[CallRecord], CallRecord]
-) -> dict[str, Any]:
-    """The store line of a call under ``--anonymize``: the anonymized record; for a failed upstream call its
-    request anonymized the same way beside its status. When the anonymizer fails, a quarantine line with the
-    reason (the error type only: its message may quote the text) instead of the call: no raw prompt is written."""
-    kept = {key: call[key] for key in ("id", "timestamp") if key in call}
-    try:
-        if parsed is not None:
-            return {"record": on_write(parsed).model_dump(mode="json")}
-        request = request_record(call.get("request") or {}, call.get("agent"), str(call.get("id") or ""), "proxy")
-        return {**kept, "error": call.get("error"), "request_record": on_write(request).model_dump(mode="json")}
-    except Exception as error:  # noqa: BLE001 - whatever the analyzer raised, the call must not be stored raw
-        logger.warning("proxy: call %s could not be anonymized (%s): quarantined", call.get("id"), type(error).__name__)
-        return {**kept, "quarantined": f"anonymization failed: {type(error).__name__}"}
 
 
 def serve(

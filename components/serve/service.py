@@ -53,9 +53,8 @@ from components.collect.sources.common import RecordError, request_record
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
 from components.discover.identity import ClusterModel, assign, load_model
-from components.evaluate.demotion import AuditedFigures, append_log_line, demotion_line, demotion_reason
 from components.evaluate.promotion import PromotionPolicy
-from components.serve.audit import AuditSampler, AuditTally
+from components.serve.audit import AuditSampler, AuditStream
 from components.serve.backends import Backend, backend_name, cluster_generator
 from components.serve.proxy import current_note
 from components.serve.router import ClusterRoute, Mode, agreement, check_tool_calls, decide
@@ -245,9 +244,13 @@ class RouterResponder:
         self._closed = False
         self._queued = 0  # submitted and not answered yet (queued or generating)
         self.batch_sizes: list[int] = []  # of each generation, for tests and the benchmark
-        self.auditor = AuditSampler(config.audit_share, config.audit_min_per_day, config.seed)
-        self.audited = AuditTally()
         self._demoting = threading.Lock()
+        self.audits = AuditStream(
+            AuditSampler(config.audit_share, config.audit_min_per_day, config.seed),
+            config.demotion,
+            Path(config.promotions_log),
+            self._demote,
+        )
         self._slm_thread = threading.Thread(target=self._serve_slm_jobs, name="router-slm", daemon=True)
         self._slm_thread.start()
 
@@ -324,40 +327,20 @@ class RouterResponder:
             route.update(route="fallback", reason=rejected)
             logger.info("router: cluster %s falls back to the LLM: %s", cluster_id, rejected)
             return None
-        if self.routes[cluster_id].mode in ("on", "selective") and self.auditor.pick(cluster_id):
+        if self.routes[cluster_id].mode in ("on", "selective") and self.audits.sampler.pick(cluster_id):
             note.audit = True
-            note.on_llm_answer = lambda llm_answer: self._score_audit(cluster_id, message, llm_answer, note.fields)
+            note.on_llm_answer = lambda llm_answer: self.audits.score(cluster_id, message, llm_answer, note.fields)
         return as_completion(message, f"slm-cluster-{cluster_id}")
 
-    def _score_audit(
-        self, cluster_id: int, slm_answer: ChatMessage, llm_answer: ChatMessage, fields: dict[str, Any]
-    ) -> None:
-        """An audited call's pair, scored once the LLM answered (in the proxy's writer thread): the stored call
-        holds the LLM's answer (origin ``audited``); a cluster whose audited calls fail the gate's rule is demoted."""
-        hit = agreement(slm_answer, llm_answer)
-        fields["origin"] = "audited"
-        fields["route"]["audit"] = "match" if hit else "miss"
-        self.demote_if_below_parity(cluster_id, self.audited.add(cluster_id, hit))
-
-    def demote_if_below_parity(self, cluster_id: int, audited: AuditedFigures) -> bool:
-        """Move the cluster to ``shadow`` (from its next call on) and log the demotion with its figures, when its
-        audited calls fail the gate's rule; True when it was demoted now."""
-        reason = demotion_reason(audited, self.config.demotion)
-        if reason is None:
-            return False
+    def _demote(self, cluster_id: int) -> str | None:
+        """Serve the cluster as ``shadow`` from its next call (the audit stream's decision); its mode before, or
+        None when it was no longer ``on`` or ``selective`` (a concurrent audit demoted it already)."""
         with self._demoting:
             current = self.routes.get(cluster_id)
             if current is None or current.mode not in ("on", "selective"):
-                return False  # already demoted by a concurrent audit
+                return None
             self.routes = {**self.routes, cluster_id: replace(current, mode="shadow")}
-        self.audited.reset(cluster_id)
-        logger.warning("router: cluster %s demoted from %s to shadow: %s", cluster_id, current.mode, reason)
-        line = demotion_line(cluster_id, current.mode, audited, reason)
-        try:
-            append_log_line(Path(self.config.promotions_log), line)
-        except OSError as error:  # the demotion holds in this router even when the log cannot be written
-            logger.error("router: could not log the demotion of cluster %s: %s", cluster_id, type(error).__name__)
-        return True
+            return current.mode
 
     @staticmethod
     def _gate_accepts(

@@ -189,7 +189,7 @@ def test_a_cluster_at_parity_on_its_audits_keeps_its_mode(tmp_path):
     with AuditedProxy(tmp_path / "store", responder) as proxy:
         served = [proxy.ask(place) for place in ("Paris", "Berlin", "Tokyo", "Rome")]
     assert served == [SLM_MODEL] * 4 and not (tmp_path / "promotions.jsonl").exists()
-    assert responder.audited.figures(WEATHER).accuracy == 1.0
+    assert responder.audits.tally.figures(WEATHER).accuracy == 1.0
 
 
 def test_a_failed_audit_stores_the_slms_call_as_it_was(tmp_path):
