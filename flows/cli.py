@@ -396,6 +396,7 @@ def route_report(
         out_dir=str(out.resolve()),
         slm_hourly_cost_usd=config.steps["evaluate"].slm_hourly_cost_usd,
         slm_serving_hardware=config.steps["evaluate"].slm_serving_hardware,
+        promotions_log=config.steps["evaluate"].promotions_log,  # the router's demotions
     )
     workdir.mkdir(parents=True, exist_ok=True)
     try:

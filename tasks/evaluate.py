@@ -248,7 +248,8 @@ def evaluate_task(
         )
         evaluation = {"summary": summary, "clusters": entries}
         model_dir = str(resolve(workdir, cfg.cluster_model_dir))
-        router = router_config(entries, adapters, known_tools, model_dir, gates, policy=cfg.promotion)
+        log = str(resolve(workdir, cfg.promotions_log))
+        router = router_config(entries, adapters, known_tools, model_dir, gates, cfg.promotion, log)
         mlflow.log_artifact(str(write_router_config(router, resolve(workdir, cfg.router_config))))
         log_numeric_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         log_json_artifact(evaluation, resolve(workdir, cfg.evaluation))

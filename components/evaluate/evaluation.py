@@ -53,6 +53,7 @@ class EvaluateConfig(StepConfig):
     report: str = "reports/report.html"
     predictions: str = "data/predictions/slm_finetuned.parquet"
     router_config: str = "reports/router.yaml"  # the gate's decisions as `llm2slm proxy --route` config
+    promotions_log: str = "reports/promotions.jsonl"  # router.yaml names it: where the router logs a demotion
     # selective clusters' gates (calibrator + threshold, one JSON per cluster) the router config names
     selective_gates: str = "models/selective"
     collected: str = "data/collected/records.parquet"  # every collected call: the summary's calls_total

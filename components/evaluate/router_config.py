@@ -70,10 +70,12 @@ def router_config(
     cluster_model_dir: str,
     calibrators: Mapping[int, str] | None = None,
     policy: Any = None,
+    promotions_log: str | None = None,
 ) -> dict[str, Any]:
     """The router config for the evaluated clusters (``entries`` of reports/evaluation.json); ``calibrators``: the
     selective clusters' gate files (:func:`write_selective_gate`); ``policy``: the gate's (a ``PromotionPolicy``),
-    whose parity rule the router's demotion applies to the audited calls."""
+    whose parity rule the router's demotion applies to the audited calls; ``promotions_log``: where the router logs
+    a demotion (the refresh reads it there)."""
     clusters = {}
     for entry in entries:
         cluster_id = int(entry["cluster_id"])
@@ -91,6 +93,8 @@ def router_config(
     config |= {"audit_share": AUDIT_SHARE, "audit_min_per_day": AUDIT_MIN_PER_DAY}
     if policy is not None:
         config["demotion"] = {"parity": policy.parity, "min_test_calls": policy.min_test_calls}
+    if promotions_log is not None:
+        config["promotions_log"] = promotions_log
     return config
 
 

@@ -112,7 +112,7 @@ class RouterConfig(StepConfig):
     audit_min_per_day: int = Field(0, ge=0)
     # Demotion to shadow when the audited calls fail the gate's rule (parity, min_test_calls: params `promotion`).
     demotion: PromotionPolicy = PromotionPolicy()
-    promotions_log: str = "reports/promotions.jsonl"  # where a demotion is logged (params refresh.promotions_log)
+    promotions_log: str = "reports/promotions.jsonl"  # where a demotion is logged (S6 writes the work dir's)
 
     def routes(self) -> dict[int, ClusterRoute]:
         return {cid: ClusterRoute(c.mode, frozenset(c.known_tools), c.canary_share) for cid, c in self.clusters.items()}

