@@ -330,3 +330,16 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
     assert result.exit_code == 0, result.output
     first_version = next(e for e in first["clusters"] if e["cluster_id"] == weather)["registered_model"]["version"]
     assert str(client.get_model_version_by_alias(name, "champion").version) == first_version
+
+    # 4: the router demoted the weather cluster (its audited calls fell below parity: tests/unit/serve/
+    # test_audit_and_demotion.py); the next refresh removes its champion alias, retrains it and reports the demotion.
+    from components.evaluate.demotion import AuditedFigures, append_log_line, demotion_line
+
+    audited = AuditedFigures(20, 10)
+    append_log_line(work / "reports" / "promotions.jsonl", demotion_line(weather, "on", audited, "below parity"))
+    fourth = run(4, {"get_weather": 8, "convert_currency": 4}, max_steps=0)
+    [applied] = fourth["demotions"]
+    assert (applied["cluster_id"], applied["from_version"], applied["to_version"]) == (weather, first_version, None)
+    assert fourth["retrained"][str(weather)].startswith("demoted by the router")
+    assert client.get_model_version_by_alias(name, "challenger").version is not None
+    assert str(weather) in fourth["coverage"]  # each evaluated cluster's selective figures, refresh by refresh
