@@ -113,6 +113,7 @@ def refresh(params_path: str, workdir: str = ".", input_path: str | None = None,
             "batch_records": len(batch_ids),
             "drift": drift,
             "retrained": {str(k): v for k, v in plan.items()},
+            "audited": clusters["audited"],  # the batch's audited calls per cluster: accuracy and interval
             "demotions": demotions,
             "coverage": coverage_by_cluster(comparison["clusters"]),
             "clusters": comparison["clusters"],

@@ -23,6 +23,7 @@ from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, write_records, write_table
 from components.discover.discovery import DiscoverConfig
 from components.evaluate.comparison import score_fresh_and_regression
+from components.evaluate.demotion import audited_by_cluster
 from components.evaluate.drift import describe_drift, detect_drift
 from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig
 from components.evaluate.refresh import (
@@ -130,6 +131,9 @@ def stabilize_clusters_task(
         log_json_artifact(cluster_table_json(stable.clusters), resolve(workdir, discover_cfg.clusters))
         write_table(stable.assignments, stable_path)
         result = stable.summary
+        # The batch's audited calls (the router's audit stream): the refresh report's audited accuracy per cluster.
+        batch = set(batch_ids)
+        result["audited"] = audited_by_cluster(r for r in history if r.record_id in batch)
         mlflow.log_dict(
             {"id_mapping": result["id_mapping"], "mix_all": result["mix_all"], "mix_batch": result["mix_batch"]},
             "clusters_mix.json",

@@ -44,6 +44,28 @@ class AuditedFigures:
         return wilson_interval(self.hits, self.calls)
 
 
+def audited_by_cluster(records: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """Per cluster (the router's id), the audited calls among ``records`` (CallRecords whose ``metadata.route.audit``
+    is ``match`` or ``miss``): how many, how many the SLM got right, the accuracy and its 95 % interval."""
+    tallies: dict[int, list[int]] = {}
+    for record in records:
+        route = (record.metadata or {}).get("route")
+        if isinstance(route, dict) and route.get("audit") in ("match", "miss") and route.get("cluster_id") is not None:
+            tally = tallies.setdefault(int(route["cluster_id"]), [0, 0])
+            tally[0] += 1
+            tally[1] += route["audit"] == "match"
+    return {str(cluster_id): figures_of(AuditedFigures(*tally)) for cluster_id, tally in sorted(tallies.items())}
+
+
+def figures_of(audited: AuditedFigures) -> dict[str, Any]:
+    return {
+        "audited_calls": audited.calls,
+        "audited_hits": audited.hits,
+        "audited_accuracy": audited.accuracy,
+        "audited_interval": audited.interval,
+    }
+
+
 def demotion_reason(audited: AuditedFigures, policy: PromotionPolicy) -> str | None:
     """Why the cluster must be demoted (the gate's rule failed on enough audited calls, with the figures), or None
     while it holds parity or has too few audited calls to say."""
@@ -67,10 +89,7 @@ def demotion_line(
         "cluster_id": int(cluster_id),
         "from_mode": from_mode,
         "to_mode": "shadow",
-        "audited_calls": audited.calls,
-        "audited_hits": audited.hits,
-        "audited_accuracy": audited.accuracy,
-        "audited_interval": audited.interval,
+        **figures_of(audited),
         "promoted": False,
         "reason": f"demoted to shadow: {reason}",
     }

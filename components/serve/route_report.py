@@ -25,7 +25,7 @@ import numpy as np
 
 from components.core.config import StepConfig
 from components.core.schema import CallRecord
-from components.evaluate.demotion import AuditedFigures, demotions_by_cluster
+from components.evaluate.demotion import AuditedFigures, demotions_by_cluster, figures_of
 from components.scoring.costs import cost_basis, describe_cost_basis, slm_cost_per_1k_calls
 from components.serve.router import OUTLIER, route_summary
 
@@ -66,12 +66,7 @@ def audit_figures(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The audited calls among ``rows``: how many, the SLM's accuracy on them with its interval, the audits' cost."""
     audited = [row for row in rows if row["audit"] in ("match", "miss")]
     figures = AuditedFigures(len(audited), sum(row["audit"] == "match" for row in audited))
-    return {
-        "audited_calls": figures.calls,
-        "audited_accuracy": figures.accuracy,
-        "audited_interval": figures.interval,
-        "audit_cost": float(sum(row["cost_usd"] or 0.0 for row in audited)),
-    }
+    return {**figures_of(figures), "audit_cost": float(sum(row["cost_usd"] or 0.0 for row in audited))}
 
 
 def route_report(

@@ -18,6 +18,7 @@ from components.collect.ingest import collect_sources
 from components.collect.sources import parse_source
 from components.core.schema import CallRecord, ChatMessage, ToolCall
 from components.curate.filters import CurateConfig, curate
+from components.evaluate.demotion import audited_by_cluster
 from components.evaluate.refresh import refresh_splits
 from components.evaluate.selective import wilson_interval
 from components.serve.proxy import create_app
@@ -135,6 +136,9 @@ def test_audited_calls_are_answered_by_the_slm_and_stored_with_the_llms_answer_s
     assert (cluster["audited_calls"], cluster["audited_accuracy"]) == (2, 0.5)
     assert cluster["audited_interval"] == pytest.approx(wilson_interval(1, 2))
     assert cluster["audit_cost"] == pytest.approx(sum(r.cost_usd for r in audited))
+    # The refresh report's per-cluster audited figures (from the batch it curated) say the same.
+    [(cluster_id, refreshed)] = audited_by_cluster(kept).items()
+    assert int(cluster_id) == WEATHER and refreshed == {k: v for k, v in cluster.items() if k in refreshed}
     assert "audited accuracy" in write_route_report(report, tmp_path / "route.html").read_text()
 
 
