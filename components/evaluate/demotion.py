@@ -131,6 +131,25 @@ def pending_demotions(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
     ]
 
 
+def demoted_since(lines: Iterable[Mapping[str, Any]], moment: datetime | None) -> list[int]:
+    """The clusters the router demoted after ``moment`` (when its config was written), so a restarted router keeps
+    them in shadow until a new config is written; none without a moment (a hand-written config: a logged demotion
+    may predate it)."""
+    if moment is None:
+        return []
+    found = []
+    for row in lines:
+        if row.get("event") != DEMOTION:
+            continue
+        try:
+            logged = datetime.fromisoformat(str(row["timestamp"]))
+        except (KeyError, ValueError):
+            continue
+        if logged > moment:
+            found.append(int(row["cluster_id"]))
+    return sorted(set(found))
+
+
 def demotions_by_cluster(lines: Iterable[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
     """Each cluster's demotions, oldest first (what the route and refresh reports show)."""
     found: dict[int, list[dict[str, Any]]] = {}

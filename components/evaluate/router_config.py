@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,8 @@ def router_config(
             clusters[cluster_id]["threshold"] = entry["selective"]["threshold"]
             clusters[cluster_id]["calibrator"] = (calibrators or {}).get(cluster_id)
     config: dict[str, Any] = {"cluster_model_dir": cluster_model_dir, "clusters": clusters}
+    # A demotion logged after this moment still holds when a router (re)starts on this file (components/serve).
+    config["written_at"] = datetime.now(UTC).isoformat()
     config |= {"audit_share": AUDIT_SHARE, "audit_min_per_day": AUDIT_MIN_PER_DAY}
     if policy is not None:
         config["demotion"] = {"parity": policy.parity, "min_test_calls": policy.min_test_calls}

@@ -43,6 +43,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from components.collect.sources.common import RecordError, request_record
 from components.core.config import StepConfig
 from components.core.schema import CallRecord, ChatMessage
 from components.discover.identity import ClusterModel, assign, load_model
+from components.evaluate.demotion import demoted_since, read_log
 from components.evaluate.promotion import PromotionPolicy
 from components.serve.audit import AuditSampler, AuditStream
 from components.serve.backends import Backend, backend_name, cluster_generator
@@ -113,6 +115,8 @@ class RouterConfig(StepConfig):
     # Demotion to shadow when the audited calls fail the gate's rule (parity, min_test_calls: params `promotion`).
     demotion: PromotionPolicy = PromotionPolicy()
     promotions_log: str = "reports/promotions.jsonl"  # where a demotion is logged (S6 writes the work dir's)
+    # When S6 wrote this config: the demotions logged since then still hold when the router (re)starts.
+    written_at: datetime | None = None
 
     def routes(self) -> dict[int, ClusterRoute]:
         return {cid: ClusterRoute(c.mode, frozenset(c.known_tools), c.canary_share) for cid, c in self.clusters.items()}
@@ -251,6 +255,9 @@ class RouterResponder:
             Path(config.promotions_log),
             self._demote,
         )
+        for cluster_id in demoted_since(read_log(Path(config.promotions_log)), config.written_at):
+            if self._demote(cluster_id):  # a restart does not undo a demotion the refresh has not acted on yet
+                logger.warning("router: cluster %s starts in shadow: demoted since its config was written", cluster_id)
         self._slm_thread = threading.Thread(target=self._serve_slm_jobs, name="router-slm", daemon=True)
         self._slm_thread.start()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 import openai
@@ -184,6 +185,13 @@ def test_a_cluster_whose_audited_calls_fall_below_parity_is_demoted_to_shadow(tm
     assert "audited accuracy 0.333" in line["reason"] and "< 0.90 × LLM 1.000 = 0.900" in line["reason"]
     report = route_report(stored, slm_hourly_cost_usd=0.1, demotions=[line])
     assert report["clusters"][WEATHER]["demotions"] == [line]
+    # A restart does not undo it: a router started on a config written before the demotion serves it as shadow,
+    # one written after it (S6 or the refresh decided again) as the config says.
+    for written_at, mode in (("2026-01-01T00:00:00+00:00", "shadow"), ("2999-01-01T00:00:00+00:00", "selective")):
+        config = responder.config.model_copy(update={"written_at": datetime.fromisoformat(written_at)})
+        restarted = RouterResponder(config, cluster_model(), embed=bag_of_words, generator=sure_slm(set()))
+        assert restarted.routes[WEATHER].mode == mode
+        restarted.close()
 
 
 def test_a_cluster_at_parity_on_its_audits_keeps_its_mode(tmp_path):
