@@ -89,6 +89,7 @@ def refresh_markdown(summary: Mapping[str, Any], run: RunLink) -> str:
     ]
     for cluster_id, why in summary.get("retrained", {}).items():
         lines.append(f"- cluster {cluster_id} retrained: {why}")
+    lines += selective_serving_lines(summary)
     lines += [
         "",
         "| cluster | label | metric | n_test | llm | base | champion | challenger | cost/1k llm "
@@ -110,3 +111,28 @@ def refresh_markdown(summary: Mapping[str, Any], run: RunLink) -> str:
         lines.append("| - | no challenger this refresh | | | | | | | | | | |")
     lines += ["", run.markdown(), ""]
     return "\n".join(lines)
+
+
+def selective_serving_lines(summary: Mapping[str, Any]) -> list[str]:
+    """A refresh's production side (components/serve/audit.py): the batch's audited accuracy per cluster, the
+    router's demotions it applied, and the share of calls the champion and challenger serve at parity."""
+    lines = []
+    for cluster_id, figures in (summary.get("audited") or {}).items():
+        low, high = figures.get("audited_interval") or (0.0, 0.0)
+        lines.append(
+            f"- cluster {cluster_id} audited: accuracy {figures['audited_accuracy']:.3f} [{low:.2f}-{high:.2f}] "
+            f"on {figures['audited_calls']} audited calls"
+        )
+    for demotion in summary.get("demotions") or []:
+        moved = (
+            f"champion v{demotion['from_version']} -> {'v' + str(demotion['to_version']) if demotion.get('to_version') else 'none'}"
+            if demotion.get("alias_moved")
+            else "no champion alias to move"
+        )
+        lines.append(f"- cluster {demotion['cluster_id']} demoted by the router (audited calls below parity): {moved}")
+    for cluster_id, figures in (summary.get("coverage") or {}).items():
+        served = figures.get("served_at_parity") or {}
+        if served:
+            shares = ", ".join(f"{system} {share:.2f}" for system, share in served.items())
+            lines.append(f"- cluster {cluster_id} calls served at parity: {shares}")
+    return lines

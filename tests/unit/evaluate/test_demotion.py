@@ -118,3 +118,20 @@ def test_the_refresh_holds_out_audited_calls_first_and_trains_on_deferred_ones()
     assert plan_retraining([cluster], state, {0: 10}, {0: 0.9}, RetrainPolicy()) == {}
     plan = plan_retraining([cluster], state, {0: 10}, {0: 0.9}, RetrainPolicy(), demoted=[0])
     assert plan[0].startswith("demoted by the router")
+
+
+def test_the_refresh_markdown_shows_audited_accuracy_demotions_and_served_coverage():
+    from components.evaluate.flow_summary import RunLink, refresh_markdown
+
+    audited = AuditedFigures(20, 15)
+    summary = {
+        "refresh": 4,
+        "audited": {"2": {"audited_calls": 20, "audited_accuracy": 0.75, "audited_interval": audited.interval}},
+        "demotions": [{"cluster_id": 2, "alias_moved": True, "from_version": "3", "to_version": "1"}],
+        "coverage": {"2": {"served_at_parity": {"challenger": 0.4, "champion": 0.0}}},
+    }
+    text = refresh_markdown(summary, RunLink("run", "sqlite:///m.db"))
+    low, high = audited.interval
+    assert f"- cluster 2 audited: accuracy 0.750 [{low:.2f}-{high:.2f}] on 20 audited calls" in text
+    assert "- cluster 2 demoted by the router (audited calls below parity): champion v3 -> v1" in text
+    assert "- cluster 2 calls served at parity: challenger 0.40, champion 0.00" in text
