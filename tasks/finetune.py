@@ -148,4 +148,4 @@ def finetune_task(
         )
         if main:
             mlflow.log_artifact(str(artifacts.write(artifacts.FINETUNE_SUMMARY, summary, workdir, cfg.summary)))
-    return summary.as_json()
+    return summary.as_dict()

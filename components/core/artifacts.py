@@ -158,8 +158,13 @@ def read(artifact: Artifact, workdir: Path, where: str | None = None) -> StepFil
         raise StaleArtifactError(f"{path} (the {artifact.name}) is missing: {_rerun_hint(artifact)}")
     try:
         return artifact.model.model_validate(json.loads(path.read_text()))
-    except (ValidationError, json.JSONDecodeError) as error:
-        first = str(error).splitlines()[0]
+    except json.JSONDecodeError as error:
+        raise StaleArtifactError(
+            f"{path} (the {artifact.name}) is not JSON ({error}): {_rerun_hint(artifact)}"
+        ) from error
+    except ValidationError as error:
+        problem = error.errors()[0]
+        first = f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}"
         raise StaleArtifactError(
             f"{path} (the {artifact.name}) does not match what S{STEPS.index(artifact.step) + 1} "
             f"{artifact.step} writes now ({first}): {_rerun_hint(artifact)}"
@@ -172,5 +177,5 @@ def write(artifact: Artifact, content: StepFile, workdir: Path, where: str | Non
         raise TypeError(f"the {artifact.name} is written from a {artifact.model}, not {type(content).__name__}")
     path = path_of(artifact, workdir, where)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content.as_json(), indent=2, default=str))
+    path.write_text(json.dumps(content.as_dict(), indent=2, default=str))
     return path

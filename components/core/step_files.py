@@ -2,7 +2,7 @@
 evaluation (S6). Readers get attributes, not string keys; a field a step adds later lands here, typed.
 
 Every model keeps the keys it does not name (``extra="allow"``), and a file is written back with the keys it was
-built from only (:func:`as_json`), so the files stay byte-for-byte what the steps wrote before these models.
+built from only (:meth:`StepFile.as_dict`), so the files stay byte-for-byte what the steps wrote before these models.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field
 class StepFile(BaseModel):
     model_config = ConfigDict(extra="allow")
 
-    def as_json(self) -> dict[str, Any]:
-        """The file's JSON: the keys it was built or read with (defaults it never set are not added)."""
-        return self.model_dump(mode="json", exclude_unset=True)
+    def as_dict(self) -> dict[str, Any]:
+        """The file's content as plain values: the keys it was built or read with (defaults it never set are not
+        added); values a step put in an open part (numpy numbers...) stay as they were, for ``json.dumps``."""
+        return self.model_dump(exclude_unset=True)
 
 
 # --- S4 select: reports/leaderboard.json ---------------------------------------------------------------------------
@@ -47,10 +48,10 @@ class Leaderboard(StepFile):
 
 
 class FinetunedCluster(StepFile):
-    """One trained cluster: its adapter, the data it saw and how the run went."""
+    """One trained cluster: its adapter, the data it saw and how the run went (required: what S6 reads)."""
 
     cluster_id: int
-    label: str
+    label: str = ""
     n_train: int
     examples_by_origin: dict[str, int] = Field(default_factory=dict)
     augmentation: dict[str, Any] | None = None

@@ -73,7 +73,7 @@ def test_a_cluster_without_a_selected_slm_is_skipped_with_s4s_reason(tmp_path):
     board = leaderboard({"cluster_id": 3, "label": "w", "selected": None, "reason": "below the quality floor"})
     summary, trained_calls, _ = run(tmp_path, board)
     assert trained_calls == [] and summary.clusters == []
-    assert summary.as_json()["skipped"] == [
+    assert summary.as_dict()["skipped"] == [
         {"cluster_id": 3, "label": "w", "reason": "no candidate SLM passed S4: below the quality floor"}
     ]
 
@@ -98,7 +98,7 @@ def test_a_cluster_training_refuses_stays_with_the_llm_and_the_next_one_trains(t
         {"cluster_id": 1, "label": "b", "selected": "tiny", "selected_ref": "ref"},
     )
     summary, _, _ = run(tmp_path, board, train=refuses_cluster_0)
-    assert [s.as_json() for s in summary.skipped] == [
+    assert [s.as_dict() for s in summary.skipped] == [
         {"cluster_id": 0, "label": "a", "reason": "every call is longer than max_length"}
     ]
     assert [c.cluster_id for c in summary.clusters] == [1]
@@ -120,7 +120,7 @@ def test_a_trained_cluster_writes_its_set_and_its_line_counts_only_what_was_trai
     )
     assert line.train_tokens_per_second == 50.0 and line.too_long_record_ids == [trained[0].record_id]
     # what is written is what is read back
-    assert FinetuneSummary.model_validate(summary.as_json()) == summary
+    assert FinetuneSummary.model_validate(summary.as_dict()) == summary
 
 
 def test_a_rank_that_does_not_write_trains_but_writes_no_set_and_no_line(tmp_path):
