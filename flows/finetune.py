@@ -54,4 +54,4 @@ def run_finetune(
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(f"S5 on deployment {cfg.dispatch.deployment!r} ended {state} (flow run {flow_run.id})")
     # written by the worker into the shared work dir
-    return artifacts.read(artifacts.FINETUNE_SUMMARY, workdir, cfg.summary).as_json()
+    return artifacts.read(artifacts.FINETUNE_SUMMARY, workdir, cfg.summary).as_dict()

@@ -2,7 +2,8 @@
 evaluation (S6). Readers get attributes, not string keys; a field a step adds later lands here, typed.
 
 Every model keeps the keys it does not name (``extra="allow"``), and a file is written back with the keys it was
-built from only (:meth:`StepFile.as_dict`), so the files stay byte-for-byte what the steps wrote before these models.
+built from only (:meth:`StepFile.as_dict`), so a file holds the same keys and values as before these models (the
+named keys come first).
 """
 
 from __future__ import annotations
