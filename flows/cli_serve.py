@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from components.core import artifacts
+
 
 def parse_adapters(pairs: list[str], base_model: str | None) -> dict[int, tuple[str, str | None]]:
     """``--adapter 3=folder`` (``3=`` for the plain base) -> cluster id -> (base model, adapter folder)."""
@@ -41,7 +43,6 @@ def build_server(
     max_request_bytes: int | None = None,
 ):
     """The SLMServer a ``serve-slm`` command line describes (the CLI runs it with uvicorn)."""
-    from components.core.config import resolve
     from components.serve.proxy import PROXY_KEYS_ENV
     from components.serve.service import load_router_config
     from components.serve.slm_server import (
@@ -63,7 +64,7 @@ def build_server(
     if named:
         served = {cluster_id: ServedAdapter(*pair) for cluster_id, pair in named.items()}
     else:
-        path = router_config or resolve(workdir, "reports/router.yaml")
+        path = router_config or artifacts.path_of(artifacts.ROUTER_CONFIG, workdir, evaluate.router_config)
         if not Path(path).exists():
             raise FileNotFoundError(f"{path}: no router config (run S6 evaluate, or name adapters with --adapter)")
         routed = load_router_config(Path(path))
@@ -108,7 +109,7 @@ def export_source(
 
     config = load_pipeline_config(params or default_params_path())
     evaluate = config.steps["evaluate"]
-    path = router_config or resolve(workdir, "reports/router.yaml")
+    path = router_config or artifacts.path_of(artifacts.ROUTER_CONFIG, workdir, evaluate.router_config)
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no router config (run S6 evaluate first)")
     served = served_from_router_config(load_router_config(Path(path)))
