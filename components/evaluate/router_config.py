@@ -14,6 +14,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from components.core.router_file import ClusterServing, RouterFile
 from components.core.schema import CallRecord
 
 
@@ -60,32 +63,31 @@ def router_config(
     known_tools: Mapping[int, Sequence[str]],
     cluster_model_dir: str,
     calibrators: Mapping[int, str] | None = None,
-) -> dict[str, Any]:
+) -> RouterFile:
     """The router config for the evaluated clusters (``entries`` of reports/evaluation.json); ``calibrators``: the
     selective clusters' gate files (:func:`write_selective_gate`)."""
     clusters = {}
     for entry in entries:
         cluster_id = int(entry["cluster_id"])
         mode = route_mode(entry)
-        clusters[cluster_id] = {
+        serving = {
             "mode": mode,
             "base_model": entry["base_model"],
             "adapter_dir": adapters.get(cluster_id),
             "known_tools": list(known_tools.get(cluster_id, [])),
         }
         if mode == "selective":
-            clusters[cluster_id]["threshold"] = entry["selective"]["threshold"]
-            clusters[cluster_id]["calibrator"] = (calibrators or {}).get(cluster_id)
-    return {"cluster_model_dir": cluster_model_dir, "clusters": clusters}
+            serving |= {"threshold": entry["selective"]["threshold"], "calibrator": (calibrators or {}).get(cluster_id)}
+        clusters[cluster_id] = ClusterServing(**serving)
+    return RouterFile(cluster_model_dir=cluster_model_dir, clusters=clusters)
 
 
-def write_router_config(config: Mapping[str, Any], path: Path) -> Path:
-    import yaml
-
+def write_router_config(config: RouterFile, path: Path) -> Path:
+    """The file, with the keys S6 set only (the router's own settings keep their defaults until a user sets them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (
         "# Written by S6 evaluate: `on` = promoted at parity, `selective` = the SLM answers the calls its calibrated\n"
         "# confidence clears `threshold` (gate in `calibrator`), `shadow` = the LLM answers, the SLM is measured.\n"
     )
-    path.write_text(header + yaml.safe_dump(dict(config), sort_keys=False))
+    path.write_text(header + yaml.safe_dump(config.model_dump(exclude_unset=True), sort_keys=False))
     return path
