@@ -113,7 +113,7 @@ def load_step(params: dict[str, Any], name: str) -> StepConfig:
     shared = {field: value for (step, field), value in SHARED_VALUES.items() if step == name}
     for field, (place, _) in shared.items():
         if field in (params[name] or {}):
-            raise ValueError(f"params.yaml: '{name}.{field}' is retired; it is set once, in {place}")
+            raise ValueError(f"params.yaml: '{name}.{field}' is not set here: it is set once, in {place}")
     return config.model_copy(update={field: read(params) for field, (_, read) in shared.items()})
 
 

@@ -24,7 +24,7 @@ from components.core.schema import CallRecord, read_records, write_records, writ
 from components.discover.discovery import DiscoverConfig
 from components.evaluate.comparison import score_fresh_and_regression
 from components.evaluate.drift import describe_drift, detect_drift
-from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig
+from components.evaluate.evaluation import EvaluateConfig
 from components.evaluate.refresh import (
     RefreshConfig,
     fresh_and_regression_calls,
@@ -34,6 +34,7 @@ from components.evaluate.refresh import (
     stabilize_clusters,
 )
 from components.finetune.train import FinetuneConfig
+from components.scoring.metrics import PRIMARY_METRIC
 from components.slm.generation import generate_answers
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import adapter_of_version, champion_version
