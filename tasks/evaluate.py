@@ -20,7 +20,7 @@ from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, write_table
 from components.core.step_files import Evaluation, LeaderboardCluster
 from components.evaluate.call_traces import call_traces
-from components.evaluate.cluster_evaluation import evaluate_trained_clusters, not_converted
+from components.evaluate.cluster_evaluation import ClusterEvaluation, evaluate_trained_clusters, not_converted
 from components.evaluate.entry import score_answers
 from components.evaluate.evaluation import EvaluateConfig, write_markdown_summary, write_report
 from components.evaluate.learning_curve import CurvePoint, below_parity, learning_curve
@@ -143,6 +143,32 @@ def make_tuned_answerer(cfg: EvaluateConfig):
     return engine.name, served
 
 
+def register_cluster(cfg: EvaluateConfig, done: ClusterEvaluation) -> dict:
+    """Register the cluster's fine-tuned model: every new version starts as `challenger`; only the gate moves
+    `champion` (and records the history that `llm2slm rollback` walks back). Its ``registered_model`` entry."""
+    reason, promoted = done.entry["promotion_reason"], done.entry["promoted"]
+    name = registered_name(cfg.registered_model_prefix, done.model.cluster_id)
+    alias = CHAMPION if promoted else CHALLENGER
+    version = register_challenger(
+        done.model.model_uri,
+        name,
+        {"cluster_label": done.cluster.label, "promotion_reason": reason},
+        promote_reason=reason if promoted else None,
+    )
+    say(f"S6 evaluate: cluster #{done.model.cluster_id}: {reason} -> {name} v{version} @{alias}")
+    return {"name": name, "version": version, "alias": alias}
+
+
+def write_gate(cfg: EvaluateConfig, workdir: Path, entry: dict) -> str | None:
+    """A selective cluster's gate file (logged), else None; a gate of an earlier run never outlives its decision."""
+    gate_file = resolve(workdir, cfg.selective_gates) / f"cluster_{entry['cluster_id']}.json"
+    gate_file.unlink(missing_ok=True)
+    if route_mode(entry) != "selective":
+        return None
+    mlflow.log_artifact(str(write_selective_gate(entry, gate_file)), "selective")
+    return str(gate_file)
+
+
 @task(name="S6 evaluate", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
 def evaluate_task(
     cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
@@ -181,28 +207,14 @@ def evaluate_task(
                 log_learning_curve(cluster_id, entry["primary_metric"], entry["learning_curve"])
                 say(f"S6 evaluate: cluster #{cluster_id}: {entry['learning_curve']['verdict']}")
             call_rows += done.call_rows
-            reason, promoted = entry["promotion_reason"], entry["promoted"]
-            name = registered_name(cfg.registered_model_prefix, cluster_id)
-            alias = CHAMPION if promoted else CHALLENGER
-            # Every new version starts as `challenger`; only the gate moves `champion` (and records the history
-            # that `llm2slm rollback` walks back).
-            version = register_challenger(
-                done.model.model_uri,
-                name,
-                {"cluster_label": done.cluster.label, "promotion_reason": reason},
-                promote_reason=reason if promoted else None,
-            )
-            entry["registered_model"] = {"name": name, "version": version, "alias": alias}
+            entry["registered_model"] = register_cluster(cfg, done)
             entries.append(entry)
             adapters[cluster_id] = done.model.adapter_dir
-            gate_file = resolve(workdir, cfg.selective_gates) / f"cluster_{cluster_id}.json"
-            gate_file.unlink(missing_ok=True)  # a gate of an earlier run must not outlive its decision
-            if route_mode(entry) == "selective":
-                gates[cluster_id] = str(write_selective_gate(entry, gate_file))
-                mlflow.log_artifact(gates[cluster_id], "selective")
+            gate = write_gate(cfg, workdir, entry)
+            if gate is not None:
+                gates[cluster_id] = gate
             known_tools[cluster_id] = offered_tools(done.train_records)
             prediction_rows += done.prediction_rows()
-            say(f"S6 evaluate: cluster #{cluster_id}: {reason} -> {name} v{version} @{alias}")
 
         log_per_call_results(call_rows)
         log_call_traces(call_traces(entries, call_rows, cfg.max_traces), total=len(call_rows))

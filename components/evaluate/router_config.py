@@ -24,10 +24,7 @@ def offered_tools(records: Iterable[CallRecord]) -> list[str]:
     """Every tool name offered to the LLM in these calls: what a cluster's SLM has seen in its prompts."""
     names = set()
     for record in records:
-        for tool in record.tools or []:
-            function = tool.get("function", tool) if isinstance(tool, dict) else {}
-            if isinstance(function, dict) and isinstance(function.get("name"), str):
-                names.add(function["name"])
+        names |= {name for name in record.tool_names if name}
     return sorted(names)
 
 
