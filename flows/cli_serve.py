@@ -26,6 +26,21 @@ def client_keys_from_env() -> list[str]:
     return keys
 
 
+def read_router_config(workdir: Path, router_config: Path | None, evaluate, hint: str):
+    """The router config a serving command reads: ``--router-config``, else S6's (where params.yaml puts it)."""
+    from components.serve.service import load_router_config
+
+    path = Path(router_config or artifacts.path_of(artifacts.ROUTER_CONFIG, workdir, evaluate.router_config))
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no router config ({hint})")
+    return load_router_config(path)
+
+
+def serving_downloads(workdir: Path) -> Path:
+    """Where champions downloaded from the registry are kept, one folder per version (never rewritten)."""
+    return workdir.resolve() / "models" / "serving"
+
+
 def parse_adapters(pairs: list[str], base_model: str | None) -> dict[int, tuple[str, str | None]]:
     """``--adapter 3=folder`` (``3=`` for the plain base) -> cluster id -> (base model, adapter folder)."""
     if pairs and base_model is None:
@@ -55,7 +70,6 @@ def build_server(
     max_request_bytes: int | None = None,
 ):
     """The SLMServer a ``serve-slm`` command line describes (the CLI runs it with uvicorn)."""
-    from components.serve.service import load_router_config
     from components.serve.slm_server import (
         ServedAdapter,
         SLMServer,
@@ -73,10 +87,9 @@ def build_server(
     if named:
         served = {cluster_id: ServedAdapter(*pair) for cluster_id, pair in named.items()}
     else:
-        path = router_config or artifacts.path_of(artifacts.ROUTER_CONFIG, workdir, evaluate.router_config)
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{path}: no router config (run S6 evaluate, or name adapters with --adapter)")
-        routed = load_router_config(Path(path))
+        routed = read_router_config(
+            workdir, router_config, evaluate, "run S6 evaluate, or name adapters with --adapter"
+        )
         served = served_from_router_config(routed)
         gates = gates_from_router_config(routed)
     if not served:
@@ -97,8 +110,7 @@ def build_server(
         from tasks.helpers.tracking import configure_tracking
 
         configure_tracking(workdir.resolve(), config.tracking)
-        download_dir = workdir.resolve() / "models" / "serving"
-        resolver = champion_resolver(served, evaluate.registered_model_prefix, download_dir)
+        resolver = champion_resolver(served, evaluate.registered_model_prefix, serving_downloads(workdir))
     return SLMServer(served, server_config, keys, engine=engine, resolve=resolver, gates=gates)
 
 
@@ -112,24 +124,19 @@ def export_source(
     from components.core.config import resolve
     from components.core.schema import read_records, split_records
     from components.serve.export import cluster_tools
-    from components.serve.service import load_router_config
     from components.serve.slm_server import served_from_router_config
     from flows.steps import default_params_path, load_pipeline_config
 
     config = load_pipeline_config(params or default_params_path())
     evaluate = config.steps["evaluate"]
-    path = router_config or artifacts.path_of(artifacts.ROUTER_CONFIG, workdir, evaluate.router_config)
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no router config (run S6 evaluate first)")
-    served = served_from_router_config(load_router_config(Path(path)))
+    served = served_from_router_config(read_router_config(workdir, router_config, evaluate, "run S6 evaluate first"))
     if cluster_id not in served:
         known = ", ".join(str(c) for c in sorted(served)) or "none"
         raise ValueError(f"cluster {cluster_id} is not served by the router config (served: {known})")
     from tasks.helpers.champions import champion_or_router_adapter
 
-    download_dir = workdir.resolve() / "models" / "serving"
     source, fallback = champion_or_router_adapter(
-        workdir.resolve(), cluster_id, served[cluster_id], evaluate.registered_model_prefix, download_dir
+        workdir.resolve(), cluster_id, served[cluster_id], evaluate.registered_model_prefix, serving_downloads(workdir)
     )
     if fallback:
         typer.echo(f"exporting {fallback}", err=True)
