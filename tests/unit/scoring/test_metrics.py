@@ -183,10 +183,10 @@ def test_score_pairs_per_output_type_with_optional_embedder_and_judge():
         expected, predicted, "text", embed=lambda t: np.ones((len(t), 3)), judge=lambda reference, answer: 0.75
     )
     assert judged["embedding_similarity"] == pytest.approx(1.0) and judged["judge_score"] == 0.75
-    as_dict = score_pairs(
+    as_json = score_pairs(
         [ChatMessage(role="assistant", content='{"a": 1}')], [ChatMessage(role="assistant", content='{"a": 2}')], "json"
     )
-    assert as_dict["json_valid"] == 1.0 and as_dict["field_match"] == 0.0
+    assert as_json["json_valid"] == 1.0 and as_json["field_match"] == 0.0
     tools = score_pairs(
         [ChatMessage(role="assistant", tool_calls=[call("area", base=1.0, height=2)])],
         [ChatMessage(role="assistant", tool_calls=[call("area", base=1, height=2)])],
