@@ -125,7 +125,8 @@ def main() -> None:
 
     from components import slm
     from components.core.schema import read_records, split_records
-    from components.evaluate.evaluation import EvaluateConfig, latency_p50, proportion_interval
+    from components.evaluate.evaluation import EvaluateConfig, proportion_interval
+    from components.scoring.costs import latency_p50
     from components.scoring.metrics import score_pairs
 
     workdir = args.workdir.resolve()

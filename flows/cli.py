@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC
 from pathlib import Path
 
 import typer
 
 from flows import cli_serve
+from flows.cli_errors import exit_on, store_errors
 
 app = typer.Typer(
     add_completion=False,
@@ -30,19 +30,12 @@ def _config(params: Path | None, experiment: str | None = None):
 def _run_step(step: str, params: Path | None, workdir: Path, experiment: str | None, **options) -> None:
     import importlib
 
-    from components.collect.sources import SourceError
-    from components.core.secure_store import KeyFilePermissionError, StoreKeyError
-
     config = _config(params, experiment)
     step_task = getattr(importlib.import_module(f"tasks.{step}"), f"{step}_task")
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with exit_on(*store_errors()):
         # `.fn` runs the step without the Prefect engine: DVC already orchestrates these stage processes.
         step_task.fn(config.steps[step], workdir.resolve(), config.tracking, **options)
-    except (StoreKeyError, KeyFilePermissionError, SourceError) as error:
-        # An unreadable source, a wrong store key or a key file others can read: one clear line, not a traceback.
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
 
 
 @app.command("demo-data")
@@ -225,39 +218,20 @@ def rollback(
     experiment: str | None = ExperimentOption,
 ) -> None:
     """Move the cluster's `champion` alias back to the previous champion version (logged in the promotions log)."""
-    from datetime import datetime
-
+    from components.core.clusters import registered_name
     from components.core.config import load_section, resolve
     from components.evaluate.refresh import RefreshConfig
-    from tasks.helpers.registry import rollback as rollback_alias
+    from tasks.helpers.champions import rollback_champion
     from tasks.helpers.tracking import configure_tracking
 
     config = _config(params, experiment)
     configure_tracking(workdir.resolve(), config.tracking)
-    from components.core.clusters import registered_name
-
     name = registered_name(config.steps["evaluate"].registered_model_prefix, cluster)
+    log = resolve(workdir, load_section(config.params, "refresh", RefreshConfig).promotions_log)
     try:
-        rolled_back, restored = rollback_alias(name)
+        rolled_back, restored = rollback_champion(name, cluster, log)
     except ValueError as error:
         raise typer.BadParameter(str(error), param_hint="--cluster") from None
-    log = resolve(workdir, load_section(config.params, "refresh", RefreshConfig).promotions_log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as handle:
-        handle.write(
-            json.dumps(
-                {
-                    "event": "rollback",
-                    "cluster_id": cluster,
-                    "name": name,
-                    "from_version": rolled_back,
-                    "version": restored,
-                    "alias": "champion",
-                    "at": datetime.now(UTC).isoformat(),
-                }
-            )
-            + "\n"
-        )
     typer.echo(f"{name}: champion v{rolled_back} -> v{restored} (v{rolled_back} is now @challenger)")
 
 
@@ -281,100 +255,6 @@ def serve_deployments(
     serve(*deployments)
 
 
-@app.command()
-def proxy(
-    upstream_url: str = typer.Option(
-        ..., "--upstream-url", help="OpenAI-compatible base URL of the real LLM, including /v1"
-    ),
-    store: Path = typer.Option(..., "--store", help="Directory of the encrypted calls-YYYYMMDD.jsonl logs"),
-    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on"),
-    port: int = typer.Option(8787, "--port"),
-    agent: str = typer.Option("default", "--agent", help="Agent name when the request has no X-Agent-Name header"),
-    upstream_api_key_env: str = typer.Option(
-        "LLM2SLM_UPSTREAM_API_KEY",
-        "--upstream-api-key-env",
-        help="Environment variable holding the upstream API key (none is sent when it is unset)",
-    ),
-    anonymize: bool = typer.Option(
-        False,
-        "--anonymize",
-        help="Pseudonymize each call with S2's analyzer "
-        "(params anonymize.*) before it is written: raw PII never touches disk",
-    ),
-    timeout_s: float = typer.Option(120.0, "--timeout-s", help="Upstream request timeout in seconds"),
-    max_body_mib: float = typer.Option(
-        8.0, "--max-body-mib", help="Largest request body accepted, in MiB (a larger one is answered 413)"
-    ),
-    route: Path | None = typer.Option(
-        None,
-        "--route",
-        help="S6 router config (YAML: per-cluster mode, "
-        "base model, adapter, canary share, known tools; or a params file "
-        "with a `route` section): answer routed clusters with their SLMs",
-    ),
-    params: Path | None = ParamsOption,
-    workdir: Path = WorkdirOption,
-) -> None:
-    """S1 live: OpenAI-compatible logging proxy; point the agent's base_url at it, then
-    `collect --source proxy-store:DIR`. With --route it is also the S6 router. Client keys: $LLM2SLM_PROXY_KEYS
-    (comma-separated); store key: $LLM2SLM_STORE_KEY or the key file."""
-    import os
-
-    from components.collect.sources.proxy_store import check_store_key
-    from components.core.secure_store import KeyFilePermissionError, StoreKeyError, load_key
-    from components.serve.proxy import PROXY_KEYS_ENV, serve
-
-    # Keys come from the environment, never from the command line (shell history, ps).
-    client_keys = [key.strip() for key in os.environ.get(PROXY_KEYS_ENV, "").split(",") if key.strip()]
-    if not client_keys:
-        typer.echo(f"error: set {PROXY_KEYS_ENV} to the comma-separated API keys the agents will use", err=True)
-        raise typer.Exit(code=2)
-    config = _config(params)
-    collect_cfg = config.steps["collect"]
-    try:
-        # Fails now, not on the first call, if the store key is malformed or is not the store's key.
-        load_key()
-        if store.is_dir():
-            check_store_key(store, collect_cfg)
-    except (StoreKeyError, KeyFilePermissionError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
-    on_write = None
-    if anonymize:
-        from components.curate.anonymize import build_anonymizer
-
-        # S2's anonymizer with its deny list (a relative deny_list_file is read from --workdir, as in `run`).
-        anonymizer = build_anonymizer(config.steps["anonymize"], workdir)
-        on_write = lambda record: anonymizer.anonymize_record(record)[0]  # noqa: E731
-    responders = []
-    if route is not None:
-        from components.serve.service import RouterResponder, load_router_config
-
-        try:
-            router = RouterResponder(load_router_config(route))
-        except (FileNotFoundError, ValueError) as error:  # a missing cluster model or an invalid config
-            typer.echo(f"error: router: {error}", err=True)
-            raise typer.Exit(code=2) from None
-        responders.append(router)
-        modes = ", ".join(f"#{cid} {c.mode}" for cid, c in router.config.clusters.items()) or "no cluster routed"
-        typer.echo(f"router: {modes}")
-    typer.echo(f"logging proxy: http://{host}:{port}/v1 -> {upstream_url}, encrypted calls -> {store}")
-    serve(
-        host,
-        port,
-        upstream_url,
-        store,
-        collect_cfg,
-        client_keys,
-        agent=agent,
-        upstream_api_key=os.environ.get(upstream_api_key_env) or None,
-        timeout_s=timeout_s,
-        on_write=on_write,
-        responders=responders,
-        max_body_bytes=int(max_body_mib * 1024 * 1024),
-    )
-
-
 @app.command("route-report")
 def route_report(
     store: Path = typer.Option(..., "--store", help="The proxy's store directory"),
@@ -385,8 +265,6 @@ def route_report(
 ) -> None:
     """S6: what the router did (per cluster: SLM share, fallbacks, shadow agreement, cost saved per 1k calls),
     as an HTML report logged to MLflow."""
-    from components.collect.sources import SourceError
-    from components.core.secure_store import KeyFilePermissionError, StoreKeyError
     from components.serve.route_report import RouteReportConfig
     from tasks.route_report import route_report_task
 
@@ -399,11 +277,8 @@ def route_report(
         promotions_log=config.steps["evaluate"].promotions_log,  # the router's demotions
     )
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with exit_on(*store_errors()):
         result = route_report_task.fn(cfg, config.steps["collect"], workdir.resolve(), config.tracking)
-    except (StoreKeyError, KeyFilePermissionError, SourceError) as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=2) from None
     overall = result["overall"]
     typer.echo(
         f"{overall['calls']} routed calls: SLM share {overall['slm_share']:.1%}, "
@@ -432,8 +307,8 @@ def show_params(params: Path | None = ParamsOption) -> None:
     typer.echo(json.dumps({k: v.model_dump(mode="json") for k, v in config.steps.items()}, indent=2))
 
 
-# The SLM server's command lives beside its helpers (flows/cli_serve.py) to keep this file readable.
-cli_serve.register(app)
+# The serving commands (export, serve-slm, proxy) live beside their helpers in flows/cli_serve.py.
+app.add_typer(cli_serve.serve_app)
 
 if __name__ == "__main__":
     app()

@@ -9,12 +9,11 @@ the last checkpoint.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow
 
-from components.core.config import resolve
+from components.core import artifacts
 from components.finetune.train import FinetuneConfig
 from tasks.finetune import finetune_task
 from tasks.helpers.tracking import TrackingConfig
@@ -54,4 +53,5 @@ def run_finetune(
     if flow_run.state is None or not flow_run.state.is_completed():
         state = flow_run.state.name if flow_run.state else "unknown"
         raise RuntimeError(f"S5 on deployment {cfg.dispatch.deployment!r} ended {state} (flow run {flow_run.id})")
-    return json.loads(resolve(workdir, cfg.summary).read_text())  # written by the worker into the shared work dir
+    # written by the worker into the shared work dir
+    return artifacts.read(artifacts.FINETUNE_SUMMARY, workdir, cfg.summary).as_dict()

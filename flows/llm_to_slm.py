@@ -15,7 +15,8 @@ from typing import TypeVar
 
 from prefect import flow
 
-from components.core.config import StepConfig, resolve
+from components.core import artifacts
+from components.core.config import StepConfig
 from components.curate.anonymize import AnonymizeConfig
 from components.discover.discovery import DiscoverConfig
 from flows.finetune import run_finetune
@@ -83,7 +84,9 @@ def llm_to_slm(
             source,
         )
         if collected is None:  # up to date: the figures of the run that wrote it
-            collected = json.loads(resolve(root, steps["collect"].summary).read_text())
+            collected = json.loads(
+                artifacts.path_of(artifacts.COLLECT_SUMMARY, root, steps["collect"].summary).read_text()
+            )
         skipped += data_parallel_steps(steps, root, tracking, parent, config.execution, resume)
         run_step(
             "select",
@@ -110,7 +113,7 @@ def llm_to_slm(
             lambda: evaluate_task(steps["evaluate"], root, tracking, parent),
         )
         if evaluation is None:
-            evaluation = json.loads(resolve(root, steps["evaluate"].evaluation).read_text())
+            evaluation = artifacts.read(artifacts.EVALUATION, root, steps["evaluate"].evaluation).as_dict()
     except BaseException:
         end_parent_run(parent, "FAILED")
         raise

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from components.collect.ingest import CollectConfig, source_specs
+from components.core.artifacts import STEPS, step_files
 from components.core.config import StepConfig, load_params, load_section, resolve
 from components.core.stage_lock import StageLock
 from components.curate.anonymize import AnonymizeConfig
@@ -28,33 +29,11 @@ STEP_CONFIGS: dict[str, type[StepConfig]] = {
     "evaluate": EvaluateConfig,
 }
 
-# Each step's files, by the field names of its config: (inputs, outputs). Paths are written once in params.yaml;
-# this table only says which of them a step reads and which it writes (the stage locks of `llm2slm run --resume`).
+# Each step's files, by the field names of its config: (inputs, outputs), derived from the artifact catalog
+# (components/core/artifacts.py), which dvc.yaml is checked against: the stage locks of `llm2slm run --resume`.
 # S1's inputs are its sources (see step_lock); a step also reads an output it keeps between runs (S1's records
 # and state, S3's model), which the lock checks as an unchanged output.
-STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "collect": ((), ("output", "state", "quarantine", "summary")),
-    "anonymize": (("input", "deny_list_file"), ("output", "audit", "audit_html")),
-    "discover": (("input",), ("assignments", "clusters", "splits", "model_dir", "report", "cluster_map")),
-    "select": (
-        ("curated", "clusters", "splits", "ground_truth", "catalog"),
-        ("leaderboard", "leaderboard_table", "metrics", "predictions", "candidate_predictions"),
-    ),
-    "finetune": (("curated", "splits", "leaderboard"), ("output_dir", "training_sets", "summary")),
-    "evaluate": (
-        (
-            "curated",
-            "splits",
-            "leaderboard",
-            "base_predictions",
-            "adapters",
-            "finetune_summary",
-            "collected",
-            "assignments",
-        ),
-        ("evaluation", "metrics", "report", "predictions", "router_config"),
-    ),
-}
+STEP_FILES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {name: step_files(name) for name in STEPS}
 
 
 def step_lock(name: str, cfg: StepConfig, workdir: Path, input_path: Path | None = None) -> StageLock:
@@ -134,7 +113,7 @@ def load_step(params: dict[str, Any], name: str) -> StepConfig:
     shared = {field: value for (step, field), value in SHARED_VALUES.items() if step == name}
     for field, (place, _) in shared.items():
         if field in (params[name] or {}):
-            raise ValueError(f"params.yaml: '{name}.{field}' is retired; it is set once, in {place}")
+            raise ValueError(f"params.yaml: '{name}.{field}' is not set here: it is set once, in {place}")
     return config.model_copy(update={field: read(params) for field, (_, read) in shared.items()})
 
 

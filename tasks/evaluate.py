@@ -6,7 +6,6 @@ their assessments, and its data as MLflow datasets; with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -15,11 +14,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.collect.sources.common import content_hash
+from components.core import artifacts
 from components.core.clusters import registered_name
 from components.core.config import resolve
-from components.core.schema import CallRecord, read_records, split_records, write_table
+from components.core.schema import CallRecord, read_records, write_table
+from components.core.step_files import Evaluation, LeaderboardCluster
 from components.evaluate.call_traces import call_traces
-from components.evaluate.entry import evaluate_cluster, score_answers
+from components.evaluate.cluster_evaluation import ClusterEvaluation, evaluate_trained_clusters, not_converted
+from components.evaluate.entry import score_answers
 from components.evaluate.evaluation import EvaluateConfig, write_markdown_summary, write_report
 from components.evaluate.learning_curve import CurvePoint, below_parity, learning_curve
 from components.evaluate.router_config import (
@@ -60,20 +62,20 @@ def metrics_view(entries: list[dict]) -> dict:
 def cluster_learning_curve(
     cfg: EvaluateConfig,
     workdir: Path,
-    cluster: dict,
+    cluster: LeaderboardCluster,
     train_records: list[CallRecord],
     test_records: list[CallRecord],
     entry: dict,
 ) -> dict:
     """The cluster's learning curve: each smaller share trained as S5 trains (its settings, overrides included) and
     scored on the same held-out calls; the full share is the adapter S5 trained, as S6 just scored it."""
-    cluster_id, metric = cluster["cluster_id"], entry["primary_metric"]
+    cluster_id, metric = cluster.cluster_id, entry["primary_metric"]
     folder = resolve(workdir, cfg.learning_curve.output_dir) / f"cluster_{cluster_id}"
     training = config_for_cluster(cfg.finetune, cluster_id)
 
     def train_and_score(subset: list[CallRecord]) -> CurvePoint:
         say(f"S6 evaluate: cluster #{cluster_id}: learning curve, training on {len(subset)} calls")
-        result = finetune(cluster["selected_ref"], subset, training, folder / f"n_{len(subset)}")
+        result = finetune(cluster.selected_ref, subset, training, folder / f"n_{len(subset)}")
         answers = generate_answers(
             result.base_model,
             test_records,
@@ -141,9 +143,30 @@ def make_tuned_answerer(cfg: EvaluateConfig):
     return engine.name, served
 
 
-def split_confidence(answers: list[tuple]) -> tuple[list[tuple[str, float]], list[dict | None]]:
-    """[(completion, latency ms)] and each answer's confidence (None for an answer that came without one)."""
-    return [(a[0], a[1]) for a in answers], [a[2] if len(a) > 2 else None for a in answers]
+def register_cluster(cfg: EvaluateConfig, done: ClusterEvaluation) -> dict:
+    """Register the cluster's fine-tuned model: every new version starts as `challenger`; only the gate moves
+    `champion` (and records the history that `llm2slm rollback` walks back). Its ``registered_model`` entry."""
+    reason, promoted = done.entry["promotion_reason"], done.entry["promoted"]
+    name = registered_name(cfg.registered_model_prefix, done.model.cluster_id)
+    alias = CHAMPION if promoted else CHALLENGER
+    version = register_challenger(
+        done.model.model_uri,
+        name,
+        {"cluster_label": done.cluster.label, "promotion_reason": reason},
+        promote_reason=reason if promoted else None,
+    )
+    say(f"S6 evaluate: cluster #{done.model.cluster_id}: {reason} -> {name} v{version} @{alias}")
+    return {"name": name, "version": version, "alias": alias}
+
+
+def write_gate(cfg: EvaluateConfig, workdir: Path, entry: dict) -> str | None:
+    """A selective cluster's gate file (logged), else None; a gate of an earlier run never outlives its decision."""
+    gate_file = resolve(workdir, cfg.selective_gates) / f"cluster_{entry['cluster_id']}.json"
+    gate_file.unlink(missing_ok=True)
+    if route_mode(entry) != "selective":
+        return None
+    mlflow.log_artifact(str(write_selective_gate(entry, gate_file)), "selective")
+    return str(gate_file)
 
 
 @task(name="S6 evaluate", retries=1, retry_condition_fn=retry_on_transient_io, cache_policy=NO_CACHE)
@@ -151,111 +174,73 @@ def evaluate_task(
     cfg: EvaluateConfig, workdir: Path, tracking: TrackingConfig | None = None, parent_run_id: str | None = None
 ) -> dict:
     with step_run("evaluate", cfg, workdir, tracking, parent_run_id):
-        records = {r.record_id: r for r in read_records(resolve(workdir, cfg.curated))}
-        splits = pd.read_parquet(resolve(workdir, cfg.splits))
-        leaderboard = json.loads(resolve(workdir, cfg.leaderboard).read_text())
-        base_predictions = pd.read_parquet(resolve(workdir, cfg.base_predictions))
-        finetune_summary = json.loads(resolve(workdir, cfg.finetune_summary).read_text())
-        trained = finetune_summary["clusters"]
-        selected = {c["cluster_id"]: c for c in leaderboard["clusters"]}
+        curated_path = artifacts.path_of(artifacts.CURATED, workdir, cfg.curated)
+        splits_path = artifacts.path_of(artifacts.SPLITS, workdir, cfg.splits)
+        records = {r.record_id: r for r in read_records(curated_path)}
+        splits = pd.read_parquet(splits_path)
+        leaderboard = artifacts.read(artifacts.LEADERBOARD, workdir, cfg.leaderboard)
+        base_predictions = pd.read_parquet(artifacts.path_of(artifacts.BASE_PREDICTIONS, workdir, cfg.base_predictions))
+        finetune_summary = artifacts.read(artifacts.FINETUNE_SUMMARY, workdir, cfg.finetune_summary)
         log_evaluation_inputs(
-            records,
-            splits,
-            [model["cluster_id"] for model in trained],
-            resolve(workdir, cfg.curated),
-            resolve(workdir, cfg.splits),
+            records, splits, [model.cluster_id for model in finetune_summary.clusters], curated_path, splits_path
         )
         engine_name, answer_tuned = make_tuned_answerer(cfg)
         entries, prediction_rows, call_rows = [], [], []
         adapters: dict[int, str] = {}
         known_tools: dict[int, list[str]] = {}
         gates: dict[int, str] = {}
-        for model in trained:
-            cluster_id = model["cluster_id"]
-            cluster = selected[cluster_id]
-            test_records = split_records(records, splits, cluster_id, "test")
-            # The base model's answers were generated by S4 on the same held-out calls, greedily: reuse them.
-            base = base_predictions[
-                (base_predictions.cluster_id == cluster_id) & (base_predictions.candidate == cluster["selected"])
-            ].set_index("record_id")
-            base_answers = [
-                (base.at[r.record_id, "text"], float(base.at[r.record_id, "latency_ms"])) for r in test_records
-            ]
-            tuned_answers, tuned_confidence = split_confidence(
-                answer_tuned(model, test_records, Progress(f"S6 cluster #{cluster_id}", len(test_records)))
-            )
-            entry, rows = evaluate_cluster(
-                cluster,
-                model["n_train"],
-                test_records,
-                base_answers,
-                tuned_answers,
-                cfg.promotion,
-                cfg.slm_hourly_cost_usd,
-                tuned_confidence,
-            )
-            train_records = split_records(records, splits, cluster_id, "train")
+        evaluated = evaluate_trained_clusters(
+            leaderboard,
+            finetune_summary,
+            records,
+            splits,
+            base_predictions,
+            cfg,
+            lambda model, calls, label: answer_tuned(model.as_dict(), calls, Progress(label, len(calls))),
+        )
+        for done in evaluated:
+            cluster_id, entry = done.model.cluster_id, done.entry
             if cfg.learning_curve.enabled and below_parity(entry):
                 entry["learning_curve"] = cluster_learning_curve(
-                    cfg, workdir, cluster, train_records, test_records, entry
+                    cfg, workdir, done.cluster, done.train_records, done.test_records, entry
                 )
                 log_learning_curve(cluster_id, entry["primary_metric"], entry["learning_curve"])
                 say(f"S6 evaluate: cluster #{cluster_id}: {entry['learning_curve']['verdict']}")
-            call_rows += rows
-            reason, promoted = entry["promotion_reason"], entry["promoted"]
-            name = registered_name(cfg.registered_model_prefix, cluster_id)
-            alias = CHAMPION if promoted else CHALLENGER
-            # Every new version starts as `challenger`; only the gate moves `champion` (and records the history
-            # that `llm2slm rollback` walks back).
-            version = register_challenger(
-                model["model_uri"],
-                name,
-                {"cluster_label": cluster["label"], "promotion_reason": reason},
-                promote_reason=reason if promoted else None,
-            )
-            entry["registered_model"] = {"name": name, "version": version, "alias": alias}
+            call_rows += done.call_rows
+            entry["registered_model"] = register_cluster(cfg, done)
             entries.append(entry)
-            adapters[cluster_id] = model["adapter_dir"]
-            gate_file = resolve(workdir, cfg.selective_gates) / f"cluster_{cluster_id}.json"
-            gate_file.unlink(missing_ok=True)  # a gate of an earlier run must not outlive its decision
-            if route_mode(entry) == "selective":
-                gates[cluster_id] = str(write_selective_gate(entry, gate_file))
-                mlflow.log_artifact(gates[cluster_id], "selective")
-            known_tools[cluster_id] = offered_tools(train_records)
-            prediction_rows += [
-                {"record_id": r.record_id, "cluster_id": cluster_id, "text": text, "latency_ms": latency}
-                for r, (text, latency) in zip(test_records, tuned_answers)
-            ]
-            say(f"S6 evaluate: cluster #{cluster_id}: {reason} -> {name} v{version} @{alias}")
+            adapters[cluster_id] = done.model.adapter_dir
+            gate = write_gate(cfg, workdir, entry)
+            if gate is not None:
+                gates[cluster_id] = gate
+            known_tools[cluster_id] = offered_tools(done.train_records)
+            prediction_rows += done.prediction_rows()
 
         log_per_call_results(call_rows)
         log_call_traces(call_traces(entries, call_rows, cfg.max_traces), total=len(call_rows))
         write_table(
             pd.DataFrame(prediction_rows, columns=["record_id", "cluster_id", "text", "latency_ms"]),
-            resolve(workdir, cfg.predictions),
+            artifacts.path_of(artifacts.TUNED_PREDICTIONS, workdir, cfg.predictions),
         )
-        not_converted = [
-            {"cluster_id": int(c["cluster_id"]), "reason": c["reason"]} for c in finetune_summary.get("skipped", [])
-        ]
-        collected = read_records(resolve(workdir, cfg.collected))
-        assignments = pd.read_parquet(resolve(workdir, cfg.assignments))
+        collected = read_records(artifacts.path_of(artifacts.COLLECTED, workdir, cfg.collected))
+        assignments = pd.read_parquet(artifacts.path_of(artifacts.ASSIGNMENTS, workdir, cfg.assignments))
         summary = run_summary(
             [CollectedCall(r.record_id, r.cost_usd, content_hash(r)) for r in collected],
             dict(zip(assignments.record_id, assignments.cluster_id.astype(int))),
             entries,
-            not_converted,
+            not_converted(finetune_summary),
             cost_basis(engine_name, cfg.slm_serving_hardware, cfg.slm_hourly_cost_usd),
         )
-        evaluation = {"summary": summary, "clusters": entries}
-        model_dir = str(resolve(workdir, cfg.cluster_model_dir))
-        log = str(resolve(workdir, cfg.promotions_log))
+        evaluation = Evaluation.model_validate({"summary": summary, "clusters": entries})
+        model_dir, log = str(resolve(workdir, cfg.cluster_model_dir)), str(resolve(workdir, cfg.promotions_log))
         router = router_config(entries, adapters, known_tools, model_dir, gates, cfg.promotion, log)
-        mlflow.log_artifact(str(write_router_config(router, resolve(workdir, cfg.router_config))))
+        router_path = artifacts.path_of(artifacts.ROUTER_CONFIG, workdir, cfg.router_config)
+        mlflow.log_artifact(str(write_router_config(router, router_path)))
         log_numeric_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        log_json_artifact(evaluation, resolve(workdir, cfg.evaluation))
-        log_json_artifact(metrics_view(entries), resolve(workdir, cfg.metrics))
+        mlflow.log_artifact(str(artifacts.write(artifacts.EVALUATION, evaluation, workdir, cfg.evaluation)))
+        log_json_artifact(metrics_view(entries), artifacts.path_of(artifacts.EVALUATE_METRICS, workdir, cfg.metrics))
         log_numeric_metrics(metrics_view(entries))
-        report = write_report(entries, resolve(workdir, cfg.report), summary)
+        report = write_report(entries, artifacts.path_of(artifacts.EVALUATE_REPORT, workdir, cfg.report), summary)
         mlflow.log_artifact(str(report))
         mlflow.log_text(write_markdown_summary(entries), "summary.md")
-    return evaluation
+    return evaluation.as_dict()

@@ -7,7 +7,6 @@ plugs in: today the flow refits (S3 `discover_task`) and this task maps the new 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from components.core import artifacts
 from components.core.clusters import cluster_table_json, read_cluster_table, registered_name
 from components.core.config import resolve
 from components.core.schema import CallRecord, read_records, write_records, write_table
@@ -25,7 +25,7 @@ from components.discover.discovery import DiscoverConfig
 from components.evaluate.comparison import score_fresh_and_regression
 from components.evaluate.demotion import audited_by_cluster
 from components.evaluate.drift import describe_drift, detect_drift
-from components.evaluate.evaluation import PRIMARY_METRIC, EvaluateConfig
+from components.evaluate.evaluation import EvaluateConfig
 from components.evaluate.refresh import (
     RefreshConfig,
     fresh_and_regression_calls,
@@ -35,6 +35,7 @@ from components.evaluate.refresh import (
     stabilize_clusters,
 )
 from components.finetune.train import FinetuneConfig
+from components.scoring.metrics import PRIMARY_METRIC
 from components.slm.generation import generate_answers
 from tasks.helpers.progress import Progress, say
 from tasks.helpers.registry import adapter_of_version, champion_version
@@ -61,9 +62,13 @@ def seed_history_task(
             write_table(run_assignments, stable)
         state_path = resolve(workdir, cfg.state)
         summary = resolve(workdir, finetune_summary) if finetune_summary else None
-        trained = json.loads(summary.read_text()).get("clusters", []) if summary and summary.exists() else []
+        trained = (
+            artifacts.read(artifacts.FINETUNE_SUMMARY, workdir, finetune_summary).clusters
+            if summary and summary.exists()
+            else []
+        )
         if not state_path.exists():
-            trained_on = {int(c["cluster_id"]): int(c["n_train"]) for c in trained if c.get("n_train") is not None}
+            trained_on = {c.cluster_id: c.n_train for c in trained}
             save_state(run_state(run_assignments.cluster_id, trained_on), state_path)
     say(f"refresh: history seeded from the previous conversion's {curated}")
     return True
@@ -264,10 +269,10 @@ def retraining_config_task(
 ) -> FinetuneConfig:
     """S5's config for this refresh: only the planned clusters (a filtered copy of S4's leaderboard), each
     challenger in its own folder so the champion's files are never overwritten."""
-    leaderboard = json.loads(resolve(workdir, cfg.leaderboard).read_text())
-    leaderboard["clusters"] = [c for c in leaderboard["clusters"] if int(c["cluster_id"]) in plan]
+    leaderboard = artifacts.read(artifacts.LEADERBOARD, workdir, cfg.leaderboard)
+    leaderboard.clusters = [c for c in leaderboard.clusters if c.cluster_id in plan]
     planned = resolve(workdir, refresh_cfg.state).parent / f"leaderboard_refresh_{refresh_number}.json"
-    planned.write_text(json.dumps(leaderboard, indent=2))
+    artifacts.write(artifacts.LEADERBOARD, leaderboard, workdir, str(planned))
     return cfg.model_copy(
         update={
             "leaderboard": str(planned),

@@ -10,10 +10,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components import slm
+from components.core import artifacts
 from components.core.assets import resolve_model_ref
 from components.core.clusters import read_cluster_table
 from components.core.config import resolve
 from components.core.schema import read_records, write_table
+from components.core.step_files import Leaderboard
 from components.scoring.judge import make_judge
 from components.scoring.labels import read_ground_truth
 from components.select.answering import candidate_answerer
@@ -93,24 +95,22 @@ def select_task(
         table.to_csv(table_path, index=False)
         mlflow.log_artifact(str(table_path))
         mlflow.log_table(table, artifact_file="leaderboard_table.json")
-        for report in result.leaderboard["clusters"]:
-            for entry in report["results"]:
+        leaderboard = Leaderboard.model_validate(result.leaderboard)
+        for report in leaderboard.clusters:
+            for entry in report.results:
                 log_numeric_metrics(
                     {
                         **entry["scores"],
                         "cost_per_1k_calls_usd": entry["cost_per_1k_calls_usd"],
                         "latency_ms_p95": entry["latency_ms_p95"],
                     },
-                    f"cluster_{report['cluster_id']}.{entry['candidate']}.{entry['mode']}.",
+                    f"cluster_{report.cluster_id}.{entry['candidate']}.{entry['mode']}.",
                 )
-        log_json_artifact(result.leaderboard, resolve(workdir, cfg.leaderboard))
+        mlflow.log_artifact(str(artifacts.write(artifacts.LEADERBOARD, leaderboard, workdir, cfg.leaderboard)))
         log_json_artifact(metrics_view(result.leaderboard), resolve(workdir, cfg.metrics))
-    for candidate in result.leaderboard["candidates"]:
+    for candidate in leaderboard.candidates:
         if candidate["status"] == "skipped":
             say(f"S4 select: {candidate['name']} skipped: {candidate['reason']}")
-    for report in result.leaderboard["clusters"]:
-        say(
-            f"S4 select: cluster #{report['cluster_id']} -> {report['selected']} ({report['selected_mode']}): "
-            f"{report['reason']}"
-        )
+    for report in leaderboard.clusters:
+        say(f"S4 select: cluster #{report.cluster_id} -> {report.selected} ({report.selected_mode}): {report.reason}")
     return result.leaderboard

@@ -43,17 +43,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from components.collect.demo_data import (
+from components.collect.demo_parts import (
     LOG_DAYS,
     LOG_END,
     DemoDataConfig,
-    _read_json_lines,
-    _stable_hex,
-    _time_ordered,
-    _tokens,
+    estimated_tokens,
     fake_person,
     malformed_line,
     openai_tool,
+    read_json_lines,
+    stable_hex,
+    time_ordered,
     with_pii,
 )
 from components.core.assets import asset_path
@@ -187,9 +187,9 @@ def load_conversations(data_dir: Path | None = None) -> list[dict[str, Any]]:
     questions = data_dir / f"BFCL_v4_{CATEGORY}.json"
     if not questions.exists():
         raise FileNotFoundError(f"no BFCL multi-turn data ({questions.name}) in {data_dir}")
-    answers = {a["id"]: a["ground_truth"] for a in _read_json_lines(data_dir / "possible_answer" / questions.name)}
+    answers = {a["id"]: a["ground_truth"] for a in read_json_lines(data_dir / "possible_answer" / questions.name)}
     conversations = []
-    for item in _read_json_lines(questions):
+    for item in read_json_lines(questions):
         truth = answers.get(item["id"])
         if truth is None or len(truth) != len(item["question"]):
             raise ValueError(f"{item['id']}: the ground truth does not have one entry per user turn")
@@ -202,7 +202,7 @@ def load_tools(involved: list[str], excluded: list[str], data_dir: Path | None =
     doc_dir = (data_dir or asset_path("bfcl-eval")) / "multi_turn_func_doc"
     tools = []
     for class_name in involved:
-        for doc in _read_json_lines(doc_dir / FUNC_DOCS[class_name]):
+        for doc in read_json_lines(doc_dir / FUNC_DOCS[class_name]):
             if doc["name"] not in excluded:
                 tools.append(openai_tool(doc))
     return tools
@@ -282,7 +282,7 @@ def play_conversation(
         for number, call in enumerate(calls):
             name, args, kwargs = parse_call_string(call)
             arguments = session.named_arguments(name, args, kwargs)
-            call_id = f"call_{_stable_hex(seed, item['id'], turn, number)}"
+            call_id = f"call_{stable_hex(seed, item['id'], turn, number)}"
             answer = {
                 "role": "assistant",
                 "content": None,
@@ -323,10 +323,10 @@ def _request_line(
 ) -> tuple[str, str, float]:
     request = {"model": cfg.llm_model, "messages": step.history, "tools": conversation.tools}
     completion = step.answer.get("tool_calls") or step.answer["content"]
-    prompt_tokens, completion_tokens = _tokens(request), _tokens(completion)
+    prompt_tokens, completion_tokens = estimated_tokens(request), estimated_tokens(completion)
     # Long agent prompts: prefill grows with the prompt, generation with the answer.
     latency_ms = rng.lognormvariate(math.log(400 + 0.05 * prompt_tokens + 8 * completion_tokens), 0.3)
-    record_id = f"req-{_stable_hex(cfg.seed, conversation.bfcl_id, index, length=16)}"
+    record_id = f"req-{stable_hex(cfg.seed, conversation.bfcl_id, index, length=16)}"
     line: dict[str, Any] = {
         "id": record_id,
         "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -340,7 +340,7 @@ def _request_line(
         {
             "request": request,
             "response": {
-                "id": f"chatcmpl-{_stable_hex('response', cfg.seed, conversation.bfcl_id, index)}",
+                "id": f"chatcmpl-{stable_hex('response', cfg.seed, conversation.bfcl_id, index)}",
                 "object": "chat.completion",
                 "created": int(when.timestamp()),
                 "model": cfg.llm_model,
@@ -372,7 +372,7 @@ def _chat_line(conversation: Conversation, truncate: bool, when: Any, cfg: DemoD
         tool_ends = [i + 1 for i, m in enumerate(messages) if m["role"] == "tool" and i > 3]
         if tool_ends:
             messages = messages[: rng.choice(tool_ends)]
-    line_id = f"conv-{_stable_hex(cfg.seed, conversation.bfcl_id, length=16)}"
+    line_id = f"conv-{stable_hex(cfg.seed, conversation.bfcl_id, length=16)}"
     line = {
         "id": line_id,
         "timestamp": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -413,7 +413,7 @@ def build_agent_log(
         else:
             # Sessions logged by id for half of the proxy-form conversations; the rest are grouped by S1.
             session_id = (
-                f"sess-{_stable_hex('session', cfg.seed, item['id'], length=12)}" if rng.random() < 0.5 else None
+                f"sess-{stable_hex('session', cfg.seed, item['id'], length=12)}" if rng.random() < 0.5 else None
             )
             side = None
             if session_id and index in with_pii_indices:
@@ -437,7 +437,7 @@ def build_agent_log(
             {"record_id": rid, "category": CATEGORY, "bfcl_id": item["id"], "conversation": item["id"], "task": s.task}
             for rid, s in zip(record_ids, steps)
         )
-    lines = _time_ordered(lines)
+    lines = time_ordered(lines)
     request_lines = [line for line in lines if line.startswith('{"id": "req-')]
     for kind in range(cfg.malformed_lines):
         lines.insert(rng.randint(0, len(lines)), malformed_line(kind, rng.choice(request_lines)))

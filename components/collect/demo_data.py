@@ -12,21 +12,30 @@ the serialized tool calls (completion). Latency is synthetic: lognormal around ~
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
+from components.collect.demo_agent import build_agent_log
+from components.collect.demo_parts import (
+    LOG_DAYS,
+    LOG_END,
+    DemoDataConfig,
+    estimated_tokens,
+    malformed_line,
+    openai_function_name,
+    openai_tool,
+    read_json_lines,
+    stable_hex,
+    time_ordered,
+    with_pii,
+)
 from components.collect.ingest import content_id
 from components.core.assets import asset_path
-from components.core.config import StepConfig
-from components.scoring.tool_calls import json_schema_form
 
 AGENT = "bfcl-assistant"
 SYSTEM_PROMPT = (
@@ -34,72 +43,6 @@ SYSTEM_PROMPT = (
     "answer with the function calls that fulfil it, with every needed argument."
 )
 FINE_TUNING_FORM_SHARE = 0.10
-CHARS_PER_TOKEN = 4
-# A fixed end of the log, not "now": the same seed must give the same file (DVC caches on it).
-LOG_END = datetime(2026, 3, 23, 9, 0, tzinfo=UTC)
-LOG_DAYS = 7
-
-FAKE_PEOPLE = [
-    "Maria Lopez",
-    "Priya Raman",
-    "Jonas Becker",
-    "Aisha Okafor",
-    "Tomasz Nowak",
-    "Hiroshi Tanaka",
-    "Elena Petrova",
-    "Samuel Adeyemi",
-    "Claire Dubois",
-    "Rafael Moreno",
-    "Ingrid Johansson",
-    "Kevin O'Brien",
-]
-# Luhn-valid test card numbers, so a card recognizer that checks the checksum still fires.
-FAKE_CARDS = ["4111 1111 1111 1111", "5555 5555 5555 4444", "4012 8888 8888 1881"]
-_PII_TEMPLATES = [
-    ("prefix", "I'm {name}, reach me at {email}. "),
-    ("prefix", "Hi, this is {name} ({phone}). "),
-    ("suffix", " My name is {name} and my phone number is {phone}."),
-    ("suffix", " Please send the results to {name} at {email}."),
-    ("suffix", " For verification: {name}, SSN {ssn}."),
-    ("suffix", " Charge it to my card {card}, name on card {name}."),
-]
-
-
-class DemoDataConfig(StepConfig):
-    # 'agent': BFCL's multi-turn conversations run as a tool-using agent (demo_agent.py); 'bfcl': single BFCL
-    # questions, one call each (this module).
-    kind: Literal["agent", "bfcl"] = "agent"
-    output: str = "data/raw/calls.jsonl"
-    # The source's known task of each call (for the S3 quality benchmark), kept out of the log itself.
-    known_groups: str | None = "data/raw/known_groups.jsonl"
-    # kind 'bfcl':
-    categories: list[str] = ["simple_python", "multiple", "parallel"]
-    max_records: int = Field(300, gt=0)
-    # kind 'agent': how many of BFCL's 200 multi-turn conversations (each ~9 calls), and how they are logged.
-    conversations: int = Field(120, gt=0)
-    chat_form_share: float = Field(0.3, ge=0.0, le=1.0)  # one multi-turn chat line; the rest one line per call
-    truncated_share: float = Field(0.1, ge=0.0, le=1.0)  # of the chat lines: logged up to a tool result
-    # Both kinds:
-    pii_share: float = Field(0.25, ge=0.0, le=1.0)
-    malformed_lines: int = Field(4, ge=0)
-    llm_model: str = "gpt-4o"
-    seed: int = 42
-
-
-def openai_function_name(name: str) -> str:
-    """BFCL names like ``math.factorial`` break OpenAI's ``^[a-zA-Z0-9_-]+$``; dots become underscores."""
-    return name.replace(".", "_")
-
-
-def openai_tool(function: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "function",
-        "function": {
-            "name": openai_function_name(function["name"]),
-            "description": function.get("description", ""),
-            "parameters": json_schema_form(function.get("parameters") or {"type": "dict", "properties": {}}),
-        },
-    }
 
 
 def _first_acceptable(options: list[Any]) -> tuple[bool, Any]:
@@ -144,16 +87,12 @@ def load_bfcl(category: str, data_dir: Path | None = None) -> list[dict[str, Any
     questions = data_dir / f"BFCL_v4_{category}.json"
     if not questions.exists():
         raise FileNotFoundError(f"no BFCL category '{category}' ({questions.name}) in {data_dir}")
-    answers = {a["id"]: a["ground_truth"] for a in _read_json_lines(data_dir / "possible_answer" / questions.name)}
+    answers = {a["id"]: a["ground_truth"] for a in read_json_lines(data_dir / "possible_answer" / questions.name)}
     return [
         {**item, "category": category, "ground_truth": answers[item["id"]]}
-        for item in _read_json_lines(questions)
+        for item in read_json_lines(questions)
         if item["id"] in answers
     ]
-
-
-def _read_json_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def sample_items(
@@ -171,38 +110,6 @@ def sample_items(
     return chosen
 
 
-def fake_person(rng: random.Random) -> dict[str, str]:
-    name = rng.choice(FAKE_PEOPLE)
-    first, last = name.lower().replace("'", "").split(" ", 1)
-    area = rng.choice(["415", "212", "312", "617"])
-    line = f"01{rng.randint(0, 99):02d}"  # 555-0100..0199 is reserved for fiction
-    phone = rng.choice([f"+1 {area} 555 {line}", f"({area}) 555-{line}", f"{area}-555-{line}"])
-    # SSN-like: no 000/666/9xx area and no 0000 serial, the shapes a real SSN recognizer accepts.
-    ssn = f"{rng.randint(101, 665):03d}-{rng.randint(10, 99):02d}-{rng.randint(1001, 9999):04d}"
-    return {
-        "name": name,
-        "email": f"{first}.{last}@example.com",
-        "phone": phone,
-        "ssn": ssn,
-        "card": rng.choice(FAKE_CARDS),
-    }
-
-
-def with_pii(prompt: str, rng: random.Random) -> str:
-    """The prompt with one natural sentence about a fake person before or after it."""
-    position, template = rng.choice(_PII_TEMPLATES)
-    sentence = template.format(**fake_person(rng))
-    return sentence + prompt if position == "prefix" else prompt.rstrip() + sentence
-
-
-def _stable_hex(*parts: Any, length: int = 24) -> str:
-    return hashlib.sha256("|".join(map(str, parts)).encode()).hexdigest()[:length]
-
-
-def _tokens(obj: Any) -> int:
-    return max(1, math.ceil(len(json.dumps(obj)) / CHARS_PER_TOKEN))
-
-
 def _call_line(
     item: dict[str, Any], index: int, add_pii: bool, fine_tuning_form: bool, cfg: DemoDataConfig, rng: random.Random
 ) -> str:
@@ -214,7 +121,7 @@ def _call_line(
     tools = [openai_tool(function) for function in item["function"]]
     tool_calls = [
         {
-            "id": f"call_{_stable_hex(cfg.seed, item['id'], index, n)}",
+            "id": f"call_{stable_hex(cfg.seed, item['id'], index, n)}",
             "type": "function",
             "function": {"name": name, "arguments": json.dumps(arguments)},
         }
@@ -225,18 +132,18 @@ def _call_line(
         return json.dumps({"messages": [*messages, assistant], "tools": tools})
 
     request = {"model": cfg.llm_model, "messages": messages, "tools": tools}
-    prompt_tokens, completion_tokens = _tokens(request), _tokens(tool_calls)
+    prompt_tokens, completion_tokens = estimated_tokens(request), estimated_tokens(tool_calls)
     # Longer answers take longer to generate: ~800 ms median for a typical single call.
     latency_ms = rng.lognormvariate(math.log(560 + 5 * completion_tokens), 0.35)
     timestamp = LOG_END - timedelta(seconds=rng.uniform(0, LOG_DAYS * 86400))
     return json.dumps(
         {
-            "id": f"req-{_stable_hex(cfg.seed, item['id'], index, length=16)}",
+            "id": f"req-{stable_hex(cfg.seed, item['id'], index, length=16)}",
             "timestamp": timestamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "agent": AGENT,
             "request": request,
             "response": {
-                "id": f"chatcmpl-{_stable_hex('response', cfg.seed, item['id'], index)}",
+                "id": f"chatcmpl-{stable_hex('response', cfg.seed, item['id'], index)}",
                 "object": "chat.completion",
                 "created": int(timestamp.timestamp()),
                 "model": cfg.llm_model,
@@ -270,19 +177,6 @@ def _record_id(line: str) -> str:
     return str(obj["id"]) if obj.get("id") not in (None, "") else content_id(obj)
 
 
-def malformed_line(kind: int, good_line: str) -> str:
-    """One broken line of a few realistic kinds; every kind is one non-blank line that S1 must quarantine."""
-    good = json.loads(good_line)
-    kinds = [
-        lambda: good_line[: max(1, len(good_line) // 2)],  # truncated write
-        lambda: json.dumps({k: v for k, v in good.items() if k != "response"}),  # response never logged
-        lambda: json.dumps([good]),  # a batch as an array
-        lambda: json.dumps({"messages": "user: what is the weather in Paris?", "tools": []}),  # flattened chat
-        lambda: "2026-03-20T10:14:03Z ERROR upstream timeout after 30000 ms",  # a stray log line
-    ]
-    return kinds[kind % len(kinds)]()
-
-
 def build_demo_calls(cfg: DemoDataConfig, data_dir: Path | None = None) -> list[str]:
     """The demo log of ``cfg.kind`` as JSON lines (no trailing newlines), malformed ones at seeded random positions."""
     return build_demo_log(cfg, data_dir)[0]
@@ -291,8 +185,6 @@ def build_demo_calls(cfg: DemoDataConfig, data_dir: Path | None = None) -> list[
 def build_demo_log(cfg: DemoDataConfig, data_dir: Path | None = None) -> tuple[list[str], list[dict[str, str]]]:
     """The demo log of ``cfg.kind`` (the multi-turn agent or single BFCL calls) and its known groups."""
     if cfg.kind == "agent":
-        from components.collect.demo_agent import build_agent_log  # it builds on this module's pieces
-
         return build_agent_log(cfg, data_dir)
     return build_single_call_log(cfg, data_dir)
 
@@ -314,22 +206,12 @@ def build_single_call_log(cfg: DemoDataConfig, data_dir: Path | None = None) -> 
         for line, item in zip(lines, items)
     ]
     # A proxy writes in arrival order: sort the request/response lines by time, the others stay where they fell.
-    lines = _time_ordered(lines)
+    lines = time_ordered(lines)
     request_lines = [line for line in lines if "request" in json.loads(line)]
     for kind in range(cfg.malformed_lines):
         broken = malformed_line(kind, rng.choice(request_lines))
         lines.insert(rng.randint(0, len(lines)), broken)
     return lines, groups
-
-
-def _time_ordered(lines: list[str]) -> list[str]:
-    stamped = [(index, json.loads(line).get("timestamp")) for index, line in enumerate(lines)]
-    slots = [index for index, stamp in stamped if stamp]
-    in_time_order = sorted(slots, key=lambda index: stamped[index][1])
-    ordered = list(lines)
-    for slot, source in zip(slots, in_time_order):
-        ordered[slot] = lines[source]
-    return ordered
 
 
 def write_demo_calls(

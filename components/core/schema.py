@@ -63,6 +63,19 @@ def history_prefix_id(messages: list[ChatMessage]) -> str:
     return f"conv-{digest[:16]}"
 
 
+def tool_function(tool: Any) -> dict[str, Any]:
+    """An offered tool's function object, for the OpenAI form (``{"type": "function", "function": {...}}``) and the
+    bare one (``{"name": ..., "parameters": ...}``) alike; {} for anything else. The one place a tool is unwrapped."""
+    function = tool.get("function", tool) if isinstance(tool, dict) else None
+    return function if isinstance(function, dict) else {}
+
+
+def tool_name(tool: Any) -> str:
+    """An offered tool's function name ("" when it has none)."""
+    name = tool_function(tool).get("name")
+    return name if isinstance(name, str) else ""
+
+
 class CallRecord(BaseModel):
     """One LLM call of the agent, normalized from any supported log form."""
 
@@ -108,7 +121,7 @@ class CallRecord(BaseModel):
 
     @property
     def tool_names(self) -> list[str]:
-        return [tool.get("function", {}).get("name", "") for tool in self.tools]
+        return [tool_name(tool) for tool in self.tools]
 
     @property
     def output_kind(self) -> OutputKind:

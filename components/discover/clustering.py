@@ -114,10 +114,3 @@ def renumber_by_size(labels: np.ndarray) -> np.ndarray:
 def unit_rows(matrix: np.ndarray) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float32)
     return matrix / np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-
-
-def centroids_of(unit: np.ndarray, labels: np.ndarray, cluster_ids: list[int]) -> np.ndarray:
-    """Unit-length mean direction of each cluster's (unit) embeddings, one row per id in ``cluster_ids``."""
-    if not cluster_ids:
-        return np.zeros((0, unit.shape[1] if unit.ndim == 2 else 0), dtype=np.float32)
-    return unit_rows(np.vstack([unit[labels == c].mean(axis=0) for c in cluster_ids]))

@@ -20,7 +20,7 @@ from pydantic import field_validator
 
 from components.core.assets import resolve_model_ref
 from components.core.config import StepConfig
-from components.core.schema import CallRecord
+from components.core.schema import CallRecord, tool_function
 
 DEFAULT_TEMPLATE = "System: {system}\nTools: {tools}\nRequest: {request}\nProgress: {progress}"
 _PLACEHOLDERS = {"system", "tools", "request", "progress"}
@@ -67,7 +67,7 @@ class TextSettings(StepConfig):
 
 
 def tool_signature(tool: dict, style: str) -> str:
-    function = tool.get("function", tool)
+    function = tool_function(tool)
     name = str(function.get("name", ""))
     if style == "names":
         return name

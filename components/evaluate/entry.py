@@ -7,17 +7,11 @@ from __future__ import annotations
 from typing import Any
 
 from components.core.schema import CallRecord
-from components.evaluate.evaluation import (
-    BINARY_METRICS,
-    PRIMARY_METRIC,
-    primary_metric_intervals,
-    score_each,
-    score_pairs,
-)
+from components.evaluate.evaluation import BINARY_METRICS, primary_metric_intervals
 from components.evaluate.promotion import GateScores, PromotionPolicy, SelectiveScores, decide_promotion
 from components.evaluate.selective import feature_matrix, selective_figures
 from components.scoring.costs import latency_p50, llm_cost_per_1k_calls, slm_cost_per_1k_calls
-from components.scoring.metrics import mean_scores
+from components.scoring.metrics import PRIMARY_METRIC, mean_scores, score_each, score_pairs
 from components.slm.prompt import parse_completion, render_target
 
 Answer = tuple[str, float]  # the raw completion and its latency in ms

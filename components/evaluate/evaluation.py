@@ -1,6 +1,6 @@
 """Cost, latency, intervals and the HTML report, shared by S4 select and S6 evaluate. Framework-free on purpose.
 
-The per-answer metrics live in components/scoring/metrics.py and are re-exported here, where S6 has always found them.
+The per-answer metrics live in components/scoring/metrics.py, costs and latencies in components/scoring/costs.py.
 """
 
 from __future__ import annotations
@@ -17,23 +17,8 @@ from components.core.config import StepConfig
 from components.evaluate.learning_curve import LearningCurveSettings
 from components.evaluate.promotion import PromotionPolicy
 from components.finetune.train import FinetuneConfig
-from components.scoring.costs import (  # noqa: F401  (re-exported for S6)
-    describe_cost_basis,
-    latency_p50,
-    latency_percentile,
-    llm_cost_per_1k_calls,
-    slm_cost_per_1k_calls,
-)
-from components.scoring.metrics import (  # noqa: F401  (re-exported for S6)
-    METRICS,
-    PRIMARY_METRIC,
-    normalize_text,
-    score_each,
-    score_json,
-    score_pairs,
-    score_text,
-    score_tool_calls,
-)
+from components.scoring.costs import describe_cost_basis
+from components.scoring.metrics import METRICS
 
 SYSTEMS = ["llm", "slm_base", "slm_finetuned"]
 # Every score's reference is the LLM's logged answer, so the LLM scores 1.0 against itself by construction: it is

@@ -19,6 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from components.core.router_file import ClusterServing, ParityRule, RouterFile
 from components.core.schema import CallRecord
 
 # The audit stream's defaults written into router.yaml: 5 % of the kept calls, at least 20 per cluster and day (the
@@ -31,10 +34,7 @@ def offered_tools(records: Iterable[CallRecord]) -> list[str]:
     """Every tool name offered to the LLM in these calls: what a cluster's SLM has seen in its prompts."""
     names = set()
     for record in records:
-        for tool in record.tools or []:
-            function = tool.get("function", tool) if isinstance(tool, dict) else {}
-            if isinstance(function, dict) and isinstance(function.get("name"), str):
-                names.add(function["name"])
+        names |= {name for name in record.tool_names if name}
     return sorted(names)
 
 
@@ -72,7 +72,7 @@ def router_config(
     calibrators: Mapping[int, str] | None = None,
     policy: Any = None,
     promotions_log: str | None = None,
-) -> dict[str, Any]:
+) -> RouterFile:
     """The router config for the evaluated clusters (``entries`` of reports/evaluation.json); ``calibrators``: the
     selective clusters' gate files (:func:`write_selective_gate`); ``policy``: the gate's (a ``PromotionPolicy``),
     whose parity rule the router's demotion applies to the audited calls; ``promotions_log``: where the router logs
@@ -81,33 +81,37 @@ def router_config(
     for entry in entries:
         cluster_id = int(entry["cluster_id"])
         mode = route_mode(entry)
-        clusters[cluster_id] = {
+        serving = {
             "mode": mode,
             "base_model": entry["base_model"],
             "adapter_dir": adapters.get(cluster_id),
             "known_tools": list(known_tools.get(cluster_id, [])),
         }
         if mode == "selective":
-            clusters[cluster_id]["threshold"] = entry["selective"]["threshold"]
-            clusters[cluster_id]["calibrator"] = (calibrators or {}).get(cluster_id)
-    config: dict[str, Any] = {"cluster_model_dir": cluster_model_dir, "clusters": clusters}
-    # A demotion logged after this moment still holds when a router (re)starts on this file (components/serve).
-    config["written_at"] = datetime.now(UTC).isoformat()
-    config |= {"audit_share": AUDIT_SHARE, "audit_min_per_day": AUDIT_MIN_PER_DAY}
+            serving |= {"threshold": entry["selective"]["threshold"], "calibrator": (calibrators or {}).get(cluster_id)}
+        clusters[cluster_id] = ClusterServing(**serving)
+    extra: dict[str, Any] = {}
     if policy is not None:
-        config["demotion"] = {"parity": policy.parity, "min_test_calls": policy.min_test_calls}
+        extra["demotion"] = ParityRule(parity=policy.parity, min_test_calls=policy.min_test_calls)
     if promotions_log is not None:
-        config["promotions_log"] = promotions_log
-    return config
+        extra["promotions_log"] = promotions_log
+    return RouterFile(
+        cluster_model_dir=cluster_model_dir,
+        clusters=clusters,
+        # A demotion logged after this moment still holds when a router (re)starts on this file (components/serve).
+        written_at=datetime.now(UTC),
+        audit_share=AUDIT_SHARE,
+        audit_min_per_day=AUDIT_MIN_PER_DAY,
+        **extra,
+    )
 
 
-def write_router_config(config: Mapping[str, Any], path: Path) -> Path:
-    import yaml
-
+def write_router_config(config: RouterFile, path: Path) -> Path:
+    """The file, with the keys S6 set only (the router's own settings keep their defaults until a user sets them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (
         "# Written by S6 evaluate: `on` = promoted at parity, `selective` = the SLM answers the calls its calibrated\n"
         "# confidence clears `threshold` (gate in `calibrator`), `shadow` = the LLM answers, the SLM is measured.\n"
     )
-    path.write_text(header + yaml.safe_dump(dict(config), sort_keys=False))
+    path.write_text(header + yaml.safe_dump(config.model_dump(exclude_unset=True), sort_keys=False))
     return path

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from components.core.schema import ChatMessage, ToolCall
+from components.core.schema import ChatMessage, ToolCall, tool_function
 
 OPTIONAL = ""  # BFCL's marker, in a list of acceptable values, of an argument that may be absent
 
@@ -130,8 +130,8 @@ def tool_parameters(tools: list[dict[str, Any]] | None) -> dict[str, dict[str, A
     """Function name -> its parameters' JSON schema, for OpenAI-form (``{"function": {...}}``) or bare tools."""
     found = {}
     for tool in tools or []:
-        function = tool.get("function", tool) if isinstance(tool, dict) else {}
-        if isinstance(function, dict) and isinstance(function.get("name"), str):
+        function = tool_function(tool)
+        if isinstance(function.get("name"), str):
             parameters = function.get("parameters")
             found[function["name"]] = parameters if isinstance(parameters, dict) else {}
     return found

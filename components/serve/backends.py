@@ -14,24 +14,12 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from components.core.config import StepConfig
+from components.core.router_file import Backend, OpenAIBackend
 from components.core.schema import CallRecord, ChatMessage
 from components.slm.confidence import features_from
 from components.slm.generation import GENERATION_ENGINE, Generation
-
-
-class OpenAIBackend(StepConfig):
-    base_url: str  # up to /v1, e.g. http://127.0.0.1:8788/v1
-    model: str  # the id the server serves this cluster's adapter under: cluster-<id> on serve-slm
-    api_key_env: str | None = None  # name of the environment variable holding the key (never the key itself)
-    timeout_s: float = Field(120.0, gt=0)
-
-
-Backend = Literal["embedded"] | OpenAIBackend
 
 
 def backend_name(backend: Backend) -> str:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from components.core.clusters import OUTLIER
+from components.core.router_file import Mode
 from components.core.schema import ChatMessage
 
-Mode = Literal["off", "shadow", "canary", "selective", "on"]
 Route = Literal["slm", "llm", "shadow", "fallback"]
 
 

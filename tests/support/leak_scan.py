@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from components.collect.demo_data import FAKE_CARDS, FAKE_PEOPLE
+from components.collect.demo_parts import FAKE_CARDS, FAKE_PEOPLE
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 # The demo's phone shapes: "+1 415 555 0123", "(415) 555-0123", "415-555-0123" (555-01xx is reserved for fiction).

@@ -14,7 +14,7 @@ from components.collect.demo_agent import (
     load_conversations,
     parse_call_string,
 )
-from components.collect.demo_data import FAKE_PEOPLE, DemoDataConfig
+from components.collect.demo_parts import FAKE_PEOPLE, DemoDataConfig
 from components.collect.ingest import CollectConfig, collect_lines
 
 CFG = DemoDataConfig(conversations=16, chat_form_share=0.5, truncated_share=0.5, pii_share=0.5, malformed_lines=3)

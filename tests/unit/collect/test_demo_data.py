@@ -6,13 +6,13 @@ import re
 import pytest
 
 from components.collect.demo_data import (
-    FAKE_PEOPLE,
     DemoDataConfig,
     build_demo_calls,
     build_demo_log,
     known_group,
     write_demo_calls,
 )
+from components.collect.demo_parts import FAKE_PEOPLE
 from components.collect.ingest import CollectConfig, collect_lines
 from components.core.assets import asset_path
 from components.scoring.tool_calls import json_schema_form

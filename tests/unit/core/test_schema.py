@@ -41,3 +41,13 @@ def test_times_on_a_whole_second_and_with_a_fraction_share_one_table():
     records[0].timestamp = datetime(2026, 3, 20, 20, 42, 54, tzinfo=UTC)
     records[1].timestamp = datetime(2026, 3, 20, 20, 42, 54, 123000, tzinfo=UTC)
     assert [r.timestamp for r in frame_to_records(records_to_frame(records))] == [r.timestamp for r in records]
+
+
+def test_a_tools_name_is_read_from_the_openai_form_and_the_bare_one_alike():
+    from components.core.schema import tool_function, tool_name
+
+    wrapped = {"type": "function", "function": {"name": "get_weather", "parameters": {}}}
+    bare = {"name": "get_weather", "parameters": {}}
+    assert tool_name(wrapped) == tool_name(bare) == "get_weather"
+    assert tool_function(wrapped) == tool_function(bare) == {"name": "get_weather", "parameters": {}}
+    assert (tool_name({"type": "function"}), tool_name("get_weather"), tool_function(None)) == ("", "", {})

@@ -196,7 +196,8 @@ def test_the_first_refresh_after_a_conversion_measures_drift_against_the_runs_mi
     labels = [0 if i % 2 else 1 for i in range(len(ids))]
     labels[0] = -1
     write_table(pd.DataFrame({"record_id": ids, "cluster_id": labels, "probability": 1.0}), tmp_path / "a.parquet")
-    (tmp_path / "finetune.json").write_text(json.dumps({"clusters": [{"cluster_id": 0, "n_train": 7}], "skipped": []}))
+    trained = {"cluster_id": 0, "n_train": 7, "base_model": "base", "adapter_dir": "models/adapters/cluster_0"}
+    (tmp_path / "finetune.json").write_text(json.dumps({"clusters": [trained], "skipped": []}))  # as S5 writes it
     assert load_state(tmp_path / cfg.state)["mix"] == {}  # before: the first refresh had nothing to compare with
     assert seed_history_task.fn(cfg, "curated.parquet", "a.parquet", tmp_path, "finetune.json") is True
     state = load_state(tmp_path / cfg.state)

@@ -7,19 +7,14 @@ import pytest
 
 from components.core.schema import CallRecord, ChatMessage, ToolCall
 from components.evaluate.evaluation import (
-    PRIMARY_METRIC,
     EvaluateConfig,
-    latency_p50,
-    llm_cost_per_1k_calls,
     primary_metric_intervals,
     proportion_interval,
-    score_pairs,
-    score_text,
-    score_tool_calls,
-    slm_cost_per_1k_calls,
     write_markdown_summary,
     write_report,
 )
+from components.scoring.costs import latency_p50, llm_cost_per_1k_calls, slm_cost_per_1k_calls
+from components.scoring.metrics import PRIMARY_METRIC, score_pairs, score_text, score_tool_calls
 from tests.support.records import tool_record
 
 

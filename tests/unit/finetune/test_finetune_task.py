@@ -16,6 +16,9 @@ from flows.finetune import run_finetune
 from tasks.finetune import retry_on_interrupted_training
 from tasks.helpers.tracking import TrackingConfig
 
+# A summary line as S5 writes it (what reports/finetune.json's reader requires of one).
+TRAINED_LINE = {"cluster_id": 0, "label": "w", "n_train": 3, "base_model": "base", "adapter_dir": "a/cluster_0"}
+
 
 def completed_run(completed: bool = True) -> SimpleNamespace:
     return SimpleNamespace(
@@ -39,7 +42,7 @@ def test_configured_deployment_receives_the_step_and_its_result_is_read_back(
         worker_cfg = FinetuneConfig.model_validate(kwargs["parameters"]["cfg"])
         summary_path = Path(kwargs["parameters"]["workdir"]) / worker_cfg.summary
         summary_path.parent.mkdir(parents=True)
-        summary_path.write_text(json.dumps({"clusters": [{"cluster_id": 0, "flow_run": str(flow_run.id)}]}))
+        summary_path.write_text(json.dumps({"clusters": [{**TRAINED_LINE, "flow_run": str(flow_run.id)}]}))
         return flow_run
 
     monkeypatch.setattr(prefect.deployments, "run_deployment", fake_run_deployment)
@@ -50,7 +53,7 @@ def test_configured_deployment_receives_the_step_and_its_result_is_read_back(
     summary = run_finetune(cfg, tmp_path, TrackingConfig(experiment="x"), "parent-1")
     written = json.loads((tmp_path / "reports/s5/finetune-summary.json").read_text())
     # The summary is the one this dispatch's worker wrote at the configured path, read back as it is.
-    assert summary == written == {"clusters": [{"cluster_id": 0, "flow_run": str(flow_runs[0].id)}]}
+    assert summary == written == {"clusters": [{**TRAINED_LINE, "flow_run": str(flow_runs[0].id)}]}
     (call,) = calls
     assert (call["name"], call["work_queue_name"], call["tags"]) == ("s5-finetune/gpu", "h100", ["gpu"])
     assert call["parameters"]["workdir"] == str(tmp_path) and call["parameters"]["parent_run_id"] == "parent-1"

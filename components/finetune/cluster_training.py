@@ -1,0 +1,200 @@
+"""S5 over the leaderboard: which clusters are trained, in what order, within what budget, and the summary of
+reports/finetune.json. The task around it only reads the inputs, logs each trained cluster and writes the summary.
+
+A cluster is skipped, with its reason, when no candidate SLM passed S4, when the step's time budget is spent before
+it starts, or when training refuses its data (e.g. every call longer than ``max_length``); it stays with the LLM.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components.core.budget import TimeBudget
+from components.core.schema import CallRecord, records_to_frame, split_records, write_table
+from components.core.step_files import (
+    FinetunedCluster,
+    FinetuneSummary,
+    Leaderboard,
+    LeaderboardCluster,
+    SkippedCluster,
+)
+from components.finetune.dataset import TrainingSet, build_training_set, origin_of
+from components.finetune.train import FinetuneConfig, FinetuneResult, config_for_cluster, finetune
+
+Say = Callable[[str], None]
+# label -> a progress callback: (step, total, loss) for training, (done, total) for the teacher
+StepReporter = Callable[[str], Callable[[int, int, float], None]]
+Progress = Callable[[str], Callable[..., None]]
+
+
+@dataclass(frozen=True)
+class TrainingDirs:
+    """Where S5 writes, per cluster: the adapters, the resumable checkpoints and the training sets."""
+
+    adapters: Path
+    checkpoints: Path
+    training_sets: Path
+
+
+@dataclass(frozen=True)
+class TrainedCluster:
+    """One cluster's finished training, for the task to log: what it trained on and what came out."""
+
+    cluster: LeaderboardCluster
+    config: FinetuneConfig
+    train_records: list[CallRecord]
+    training: TrainingSet
+    set_path: Path
+    set_frame: pd.DataFrame | None
+    result: FinetuneResult
+
+    @property
+    def examples_by_origin(self) -> dict[str, int]:
+        """Trained examples per origin (log, augmented, teacher), the calls too long for the window left out."""
+        left_out = set(self.result.too_long_record_ids)
+        return dict(Counter(origin_of(r) for r in self.training.examples if r.record_id not in left_out))
+
+
+def write_training_set(training: TrainingSet, path: Path) -> pd.DataFrame:
+    """The cluster's examples (``metadata.use``: train) and validation calls (``validation``), with their origin."""
+    rows = [r.model_copy(update={"metadata": {**r.metadata, "use": "train"}}) for r in training.examples]
+    rows += [r.model_copy(update={"metadata": {**r.metadata, "use": "validation"}}) for r in training.validation]
+    frame = records_to_frame(rows)  # built once: written, and logged as the run's input
+    write_table(frame, path)
+    return frame
+
+
+def summary_entry(trained: TrainedCluster, model_uri: str | None, data_version: dict) -> FinetunedCluster:
+    """The cluster's line of reports/finetune.json."""
+    result = trained.result
+    return FinetunedCluster(
+        cluster_id=trained.cluster.cluster_id,
+        label=trained.cluster.label,
+        n_train=result.n_train,
+        examples_by_origin=trained.examples_by_origin,
+        augmentation=trained.training.augmentation,
+        synthesis=trained.training.synthesis,
+        training_set=str(trained.set_path),
+        n_validation=len(result.validation_record_ids),
+        too_long_record_ids=result.too_long_record_ids,
+        base_model=result.base_model,
+        adapter_dir=str(result.adapter_dir),
+        merged_dir=result.merged_dir,
+        model_uri=model_uri,
+        steps=result.steps,
+        stopped_early=result.stopped_early,
+        train_loss=result.train_loss,
+        eval_loss=result.eval_loss,
+        seconds=round(result.seconds, 1),
+        train_tokens_per_second=round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
+        mean_tokens_per_call=round(result.mean_tokens_per_call, 1),
+        prompt_spec=result.prompt_spec,
+        prompt_tokens=result.prompt_tokens,
+        device=result.device,
+        dtype=result.dtype,
+        precision=result.precision,
+        trainable_parameters=result.trainable_parameters,
+        reused=result.reused,
+        resumed_from_step=result.resumed_from_step,
+        stopped_by_budget=result.stopped_by_budget,
+        data_version=data_version,
+    )
+
+
+def _report_result(cluster_id: int, cfg: FinetuneConfig, result: FinetuneResult, say: Say) -> None:
+    if result.reused:
+        say(f"S5 finetune: cluster #{cluster_id}: same data and settings as the finished adapter, reused")
+    if result.stopped_by_budget:
+        say(
+            f"S5 finetune: cluster #{cluster_id}: stopped at step {result.steps} by the time budget "
+            f"(finetune.time_budget_minutes); its best adapter so far is used, and the next run with the same "
+            "data and settings resumes from its checkpoint"
+        )
+    tokens = result.prompt_tokens or {}
+    if tokens.get("before") and tokens.get("after"):
+        say(
+            f"S5 finetune: cluster #{cluster_id}: tokens per call (median) {tokens['before']['median']} "
+            f"with the full prompt, {tokens['after']['median']} in the prompt spec's context window"
+        )
+    if result.too_long_record_ids:
+        say(
+            f"S5 finetune: cluster #{cluster_id}: {len(result.too_long_record_ids)} calls longer than "
+            f"max_length={cfg.max_length} tokens left out of training"
+        )
+
+
+def train_clusters(
+    leaderboard: Leaderboard,
+    records: dict[str, CallRecord],
+    splits: pd.DataFrame,
+    cfg: FinetuneConfig,
+    dirs: TrainingDirs,
+    *,
+    budget: TimeBudget,
+    record_trained: Callable[[TrainedCluster], FinetunedCluster | None],
+    anonymize: Callable[[list[CallRecord]], list[CallRecord]] | None = None,
+    progress: Progress,
+    step_reporter: StepReporter,
+    say: Say,
+    writes: bool = True,
+    train: Callable[..., FinetuneResult] = finetune,
+) -> FinetuneSummary:
+    """Train each cluster S4 selected an SLM for, in S3's conversion order (S4 kept it). ``record_trained`` logs
+    a trained cluster and returns its summary line (None on a rank that does not write: ``writes`` False);
+    ``train``: one cluster's fine-tune (the task passes its own, so a test can stand in for the training)."""
+    trained: list[FinetunedCluster] = []
+    skipped: list[SkippedCluster] = []
+    for cluster in leaderboard.clusters:
+        cluster_id = cluster.cluster_id
+        if not cluster.selected:
+            reason = f"no candidate SLM passed S4: {cluster.reason or 'see the leaderboard'}"
+            skipped.append(SkippedCluster(cluster_id=cluster_id, label=cluster.label, reason=reason))
+            continue
+        if budget.spent():
+            say(f"S5 finetune: cluster #{cluster_id} not trained: {budget.reason}")
+            skipped.append(SkippedCluster(cluster_id=cluster_id, label=cluster.label, reason=budget.reason))
+            continue
+        cluster_cfg = config_for_cluster(cfg, cluster_id)
+        train_records = split_records(records, splits, cluster_id, "train")
+        held_out = split_records(records, splits, cluster_id, "test")
+        training = build_training_set(
+            train_records,
+            [r.user_request for r in held_out],
+            cluster_cfg,
+            anonymize=anonymize,
+            progress=progress(f"S5 cluster #{cluster_id} teacher"),
+        )
+        set_path = dirs.training_sets / f"cluster_{cluster_id}.parquet"
+        set_frame = write_training_set(training, set_path) if writes else None
+        say(
+            f"S5 finetune: cluster #{cluster_id} '{cluster.label}', {len(train_records)} logged calls, "
+            f"{len(training.examples)} training examples {training.examples_by_origin}, base {cluster.selected}"
+        )
+        try:
+            result = train(
+                cluster.selected_ref,
+                training.examples,
+                cluster_cfg,
+                dirs.adapters / f"cluster_{cluster_id}",
+                eval_records=training.validation,
+                progress_callback=step_reporter(f"S5 cluster #{cluster_id}"),
+                checkpoint_dir=dirs.checkpoints / f"cluster_{cluster_id}",
+                deadline=budget.deadline,
+                clock=budget.clock,
+            )
+        except ValueError as error:  # e.g. every call longer than max_length: this cluster stays with the LLM
+            say(f"S5 finetune: cluster #{cluster_id} not trained: {error}")
+            skipped.append(SkippedCluster(cluster_id=cluster_id, label=cluster.label, reason=str(error)))
+            continue
+        _report_result(cluster_id, cluster_cfg, result, say)
+        line = record_trained(
+            TrainedCluster(cluster, cluster_cfg, train_records, training, set_path, set_frame, result)
+        )
+        if line is not None:
+            trained.append(line)
+    return FinetuneSummary(clusters=trained, skipped=skipped)
