@@ -2,8 +2,10 @@
 
     python benchmarks/finetune_speed.py --workdir runs/demo [--cluster 0] [--steps 8] [--repeat 2] [--only NAME ...]
 
-By default it compares the old fp32 training with bf16 mixed precision (``finetune.precision``), and on top of
-bf16 sequence-length bucketing (``group_by_length``) and one torch thread, and prints them side by side. Each
+By default it compares the default before issue 30 (bf16 autocast over fp32 weights, the LM head on every position)
+with each lever alone (``finetune.answer_logits_only``, ``bf16_base_weights``), both together (the new default) and
+padding-free packing on top; ``--only`` adds torch.compile, one torch thread, ``group_by_length`` or fp32. It
+prints them side by side with the CPU model. Each
 setting runs in its own process (so its peak RSS is its own) on the cluster's training split, at the demo settings
 (LoRA r=16 on all linear layers, batch 4, max_length 512, the pruned prompt); settings that do not name a precision
 run at ``auto``. On a shared machine the old and the new default run ``--repeat`` times, interleaved (A B C D, then
@@ -26,19 +28,27 @@ import tempfile
 import time
 from pathlib import Path
 
+# Today's default before issue 30: bf16 autocast over fp32 weights, the LM head on every position.
+OLD_DEFAULT = {"precision": "bf16", "answer_logits_only": False, "bf16_base_weights": False}
 SETTINGS: dict[str, dict] = {
-    "fp32 (old default)": {"precision": "fp32"},
-    "bf16 (new default)": {"precision": "bf16"},
-    "bf16, group_by_length": {"precision": "bf16", "group_by_length": True},
-    "bf16, 1 torch thread": {"precision": "bf16", "torch_threads": 1},
-    "fp32, 1 torch thread": {"precision": "fp32", "torch_threads": 1},
-    "bf16, 1 torch thread, group_by_length": {"precision": "bf16", "torch_threads": 1, "group_by_length": True},
-    "full prompt, checkpointing on": {"gradient_checkpointing": True, "prompt_pruning": {"enabled": False}},
-    "full prompt": {"prompt_pruning": {"enabled": False}},
-    "pruned, packing": {"packing": True},
+    "old default (bf16 autocast, all logits)": OLD_DEFAULT,
+    "new default (answer logits, bf16 weights)": {"precision": "bf16"},
+    "answer logits only": {**OLD_DEFAULT, "answer_logits_only": True},
+    "bf16 base weights only": {**OLD_DEFAULT, "bf16_base_weights": True},
+    "new default, packing (padding-free)": {"precision": "bf16", "packing": True},
+    "new default, torch.compile": {"precision": "bf16", "torch_compile": True},
+    "new default, 1 torch thread": {"precision": "bf16", "torch_threads": 1},
+    "new default, group_by_length": {"precision": "bf16", "group_by_length": True},
+    "fp32, all logits": {"precision": "fp32", "answer_logits_only": False, "bf16_base_weights": False},
 }
-# The first is the baseline the others are compared with.
-DEFAULT_RUN = ["fp32 (old default)", "bf16 (new default)", "bf16, group_by_length", "bf16, 1 torch thread"]
+# The first is the baseline the others are compared with; the first two repeat (interleaved) with --repeat.
+DEFAULT_RUN = [
+    "old default (bf16 autocast, all logits)",
+    "new default (answer logits, bf16 weights)",
+    "answer logits only",
+    "bf16 base weights only",
+    "new default, packing (padding-free)",
+]
 DEMO = {
     "max_length": 512,
     "per_device_train_batch_size": 4,
@@ -94,6 +104,18 @@ def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str, 
         "held_out_loss": round(result.eval_loss, 4) if result.eval_loss is not None else None,
         "held_out_calls": len(held_out or []),
     }
+
+
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, with its core count: figures differ between machines."""
+    import os
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
 
 
 def run_order(names: list[str], repeat: int) -> list[str]:
@@ -175,7 +197,7 @@ def main() -> None:
         row = json.loads(lines[-1]) if lines else {"setting": name, "error": done.stderr.strip()[-400:]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\ncluster {args.cluster}, {args.steps} steps, median per setting (runs interleaved):")
+    print(f"\n{cpu_model()}; cluster {args.cluster}, {args.steps} steps, median per setting (runs interleaved):")
     print(median_table(rows, names), flush=True)
 
 
