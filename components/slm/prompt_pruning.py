@@ -20,23 +20,27 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import statistics
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from components.core.config import StepConfig
-from components.core.schema import CallRecord, ChatMessage
-from components.slm.context_window import window_messages
-from components.slm.prompt import build_messages, render_target, tool_name, tool_signature
+from components.core.schema import CallRecord
+from components.slm.prompt import build_messages, render_target
 
-PROMPT_SPEC_FILE = "prompt_spec.json"
-ToolListing = Literal["signatures", "bare_signatures", "dropped"]
+# The spec, its file and the tool-description helpers are read from here by S5, S6, serving and tests since
+# before they had modules of their own (re-exported).
+from components.slm.prompt_spec import PROMPT_SPEC_FILE as PROMPT_SPEC_FILE
+from components.slm.prompt_spec import PromptSpec as PromptSpec
+from components.slm.prompt_spec import load_prompt_spec as load_prompt_spec
+from components.slm.prompt_spec import save_prompt_spec as save_prompt_spec
+from components.slm.tool_signatures import distinct_descriptions as distinct_descriptions
+from components.slm.tool_signatures import first_sentence as first_sentence
+from components.slm.tool_signatures import tool_name
 
 
 class PruningSettings(StepConfig):
@@ -57,95 +61,6 @@ class PruningSettings(StepConfig):
     # e.g. BFCL's "This tool belongs to the vehicle control system, which allows ...": ~60 % of its tool docs).
     drop_shared_description_openings: bool = True
     max_tool_description_chars: int | None = 100  # a description's first sentence, cut here if longer; null: whole
-
-
-class PromptSpec(BaseModel):
-    """What the compact prompt keeps, and how the model answers; ``None`` in place of a spec means the full prompt
-    and nothing known about the answers (a base model's)."""
-
-    version: int = 2
-    # False: the model was trained on the full prompt (pruning off); the spec then only describes its answers.
-    pruned: bool = True
-    drop_system_prompt: bool = False
-    system_prompt_sha256: str | None = None  # of the dropped prompt, so a router can check a call carries it
-    tools: ToolListing = "signatures"
-    tool_set_sha256: str | None = None  # of the one tool set, when the listing is dropped
-    # What the model answers: "tool_calls" when every training answer was a call, so decoding may require one.
-    answers: Literal["any", "tool_calls"] = "any"
-    # Tokens an answer may take (the longest training answer with a margin); generation stops there.
-    max_answer_tokens: int | None = None
-    # Calls an answer may make (the most a training answer made, with a margin); the grammar stops there.
-    max_tool_calls: int | None = None
-    # The context window (version 2; ``None``: the whole conversation, as version 1 specs were trained).
-    history_turns: int | None = None
-    max_tool_result_chars: int | None = None
-    # Tools the training calls were offered (a call offering another is refused), and those their answers call
-    # (the only known ones listed); ``None``: every offered tool is listed and none is refused for its tools.
-    known_tools: list[str] | None = None
-    called_tools: list[str] | None = None
-    drop_shared_description_openings: bool = False
-    max_tool_description_chars: int | None = None
-
-    def listed_tools(self, record: CallRecord) -> list[dict[str, Any]]:
-        """The offered tools the prompt lists: all but those the training calls were offered and never called."""
-        if self.known_tools is None or self.called_tools is None:
-            return list(record.tools)
-        hidden = set(self.known_tools) - set(self.called_tools)
-        return [tool for tool in record.tools if tool_name(tool) not in hidden]
-
-    def conversation(self, record: CallRecord) -> list[ChatMessage]:
-        """The messages of the call the prompt keeps (system messages left out): its context window."""
-        return window_messages(record.messages, self.history_turns, self.max_tool_result_chars)
-
-    def system_content(self, record: CallRecord) -> str:
-        """The system message of the compact prompt: the kept system prompt and the tool listing, no more."""
-        parts = [] if self.drop_system_prompt else [record.system_prompt.strip()]
-        if record.tools and self.tools != "dropped":
-            with_description = self.tools == "signatures"
-            distinct = distinct_descriptions(record.tools) if self.drop_shared_description_openings else {}
-            listing = []
-            for tool in self.listed_tools(record):
-                description = distinct.get(tool_name(tool), _description(tool))
-                short = first_sentence(description, self.max_tool_description_chars)
-                listing.append(tool_signature(tool, with_description, short))
-            parts.append("\n".join(listing))
-        return "\n".join(part for part in parts if part)
-
-
-def _shared_opening(first: str, second: str) -> int:
-    """Length of the opening two texts share, ended at a word boundary (so no word is cut in half)."""
-    common = len(os.path.commonprefix([first, second]))
-    if common == len(first) or common == len(second):
-        return 0  # one text is the other's start: dropping it would leave that tool with no description
-    return common - len(first[:common].split(" ")[-1]) if " " in first[:common] else 0
-
-
-def _description(tool: dict[str, Any]) -> str:
-    return str(tool.get("function", tool).get("description") or "").strip()
-
-
-def first_sentence(text: str, limit: int | None) -> str:
-    """The first sentence of a description (its summary, by docstring convention), cut to ``limit`` characters at
-    a word boundary with "..." if still longer; the whole text when ``limit`` is ``None``."""
-    if limit is None:
-        return text
-    match = re.match(r"(.+?[.!?])(\s|$)", text, re.DOTALL)
-    sentence = match.group(1) if match else text
-    if len(sentence) <= limit:
-        return sentence
-    return sentence[:limit].rsplit(" ", 1)[0] + "..."
-
-
-def distinct_descriptions(tools: list[dict[str, Any]]) -> dict[str, str]:
-    """Each tool's description without the opening it shares with another tool's (the longest such opening;
-    among sorted texts it is shared with a neighbour): what tells the tools apart."""
-    described = sorted((_description(tool), tool_name(tool)) for tool in tools)
-    shortened = {}
-    for index, (text, name) in enumerate(described):
-        neighbours = [described[i][0] for i in (index - 1, index + 1) if 0 <= i < len(described)]
-        cut = max((_shared_opening(text, other) for other in neighbours), default=0)
-        shortened[name] = text[cut:]
-    return shortened
 
 
 def _sha256(value: Any) -> str:
@@ -254,22 +169,6 @@ def prompt_token_report(
         "before": _token_figures(before, max_length),
         "after": _token_figures(after, max_length),
     }
-
-
-def save_prompt_spec(spec: PromptSpec | None, folder: Path) -> None:
-    """Write the spec into a model or adapter folder; no file means the full prompt (a base model's)."""
-    path = Path(folder) / PROMPT_SPEC_FILE
-    if spec is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.write_text(spec.model_dump_json(indent=2))
-
-
-def load_prompt_spec(folder: str | Path | None) -> PromptSpec | None:
-    if folder is None:
-        return None
-    path = Path(folder) / PROMPT_SPEC_FILE
-    return PromptSpec.model_validate_json(path.read_text()) if path.exists() else None
 
 
 def load_prompt_transform(folder: str | Path | None) -> Callable[[CallRecord], list[dict[str, str]]]:
