@@ -453,11 +453,11 @@ def finetune(
         train_records, eval_records = split_validation(
             train_records, cfg.validation_fraction, cfg.min_validation_records, cfg.min_records_for_validation, cfg.seed
         )
-    spec = derive_prompt_spec(train_records, cfg.prompt_pruning)
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    spec = derive_prompt_spec(train_records, cfg.prompt_pruning, tokenizer, cfg.max_length)
     fingerprint = run_fingerprint(base_folder, train_records, eval_records, training_settings(cfg))
     previous = finished_result(output_dir, fingerprint)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_folder)
     prompt_tokens = prompt_token_report(train_records + eval_records, tokenizer, spec, cfg.max_length)
     train_records, too_long = split_by_length(train_records, tokenizer, cfg.max_length, spec)
     eval_records, too_long_validation = split_by_length(eval_records, tokenizer, cfg.max_length, spec)

@@ -47,6 +47,7 @@ class PruningSettings(StepConfig):
     enabled: bool = True
     drop_static_system_prompt: bool = True
     tool_descriptions: bool = True  # keep each tool's one-line description in its signature
+    untyped_strings: bool = True  # list string parameters by name alone: ~2 tokens a parameter
     drop_single_tool_set: bool = True  # no tool listing at all when every call offers the same tools
     min_records: int = 5  # below this, nothing counts as static: too few calls to tell
     # The context window (components/slm/context_window.py); null = no limit.
@@ -54,6 +55,11 @@ class PruningSettings(StepConfig):
     # 174 tokens per call, p90 372, 5 % over max_length 512; 1 earlier turn: median 338, p90 596, 16 % over.
     history_turns: int | None = 1
     max_tool_result_chars: int | None = 300  # a longer tool result is cut here, with a mark saying so
+    # The turns before those as one line of the values they introduced (requests, call arguments, result fields),
+    # at most max_digest_chars characters (newest first); false: dropped. Why: the values an answer needs from
+    # further back (benchmarks/prompt_window.py, docs/benchmarks.md).
+    digest_older_turns: bool = True
+    max_digest_chars: int | None = 400
     # List only the offered tools that the cluster's training answers call (tools never offered in training stay
     # listed: nothing is known about them, and spec_accepts already sends such a call to the LLM).
     only_called_tools: bool = True
@@ -61,14 +67,50 @@ class PruningSettings(StepConfig):
     # e.g. BFCL's "This tool belongs to the vehicle control system, which allows ...": ~60 % of its tool docs).
     drop_shared_description_openings: bool = True
     max_tool_description_chars: int | None = 100  # a description's first sentence, cut here if longer; null: whole
+    tool_names_only: bool = False  # list the tools by name alone (the leanest listing; the last fitting step)
+    # With S5's tokenizer and max_length known, the spec is fitted: when fewer than this share of the training
+    # calls fit the window, the leaner recipes of FITTING_STEPS are tried in turn and the first that fits is kept
+    # (else the leanest). null: the settings as they are. Issue 30: a cluster none of whose calls fit never trains.
+    min_window_share: float | None = 0.9
 
 
 def _sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> PromptSpec:
-    """The spec for a cluster's training calls; with pruning off it keeps the full prompt and records the answers."""
+# Leaner recipes, in order, for a cluster whose calls do not fit S5's window: the current turn only (the older
+# ones as their values), then signatures without descriptions, then the tools by name alone. Demo log, 2026-12-08
+# (benchmarks/prompt_window.py, docs/benchmarks.md): the travel cluster fits only at the last step.
+FITTING_STEPS: tuple[dict[str, Any], ...] = (
+    {"history_turns": 0},
+    {"history_turns": 0, "tool_descriptions": False},
+    {"history_turns": 0, "tool_descriptions": False, "tool_names_only": True},
+)
+
+
+def derive_prompt_spec(
+    records: list[CallRecord],
+    settings: PruningSettings,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> PromptSpec:
+    """The spec for a cluster's training calls; with pruning off it keeps the full prompt and records the answers.
+
+    Given the ``tokenizer`` and ``max_length`` S5 trains with, it is fitted (``settings.min_window_share``): the
+    configured recipe, else the first of :data:`FITTING_STEPS` under which that share of the calls fits."""
+    spec = _spec_for(records, settings)
+    if tokenizer is None or max_length is None or settings.min_window_share is None or not spec.pruned:
+        return spec
+    for step, leaner in enumerate((None, *FITTING_STEPS)):
+        spec = _spec_for(records, settings if leaner is None else settings.model_copy(update=leaner))
+        spec.fitting_step = step
+        fitting = sum(fits_window(record, tokenizer, spec, max_length) for record in records)
+        if records and fitting >= settings.min_window_share * len(records):
+            break
+    return spec
+
+
+def _spec_for(records: list[CallRecord], settings: PruningSettings) -> PromptSpec:
     answers = "tool_calls" if records and all(record.response.tool_calls for record in records) else "any"
     if not settings.enabled:
         return PromptSpec(pruned=False, answers=answers)
@@ -82,11 +124,20 @@ def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> 
     return PromptSpec(
         drop_system_prompt=static_system,
         system_prompt_sha256=_sha256(next(iter(system_prompts))) if static_system else None,
-        tools="dropped" if single_tool_set else "signatures" if settings.tool_descriptions else "bare_signatures",
+        tools="dropped"
+        if single_tool_set
+        else "names"
+        if settings.tool_names_only
+        else "signatures"
+        if settings.tool_descriptions
+        else "bare_signatures",
         tool_set_sha256=next(iter(tool_sets)) if single_tool_set else None,
         answers=answers,
         history_turns=settings.history_turns,
         max_tool_result_chars=settings.max_tool_result_chars,
+        untyped_strings=settings.untyped_strings,
+        digest_older_turns=settings.digest_older_turns and settings.history_turns is not None,
+        max_digest_chars=settings.max_digest_chars,
         known_tools=known if settings.only_called_tools and enough else None,
         called_tools=called if settings.only_called_tools and enough else None,
         drop_shared_description_openings=settings.drop_shared_description_openings,
@@ -137,7 +188,7 @@ class TrainingWindow(BaseModel):
 
 def calls_in_window(records: list[CallRecord], tokenizer: Any, window: TrainingWindow) -> int:
     """How many of a cluster's training calls S5 could train on, under the spec derived from those calls."""
-    spec = derive_prompt_spec(records, window.prompt_pruning)
+    spec = derive_prompt_spec(records, window.prompt_pruning, tokenizer, window.max_length)
     return sum(fits_window(record, tokenizer, spec, window.max_length) for record in records)
 
 

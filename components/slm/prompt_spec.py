@@ -20,7 +20,8 @@ from components.slm.tool_signatures import (
 )
 
 PROMPT_SPEC_FILE = "prompt_spec.json"
-ToolListing = Literal["signatures", "bare_signatures", "dropped"]
+ToolListing = Literal["signatures", "bare_signatures", "names", "dropped"]
+TOOL_NAMES_PREFIX = "Tools: "
 
 
 class PromptSpec(BaseModel):
@@ -43,6 +44,12 @@ class PromptSpec(BaseModel):
     # The context window (version 2; ``None``: the whole conversation, as version 1 specs were trained).
     history_turns: int | None = None
     max_tool_result_chars: int | None = None
+    # Turns before the window as one line of the values they introduced (issue 30); False: dropped, as before.
+    digest_older_turns: bool = False
+    untyped_strings: bool = False  # string parameters listed by name alone (issue 30)
+    # Which recipe the window fitting kept: 0 the configured one, n the n-th of prompt_pruning.FITTING_STEPS.
+    fitting_step: int = 0
+    max_digest_chars: int | None = None
     # Tools the training calls were offered (a call offering another is refused), and those their answers call
     # (the only known ones listed); ``None``: every offered tool is listed and none is refused for its tools.
     known_tools: list[str] | None = None
@@ -59,19 +66,27 @@ class PromptSpec(BaseModel):
 
     def conversation(self, record: CallRecord) -> list[ChatMessage]:
         """The messages of the call the prompt keeps (system messages left out): its context window."""
-        return window_messages(record.messages, self.history_turns, self.max_tool_result_chars)
+        return window_messages(
+            record.messages,
+            self.history_turns,
+            self.max_tool_result_chars,
+            self.digest_older_turns,
+            self.max_digest_chars,
+        )
 
     def system_content(self, record: CallRecord) -> str:
         """The system message of the compact prompt: the kept system prompt and the tool listing, no more."""
         parts = [] if self.drop_system_prompt else [record.system_prompt.strip()]
-        if record.tools and self.tools != "dropped":
+        if record.tools and self.tools == "names":
+            parts.append(TOOL_NAMES_PREFIX + ", ".join(tool_name(tool) for tool in self.listed_tools(record)))
+        elif record.tools and self.tools != "dropped":
             with_description = self.tools == "signatures"
             distinct = distinct_descriptions(record.tools) if self.drop_shared_description_openings else {}
             listing = []
             for tool in self.listed_tools(record):
                 description = distinct.get(tool_name(tool), _description(tool))
                 short = first_sentence(description, self.max_tool_description_chars)
-                listing.append(tool_signature(tool, with_description, short))
+                listing.append(tool_signature(tool, with_description, short, self.untyped_strings))
             parts.append("\n".join(listing))
         return "\n".join(part for part in parts if part)
 

@@ -27,13 +27,15 @@ def _type_of(schema: dict[str, Any]) -> str:
     return kind if isinstance(kind, str) else "|".join(map(str, kind))
 
 
-def _parameter_list(schema: dict[str, Any]) -> str:
+def _parameter_list(schema: dict[str, Any], untyped_strings: bool = False) -> str:
     required = set(schema.get("required", []))
     parts = []
     for name, spec in (schema.get("properties") or {}).items():
         spec = spec if isinstance(spec, dict) else {}
         default = f" = {one_line_json(spec['default'])}" if "default" in spec else ""
-        parts.append(f"{name}{'' if name in required else '?'}: {_type_of(spec)}{default}")
+        kind = _type_of(spec)
+        typed = "" if untyped_strings and kind == "string" else f": {kind}"
+        parts.append(f"{name}{'' if name in required else '?'}{typed}{default}")
     return ", ".join(parts)
 
 
@@ -43,18 +45,24 @@ def tool_name(tool: dict[str, Any]) -> str:
     return function.get("name", "") if isinstance(function, dict) else ""
 
 
-def tool_signature(tool: dict[str, Any], with_description: bool = True, description: str | None = None) -> str:
+def tool_signature(
+    tool: dict[str, Any],
+    with_description: bool = True,
+    description: str | None = None,
+    untyped_strings: bool = False,
+) -> str:
     """One line per tool: ``name(arg: type, optional?: type = default) - description``.
 
     The full JSON schema of a typical tool costs ~100 tokens, mostly parameter descriptions; this form keeps the
     names, types, enums, defaults and which arguments are optional at about a third of that, which keeps prompts
     inside a 135M model's training window and makes every training step cheaper. ``description`` replaces the
-    tool's own (a prompt spec shortens it).
+    tool's own (a prompt spec shortens it). ``untyped_strings`` leaves out the commonest type, ``string``: a bare
+    parameter name reads as a string (``book_flight(access_token, card_id, travel_date, ...)``).
     """
     function = tool.get("function", tool)  # OpenAI form {"type": "function", "function": {...}} or bare
     parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
     description = (function.get("description") or "" if description is None else description).strip()
-    signature = f"{function.get('name', '')}({_parameter_list(parameters)})"
+    signature = f"{function.get('name', '')}({_parameter_list(parameters, untyped_strings)})"
     return signature + (f" - {description}" if description and with_description else "")
 
 
