@@ -58,7 +58,9 @@ DEMO = {
 }
 
 
-def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str, eval_calls: int) -> dict:
+def run_setting(
+    name: str, workdir: Path, cluster: int, steps: int, model: str, eval_calls: int, threads: int | None = None
+) -> dict:
     import pandas as pd
 
     from components.core.schema import read_records, split_records
@@ -69,7 +71,8 @@ def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str, 
     train = split_records(records, splits, cluster, "train")
     held_out = split_records(records, splits, cluster, "test")[:eval_calls] or None
     # One evaluation, after the last step (outside the timed steps): the held-out loss of the trained adapter.
-    config = FinetuneConfig.model_validate({**DEMO, "max_steps": steps, "eval_steps": steps, **SETTINGS[name]})
+    setting = {**SETTINGS[name], **({"torch_threads": threads} if threads else {})}
+    config = FinetuneConfig.model_validate({**DEMO, "max_steps": steps, "eval_steps": steps, **setting})
     step_times: list[float] = []
     cpu_times: list[float] = []
     last = [time.perf_counter(), time.process_time()]
@@ -167,10 +170,11 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", choices=list(SETTINGS), help=f"run these settings (default: {DEFAULT_RUN})"
     )
+    parser.add_argument("--threads", type=int, help="torch threads for every setting (1 on a shared machine)")
     parser.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        row = run_setting(args.child, args.workdir, args.cluster, args.steps, args.model, args.eval_calls)
+        row = run_setting(args.child, args.workdir, args.cluster, args.steps, args.model, args.eval_calls, args.threads)
         print(json.dumps(row), flush=True)
         return
     names = args.only or DEFAULT_RUN
@@ -191,13 +195,15 @@ def main() -> None:
             str(args.eval_calls),
             "--child",
             name,
+            *(["--threads", str(args.threads)] if args.threads else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith('{"setting"')]
         row = json.loads(lines[-1]) if lines else {"setting": name, "error": done.stderr.strip()[-400:]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\n{cpu_model()}; cluster {args.cluster}, {args.steps} steps, median per setting (runs interleaved):")
+    threads = f"{args.threads} torch thread(s)" if args.threads else "torch's default threads"
+    print(f"\n{cpu_model()}, {threads}; cluster {args.cluster}, {args.steps} steps, median per setting (interleaved):")
     print(median_table(rows, names), flush=True)
 
 
