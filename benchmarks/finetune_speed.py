@@ -2,8 +2,10 @@
 
     python benchmarks/finetune_speed.py --workdir runs/demo [--cluster 0] [--steps 8] [--repeat 2] [--only NAME ...]
 
-By default it compares the old fp32 training with bf16 mixed precision (``finetune.precision``), and on top of
-bf16 sequence-length bucketing (``group_by_length``) and one torch thread, and prints them side by side. Each
+By default it compares the default before issue 30 (bf16 autocast over fp32 weights, the LM head on every position)
+with each lever alone (``finetune.answer_logits_only``, ``bf16_base_weights``), both together (the new default) and
+padding-free packing on top; ``--only`` adds torch.compile, one torch thread, ``group_by_length`` or fp32. It
+prints them side by side with the CPU model. Each
 setting runs in its own process (so its peak RSS is its own) on the cluster's training split, at the demo settings
 (LoRA r=16 on all linear layers, batch 4, max_length 512, the pruned prompt); settings that do not name a precision
 run at ``auto``. On a shared machine the old and the new default run ``--repeat`` times, interleaved (A B C D, then
@@ -26,19 +28,27 @@ import tempfile
 import time
 from pathlib import Path
 
+# Today's default before issue 30: bf16 autocast over fp32 weights, the LM head on every position.
+OLD_DEFAULT = {"precision": "bf16", "answer_logits_only": False, "bf16_base_weights": False}
 SETTINGS: dict[str, dict] = {
-    "fp32 (old default)": {"precision": "fp32"},
-    "bf16 (new default)": {"precision": "bf16"},
-    "bf16, group_by_length": {"precision": "bf16", "group_by_length": True},
-    "bf16, 1 torch thread": {"precision": "bf16", "torch_threads": 1},
-    "fp32, 1 torch thread": {"precision": "fp32", "torch_threads": 1},
-    "bf16, 1 torch thread, group_by_length": {"precision": "bf16", "torch_threads": 1, "group_by_length": True},
-    "full prompt, checkpointing on": {"gradient_checkpointing": True, "prompt_pruning": {"enabled": False}},
-    "full prompt": {"prompt_pruning": {"enabled": False}},
-    "pruned, packing": {"packing": True},
+    "old default (bf16 autocast, all logits)": OLD_DEFAULT,
+    "new default (answer logits, bf16 weights)": {"precision": "bf16"},
+    "answer logits only": {**OLD_DEFAULT, "answer_logits_only": True},
+    "bf16 base weights only": {**OLD_DEFAULT, "bf16_base_weights": True},
+    "new default, packing (padding-free)": {"precision": "bf16", "packing": True},
+    "new default, torch.compile": {"precision": "bf16", "torch_compile": True},
+    "new default, 1 torch thread": {"precision": "bf16", "torch_threads": 1},
+    "new default, group_by_length": {"precision": "bf16", "group_by_length": True},
+    "fp32, all logits": {"precision": "fp32", "answer_logits_only": False, "bf16_base_weights": False},
 }
-# The first is the baseline the others are compared with.
-DEFAULT_RUN = ["fp32 (old default)", "bf16 (new default)", "bf16, group_by_length", "bf16, 1 torch thread"]
+# The first is the baseline the others are compared with; the first two repeat (interleaved) with --repeat.
+DEFAULT_RUN = [
+    "old default (bf16 autocast, all logits)",
+    "new default (answer logits, bf16 weights)",
+    "answer logits only",
+    "bf16 base weights only",
+    "new default, packing (padding-free)",
+]
 DEMO = {
     "max_length": 512,
     "per_device_train_batch_size": 4,
@@ -48,7 +58,9 @@ DEMO = {
 }
 
 
-def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str, eval_calls: int) -> dict:
+def run_setting(
+    name: str, workdir: Path, cluster: int, steps: int, model: str, eval_calls: int, threads: int | None = None
+) -> dict:
     import pandas as pd
 
     from components.core.schema import read_records, split_records
@@ -59,7 +71,8 @@ def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str, 
     train = split_records(records, splits, cluster, "train")
     held_out = split_records(records, splits, cluster, "test")[:eval_calls] or None
     # One evaluation, after the last step (outside the timed steps): the held-out loss of the trained adapter.
-    config = FinetuneConfig.model_validate({**DEMO, "max_steps": steps, "eval_steps": steps, **SETTINGS[name]})
+    setting = {**SETTINGS[name], **({"torch_threads": threads} if threads else {})}
+    config = FinetuneConfig.model_validate({**DEMO, "max_steps": steps, "eval_steps": steps, **setting})
     step_times: list[float] = []
     cpu_times: list[float] = []
     last = [time.perf_counter(), time.process_time()]
@@ -96,6 +109,18 @@ def run_setting(name: str, workdir: Path, cluster: int, steps: int, model: str, 
     }
 
 
+def cpu_model() -> str:
+    """The CPU as /proc/cpuinfo names it, with its core count: figures differ between machines."""
+    import os
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        name = next(line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = "unknown CPU"
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def run_order(names: list[str], repeat: int) -> list[str]:
     """Every setting once, then the first two (old and new default) ``repeat - 1`` more times, every other round
     reversed (A B C D, B A, A B, ...): drift in the other load on a shared machine evens out over the pair."""
@@ -120,15 +145,18 @@ def median_table(rows: list[dict], names: list[str]) -> str:
         return "no setting finished"
     baseline = medians.get(names[0])
     lines = [
-        "| setting | precision | runs | s/step | CPU s/step | trained tokens/s | speed-up | peak RSS GB | held-out loss |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| setting | precision | runs | s/step | CPU s/step | trained tokens/s | speed-up | CPU speed-up | peak RSS GB "
+        "| held-out loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, m in medians.items():
         speedup = f"{baseline['seconds_per_step'] / m['seconds_per_step']:.2f}x" if baseline else "-"
+        # CPU time per step changes much less with other jobs' load than wall time: the figure on a shared machine.
+        cpu_speedup = f"{baseline['cpu_seconds_per_step'] / m['cpu_seconds_per_step']:.2f}x" if baseline else "-"
         loss = f"{m['held_out_loss']:.4f}" if m["held_out_loss"] is not None else "-"
         lines.append(
             f"| {name} | {m['precision']} | {m['runs']} | {m['seconds_per_step']:.2f} | "
-            f"{m['cpu_seconds_per_step']:.2f} | {m['trained_tokens_per_s']:.1f} | {speedup} | "
+            f"{m['cpu_seconds_per_step']:.2f} | {m['trained_tokens_per_s']:.1f} | {speedup} | {cpu_speedup} | "
             f"{m['peak_rss_gb']:.2f} | {loss} |"
         )
     return "\n".join(lines)
@@ -145,10 +173,11 @@ def main() -> None:
     parser.add_argument(
         "--only", nargs="*", choices=list(SETTINGS), help=f"run these settings (default: {DEFAULT_RUN})"
     )
+    parser.add_argument("--threads", type=int, help="torch threads for every setting (1 on a shared machine)")
     parser.add_argument("--child", choices=list(SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        row = run_setting(args.child, args.workdir, args.cluster, args.steps, args.model, args.eval_calls)
+        row = run_setting(args.child, args.workdir, args.cluster, args.steps, args.model, args.eval_calls, args.threads)
         print(json.dumps(row), flush=True)
         return
     names = args.only or DEFAULT_RUN
@@ -169,13 +198,15 @@ def main() -> None:
             str(args.eval_calls),
             "--child",
             name,
+            *(["--threads", str(args.threads)] if args.threads else []),
         ]
         done = subprocess.run(command, capture_output=True, text=True)
         lines = [line for line in done.stdout.splitlines() if line.startswith('{"setting"')]
         row = json.loads(lines[-1]) if lines else {"setting": name, "error": done.stderr.strip()[-400:]}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\ncluster {args.cluster}, {args.steps} steps, median per setting (runs interleaved):")
+    threads = f"{args.threads} torch thread(s)" if args.threads else "torch's default threads"
+    print(f"\n{cpu_model()}, {threads}; cluster {args.cluster}, {args.steps} steps, median per setting (interleaved):")
     print(median_table(rows, names), flush=True)
 
 

@@ -197,6 +197,7 @@ def evaluate_task(
             base_predictions,
             cfg,
             lambda model, calls, label: answer_tuned(model.as_dict(), calls, Progress(label, len(calls))),
+            Progress,
         )
         for done in evaluated:
             cluster_id, entry = done.model.cluster_id, done.entry

@@ -1,5 +1,5 @@
 """S6 over S5's trained clusters: each one's held-out calls answered by its fine-tuned SLM beside the base SLM's
-answers S4 kept, scored into its evaluation entry; and which clusters were never converted, with S5's reason. The
+answers (S4's, completed where S4 only sampled), scored into its evaluation entry; and which clusters were never converted, with S5's reason. The
 task around it answers (on its engine), registers, logs and writes; this module decides nothing about MLflow.
 """
 
@@ -13,8 +13,10 @@ import pandas as pd
 
 from components.core.schema import CallRecord, split_records
 from components.core.step_files import FinetunedCluster, FinetuneSummary, Leaderboard, LeaderboardCluster
+from components.evaluate.base_answers import base_answers
 from components.evaluate.entry import Answer, Confidence, evaluate_cluster
 from components.evaluate.evaluation import EvaluateConfig
+from components.slm.generation import ProgressCallback
 
 # (S5's line of the cluster, its held-out calls, the cluster's label for progress) -> one answer per call:
 # (completion, latency ms) or (completion, latency ms, confidence features or None)
@@ -46,16 +48,6 @@ def split_confidence(answers: list[tuple]) -> tuple[list[Answer], list[Confidenc
     return [(a[0], a[1]) for a in answers], [a[2] if len(a) > 2 else None for a in answers]
 
 
-def base_answers(
-    base_predictions: pd.DataFrame, cluster_id: int, candidate: str | None, test_records: list[CallRecord]
-) -> list[Answer]:
-    """The base SLM's answers S4 generated on the same held-out calls, greedily: S6 reuses them."""
-    base = base_predictions[
-        (base_predictions.cluster_id == cluster_id) & (base_predictions.candidate == candidate)
-    ].set_index("record_id")
-    return [(base.at[r.record_id, "text"], float(base.at[r.record_id, "latency_ms"])) for r in test_records]
-
-
 def evaluate_trained_clusters(
     leaderboard: Leaderboard,
     finetune_summary: FinetuneSummary,
@@ -64,18 +56,30 @@ def evaluate_trained_clusters(
     base_predictions: pd.DataFrame,
     cfg: EvaluateConfig,
     answer_tuned: TunedAnswerer,
+    progress: Callable[[str, int], ProgressCallback | None] = lambda label, total: None,
 ) -> Iterator[ClusterEvaluation]:
     """Each cluster S5 trained, in S5's order, evaluated on its held-out calls (one at a time: the task registers
-    and logs each before the next is answered)."""
+    and logs each before the next is answered). The base's answers are S4's where it made them; the calls S4 only
+    sampled are answered here (components/evaluate/base_answers.py); ``progress(label, total)`` shows that."""
     for model in finetune_summary.clusters:
         cluster = leaderboard.cluster(model.cluster_id)
         test_records = split_records(records, splits, model.cluster_id, "test")
-        tuned, confidence = split_confidence(answer_tuned(model, test_records, f"S6 cluster #{model.cluster_id}"))
+        label = f"S6 cluster #{model.cluster_id}"
+        base, _ = base_answers(
+            test_records,
+            base_predictions,
+            model.cluster_id,
+            cluster.selected,
+            model.base_model,
+            cfg,
+            progress(f"{label} base", len(test_records)),
+        )
+        tuned, confidence = split_confidence(answer_tuned(model, test_records, label))
         entry, rows = evaluate_cluster(
             cluster.as_dict(),
             model.n_train,
             test_records,
-            base_answers(base_predictions, model.cluster_id, cluster.selected, test_records),
+            base,
             tuned,
             cfg.promotion,
             cfg.slm_hourly_cost_usd,

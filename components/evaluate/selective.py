@@ -23,6 +23,7 @@ import numpy as np
 
 # The calibrator and the gate a router applies live with the features (components/slm/confidence.py), so the gate
 # fitted here and the router that serves it score an answer by one formula.
+from components.scoring.intervals import wilson_interval
 from components.slm.confidence import FEATURES, Calibrator, feature_matrix  # noqa: F401 - re-exported
 
 
@@ -128,16 +129,6 @@ def risk_coverage(confidence: np.ndarray, correct: np.ndarray) -> list[dict[str,
         {"coverage": (k + 1) / n, "risk": 1 - float(hits[k]) / (k + 1), "confidence": float(confidence[order][k])}
         for k in range(n)
     ]
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> list[float] | None:
-    """95 % Wilson interval of ``successes`` in ``n`` (pure arithmetic; None without calls)."""
-    if n <= 0:
-        return None
-    rate = successes / n
-    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def selective_figures(

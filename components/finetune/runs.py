@@ -88,7 +88,8 @@ def detect_device(
     flags: set[str] | frozenset[str] | None = None,
 ) -> Device:
     """CUDA when present (``auto``), else CPU; bf16 or fp32 per :func:`resolve_precision`; QLoRA only on CUDA with
-    bitsandbytes. On CUDA bf16 the weights load in bf16; on CPU they stay fp32 and the trainer autocasts to bf16.
+    bitsandbytes. On CUDA bf16 the weights load in bf16; on CPU fp32 here, and the trainer autocasts to bf16
+    (train.training_device loads a LoRA base in bf16 too, with finetune.bf16_base_weights).
 
     ``cuda_available``, ``bf16_supported`` and ``flags`` (the CPU's) default to asking torch and /proc/cpuinfo;
     passing them lets a test check every choice on any machine.

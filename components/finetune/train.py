@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from components.finetune.runs import (
     run_fingerprint,
     split_validation,
 )
+from components.finetune.speed import base_weights_dtype, score_answer_positions_only
 from components.finetune.synthesis import SynthesisSettings
 from components.slm import (
     answer_token_budget,
@@ -109,6 +110,11 @@ class FinetuneConfig(StepConfig):
     packing: bool = False  # best-fit packing without padding (TRL "bfd")
     group_by_length: bool = False  # batches of similar length: less padding
     torch_threads: int | None = None  # CPU threads for torch; null = torch's default
+    # CPU levers (components/finetune/speed.py, benchmarks/finetune_speed.py): the LM head only on the answer's
+    # positions; the frozen base in bf16 under LoRA + bf16 (adapter and optimizer fp32); torch.compile.
+    answer_logits_only: bool = True
+    bf16_base_weights: bool = True
+    torch_compile: bool = False
     validation_fraction: float = 0.1
     min_validation_records: int = 4
     min_records_for_validation: int = 20  # smaller clusters train on every call, without early stopping
@@ -173,6 +179,9 @@ def config_for_cluster(cfg: FinetuneConfig, cluster_id: int | str) -> FinetuneCo
 _LATER_SETTINGS = {
     ("early_stopping", "metric"): "eval_loss",
     ("precision",): "auto",
+    ("answer_logits_only",): False,
+    ("bf16_base_weights",): False,
+    ("torch_compile",): False,
     ("augmentation",): AugmentationSettings().model_dump(mode="json"),
     ("synthesis",): SynthesisSettings().model_dump(mode="json"),
 }
@@ -220,6 +229,18 @@ class FinetuneResult:
     stopped_by_budget: bool = False
     reused: bool = False  # a finished run with the same fingerprint was found: nothing trained
     merged_dir: str | None = None
+
+
+def training_device(cfg: FinetuneConfig) -> Device:
+    """Where and in what precision S5 trains, with the dtype its frozen base loads in (speed.base_weights_dtype)."""
+    device = detect_device(cfg.device, cfg.quantization, cfg.lora.enabled, precision=cfg.precision)
+    weights = base_weights_dtype(
+        precision=device.precision,
+        on_cuda=device.on_cuda,
+        lora=cfg.lora.enabled and cfg.quantization == "none",
+        bf16_base_weights=cfg.bf16_base_weights,
+    )
+    return device if device.on_cuda else replace(device, dtype_name=weights)
 
 
 def to_training_example(record: CallRecord, spec: PromptSpec | None = None) -> dict[str, list[dict[str, str]]]:
@@ -286,7 +307,8 @@ def build_trainer(
     from transformers import AutoTokenizer, EarlyStoppingCallback, set_seed
     from trl import SFTConfig, SFTTrainer
 
-    device = device or detect_device(cfg.device, cfg.quantization, cfg.lora.enabled, precision=cfg.precision)
+    device = device or training_device(cfg)
+    score_answer_positions_only(cfg.answer_logits_only)
     set_seed(cfg.seed)  # before the model exists: LoRA's A matrices are drawn at wrapping time
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(base_folder)
     if tokenizer.pad_token is None:
@@ -315,11 +337,12 @@ def build_trainer(
         activation_checkpointing=cfg.gradient_checkpointing,  # the new name of gradient_checkpointing
         completion_only_loss=True,  # explicit: the prompt (system, tools, history) is context, not a target
         packing=cfg.packing,
+        torch_compile=cfg.torch_compile,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         seed=cfg.seed,
         data_seed=cfg.seed,
         use_cpu=not device.on_cuda,
-        bf16=device.precision == "bf16",  # mixed precision: torch autocast on CPU, bf16 weights on CUDA
+        bf16=device.precision == "bf16",  # mixed precision: torch autocast (over bf16 or fp32 weights on CPU)
         optim="adamw_torch_fused" if device.on_cuda else "adamw_torch",
         # Checkpoints make a killed run resumable; with a validation split they are also the early-stopping points.
         eval_strategy="steps" if validating else "no",
@@ -424,17 +447,17 @@ def finetune(
     began = time.perf_counter()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    device = detect_device(cfg.device, cfg.quantization, cfg.lora.enabled, precision=cfg.precision)
+    device = training_device(cfg)
     base_folder = prepare_model(base_reference)
     if eval_records is None:
         train_records, eval_records = split_validation(
             train_records, cfg.validation_fraction, cfg.min_validation_records, cfg.min_records_for_validation, cfg.seed
         )
-    spec = derive_prompt_spec(train_records, cfg.prompt_pruning)
+    tokenizer = AutoTokenizer.from_pretrained(base_folder)
+    spec = derive_prompt_spec(train_records, cfg.prompt_pruning, tokenizer, cfg.max_length)
     fingerprint = run_fingerprint(base_folder, train_records, eval_records, training_settings(cfg))
     previous = finished_result(output_dir, fingerprint)
 
-    tokenizer = AutoTokenizer.from_pretrained(base_folder)
     prompt_tokens = prompt_token_report(train_records + eval_records, tokenizer, spec, cfg.max_length)
     train_records, too_long = split_by_length(train_records, tokenizer, cfg.max_length, spec)
     eval_records, too_long_validation = split_by_length(eval_records, tokenizer, cfg.max_length, spec)

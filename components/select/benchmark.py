@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ from components.scoring.costs import cost_basis, latency_percentile, llm_cost_pe
 from components.scoring.judge import JudgeConfig
 from components.scoring.labels import GroundTruth, score_against_labels
 from components.scoring.metrics import PRIMARY_METRIC, Embedder, Judge, detect_output_type, score_pairs
+from components.select.sampling import leads_clearly, sample_size, sampling_note
 from components.slm import answer_token_budget, render_target, tool_call_budget
 from components.slm.catalog import Catalog, CatalogEntry, Constraints, constraint_violation
 from components.slm.generation import GENERATION_ENGINE
@@ -64,6 +66,10 @@ class SelectConfig(StepConfig):
     # Wall-clock minutes S4 may spend; no cluster is started after that (in S3's conversion order), and each one
     # left is reported with the reason. None: no limit (a run's output then does not depend on the machine's speed).
     time_budget_minutes: float | None = 5
+    # Held-out calls per cluster each candidate answers first (components/select/sampling.py): with one admissible
+    # candidate that sample is all S4 scores (S6 scores the base on every held-out call); with several, only the
+    # clusters where no candidate leads clearly go on to all their held-out calls. null: all, always.
+    sample_calls: int | None = 8
     # S5's training window (set from the finetune: section, never here). Each cluster's report counts the training
     # calls S5 could train on, and a cluster where fewer than min_trainable_share fit is benchmarked after the
     # others: a time budget is spent first where fine-tuning can follow (the demo's travel cluster, ~800 tokens a
@@ -256,6 +262,88 @@ def window_note(report: dict[str, Any], cfg: SelectConfig) -> str | None:
     )
 
 
+def _benchmark_pass(
+    reports: list[dict[str, Any]],
+    limits: dict[int, int],
+    *,
+    cfg: SelectConfig,
+    catalog: Catalog,
+    answer: Answerer,
+    parse: Callable[[str], ChatMessage],
+    modes: list[str],
+    budget: TimeBudget,
+    required_context: int,
+    scoring: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every admissible candidate x mode on the first ``limits[cluster]`` held-out calls of each report (its rows
+    appended to ``report["results"]``): (the candidates' report, the prediction rows)."""
+    candidates_report, prediction_rows = [], []
+    for name in cfg.candidates:
+        entry = catalog.entry(name)
+        violation = constraint_violation(entry, cfg.constraints, required_context)
+        if violation:
+            candidates_report.append(
+                {**entry.model_dump(exclude={"template"}), "status": "skipped", "reason": violation}
+            )
+            continue
+        rows, predictions = [], []
+        try:
+            for report in reports:
+                test = report["test"][: limits[report["cluster_id"]]]
+                if report["cluster_id"] in budget.left or budget.spent():
+                    budget.leave(report["cluster_id"])
+                    continue
+                for mode in modes:
+                    result = answer(
+                        entry,
+                        report["prompts"][mode][: len(test)],
+                        max_new_tokens=report["max_new_tokens"],
+                        calls_only=report["output_kind"] == "tool_call",
+                        max_calls=report["max_tool_calls"],
+                    )
+                    predicted = [parse(a.text) for a in result.answers]
+                    scores = score_pairs(
+                        [r.response for r in test],
+                        predicted,
+                        report["output_kind"],
+                        tools=[r.tools for r in test],
+                        embed=scoring["embed"],
+                        judge=scoring["judge"],
+                    )
+                    row = _row(entry, mode, test, result, scores, cfg)
+                    row["ground_truth_scores"] = score_against_labels(
+                        predicted, test, report["output_kind"], scoring["ground_truth"]
+                    )
+                    rows.append((report, row))
+                    predictions += [
+                        {
+                            "record_id": r.record_id,
+                            "cluster_id": report["cluster_id"],
+                            "candidate": entry.name,
+                            "mode": mode,
+                            "text": a.text,
+                            "latency_ms": a.latency_ms,
+                        }
+                        for r, a in zip(test, result.answers)
+                    ]
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            # A candidate that cannot be loaded or run is reported, not fatal: the others may still do.
+            candidates_report.append(
+                {
+                    **entry.model_dump(exclude={"template"}),
+                    "status": "skipped",
+                    "reason": f"could not be run: {type(error).__name__}: {error}"[:500],
+                }
+            )
+            continue
+        for report, row in rows:
+            report["results"].append(row)
+        prediction_rows += predictions
+        candidates_report.append({**entry.model_dump(exclude={"template"}), "status": "benchmarked", "reason": ""})
+
+    return candidates_report, prediction_rows
+
+
 def benchmark_candidates(
     records: dict[str, CallRecord],
     clusters: list[ClusterSummary],
@@ -318,70 +406,39 @@ def benchmark_candidates(
         max((estimated_tokens(p) for r in reports for ps in r["prompts"].values() for p in ps), default=0)
         + cfg.max_new_tokens
     )
-    candidates_report, prediction_rows = [], []
-    for name in cfg.candidates:
-        entry = catalog.entry(name)
-        violation = constraint_violation(entry, cfg.constraints, required_context)
-        if violation:
-            candidates_report.append(
-                {**entry.model_dump(exclude={"template"}), "status": "skipped", "reason": violation}
-            )
+    limits = {report["cluster_id"]: sample_size(report["n_test"], cfg.sample_calls) for report in reports}
+    run = partial(
+        _benchmark_pass,
+        cfg=cfg,
+        catalog=catalog,
+        answer=answer,
+        parse=parse,
+        modes=modes,
+        budget=budget,
+        required_context=required_context,
+        scoring={"embed": embed, "judge": judge, "ground_truth": ground_truth},
+    )
+    candidates_report, prediction_rows = run(reports, limits)
+    benchmarked = sum(candidate["status"] == "benchmarked" for candidate in candidates_report)
+    decided_early: set[int] = set()
+    for report in reports if benchmarked > 1 else []:
+        cluster_id = report["cluster_id"]
+        if limits[cluster_id] >= report["n_test"] or not report["results"]:
             continue
-        rows, predictions = [], []
-        try:
-            for report in reports:
-                test = report["test"]
-                if report["cluster_id"] in budget.left or budget.spent():
-                    budget.leave(report["cluster_id"])
-                    continue
-                for mode in modes:
-                    result = answer(
-                        entry,
-                        report["prompts"][mode],
-                        max_new_tokens=report["max_new_tokens"],
-                        calls_only=report["output_kind"] == "tool_call",
-                        max_calls=report["max_tool_calls"],
-                    )
-                    predicted = [parse(a.text) for a in result.answers]
-                    scores = score_pairs(
-                        [r.response for r in test],
-                        predicted,
-                        report["output_kind"],
-                        tools=[r.tools for r in test],
-                        embed=embed,
-                        judge=judge,
-                    )
-                    row = _row(entry, mode, test, result, scores, cfg)
-                    row["ground_truth_scores"] = score_against_labels(
-                        predicted, test, report["output_kind"], ground_truth
-                    )
-                    rows.append((report, row))
-                    predictions += [
-                        {
-                            "record_id": r.record_id,
-                            "cluster_id": report["cluster_id"],
-                            "candidate": entry.name,
-                            "mode": mode,
-                            "text": a.text,
-                            "latency_ms": a.latency_ms,
-                        }
-                        for r, a in zip(test, result.answers)
-                    ]
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            # A candidate that cannot be loaded or run is reported, not fatal: the others may still do.
-            candidates_report.append(
-                {
-                    **entry.model_dump(exclude={"template"}),
-                    "status": "skipped",
-                    "reason": f"could not be run: {type(error).__name__}: {error}"[:500],
-                }
-            )
+        if leads_clearly(report["results"], report["primary_metric"]):
+            decided_early.add(cluster_id)
             continue
-        for report, row in rows:
-            report["results"].append(row)
-        prediction_rows += predictions
-        candidates_report.append({**entry.model_dump(exclude={"template"}), "status": "benchmarked", "reason": ""})
-
+        if budget.spent():
+            break  # the sample's figures stand for the clusters left
+        limits[cluster_id] = report["n_test"]
+        report["results"] = []
+        prediction_rows = [row for row in prediction_rows if row["cluster_id"] != cluster_id]
+        prediction_rows += run([report], limits)[1]
+    for report in reports:
+        report["n_scored"] = limits[report["cluster_id"]] if report["results"] else 0
+        report["sampling"] = sampling_note(
+            report["n_scored"], report["n_test"], benchmarked, report["cluster_id"] in decided_early
+        )
     for report in reports:
         del report["test"], report["prompts"]
         metric = report["primary_metric"]
@@ -391,6 +448,8 @@ def benchmark_candidates(
         chosen, finetune_needed, reason = choose(report["results"], metric, cfg.quality_floor)
         if report["cluster_id"] in budget.left:
             reason = budget.reason
+        elif report["sampling"]:
+            reason = f"{reason} ({report['sampling']})"
         if window_note(report, cfg) and finetune_needed:
             reason = f"{reason}; {window_note(report, cfg)}"
         report.update(

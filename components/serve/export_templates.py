@@ -8,7 +8,8 @@ prompt it never saw and lose the tool calls. :func:`chat_template` writes the sp
 dropped, tool listing, hidden tools, description cut, context window, tool-result cut) into Jinja that turns an
 OpenAI request (``messages`` and ``tools``) into the messages :func:`components.slm.prompt.build_messages` builds,
 then hands them to the tokenizer's own template. What Jinja cannot reproduce is reported by
-:func:`template_gaps` (one feature: removing the opening several tool descriptions share), and
+:func:`template_gaps` (removing the opening several tool descriptions share; since issue 30 the older turns' values
+line, string parameters by name alone and the tools listed by name), and
 :func:`prompt_mismatches` compares both renderings on real calls.
 """
 
@@ -180,6 +181,16 @@ def template_gaps(spec: PromptSpec | None) -> list[str]:
             "tool descriptions keep the opening several offered tools share (the spec drops it): prompts differ "
             "when two offered tools' descriptions open alike"
         )
+    pruned = spec is not None and spec.pruned
+    if pruned and spec.digest_older_turns:
+        gaps.append(
+            "the turns before the window are dropped (the spec lists the values they introduced in one line): "
+            "prompts differ on calls with more earlier turns than history_turns"
+        )
+    if pruned and spec.untyped_strings and spec.tools in ("signatures", "bare_signatures"):
+        gaps.append("string parameters are typed ': string' (the spec lists them by name alone)")
+    if pruned and spec.tools == "names":
+        gaps.append("tools are listed as signatures (the spec lists them by name alone)")
     return gaps
 
 

@@ -11,11 +11,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from components.core.schema import CallRecord, ChatMessage, ToolCall
+from components.slm.prompt_spec import PromptSpec
+from components.slm.tool_signatures import one_line_json as _dump
+from components.slm.tool_signatures import tool_name as tool_name  # re-exported: read from here before
+from components.slm.tool_signatures import tool_signature as tool_signature
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
-
-    from components.slm.prompt_pruning import PromptSpec
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 TOOLS_HEADER = "\n\nYou can call these functions:\n<tools>\n"
@@ -27,54 +29,6 @@ TOOL_RESULT_PREFIX = "Tool result: "
 # An unterminated last call (generation cut by max_new_tokens or a forgotten end tag) still counts.
 _TOOL_CALL_PATTERN = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 _CODE_FENCE_PATTERN = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
-
-
-def _dump(value: Any) -> str:
-    """One-line JSON, the only form used in prompts and targets."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _type_of(schema: dict[str, Any]) -> str:
-    """A JSON schema as a short type: ``string``, ``"a"|"b"``, ``array<number>``, ``{x: integer, y?: string}``."""
-    if "enum" in schema:
-        return "|".join(_dump(value) for value in schema["enum"])
-    kind = schema.get("type", "any")
-    if kind == "array" and isinstance(schema.get("items"), dict):
-        return f"array<{_type_of(schema['items'])}>"
-    if kind == "object" and isinstance(schema.get("properties"), dict):
-        return "{" + _parameter_list(schema) + "}"
-    return kind if isinstance(kind, str) else "|".join(map(str, kind))
-
-
-def _parameter_list(schema: dict[str, Any]) -> str:
-    required = set(schema.get("required", []))
-    parts = []
-    for name, spec in (schema.get("properties") or {}).items():
-        spec = spec if isinstance(spec, dict) else {}
-        default = f" = {_dump(spec['default'])}" if "default" in spec else ""
-        parts.append(f"{name}{'' if name in required else '?'}: {_type_of(spec)}{default}")
-    return ", ".join(parts)
-
-
-def tool_name(tool: dict[str, Any]) -> str:
-    """The function name of a tool in OpenAI form ``{"type": "function", "function": {...}}`` or bare."""
-    function = tool.get("function", tool) if isinstance(tool, dict) else {}
-    return function.get("name", "") if isinstance(function, dict) else ""
-
-
-def tool_signature(tool: dict[str, Any], with_description: bool = True, description: str | None = None) -> str:
-    """One line per tool: ``name(arg: type, optional?: type = default) - description``.
-
-    The full JSON schema of a typical tool costs ~100 tokens, mostly parameter descriptions; this form keeps the
-    names, types, enums, defaults and which arguments are optional at about a third of that, which keeps prompts
-    inside a 135M model's training window and makes every training step cheaper. ``description`` replaces the
-    tool's own (a prompt spec shortens it).
-    """
-    function = tool.get("function", tool)  # OpenAI form {"type": "function", "function": {...}} or bare
-    parameters = function.get("parameters") if isinstance(function.get("parameters"), dict) else {}
-    description = (function.get("description") or "" if description is None else description).strip()
-    signature = f"{function.get('name', '')}({_parameter_list(parameters)})"
-    return signature + (f" - {description}" if description and with_description else "")
 
 
 def build_messages(record: CallRecord, spec: PromptSpec | None = None) -> list[dict[str, str]]:

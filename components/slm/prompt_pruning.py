@@ -20,29 +20,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import statistics
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel
 
 from components.core.config import StepConfig
-from components.core.schema import CallRecord, ChatMessage
-from components.slm.context_window import window_messages
-from components.slm.prompt import build_messages, render_target, tool_name, tool_signature
+from components.core.schema import CallRecord
+from components.slm.prompt import build_messages, render_target
 
-PROMPT_SPEC_FILE = "prompt_spec.json"
-ToolListing = Literal["signatures", "bare_signatures", "dropped"]
+# The spec, its file and the tool-description helpers are read from here by S5, S6, serving and tests since
+# before they had modules of their own (re-exported).
+from components.slm.prompt_spec import PROMPT_SPEC_FILE as PROMPT_SPEC_FILE
+from components.slm.prompt_spec import PromptSpec as PromptSpec
+from components.slm.prompt_spec import load_prompt_spec as load_prompt_spec
+from components.slm.prompt_spec import save_prompt_spec as save_prompt_spec
+from components.slm.tool_signatures import distinct_descriptions as distinct_descriptions
+from components.slm.tool_signatures import first_sentence as first_sentence
+from components.slm.tool_signatures import tool_name
 
 
 class PruningSettings(StepConfig):
     enabled: bool = True
     drop_static_system_prompt: bool = True
     tool_descriptions: bool = True  # keep each tool's one-line description in its signature
+    untyped_strings: bool = True  # list string parameters by name alone: ~2 tokens a parameter
     drop_single_tool_set: bool = True  # no tool listing at all when every call offers the same tools
     min_records: int = 5  # below this, nothing counts as static: too few calls to tell
     # The context window (components/slm/context_window.py); null = no limit.
@@ -50,6 +55,11 @@ class PruningSettings(StepConfig):
     # 174 tokens per call, p90 372, 5 % over max_length 512; 1 earlier turn: median 338, p90 596, 16 % over.
     history_turns: int | None = 1
     max_tool_result_chars: int | None = 300  # a longer tool result is cut here, with a mark saying so
+    # The turns before those as one line of the values they introduced (requests, call arguments, result fields),
+    # at most max_digest_chars characters (newest first); false: dropped. Why: the values an answer needs from
+    # further back (benchmarks/prompt_window.py, docs/benchmarks.md).
+    digest_older_turns: bool = True
+    max_digest_chars: int | None = 400
     # List only the offered tools that the cluster's training answers call (tools never offered in training stay
     # listed: nothing is known about them, and spec_accepts already sends such a call to the LLM).
     only_called_tools: bool = True
@@ -57,103 +67,50 @@ class PruningSettings(StepConfig):
     # e.g. BFCL's "This tool belongs to the vehicle control system, which allows ...": ~60 % of its tool docs).
     drop_shared_description_openings: bool = True
     max_tool_description_chars: int | None = 100  # a description's first sentence, cut here if longer; null: whole
-
-
-class PromptSpec(BaseModel):
-    """What the compact prompt keeps, and how the model answers; ``None`` in place of a spec means the full prompt
-    and nothing known about the answers (a base model's)."""
-
-    version: int = 2
-    # False: the model was trained on the full prompt (pruning off); the spec then only describes its answers.
-    pruned: bool = True
-    drop_system_prompt: bool = False
-    system_prompt_sha256: str | None = None  # of the dropped prompt, so a router can check a call carries it
-    tools: ToolListing = "signatures"
-    tool_set_sha256: str | None = None  # of the one tool set, when the listing is dropped
-    # What the model answers: "tool_calls" when every training answer was a call, so decoding may require one.
-    answers: Literal["any", "tool_calls"] = "any"
-    # Tokens an answer may take (the longest training answer with a margin); generation stops there.
-    max_answer_tokens: int | None = None
-    # Calls an answer may make (the most a training answer made, with a margin); the grammar stops there.
-    max_tool_calls: int | None = None
-    # The context window (version 2; ``None``: the whole conversation, as version 1 specs were trained).
-    history_turns: int | None = None
-    max_tool_result_chars: int | None = None
-    # Tools the training calls were offered (a call offering another is refused), and those their answers call
-    # (the only known ones listed); ``None``: every offered tool is listed and none is refused for its tools.
-    known_tools: list[str] | None = None
-    called_tools: list[str] | None = None
-    drop_shared_description_openings: bool = False
-    max_tool_description_chars: int | None = None
-
-    def listed_tools(self, record: CallRecord) -> list[dict[str, Any]]:
-        """The offered tools the prompt lists: all but those the training calls were offered and never called."""
-        if self.known_tools is None or self.called_tools is None:
-            return list(record.tools)
-        hidden = set(self.known_tools) - set(self.called_tools)
-        return [tool for tool in record.tools if tool_name(tool) not in hidden]
-
-    def conversation(self, record: CallRecord) -> list[ChatMessage]:
-        """The messages of the call the prompt keeps (system messages left out): its context window."""
-        return window_messages(record.messages, self.history_turns, self.max_tool_result_chars)
-
-    def system_content(self, record: CallRecord) -> str:
-        """The system message of the compact prompt: the kept system prompt and the tool listing, no more."""
-        parts = [] if self.drop_system_prompt else [record.system_prompt.strip()]
-        if record.tools and self.tools != "dropped":
-            with_description = self.tools == "signatures"
-            distinct = distinct_descriptions(record.tools) if self.drop_shared_description_openings else {}
-            listing = []
-            for tool in self.listed_tools(record):
-                description = distinct.get(tool_name(tool), _description(tool))
-                short = first_sentence(description, self.max_tool_description_chars)
-                listing.append(tool_signature(tool, with_description, short))
-            parts.append("\n".join(listing))
-        return "\n".join(part for part in parts if part)
-
-
-def _shared_opening(first: str, second: str) -> int:
-    """Length of the opening two texts share, ended at a word boundary (so no word is cut in half)."""
-    common = len(os.path.commonprefix([first, second]))
-    if common == len(first) or common == len(second):
-        return 0  # one text is the other's start: dropping it would leave that tool with no description
-    return common - len(first[:common].split(" ")[-1]) if " " in first[:common] else 0
-
-
-def _description(tool: dict[str, Any]) -> str:
-    return str(tool.get("function", tool).get("description") or "").strip()
-
-
-def first_sentence(text: str, limit: int | None) -> str:
-    """The first sentence of a description (its summary, by docstring convention), cut to ``limit`` characters at
-    a word boundary with "..." if still longer; the whole text when ``limit`` is ``None``."""
-    if limit is None:
-        return text
-    match = re.match(r"(.+?[.!?])(\s|$)", text, re.DOTALL)
-    sentence = match.group(1) if match else text
-    if len(sentence) <= limit:
-        return sentence
-    return sentence[:limit].rsplit(" ", 1)[0] + "..."
-
-
-def distinct_descriptions(tools: list[dict[str, Any]]) -> dict[str, str]:
-    """Each tool's description without the opening it shares with another tool's (the longest such opening;
-    among sorted texts it is shared with a neighbour): what tells the tools apart."""
-    described = sorted((_description(tool), tool_name(tool)) for tool in tools)
-    shortened = {}
-    for index, (text, name) in enumerate(described):
-        neighbours = [described[i][0] for i in (index - 1, index + 1) if 0 <= i < len(described)]
-        cut = max((_shared_opening(text, other) for other in neighbours), default=0)
-        shortened[name] = text[cut:]
-    return shortened
+    tool_names_only: bool = False  # list the tools by name alone (the leanest listing; the last fitting step)
+    # With S5's tokenizer and max_length known, the spec is fitted: when fewer than this share of the training
+    # calls fit the window, the leaner recipes of FITTING_STEPS are tried in turn and the first that fits is kept
+    # (else the leanest). null: the settings as they are. Issue 30: a cluster none of whose calls fit never trains.
+    min_window_share: float | None = 0.9
 
 
 def _sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> PromptSpec:
-    """The spec for a cluster's training calls; with pruning off it keeps the full prompt and records the answers."""
+# Leaner recipes, in order, for a cluster whose calls do not fit S5's window: the current turn only (the older
+# ones as their values), then signatures without descriptions, then the tools by name alone. Demo log, 2026-12-08
+# (benchmarks/prompt_window.py, docs/benchmarks.md): the travel cluster fits only at the last step.
+FITTING_STEPS: tuple[dict[str, Any], ...] = (
+    {"history_turns": 0},
+    {"history_turns": 0, "tool_descriptions": False},
+    {"history_turns": 0, "tool_descriptions": False, "tool_names_only": True},
+)
+
+
+def derive_prompt_spec(
+    records: list[CallRecord],
+    settings: PruningSettings,
+    tokenizer: Any = None,
+    max_length: int | None = None,
+) -> PromptSpec:
+    """The spec for a cluster's training calls; with pruning off it keeps the full prompt and records the answers.
+
+    Given the ``tokenizer`` and ``max_length`` S5 trains with, it is fitted (``settings.min_window_share``): the
+    configured recipe, else the first of :data:`FITTING_STEPS` under which that share of the calls fits."""
+    spec = _spec_for(records, settings)
+    if tokenizer is None or max_length is None or settings.min_window_share is None or not spec.pruned:
+        return spec
+    for step, leaner in enumerate((None, *FITTING_STEPS)):
+        spec = _spec_for(records, settings if leaner is None else settings.model_copy(update=leaner))
+        spec.fitting_step = step
+        fitting = sum(fits_window(record, tokenizer, spec, max_length) for record in records)
+        if records and fitting >= settings.min_window_share * len(records):
+            break
+    return spec
+
+
+def _spec_for(records: list[CallRecord], settings: PruningSettings) -> PromptSpec:
     answers = "tool_calls" if records and all(record.response.tool_calls for record in records) else "any"
     if not settings.enabled:
         return PromptSpec(pruned=False, answers=answers)
@@ -167,11 +124,20 @@ def derive_prompt_spec(records: list[CallRecord], settings: PruningSettings) -> 
     return PromptSpec(
         drop_system_prompt=static_system,
         system_prompt_sha256=_sha256(next(iter(system_prompts))) if static_system else None,
-        tools="dropped" if single_tool_set else "signatures" if settings.tool_descriptions else "bare_signatures",
+        tools="dropped"
+        if single_tool_set
+        else "names"
+        if settings.tool_names_only
+        else "signatures"
+        if settings.tool_descriptions
+        else "bare_signatures",
         tool_set_sha256=next(iter(tool_sets)) if single_tool_set else None,
         answers=answers,
         history_turns=settings.history_turns,
         max_tool_result_chars=settings.max_tool_result_chars,
+        untyped_strings=settings.untyped_strings,
+        digest_older_turns=settings.digest_older_turns and settings.history_turns is not None,
+        max_digest_chars=settings.max_digest_chars,
         known_tools=known if settings.only_called_tools and enough else None,
         called_tools=called if settings.only_called_tools and enough else None,
         drop_shared_description_openings=settings.drop_shared_description_openings,
@@ -222,7 +188,7 @@ class TrainingWindow(BaseModel):
 
 def calls_in_window(records: list[CallRecord], tokenizer: Any, window: TrainingWindow) -> int:
     """How many of a cluster's training calls S5 could train on, under the spec derived from those calls."""
-    spec = derive_prompt_spec(records, window.prompt_pruning)
+    spec = derive_prompt_spec(records, window.prompt_pruning, tokenizer, window.max_length)
     return sum(fits_window(record, tokenizer, spec, window.max_length) for record in records)
 
 
@@ -254,22 +220,6 @@ def prompt_token_report(
         "before": _token_figures(before, max_length),
         "after": _token_figures(after, max_length),
     }
-
-
-def save_prompt_spec(spec: PromptSpec | None, folder: Path) -> None:
-    """Write the spec into a model or adapter folder; no file means the full prompt (a base model's)."""
-    path = Path(folder) / PROMPT_SPEC_FILE
-    if spec is None:
-        path.unlink(missing_ok=True)
-    else:
-        path.write_text(spec.model_dump_json(indent=2))
-
-
-def load_prompt_spec(folder: str | Path | None) -> PromptSpec | None:
-    if folder is None:
-        return None
-    path = Path(folder) / PROMPT_SPEC_FILE
-    return PromptSpec.model_validate_json(path.read_text()) if path.exists() else None
 
 
 def load_prompt_transform(folder: str | Path | None) -> Callable[[CallRecord], list[dict[str, str]]]:

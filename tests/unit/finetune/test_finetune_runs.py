@@ -84,15 +84,15 @@ def test_varying_tools_keep_signatures_and_small_clusters_keep_everything(record
     ]
     spec = derive_prompt_spec(mixed, PruningSettings(tool_descriptions=False, only_called_tools=False))
     assert spec.drop_system_prompt and spec.tools == "bare_signatures"
-    assert build_messages(mixed[1], spec)[0]["content"] == "get_weather(city: string)\nget_time()"
+    assert build_messages(mixed[1], spec)[0]["content"] == "get_weather(city)\nget_time()"
     # By default a tool the cluster is offered but never calls is not listed.
     called_only = derive_prompt_spec(mixed, PruningSettings(tool_descriptions=False))
-    assert build_messages(mixed[1], called_only)[0]["content"] == "get_weather(city: string)"
+    assert build_messages(mixed[1], called_only)[0]["content"] == "get_weather(city)"
     assert spec_accepts(spec, mixed[0]) and spec_accepts(spec, mixed[1])
     few = derive_prompt_spec(records[:2], PruningSettings())
     assert not few.drop_system_prompt and few.tools == "signatures"
     assert build_messages(records[0], few)[0]["content"] == (
-        "You help travellers.\nget_weather(city: string) - Current weather in a city."
+        "You help travellers.\nget_weather(city) - Current weather in a city."
     )
     unpruned = derive_prompt_spec(records, PruningSettings(enabled=False))
     assert not unpruned.pruned and unpruned.answers == "tool_calls"  # it still says how the model answers

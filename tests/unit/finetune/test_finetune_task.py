@@ -117,7 +117,8 @@ def test_task_trains_logs_and_then_reuses_the_finished_adapter(tiny_model_dir, r
     first = finetune_task.fn(cfg, tmp_path, TrackingConfig(experiment="s5"))
     (entry,) = first["clusters"]
     assert first["skipped"][0]["cluster_id"] == 1 and not entry["reused"] and entry["steps"] == 2
-    assert (entry["device"], entry["dtype"], entry["precision"]) == ("cpu", "float32", "bf16")  # autocast on CPU
+    # Autocast on CPU over a base loaded in bf16 (finetune.bf16_base_weights; the LoRA weights stay fp32).
+    assert (entry["device"], entry["dtype"], entry["precision"]) == ("cpu", "bfloat16", "bf16")
     assert entry["prompt_spec"]["tools"] == "dropped" and len(entry["data_version"]["train_split_sha256"]) == 64
     assert (Path(entry["adapter_dir"]) / "prompt_spec.json").exists()
     assert json.loads((tmp_path / "reports/finetune.json").read_text()) == json.loads(json.dumps(first))

@@ -116,13 +116,64 @@ def test_the_window_keeps_the_current_turn_whole_and_the_last_k_earlier_turns(co
     assert one_back == record.messages[5:]
     assert window_messages(record.messages, None, None) == record.messages[1:]  # no limit: all but the system
 
-    spec = window_spec(conversations, history_turns=0, max_tool_result_chars=None)
+    spec = window_spec(conversations, history_turns=0, max_tool_result_chars=None, digest_older_turns=False)
     prompt = build_messages(record, spec)
     assert [m["content"] for m in prompt[1:3]] == [
         "Go into docs and list it.",
         '<tool_call>{"name": "cd", "arguments": {"folder": "docs"}}</tool_call>',
     ]
     assert len(prompt) == 4 and "Where am I?" not in json.dumps(prompt)
+
+
+def test_older_turns_become_the_values_they_introduced_and_keep_the_answers_values(
+    conversations: list[CallRecord],
+) -> None:
+    from components.slm.context_window import DIGEST_PREFIX, request_values
+    from components.slm.prompt_values import value_recall
+
+    # The answer goes back two turns: the file turn 2 showed, not named in the current turn.
+    records = [
+        record.model_copy(update={"response": call("cat", 4, file_name="notes.txt")}) for record in conversations
+    ]
+    digested = window_spec(records, history_turns=0, max_tool_result_chars=None)
+    dropped = window_spec(records, history_turns=0, max_tool_result_chars=None, digest_older_turns=False)
+    prompt = build_messages(records[0], digested)
+    # Turns 1 and 2 as one line: what they exchanged ("docs" is left out: the current turn states it; the long
+    # file content is prose, not a value), then the current turn whole.
+    assert prompt[1]["content"] == DIGEST_PREFIX + "notes.txt"
+    assert prompt[2]["content"] == "Go into docs and list it." and "Where am I?" not in json.dumps(prompt)
+    assert value_recall(records, digested).recall == 1.0 and value_recall(records, dropped).recall == 0.0
+    assert value_recall(records, None).recall == 1.0  # the full prompt keeps what it states
+    assert request_values("Buy 50 shares of 'Zeta Corp' at $12.5 and mail a.b@x.com. Then ask Ann Lee.") == [
+        "50",
+        "Zeta Corp",
+        "12.5",
+        "a.b@x.com",
+        "Ann Lee",
+    ]
+
+
+def test_the_spec_is_fitted_to_the_window_with_leaner_recipes(conversations: list[CallRecord]) -> None:
+    from transformers import AutoTokenizer
+
+    from components.slm import prepare_model
+    from components.slm.prompt_pruning import FITTING_STEPS, call_tokens
+    from tests.support.tiny_models import SMOLLM2
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(SMOLLM2))
+    settings = PruningSettings(max_tool_result_chars=None, only_called_tools=False)  # every offered tool listed
+    roomy = derive_prompt_spec(conversations, settings, tokenizer, max_length=100_000)
+    assert roomy.fitting_step == 0 and roomy.history_turns == 1 and roomy.tools == "signatures"
+    # A window only the leanest recipe fits: tools by name, the current turn only.
+    leanest = derive_prompt_spec(
+        conversations, settings.model_copy(update=FITTING_STEPS[-1]), tokenizer, max_length=100_000
+    )
+    tight = max(call_tokens(record, tokenizer, leanest) for record in conversations)
+    fitted = derive_prompt_spec(conversations, settings, tokenizer, max_length=tight)
+    assert fitted.fitting_step == len(FITTING_STEPS) and fitted.tools == "names" and fitted.history_turns == 0
+    assert build_messages(conversations[0], fitted)[0]["content"] == "Tools: ls, cd, cat"
+    assert all(call_tokens(record, tokenizer, fitted) <= tight for record in conversations)
+    assert derive_prompt_spec(conversations, settings).fitting_step == 0  # no tokenizer: as configured
 
 
 def test_long_tool_results_are_cut_and_marked(conversations: list[CallRecord]) -> None:
@@ -153,9 +204,9 @@ def test_only_the_tools_the_cluster_calls_are_listed(conversations: list[CallRec
     everything = window_spec(conversations, tool_descriptions=False, only_called_tools=False)
     assert build_messages(conversations[1], everything)[0]["content"].splitlines() == [
         "ls()",
-        "cd(folder: string)",
-        "cat(file_name: string)",
-        "rm(file_name: string)",
+        "cd(folder)",
+        "cat(file_name)",
+        "rm(file_name)",
     ]
 
 
@@ -166,7 +217,7 @@ def test_a_request_offering_a_tool_unknown_to_the_cluster_is_refused(conversatio
     assert not spec_accepts(spec, with_twitter)
     assert spec_refusal(spec, with_twitter) == "1 tool(s) unknown to the cluster: post_tweet"
     # Were it built anyway, the unknown tool is listed: nothing says the cluster does not need it.
-    assert "post_tweet(content: string)" in build_messages(with_twitter, spec)[0]["content"]
+    assert "post_tweet(content)" in build_messages(with_twitter, spec)[0]["content"]
     fewer = conversation_record(9, "docs", "x", tools=[LS, CD])
     assert spec_accepts(spec, fewer)  # offering fewer tools needs nothing the model does not know
 
