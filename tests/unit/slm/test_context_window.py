@@ -129,7 +129,7 @@ def test_older_turns_become_the_values_they_introduced_and_keep_the_answers_valu
     conversations: list[CallRecord],
 ) -> None:
     from components.slm.context_window import DIGEST_PREFIX, request_values
-    from components.slm.prompt_values import value_recall
+    from components.slm.value_recall import value_recall
 
     # The answer goes back two turns: the file turn 2 showed, not named in the current turn.
     records = [
