@@ -127,6 +127,11 @@ class OnnxGenaiEngine:
     def unload(self, served: ServedAdapter) -> None:
         self._loaded.pop(served, None)
 
+    @property
+    def loaded(self) -> list[ServedAdapter]:
+        """What is in memory now (one model per (base, adapter): the builder writes the LoRA into the graph)."""
+        return list(self._loaded)
+
     def generate(self, served: ServedAdapter, records: list[CallRecord], max_new_tokens: int) -> list[Any]:
         """Greedy answers under the tool grammar, in the given order; a batch's latency is its wall time shared
         evenly (as eager's), ``first_token_ms`` its first step's."""
