@@ -167,7 +167,9 @@ class OnnxGenaiEngine:
         max_calls = spec.max_tool_calls if spec is not None else None
         matchers = [tool_matcher(tokenizer, stop_ids, r.tools, required, max_calls) for r in records]
         began = time.perf_counter()
-        tokens, logprobs, first_token_ms = _decode(entry["model"], entry["pad_id"], prompts, matchers, stop_ids, budget)
+        reuse = entry if len(prompts) == 1 else None  # one call at a time: the previous call's prompt cache
+        tokens, logprobs, first_token_ms = _decode(entry["model"], entry["pad_id"], prompts, matchers, stop_ids, budget,
+                                                   reuse)  # fmt: skip
         latency_ms = (time.perf_counter() - began) * 1000 / len(records)
         answers = []
         for row, prompt in enumerate(prompts):
@@ -206,24 +208,51 @@ class OnnxGenaiEngine:
         }
 
 
-def _decode(model: Any, pad_id: int, prompts: list[list[int]], matchers: list[Any], stop_ids: list[int],
-            budget: int) -> tuple[list[list[int]], list[list[float]], float]:  # fmt: skip
-    """Each row's greedy tokens (its stop token included) and their log-probabilities renormalised over what the
-    row's grammar allowed, and the first step's time in ms."""
+def _generator(model: Any, pad_id: int, prompts: list[list[int]], budget: int, reuse: dict[str, Any] | None) -> Any:
+    """A generator holding the prompts. With ``reuse`` (one call), the previous single call's generator is rewound
+    to the longest prefix both prompts share and only the rest is forwarded: a cluster's calls open alike (tool
+    list, instructions), and that prefix's KV cache is the same whatever follows it."""
     import numpy as np
     import onnxruntime_genai as og
 
-    from components.slm.grammar import allowed_tokens
-
-    began = time.perf_counter()
+    if reuse is not None and reuse.get("generator") is not None:
+        held, prompt = reuse["held"], prompts[0]
+        common = 0
+        limit = min(len(held), len(prompt) - 1)  # at least one token is forwarded, for the next logits
+        while common < limit and held[common] == prompt[common]:
+            common += 1
+        if common and len(prompt) + budget <= reuse["max_length"]:
+            generator = reuse["generator"]
+            generator.rewind_to(common)
+            generator.append_tokens(np.array([prompt[common:]], dtype=np.int32))
+            return generator
     longest = max(len(prompt) for prompt in prompts)
     padded = np.full((len(prompts), longest), pad_id, dtype=np.int32)
     for row, prompt in enumerate(prompts):
         padded[row, : len(prompt)] = prompt
+    # A reused generator keeps room for longer prompts than this one (its KV buffer is sized by max_length).
+    max_length = longest + budget if reuse is None else max(2048, 2 * (longest + budget))
     params = og.GeneratorParams(model)
-    params.set_search_options(max_length=longest + budget, do_sample=False, batch_size=len(prompts))
+    params.set_search_options(max_length=max_length, do_sample=False, batch_size=len(prompts))
     generator = og.Generator(model, params)
     generator.append_tokens(padded)
+    if reuse is not None:
+        reuse.update(generator=generator, max_length=max_length)
+    return generator
+
+
+def _decode(model: Any, pad_id: int, prompts: list[list[int]], matchers: list[Any], stop_ids: list[int],
+            budget: int, reuse: dict[str, Any] | None = None) -> tuple[list[list[int]], list[list[float]], float]:  # fmt: skip
+    """Each row's greedy tokens (its stop token included) and their log-probabilities renormalised over what the
+    row's grammar allowed, and the first step's time in ms."""
+    import numpy as np
+
+    from components.slm.grammar import allowed_tokens
+
+    began = time.perf_counter()
+    if reuse is not None:
+        reuse["held"] = []  # unknown while the generator changes: a failure below leaves nothing to reuse
+    generator = _generator(model, pad_id, prompts, budget, reuse)
     tokens: list[list[int]] = [[] for _ in prompts]
     logprobs: list[list[float]] = [[] for _ in prompts]
     done = [False] * len(prompts)
@@ -251,4 +280,6 @@ def _decode(model: Any, pad_id: int, prompts: list[list[int]], matchers: list[An
             break
         generator.set_logits(chosen)
         generator.generate_next_token()
+    if reuse is not None:  # what the generator holds: the prompt and the answer but its last token
+        reuse["held"] = prompts[0] + tokens[0][:-1]
     return tokens, logprobs, first_token_ms
