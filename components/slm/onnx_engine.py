@@ -116,11 +116,13 @@ class OnnxGenaiEngine:
             session = {"session_options": {"intra_op_num_threads": self.threads}}
             config.overlay(json.dumps({"model": {"decoder": session}}))
         model = og.Model(config)
+        settings = json.loads((folder / "genai_config.json").read_text())["model"]
         self._loaded[served] = {
             "model": model,
             "tokenizer": AutoTokenizer.from_pretrained(answering),
             "spec": load_prompt_spec(answering),
-            "pad_id": json.loads((folder / "genai_config.json").read_text())["model"]["pad_token_id"],
+            "pad_id": settings["pad_token_id"],
+            "context": max(settings["context_length"], 1),
             "folder": str(folder),
         }
 
@@ -231,7 +233,7 @@ def _generator(model: Any, pad_id: int, prompts: list[list[int]], budget: int, r
     for row, prompt in enumerate(prompts):
         padded[row, : len(prompt)] = prompt
     # A reused generator keeps room for longer prompts than this one (its KV buffer is sized by max_length).
-    max_length = longest + budget if reuse is None else max(2048, 2 * (longest + budget))
+    max_length = longest + budget if reuse is None else min(reuse["context"], max(2048, 2 * (longest + budget)))
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=max_length, do_sample=False, batch_size=len(prompts))
     generator = og.Generator(model, params)
@@ -250,9 +252,9 @@ def _decode(model: Any, pad_id: int, prompts: list[list[int]], matchers: list[An
     from components.slm.grammar import allowed_tokens
 
     began = time.perf_counter()
+    generator = _generator(model, pad_id, prompts, budget, reuse)
     if reuse is not None:
         reuse["held"] = []  # unknown while the generator changes: a failure below leaves nothing to reuse
-    generator = _generator(model, pad_id, prompts, budget, reuse)
     tokens: list[list[int]] = [[] for _ in prompts]
     logprobs: list[list[float]] = [[] for _ in prompts]
     done = [False] * len(prompts)
