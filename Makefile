@@ -27,7 +27,8 @@ $(VENV)/.installed: pyproject.toml infra/constraints.txt | $(BIN)/python
 	touch $@
 
 # llama.cpp's GGUF converters (Python scripts only, from llama-cpp-python's sdist, sha256-pinned): the GGUF export
-# runs and is tested with them. The compiled engine stays the optional extra llm2slm[llama-cpp] (docs/serving.md).
+# runs and is tested with them. The default SLM engine (onnxruntime-genai) is a wheel in pyproject's dependencies;
+# the compiled llama.cpp engine stays the optional extra llm2slm[llama-cpp] (docs/serving.md).
 LLAMA_CPP_SRC := $(VENV)/llama.cpp-src
 export LLM2SLM_LLAMA_CPP_DIR ?= $(abspath $(LLAMA_CPP_SRC))
 

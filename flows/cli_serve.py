@@ -65,7 +65,7 @@ def build_server(
     params: Path | None = None,
     watch_registry: bool = True,
     engine=None,
-    engine_name: str = "transformers",
+    engine_name: str = "onnxruntime-genai",
     engine_threads: int | None = None,
     max_request_bytes: int | None = None,
 ):
@@ -287,9 +287,12 @@ def serve_slm(
     base_model: str | None = typer.Option(None, "--base-model", help="Base model of the --adapter folders"),
     params: Path | None = typer.Option(None, "--params", help="params.yaml (default: ./params.yaml, else packaged)"),
     engine: str = typer.Option(
-        "transformers", "--engine", help="transformers (eager, default) | llama-cpp (the llama-cpp extra)"
+        "onnxruntime-genai",
+        "--engine",
+        help="onnxruntime-genai (default; eager answers what it cannot load) | transformers (eager) | "
+        "llama-cpp (the llama-cpp extra)",
     ),
-    threads: int | None = typer.Option(None, "--threads", help="llama-cpp threads (default: every core)"),
+    threads: int | None = typer.Option(None, "--threads", help="the engine's CPU threads (default: every core)"),
     max_request_bytes: int | None = typer.Option(
         None, "--max-request-bytes", min=1, help="Larger request bodies get 413 (default 8 MiB)"
     ),

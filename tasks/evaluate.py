@@ -133,10 +133,10 @@ def make_tuned_answerer(cfg: EvaluateConfig):
     def served(model: dict, records: list[CallRecord], progress: Progress) -> list[tuple]:
         adapter = ServedAdapter(model["base_model"], model["adapter_dir"])
         answers = []
-        for done, record in enumerate(records, start=1):  # one call at a time, as the engine serves them
-            [generation] = engine.generate(adapter, [record], cfg.max_new_tokens)
-            answers.append((generation.text, generation.latency_ms, getattr(generation, "confidence", None)))
-            progress(done, len(records))
+        for start in range(0, len(records), cfg.batch_size):  # in the server's batches
+            generations = engine.generate(adapter, records[start : start + cfg.batch_size], cfg.max_new_tokens)
+            answers += [(g.text, g.latency_ms, getattr(g, "confidence", None)) for g in generations]
+            progress(len(answers), len(records))
         engine.unload(adapter)
         return answers
 

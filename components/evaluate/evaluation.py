@@ -46,12 +46,13 @@ class EvaluateConfig(StepConfig):
     max_new_tokens: int = 256  # a cap: the adapter's prompt spec holds its own, smaller budget
     constrained_decoding: bool = True  # calls that offer tools are decoded under their grammar
     batch_size: int = 8
-    # What generates the fine-tuned SLM's answers, and so its latency and cost: transformers (eager, batched;
-    # always there) or llama-cpp (the serving engine of `serve-slm --engine llama-cpp`: the optional extra
-    # llm2slm[llama-cpp] and a llama.cpp tree in $LLM2SLM_LLAMA_CPP_DIR; it always decodes tool calls under the
-    # grammar). The base model's answers are S4's, from transformers.
-    engine: Literal["transformers", "llama-cpp"] = "transformers"
-    engine_threads: int | None = None  # llama-cpp only; None: one per core
+    # What generates the fine-tuned SLM's answers, their confidence (the selective gate is fitted on it) and so
+    # their latency and cost: the engine `serve-slm` serves with. onnxruntime-genai (the default, from wheels;
+    # transformers eager answers a model it cannot load), transformers (eager) or llama-cpp (the optional extra
+    # llm2slm[llama-cpp] and a llama.cpp tree in $LLM2SLM_LLAMA_CPP_DIR). Both non-eager engines always decode
+    # tool calls under the grammar. The base model's answers are S4's, from transformers.
+    engine: Literal["onnxruntime-genai", "transformers", "llama-cpp"] = "onnxruntime-genai"
+    engine_threads: int | None = None  # the engine's CPU threads; None: one per core
     learning_curve: LearningCurveSettings = LearningCurveSettings()
     # Held-out calls logged as MLflow traces of the evaluate run, with their assessments (~0.25 s each on 2 cores)
     max_traces: int = Field(default=200, ge=0)
@@ -69,9 +70,9 @@ class EvaluateConfig(StepConfig):
 
     @model_validator(mode="after")
     def _engine_keeps_the_grammar(self) -> EvaluateConfig:
-        if self.engine == "llama-cpp" and not self.constrained_decoding:
+        if self.engine != "transformers" and not self.constrained_decoding:
             raise ValueError(
-                "evaluate.engine llama-cpp always decodes under the tool grammar: set constrained_decoding"
+                f"evaluate.engine {self.engine} always decodes under the tool grammar: set constrained_decoding"
             )
         return self
 

@@ -52,7 +52,7 @@ from components.serve.limits import DEFAULT_MAX_REQUEST_BYTES, BodyTooLarge, rea
 from components.serve.proxy import completion_as_sse
 from components.serve.service import RouterConfig, as_completion, request_record, selective_gates
 from components.slm.confidence import SelectiveGate
-from components.slm.engines import Engine, ServedAdapter, make_engine
+from components.slm.engines import DEFAULT_ENGINE, Engine, ServedAdapter, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ class SLMServerConfig(StepConfig):
     poll_s: float = Field(30.0, ge=0.0)  # how often resolve() is asked for new adapters; 0: never
     hardware: str = "cpu-2-cores"  # what the cost figure assumes (select.hardware_prices_usd_per_hour's names)
     hourly_cost_usd: float = Field(0.10, ge=0.0)  # that machine's price
-    engine: str = "transformers"  # components/slm/engines.py make_engine: transformers | llama-cpp
-    engine_threads: int | None = Field(None, ge=1)  # llama-cpp's threads (default: every core)
+    # components/slm/engines.py make_engine: onnxruntime-genai (default; eager answers what it cannot load) |
+    # transformers | llama-cpp
+    engine: str = DEFAULT_ENGINE
+    engine_threads: int | None = Field(None, ge=1)  # the engine's CPU threads (default: every core)
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)  # a larger body gets 413 before it is read
 
 

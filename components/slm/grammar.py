@@ -171,3 +171,41 @@ def make_logits_processor(
             return scores.masked_fill(forbidden, float("-inf"))
 
     return ToolCallGrammar()
+
+
+def tool_matcher(
+    tokenizer: PreTrainedTokenizerBase,
+    stop_ids: list[int],
+    tools: list[dict[str, Any]] | None,
+    required: bool,
+    max_calls: int | None = None,
+) -> Any | None:
+    """One answer's llguidance matcher of its tools' grammar (:func:`tool_call_grammar`), for the engines that mask
+    one row at a time; ``None`` without tools, without llguidance or for a grammar the compiler refuses."""
+    if not tools:
+        return None
+    if not available():
+        _warn_unconstrained()
+        return None
+    import llguidance
+
+    grammar = llguidance.LLMatcher.grammar_from_lark(tool_call_grammar(tools, required, max_calls))
+    matcher = llguidance.LLMatcher(_ll_tokenizer(tokenizer, tuple(stop_ids)), grammar, log_level=0)
+    if matcher.is_error():
+        logger.warning("tool-call grammar refused (%s): answer decoded without it", matcher.get_error()[:200])
+        return None
+    return matcher
+
+
+def allowed_tokens(matcher: Any, vocab_size: int, stop_ids: list[int]) -> Any:
+    """The tokens ``matcher`` lets come next, as a boolean array over the model's ``vocab_size`` logits: only a stop
+    token once the answer is complete (else a finished row runs on, unconstrained, to the token budget)."""
+    import numpy as np
+
+    allowed = np.zeros(vocab_size, dtype=bool)
+    if matcher.is_stopped():
+        allowed[stop_ids] = True
+        return allowed
+    bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+    allowed[: min(len(bits), vocab_size)] = bits[:vocab_size].astype(bool)
+    return allowed

@@ -16,7 +16,6 @@ Needs ``llama_cpp`` (``pip install llm2slm[llama-cpp]``; it compiles) and a llam
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 
 from components.core.machine import cpu_model
 from components.core.schema import CallRecord
-from components.slm.engines import ServedAdapter
+from components.slm.engine_protocol import ServedAdapter, folder_key
 
 LLAMA_CPP_ENV = "LLM2SLM_LLAMA_CPP_DIR"  # a llama.cpp source tree (e.g. vendor/llama.cpp of llama-cpp-python's sdist)
 
@@ -66,12 +65,6 @@ def _convert(script: str, arguments: list[str], target: Path) -> Path:
     return target
 
 
-def _key(folder: str) -> str:
-    path = Path(folder).resolve()
-    stamp = max((p.stat().st_mtime_ns for p in path.iterdir() if p.is_file()), default=0)
-    return hashlib.sha256(f"{path}:{stamp}".encode()).hexdigest()[:16]
-
-
 class LlamaCppEngine:
     """See the module docstring; all calls on one thread (the server's worker)."""
 
@@ -99,7 +92,7 @@ class LlamaCppEngine:
             gguf = _convert(
                 "convert_hf_to_gguf.py",
                 [folder, "--outtype", self.outtype],
-                self._gguf_dir() / f"{Path(folder).name}-{_key(folder)}-{self.outtype}.gguf",
+                self._gguf_dir() / f"{Path(folder).name}-{folder_key(folder)}-{self.outtype}.gguf",
             )
             llama = Llama(
                 str(gguf), n_ctx=self.n_ctx, n_threads=self.n_threads, n_threads_batch=self.n_threads, verbose=False
@@ -131,7 +124,7 @@ class LlamaCppEngine:
             gguf = _convert(
                 "convert_lora_to_gguf.py",
                 [str(adapter), "--base", base_folder, "--outtype", "f32"],
-                self._gguf_dir() / "lora" / f"{Path(adapter).name}-{_key(adapter)}.gguf",
+                self._gguf_dir() / "lora" / f"{Path(adapter).name}-{folder_key(adapter)}.gguf",
             )
             handle = llama_cpp.llama_adapter_lora_init(base["llama"]._model.model, str(gguf).encode())
             if not handle:

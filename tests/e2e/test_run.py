@@ -118,9 +118,9 @@ def test_the_summary_is_the_headline_and_the_router_config_follows_the_gate(conv
     # The SLM costs say what they assume: S6's engine, the machine it ran on, the hardware billed (select's).
     select = load_params(ROOT / "params.yaml")["select"]
     basis = summary["slm_cost_basis"]
-    assert (basis["engine"], basis["hardware"]) == ("transformers-eager", select["serving_hardware"])
+    assert (basis["engine"], basis["hardware"]) == ("onnxruntime-genai", select["serving_hardware"])
     assert basis["hourly_cost_usd"] == select["hardware_prices_usd_per_hour"][select["serving_hardware"]]
-    assert "SLM cost: transformers-eager, measured on" in report
+    assert "SLM cost: onnxruntime-genai, measured on" in report
 
 
 def test_no_injected_pii_in_any_file_after_s6(conversion):

@@ -62,6 +62,7 @@ def test_refresh_fine_tunes_and_generates_with_a_real_tiny_model(harness, tmp_pa
     params["select"].update(candidates=["tiny"], catalog=write_tiny_catalog(tmp_path / "catalog.yaml", tiny))
     params["finetune"].update(max_steps=2, per_device_train_batch_size=2, max_length=256)
     params["refresh"]["max_fresh_test_per_cluster"] = 3
+    params["evaluate"]["engine"] = "transformers"  # the spied path (the default engine: test_onnx_engine.py)
     params_path = tmp_path / "params.yaml"
     params_path.write_text(yaml.safe_dump(params))
     work, experiment = tmp_path / "work", f"refresh-tiny-{uuid.uuid4().hex[:8]}"

@@ -30,8 +30,10 @@ def work_records() -> list[CallRecord]:
 
 
 def prepare_workdir(work: Path, model_ref: str, adapter_dir: str = "unused", n_train: int = N_TRAIN) -> EvaluateConfig:
-    """S1-S5's outputs for one converted tool-call cluster: 16 training and 4 held-out calls."""
-    cfg = EvaluateConfig()
+    """S1-S5's outputs for one converted tool-call cluster: 16 training and 4 held-out calls. S6 answers through
+    transformers eager, the path these tests' stand-ins replace (the default engine's S6 test:
+    tests/unit/slm/test_onnx_engine.py)."""
+    cfg = EvaluateConfig(engine="transformers")
     records = work_records()
     write_records(records, work / cfg.curated)
     write_records(records, work / cfg.collected)

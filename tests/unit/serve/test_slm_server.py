@@ -174,7 +174,7 @@ def test_metrics_count_requests_tokens_and_latency_per_model(running):
     assert running.metric("llm2slm_slm_requests_total", model="cluster-1", status="400") >= 1
     # The cost context: which engine and machine answer, and what was measured on them.
     engine = httpx.get(f"{running.url}/v1/engine", headers={"Authorization": f"Bearer {KEY}"}).json()
-    assert engine["engine"] == "transformers-eager" and engine["hardware"] == "cpu-2-cores"
+    assert engine["engine"] == "onnxruntime-genai" and engine["hardware"] == "cpu-2-cores"
     measured = engine["measured"]["cluster-1"]
     assert measured["calls"] >= 2 and measured["tokens_per_s"] > 0 and measured["cost_per_1k_calls_usd"] > 0
     assert httpx.get(f"{running.url}/v1/engine").status_code == 401
@@ -283,8 +283,8 @@ def test_a_promotion_and_a_rollback_reach_the_running_server_without_restart(tin
         assert served_after(adapters[1]) == expected[1]  # promotion
         assert running.metric("llm2slm_slm_adapter_reloads_total", model="cluster-0", outcome="loaded") == 1
         assert served_after(adapters[0]) == expected[0]  # rollback
-        # Only the served adapter stays on the base (the other was freed)...
-        assert server.engine.pool.loaded == {tiny_model_dir: [str(Path(adapters[0]).resolve())]}
+        # Only the served adapter stays loaded in the default engine (the other was freed)...
+        assert server.engine.primary.loaded == [ServedAdapter(tiny_model_dir, adapters[0])]
         # ...and a broken one leaves the cluster on its adapter.
         champion["adapter"] = str(Path(adapters[0]).parent / "missing")
         deadline = time.monotonic() + 30

@@ -63,7 +63,7 @@ def test_s6_answers_through_the_serving_engine_when_evaluate_engine_names_it(tmp
     model = {"base_model": tiny_model_dir, "adapter_dir": make_adapter(tiny_model_dir, tmp_path / "adapter", 1)}
     records = [request_record(weather_request(city)) for city in ("Paris", "Oslo")]
     served_name, served = make_tuned_answerer(EvaluateConfig(engine="llama-cpp", engine_threads=1, max_new_tokens=48))
-    eager_name, eager = make_tuned_answerer(EvaluateConfig(max_new_tokens=48, batch_size=1))
+    eager_name, eager = make_tuned_answerer(EvaluateConfig(engine="transformers", max_new_tokens=48, batch_size=1))
     got, expected = served(model, records, Progress("test")), eager(model, records, Progress("test"))
     assert (served_name, eager_name) == ("llama-cpp", "transformers-eager")
     assert [answer[0] for answer in got] == [answer[0] for answer in expected]
