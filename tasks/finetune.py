@@ -148,4 +148,6 @@ def finetune_task(
         )
         if main:
             mlflow.log_artifact(str(artifacts.write(artifacts.FINETUNE_SUMMARY, summary, workdir, cfg.summary)))
+            if summary.coverage and summary.coverage.covered_share is not None:
+                mlflow.log_metric("covered_train_share", summary.coverage.covered_share)
     return summary.as_dict()

@@ -91,9 +91,23 @@ class SkippedCluster(StepFile):
     reason: str
 
 
+class TrainingCoverage(StepFile):
+    """How far S5's budget reached: the candidate clusters (S4 selected an SLM) and their logged training calls,
+    how many a trained adapter covers, which adapter serves each, and which the time budget left to the LLM."""
+
+    candidate_clusters: int
+    trained_clusters: int
+    candidate_train_calls: int
+    covered_train_calls: int
+    covered_share: float | None  # covered / candidate training calls (None: no candidate call)
+    served_by: dict[int, str | None]  # candidate cluster -> the adapter folder serving it (None: the LLM)
+    left_for_budget: list[int] = Field(default_factory=list)  # candidates the time budget left untrained
+
+
 class FinetuneSummary(StepFile):
     clusters: list[FinetunedCluster]
     skipped: list[SkippedCluster] = Field(default_factory=list)
+    coverage: TrainingCoverage | None = None  # None in a summary written before it was reported
 
 
 # --- S6 evaluate: reports/evaluation.json --------------------------------------------------------------------------

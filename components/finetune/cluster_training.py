@@ -22,6 +22,7 @@ from components.core.step_files import (
     Leaderboard,
     LeaderboardCluster,
     SkippedCluster,
+    TrainingCoverage,
 )
 from components.finetune.dataset import TrainingSet, build_training_set, origin_of
 from components.finetune.train import FinetuneConfig, FinetuneResult, config_for_cluster, finetune
@@ -128,6 +129,28 @@ def _report_result(cluster_id: int, cfg: FinetuneConfig, result: FinetuneResult,
         )
 
 
+@dataclass
+class CoverageTally:
+    """S5's reach over the candidate clusters, counted while the loop runs (:class:`TrainingCoverage`)."""
+
+    train_calls: dict[int, int]  # candidate cluster -> its logged training calls
+    served_by: dict[int, str | None]
+    left_for_budget: list[int]
+
+    def summary(self) -> TrainingCoverage:
+        covered = sum(n for cluster_id, n in self.train_calls.items() if self.served_by.get(cluster_id))
+        total = sum(self.train_calls.values())
+        return TrainingCoverage(
+            candidate_clusters=len(self.train_calls),
+            trained_clusters=sum(1 for adapter in self.served_by.values() if adapter),
+            candidate_train_calls=total,
+            covered_train_calls=covered,
+            covered_share=round(covered / total, 4) if total else None,
+            served_by=self.served_by,
+            left_for_budget=self.left_for_budget,
+        )
+
+
 def train_clusters(
     leaderboard: Leaderboard,
     records: dict[str, CallRecord],
@@ -149,18 +172,21 @@ def train_clusters(
     ``train``: one cluster's fine-tune (the task passes its own, so a test can stand in for the training)."""
     trained: list[FinetunedCluster] = []
     skipped: list[SkippedCluster] = []
+    tally = CoverageTally({}, {}, [])
     for cluster in leaderboard.clusters:
         cluster_id = cluster.cluster_id
         if not cluster.selected:
             reason = f"no candidate SLM passed S4: {cluster.reason or 'see the leaderboard'}"
             skipped.append(SkippedCluster(cluster_id=cluster_id, label=cluster.label, reason=reason))
             continue
+        train_records = split_records(records, splits, cluster_id, "train")
+        tally.train_calls[cluster_id], tally.served_by[cluster_id] = len(train_records), None
         if budget.spent():
             say(f"S5 finetune: cluster #{cluster_id} not trained: {budget.reason}")
             skipped.append(SkippedCluster(cluster_id=cluster_id, label=cluster.label, reason=budget.reason))
+            tally.left_for_budget.append(cluster_id)
             continue
         cluster_cfg = config_for_cluster(cfg, cluster_id)
-        train_records = split_records(records, splits, cluster_id, "train")
         held_out = split_records(records, splits, cluster_id, "test")
         training = build_training_set(
             train_records,
@@ -192,9 +218,17 @@ def train_clusters(
             skipped.append(SkippedCluster(cluster_id=cluster_id, label=cluster.label, reason=str(error)))
             continue
         _report_result(cluster_id, cluster_cfg, result, say)
+        tally.served_by[cluster_id] = str(result.adapter_dir)
         line = record_trained(
             TrainedCluster(cluster, cluster_cfg, train_records, training, set_path, set_frame, result)
         )
         if line is not None:
             trained.append(line)
-    return FinetuneSummary(clusters=trained, skipped=skipped)
+    coverage = tally.summary()
+    if coverage.covered_share is not None:
+        say(
+            f"S5 finetune: {coverage.covered_train_calls} of {coverage.candidate_train_calls} training calls of the "
+            f"{coverage.candidate_clusters} candidate clusters covered by a trained adapter "
+            f"({coverage.covered_share:.0%}); left for the time budget: {coverage.left_for_budget or 'none'}"
+        )
+    return FinetuneSummary(clusters=trained, skipped=skipped, coverage=coverage)

@@ -85,6 +85,9 @@ def test_a_spent_budget_trains_nothing_and_says_which_setting_to_raise(tmp_path)
     (left,) = summary.skipped
     assert left.cluster_id == 0 and "finetune.time_budget_minutes" in left.reason
     assert any("not trained" in line for line in said)
+    coverage = summary.coverage
+    assert (coverage.candidate_clusters, coverage.trained_clusters, coverage.left_for_budget) == (1, 0, [0])
+    assert (coverage.covered_train_calls, coverage.covered_share, coverage.served_by) == (0, 0.0, {0: None})
 
 
 def test_a_cluster_training_refuses_stays_with_the_llm_and_the_next_one_trains(tmp_path):
@@ -102,6 +105,29 @@ def test_a_cluster_training_refuses_stays_with_the_llm_and_the_next_one_trains(t
         {"cluster_id": 0, "label": "a", "reason": "every call is longer than max_length"}
     ]
     assert [c.cluster_id for c in summary.clusters] == [1]
+
+
+def test_the_summary_says_which_share_of_the_candidates_training_calls_a_trained_adapter_covers(tmp_path):
+    def refuses_cluster_1(base_ref, examples, cluster_cfg, output_dir, **kwargs):
+        if output_dir.name == "cluster_1":
+            raise ValueError("every call is longer than max_length")
+        return FinetuneResult(adapter_dir=str(output_dir), base_model=base_ref, steps=1, train_loss=0.1)
+
+    board = leaderboard(
+        {"cluster_id": 0, "label": "a", "selected": "tiny", "selected_ref": "ref"},
+        {"cluster_id": 1, "label": "b", "selected": "tiny", "selected_ref": "ref"},
+        {"cluster_id": 2, "label": "c", "selected": None, "reason": "below the quality floor"},
+    )
+    summary, _, said = run(tmp_path, board, train=refuses_cluster_1)
+    coverage = summary.coverage
+    per_cluster = len(CALLS) - 2  # every call but the two held out trains, in each cluster (splits_for)
+    # the cluster without a candidate is not a candidate; the refused one is a candidate left to the LLM
+    assert (coverage.candidate_clusters, coverage.trained_clusters) == (2, 1)
+    assert (coverage.candidate_train_calls, coverage.covered_train_calls) == (2 * per_cluster, per_cluster)
+    assert coverage.covered_share == 0.5 and coverage.left_for_budget == []
+    assert coverage.served_by == {0: str(tmp_path / "adapters/cluster_0"), 1: None}
+    assert any("covered by a trained adapter (50%)" in line for line in said)
+    assert FinetuneSummary.model_validate(summary.as_dict()) == summary
 
 
 def test_a_trained_cluster_writes_its_set_and_its_line_counts_only_what_was_trained(tmp_path):
