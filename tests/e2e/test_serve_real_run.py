@@ -147,6 +147,8 @@ def test_proxy_route_answers_a_held_out_call_with_the_clusters_slm(served, tmp_p
     # The run's router.yaml with the cluster switched on (the gate left it in shadow after 3 training steps).
     router = yaml.safe_load((served["workdir"] / "reports/router.yaml").read_text())
     router["clusters"][cluster_id]["mode"] = "on"
+    # no audit stream here (S6 writes one: the first calls a day also go to the LLM; tests/unit/serve test it)
+    router |= {"audit_share": 0.0, "audit_min_per_day": 0}
     route = tmp_path / "router.yaml"
     route.write_text(yaml.safe_dump(router))
     monkeypatch.setenv(PROXY_KEYS_ENV, KEY)
@@ -193,6 +195,7 @@ def test_a_selective_cluster_is_answered_by_its_slm_only_when_it_is_sure(served,
     def write_router(threshold: float) -> Path:
         router = yaml.safe_load((workdir / "reports/router.yaml").read_text())
         router["clusters"][cluster_id].update(mode="selective", calibrator=str(gate), threshold=threshold)
+        router |= {"audit_share": 0.0, "audit_min_per_day": 0}  # only deferrals reach the LLM: no audit stream
         path = tmp_path / "router.yaml"
         path.write_text(yaml.safe_dump(router))
         return path
