@@ -30,7 +30,7 @@ from components.scoring.costs import cost_basis, latency_percentile, llm_cost_pe
 from components.scoring.judge import JudgeConfig
 from components.scoring.labels import GroundTruth, score_against_labels
 from components.scoring.metrics import PRIMARY_METRIC, Embedder, Judge, detect_output_type, score_pairs
-from components.select.sampling import leads_clearly, sample_size, sampling_note
+from components.select.sampling import leads_clearly, sample_size, sampling_note, unsampled_note
 from components.slm import answer_token_budget, render_target, tool_call_budget
 from components.slm.catalog import Catalog, CatalogEntry, Constraints, constraint_violation
 from components.slm.generation import GENERATION_ENGINE
@@ -439,6 +439,9 @@ def benchmark_candidates(
         report["sampling"] = sampling_note(
             report["n_scored"], report["n_test"], benchmarked, report["cluster_id"] in decided_early
         )
+    # With one admissible candidate there is nothing to choose: a cluster the budget reached first still gets it.
+    sole = [c for c in candidates_report if c["status"] == "benchmarked"]
+    sole_pick = {"candidate": sole[0]["name"], "ref": sole[0]["ref"], "mode": "zero_shot"} if len(sole) == 1 else None
     for report in reports:
         del report["test"], report["prompts"]
         metric = report["primary_metric"]
@@ -446,7 +449,10 @@ def benchmark_candidates(
         for index, row in enumerate(report["results"]):
             row["pareto"] = index in front
         chosen, finetune_needed, reason = choose(report["results"], metric, cfg.quality_floor)
-        if report["cluster_id"] in budget.left:
+        if report["cluster_id"] in budget.left and sole_pick is not None:
+            chosen, finetune_needed = sole_pick, True
+            reason = report["sampling"] = unsampled_note(report["n_test"], budget.reason)
+        elif report["cluster_id"] in budget.left:
             reason = budget.reason
         elif report["sampling"]:
             reason = f"{reason} ({report['sampling']})"

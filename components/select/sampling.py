@@ -1,7 +1,8 @@
 """How many held-out calls S4 spends per cluster (issue 30: S4 spends little).
 
 With one admissible candidate there is nothing to choose: S4 selects it without a benchmark and reports its
-zero-shot score on a sample (``select.sample_calls``); S6 answers the rest of the held-out calls with the base
+zero-shot score on a sample (``select.sample_calls``), or on none once S4's time budget is spent (the cluster is
+still selected: the budget only cost the report); S6 answers the rest of the held-out calls with the base
 itself (components/evaluate/base_answers.py). With several, every candidate answers the sample first, and only
 the clusters where no candidate leads clearly (its 95 % Wilson interval on the primary metric above every other
 candidate's) are benchmarked on all their held-out calls.
@@ -32,6 +33,14 @@ def leads_clearly(rows: list[dict[str, Any]], metric: str) -> bool:
 
     best_low = interval(ranked[0])[0]
     return all(best_low > interval(other)[1] for other in ranked[1:])
+
+
+def unsampled_note(n_test: int, budget_reason: str) -> str:
+    """The reason of a cluster S4's budget reached before its sample, when there was nothing to choose between."""
+    return (
+        f"the only admissible candidate, selected without a benchmark; no zero-shot sample ({budget_reason}); S6 "
+        f"scores the base on all {n_test} held-out calls"
+    )
 
 
 def sampling_note(n_scored: int, n_test: int, candidates: int, decided_early: bool) -> str | None:

@@ -59,6 +59,23 @@ def test_one_candidate_is_selected_on_a_sample_and_s6_answers_the_rest() -> None
     assert [text for text, _ in answers[4:]] == [f"get_weather:r{i}" for i in range(6, 26)]
 
 
+def test_one_candidate_is_selected_for_every_cluster_even_when_the_budget_is_spent_before_its_sample() -> None:
+    cfg, catalog = config("weak", sample_calls=4, time_budget_minutes=0)
+    seen: list = []
+    result = benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer(seen), parse)
+    assert seen == []  # no time for a sample
+    [cluster] = result.leaderboard["clusters"]
+    assert (cluster["selected"], cluster["selected_ref"], cluster["n_scored"]) == ("weak", "ref-weak", 0)
+    assert cluster["finetune_needed"] is True and "no zero-shot sample" in cluster["reason"]
+    assert "select.time_budget_minutes" in cluster["reason"] and result.predictions.empty
+    # with several candidates a spent budget still leaves the cluster: there is something to choose between
+    cfg, catalog = config("weak", "good", sample_calls=4, time_budget_minutes=0)
+    [cluster] = benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer([]), parse).leaderboard[
+        "clusters"
+    ]
+    assert cluster["selected"] is None and "select.time_budget_minutes" in cluster["reason"]
+
+
 def test_several_candidates_stop_early_only_when_one_leads_clearly() -> None:
     cfg, catalog = config("weak", "good", sample_calls=8)
     seen: list = []
