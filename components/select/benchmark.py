@@ -70,6 +70,9 @@ class SelectConfig(StepConfig):
     # candidate that sample is all S4 scores (S6 scores the base on every held-out call); with several, only the
     # clusters where no candidate leads clearly go on to all their held-out calls. null: all, always.
     sample_calls: int | None = 8
+    # With one admissible candidate S4 only reports its zero-shot score (every cluster gets it): that report may
+    # spend this many minutes instead of time_budget_minutes (None: the same budget).
+    sole_candidate_minutes: float | None = 1
     # S5's training window (set from the finetune: section, never here). Each cluster's report counts the training
     # calls S5 could train on, and a cluster where fewer than min_trainable_share fit is benchmarked after the
     # others: a time budget is spent first where fine-tuning can follow (the demo's travel cluster, ~800 tokens a
@@ -344,6 +347,19 @@ def _benchmark_pass(
     return candidates_report, prediction_rows
 
 
+def _time_budget(cfg: SelectConfig, catalog: Catalog, required_context: int) -> TimeBudget:
+    """S4's wall-clock budget: ``time_budget_minutes``, or ``sole_candidate_minutes`` when one candidate is
+    admissible (its zero-shot sample is only reported; every cluster gets it however far the budget reaches)."""
+    admissible = [
+        name
+        for name in cfg.candidates
+        if not constraint_violation(catalog.entry(name), cfg.constraints, required_context)
+    ]
+    if len(admissible) == 1 and cfg.sole_candidate_minutes is not None:
+        return TimeBudget(cfg.sole_candidate_minutes, "S4", "select.sole_candidate_minutes")
+    return TimeBudget(cfg.time_budget_minutes, "S4", "select.time_budget_minutes")
+
+
 def benchmark_candidates(
     records: dict[str, CallRecord],
     clusters: list[ClusterSummary],
@@ -364,7 +380,6 @@ def benchmark_candidates(
     testable without a model. Few-shot rows need ``embed``. ``count_trainable`` (training calls -> how many fit S5's
     window, None if unknown) puts the clusters S5 could barely train after the others."""
     modes = [m for m in cfg.modes if m != "few_shot" or embed is not None]
-    budget = TimeBudget(cfg.time_budget_minutes, "S4", "select.time_budget_minutes")
     reports = []
     for cluster in conversion_order(clusters):
         test = split_records(records, splits, cluster.cluster_id, "test")
@@ -407,6 +422,7 @@ def benchmark_candidates(
         + cfg.max_new_tokens
     )
     limits = {report["cluster_id"]: sample_size(report["n_test"], cfg.sample_calls) for report in reports}
+    budget = _time_budget(cfg, catalog, required_context)
     run = partial(
         _benchmark_pass,
         cfg=cfg,

@@ -60,16 +60,16 @@ def test_one_candidate_is_selected_on_a_sample_and_s6_answers_the_rest() -> None
 
 
 def test_one_candidate_is_selected_for_every_cluster_even_when_the_budget_is_spent_before_its_sample() -> None:
-    cfg, catalog = config("weak", sample_calls=4, time_budget_minutes=0)
+    cfg, catalog = config("weak", sample_calls=4, time_budget_minutes=60, sole_candidate_minutes=0)
     seen: list = []
     result = benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer(seen), parse)
     assert seen == []  # no time for a sample
     [cluster] = result.leaderboard["clusters"]
     assert (cluster["selected"], cluster["selected_ref"], cluster["n_scored"]) == ("weak", "ref-weak", 0)
     assert cluster["finetune_needed"] is True and "no zero-shot sample" in cluster["reason"]
-    assert "select.time_budget_minutes" in cluster["reason"] and result.predictions.empty
+    assert "select.sole_candidate_minutes" in cluster["reason"] and result.predictions.empty
     # with several candidates a spent budget still leaves the cluster: there is something to choose between
-    cfg, catalog = config("weak", "good", sample_calls=4, time_budget_minutes=0)
+    cfg, catalog = config("weak", "good", sample_calls=4, time_budget_minutes=0, sole_candidate_minutes=60)
     [cluster] = benchmark_candidates(RECORDS, CLUSTERS, SPLITS, cfg, catalog, answerer([]), parse).leaderboard[
         "clusters"
     ]
