@@ -198,6 +198,10 @@ def evaluate_task(
             cfg,
             lambda model, calls, label: answer_tuned(model.as_dict(), calls, Progress(label, len(calls))),
             Progress,
+            # the base's answers S4 did not make come from the same engine (no adapter), at the same speed
+            lambda base_model, calls, _tokens, _batch, progress, **_: answer_tuned(
+                {"base_model": base_model, "adapter_dir": None}, calls, progress
+            ),
         )
         for done in evaluated:
             cluster_id, entry = done.model.cluster_id, done.entry

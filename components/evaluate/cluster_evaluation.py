@@ -16,7 +16,7 @@ from components.core.step_files import FinetunedCluster, FinetuneSummary, Leader
 from components.evaluate.base_answers import base_answers
 from components.evaluate.entry import Answer, Confidence, evaluate_cluster
 from components.evaluate.evaluation import EvaluateConfig
-from components.slm.generation import ProgressCallback
+from components.slm.generation import ProgressCallback, generate_answers
 
 # (S5's line of the cluster, its held-out calls, the cluster's label for progress) -> one answer per call:
 # (completion, latency ms) or (completion, latency ms, confidence features or None)
@@ -57,10 +57,12 @@ def evaluate_trained_clusters(
     cfg: EvaluateConfig,
     answer_tuned: TunedAnswerer,
     progress: Callable[[str, int], ProgressCallback | None] = lambda label, total: None,
+    generate_base: Callable[..., list[tuple]] = generate_answers,
 ) -> Iterator[ClusterEvaluation]:
     """Each cluster S5 trained, in S5's order, evaluated on its held-out calls (one at a time: the task registers
     and logs each before the next is answered). The base's answers are S4's where it made them; the calls S4 only
-    sampled are answered here (components/evaluate/base_answers.py); ``progress(label, total)`` shows that."""
+    sampled are answered here (components/evaluate/base_answers.py), by ``generate_base`` (the task passes S6's
+    engine); ``progress(label, total)`` shows that."""
     for model in finetune_summary.clusters:
         cluster = leaderboard.cluster(model.cluster_id)
         test_records = split_records(records, splits, model.cluster_id, "test")
@@ -73,6 +75,7 @@ def evaluate_trained_clusters(
             model.base_model,
             cfg,
             progress(f"{label} base", len(test_records)),
+            generate_base,
         )
         tuned, confidence = split_confidence(answer_tuned(model, test_records, label))
         entry, rows = evaluate_cluster(
