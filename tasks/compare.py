@@ -3,7 +3,6 @@ the promotion gate, the registry aliases, and the comparison view (table + quali
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from components.evaluate.comparison import (
 )
 from components.evaluate.evaluation import EvaluateConfig
 from components.evaluate.promotion import PromotionPolicy
+from components.evaluate.promotion_log import append_promotion_events
 from components.evaluate.refresh import RefreshConfig
 from tasks.helpers.progress import say
 from tasks.helpers.registry import register_challenger
@@ -137,20 +137,15 @@ def _log_comparison(
     plot = quality_cost_plot(rows, resolve(workdir, cfg.comparison).with_name("quality_vs_cost.png"))
     mlflow.log_artifact(str(plot))
     log_json_artifact({"refresh": refresh_number, "clusters": entries, "rows": rows}, resolve(workdir, cfg.comparison))
-    log_path = resolve(workdir, cfg.promotions_log)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a") as handle:  # one line per decision, across refreshes
-        for entry in entries:
-            handle.write(
-                json.dumps(
-                    {
-                        "refresh": refresh_number,
-                        "cluster_id": entry["cluster_id"],
-                        **entry["registered_model"],
-                        "promoted": entry["promoted"],
-                        "reason": entry["reason"],
-                    }
-                )
-                + "\n"
-            )
+    decisions = [
+        {
+            "refresh": refresh_number,
+            "cluster_id": entry["cluster_id"],
+            **entry["registered_model"],
+            "promoted": entry["promoted"],
+            "reason": entry["reason"],
+        }
+        for entry in entries
+    ]  # one line per decision, across refreshes
+    log_path = append_promotion_events(resolve(workdir, cfg.promotions_log), decisions)
     mlflow.log_artifact(str(log_path))

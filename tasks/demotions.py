@@ -12,7 +12,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from components.core.clusters import registered_name
-from components.evaluate.demotion import ALIAS_MOVED, append_log_line, pending_demotions, read_log
+from components.evaluate.demotion import ALIAS_MOVED, pending_demotions, read_log
+from components.evaluate.promotion_log import append_promotion_events
 from tasks.helpers.progress import say
 from tasks.helpers.registry import CHALLENGER, CHAMPION, champion_history, champion_version, rollback
 
@@ -49,7 +50,7 @@ def apply_demotions(promotions_log: Path, registered_model_prefix: str) -> list[
             "demotion_timestamp": demotion["timestamp"],
             **moved,
         }
-        append_log_line(promotions_log, line)
+        append_promotion_events(promotions_log, [line])
         applied.append(line)
         say(f"refresh: cluster #{cluster_id} demoted by the router: {demotion['reason']}; registry: {moved}")
     return applied

@@ -95,14 +95,6 @@ def demotion_line(
     }
 
 
-def append_log_line(path: Path, line: Mapping[str, Any]) -> None:
-    """One JSON line appended to the promotions log (the file and its folder are created when missing)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(dict(line)) + "\n")
-
-
 def read_log(path: Path) -> list[dict[str, Any]]:
     """The promotions log's lines (an absent log is empty; a line that is not JSON is skipped)."""
     path = Path(path)

@@ -1,5 +1,6 @@
-"""reports/promotions.jsonl: one JSON line per change of a cluster's champion (a gate decision of a refresh, a
-rollback), appended across runs, so the history of who served each cluster, and why, survives the registry."""
+"""reports/promotions.jsonl: one JSON line per change of a cluster's champion or route (a gate decision of a refresh,
+a rollback, a router's demotion and its alias moved back), appended across runs, so the history of who served each
+cluster, and why, survives the registry. :func:`append_promotion_events` is the one writer."""
 
 from __future__ import annotations
 

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from components.core.schema import ChatMessage
-from components.evaluate.demotion import AuditedFigures, append_log_line, demotion_line, demotion_reason
+from components.evaluate.demotion import AuditedFigures, demotion_line, demotion_reason
 from components.evaluate.promotion import PromotionPolicy
+from components.evaluate.promotion_log import append_promotion_events
 from components.serve.router import agreement
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class AuditStream:
         self.tally.reset(cluster_id)
         logger.warning("router: cluster %s demoted from %s to shadow: %s", cluster_id, from_mode, reason)
         try:
-            append_log_line(self.promotions_log, demotion_line(cluster_id, from_mode, audited, reason))
+            append_promotion_events(self.promotions_log, [demotion_line(cluster_id, from_mode, audited, reason)])
         except OSError as error:  # the demotion holds in this router even when the log cannot be written
             logger.error("router: could not log the demotion of cluster %s: %s", cluster_id, type(error).__name__)
         return True

@@ -333,10 +333,13 @@ def test_refresh_detects_drift_retrains_and_promotes_only_better_challengers(har
 
     # 4: the router demoted the weather cluster (its audited calls fell below parity: tests/unit/serve/
     # test_audit_and_demotion.py); the next refresh removes its champion alias, retrains it and reports the demotion.
-    from components.evaluate.demotion import AuditedFigures, append_log_line, demotion_line
+    from components.evaluate.demotion import AuditedFigures, demotion_line
+    from components.evaluate.promotion_log import append_promotion_events
 
     audited = AuditedFigures(20, 10)
-    append_log_line(work / "reports" / "promotions.jsonl", demotion_line(weather, "on", audited, "below parity"))
+    append_promotion_events(
+        work / "reports" / "promotions.jsonl", [demotion_line(weather, "on", audited, "below parity")]
+    )
     fourth = run(4, {"get_weather": 8, "convert_currency": 4}, max_steps=0)
     [applied] = fourth["demotions"]
     assert (applied["cluster_id"], applied["from_version"], applied["to_version"]) == (weather, first_version, None)

@@ -12,13 +12,13 @@ import pytest
 from components.core.clusters import registered_name
 from components.evaluate.demotion import (
     AuditedFigures,
-    append_log_line,
     demotion_line,
     demotion_reason,
     pending_demotions,
     read_log,
 )
 from components.evaluate.promotion import PromotionPolicy, SelectiveScores, served_at_parity
+from components.evaluate.promotion_log import append_promotion_events
 from components.evaluate.selective import wilson_interval
 
 POLICY = PromotionPolicy(parity=0.9, min_test_calls=20)
@@ -50,10 +50,12 @@ def test_the_demotion_line_carries_the_figures_and_is_applied_once(tmp_path):
     audited = AuditedFigures(20, 10)
     line = demotion_line(3, "selective", audited, demotion_reason(audited, POLICY))
     assert line["audited_interval"] == wilson_interval(10, 20) and line["to_mode"] == "shadow"
-    append_log_line(log, {"refresh": 1, "cluster_id": 3, "promoted": True, "reason": "promoted"})
-    append_log_line(log, line)
+    append_promotion_events(log, [{"refresh": 1, "cluster_id": 3, "promoted": True, "reason": "promoted"}])
+    append_promotion_events(log, [line])
     assert [row["cluster_id"] for row in pending_demotions(read_log(log))] == [3]
-    append_log_line(log, {"event": "demotion_applied", "cluster_id": 3, "demotion_timestamp": line["timestamp"]})
+    append_promotion_events(
+        log, [{"event": "demotion_applied", "cluster_id": 3, "demotion_timestamp": line["timestamp"]}]
+    )
     assert pending_demotions(read_log(log)) == []
 
 
@@ -84,7 +86,7 @@ def test_a_logged_demotion_rolls_the_champion_back_once(registry, tmp_path):
     log = tmp_path / "promotions.jsonl"
     for cluster_id in (0, 1):
         audited = AuditedFigures(20, 5)
-        append_log_line(log, demotion_line(cluster_id, "on", audited, demotion_reason(audited, POLICY)))
+        append_promotion_events(log, [demotion_line(cluster_id, "on", audited, demotion_reason(audited, POLICY))])
 
     applied = apply_demotions(log, prefix)
     # Cluster 0 goes back to its previous champion; cluster 1 had none: its champion alias is removed.
