@@ -137,9 +137,16 @@ class CoverageTally:
     served_by: dict[int, str | None]
     left_for_budget: list[int]
 
-    def summary(self) -> TrainingCoverage:
+    def summary(self, say: Say) -> TrainingCoverage:
+        """The coverage, also said in one line (the step's last)."""
         covered = sum(n for cluster_id, n in self.train_calls.items() if self.served_by.get(cluster_id))
         total = sum(self.train_calls.values())
+        if total:
+            say(
+                f"S5 finetune: {covered} of {total} training calls of the {len(self.train_calls)} candidate clusters "
+                f"covered by a trained adapter ({covered / total:.0%}); left for the time budget: "
+                f"{self.left_for_budget or 'none'}"
+            )
         return TrainingCoverage(
             candidate_clusters=len(self.train_calls),
             trained_clusters=sum(1 for adapter in self.served_by.values() if adapter),
@@ -224,11 +231,4 @@ def train_clusters(
         )
         if line is not None:
             trained.append(line)
-    coverage = tally.summary()
-    if coverage.covered_share is not None:
-        say(
-            f"S5 finetune: {coverage.covered_train_calls} of {coverage.candidate_train_calls} training calls of the "
-            f"{coverage.candidate_clusters} candidate clusters covered by a trained adapter "
-            f"({coverage.covered_share:.0%}); left for the time budget: {coverage.left_for_budget or 'none'}"
-        )
-    return FinetuneSummary(clusters=trained, skipped=skipped, coverage=coverage)
+    return FinetuneSummary(clusters=trained, skipped=skipped, coverage=tally.summary(say))
