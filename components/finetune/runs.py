@@ -213,16 +213,24 @@ def mark_finished(output_dir: Path, fingerprint: str, result: dict[str, Any]) ->
     (output_dir / FINGERPRINT_FILE).write_text(json.dumps({"fingerprint": fingerprint}))
 
 
-def prepare_checkpoints(checkpoint_dir: Path, fingerprint: str) -> str | None:
-    """The last checkpoint of an interrupted run with the same fingerprint, to resume from; checkpoints of any
-    other run are removed (they would resume the wrong data or settings)."""
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The highest-step ``checkpoint-N`` whose trainer state was written; one a kill interrupted mid-save (no
+    ``trainer_state.json``) is removed, since resuming from it fails and transformers' own pick would take it."""
+    saved = [path for path in checkpoint_dir.glob("checkpoint-*") if path.name.split("-")[-1].isdigit()]
+    complete = [path for path in saved if (path / "trainer_state.json").exists()]
+    for path in set(saved) - set(complete):
+        shutil.rmtree(path, ignore_errors=True)
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
 
+
+def prepare_checkpoints(checkpoint_dir: Path, fingerprint: str) -> str | None:
+    """The last complete checkpoint of an interrupted run with the same fingerprint, to resume from; checkpoints
+    of any other run are removed (they would resume the wrong data or settings)."""
     marker = checkpoint_dir / FINGERPRINT_FILE
     if checkpoint_dir.exists():
         same_run = marker.exists() and json.loads(marker.read_text()).get("fingerprint") == fingerprint
         if same_run:
-            return get_last_checkpoint(str(checkpoint_dir))
+            return last_complete_checkpoint(checkpoint_dir)
         shutil.rmtree(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"fingerprint": fingerprint}))

@@ -14,6 +14,7 @@ from components.finetune.runs import (
     UnsupportedDeviceError,
     cpu_flags,
     detect_device,
+    prepare_checkpoints,
     resolve_precision,
     split_validation,
 )
@@ -246,6 +247,19 @@ def test_killed_run_resumes_and_a_finished_run_is_not_repeated(
 
 
 # ------------------------------------------------------------------------------------------ devices and outputs
+
+
+def test_a_checkpoint_a_kill_cut_mid_save_is_not_resumed_from(tmp_path: Path) -> None:
+    checkpoints = tmp_path / "cluster_0"
+    assert prepare_checkpoints(checkpoints, "run-a") is None  # a fresh run: nothing to resume
+    for step in (2, 4, 10):
+        (checkpoints / f"checkpoint-{step}").mkdir()
+        (checkpoints / f"checkpoint-{step}" / "adapter_model.safetensors").write_bytes(b"")
+    for step in (2, 4):  # the save of step 10 was killed before its trainer state
+        (checkpoints / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
+    assert prepare_checkpoints(checkpoints, "run-a") == str(checkpoints / "checkpoint-4")
+    assert not (checkpoints / "checkpoint-10").exists()
+    assert prepare_checkpoints(checkpoints, "run-b") is None and not (checkpoints / "checkpoint-4").exists()
 
 
 def test_device_choice_without_cuda() -> None:
