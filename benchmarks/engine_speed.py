@@ -350,10 +350,10 @@ def main() -> None:
 
 
 def print_table(results: list[dict]) -> None:
-    from components.core.machine import cpu_model
+    from components.core.machine import cpu_description
 
     eager = next((r for r in results if r["engine"] == "transformers-eager"), None)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
+    print(f"CPU: {cpu_description()}")
     print(f"{'engine':<20}{'tokens/s':>10}{'speed-up':>10}{'batch-8 tok/s':>15}{'speed-up':>10}{'first token ms':>16}"
           f"{'load s':>8}{'peak RSS MB':>13}{'match':>8}{'grammar':>9}")  # fmt: skip
     for r in results:

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from components.core.machine import cpu_description
+
 # Today's default before issue 30: bf16 autocast over fp32 weights, the LM head on every position.
 OLD_DEFAULT = {"precision": "bf16", "answer_logits_only": False, "bf16_base_weights": False}
 SETTINGS: dict[str, dict] = {
@@ -107,18 +109,6 @@ def run_setting(
         "held_out_loss": round(result.eval_loss, 4) if result.eval_loss is not None else None,
         "held_out_calls": len(held_out or []),
     }
-
-
-def cpu_model() -> str:
-    """The CPU as /proc/cpuinfo names it, with its core count: figures differ between machines."""
-    import os
-
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = "unknown CPU"
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def run_order(names: list[str], repeat: int) -> list[str]:
@@ -206,7 +196,9 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     threads = f"{args.threads} torch thread(s)" if args.threads else "torch's default threads"
-    print(f"\n{cpu_model()}, {threads}; cluster {args.cluster}, {args.steps} steps, median per setting (interleaved):")
+    print(
+        f"\n{cpu_description()}, {threads}; cluster {args.cluster}, {args.steps} steps, median per setting (interleaved):"
+    )
     print(median_table(rows, names), flush=True)
 
 

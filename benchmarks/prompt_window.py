@@ -14,13 +14,13 @@ Held-out calls are not read: recipes are chosen here.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.core.machine import cpu_description
 from components.slm.prompt_pruning import PruningSettings  # noqa: E402
 
 DEFAULT = PruningSettings().model_dump()
@@ -42,15 +42,6 @@ RECIPES: dict[str, dict] = {
     },
     "fitted per cluster (default)": {},
 }
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(line.partition(":")[2].strip() for line in lines if line.startswith("model name"))
-    except (OSError, StopIteration):
-        name = "unknown CPU"
-    return f"{name}, {os.cpu_count()} cores"
 
 
 def workdir_clusters(workdir: Path) -> list[tuple[str, list]]:
@@ -167,7 +158,7 @@ def main() -> None:
         clusters = bfcl_clusters(args.bfcl_category, args.conversations)
         source = f"BFCL {args.bfcl_category}, {args.conversations} conversations, tasks as clusters"
     rows = measure(clusters, args.recipes, args.max_length)
-    print(f"{cpu_model()}; {source}; training calls, max_length {args.max_length}")
+    print(f"{cpu_description()}; {source}; training calls, max_length {args.max_length}")
     print(table(rows, args.recipes))
 
 

@@ -6,6 +6,11 @@ import os
 import platform
 
 
+def cpu_description() -> str:
+    """The CPU's model name and core count, for benchmark tables: figures differ between machines."""
+    return f"{cpu_model() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
 def cpu_model() -> str | None:
     """The CPU's model name from /proc/cpuinfo (Linux); None elsewhere."""
     try:

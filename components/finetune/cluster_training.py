@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -73,37 +73,25 @@ def write_training_set(training: TrainingSet, path: Path) -> pd.DataFrame:
 def summary_entry(trained: TrainedCluster, model_uri: str | None, data_version: dict) -> FinetunedCluster:
     """The cluster's line of reports/finetune.json."""
     result = trained.result
+    # what the run reports under the same name is copied; the rest is the cluster's or rounded for reading
+    copied = {name: value for name, value in asdict(result).items() if name in FinetunedCluster.model_fields}
     return FinetunedCluster(
-        cluster_id=trained.cluster.cluster_id,
-        label=trained.cluster.label,
-        n_train=result.n_train,
-        examples_by_origin=trained.examples_by_origin,
-        augmentation=trained.training.augmentation,
-        synthesis=trained.training.synthesis,
-        training_set=str(trained.set_path),
-        n_validation=len(result.validation_record_ids),
-        too_long_record_ids=result.too_long_record_ids,
-        base_model=result.base_model,
-        adapter_dir=str(result.adapter_dir),
-        merged_dir=result.merged_dir,
-        model_uri=model_uri,
-        steps=result.steps,
-        stopped_early=result.stopped_early,
-        train_loss=result.train_loss,
-        eval_loss=result.eval_loss,
-        seconds=round(result.seconds, 1),
-        train_tokens_per_second=round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
-        mean_tokens_per_call=round(result.mean_tokens_per_call, 1),
-        prompt_spec=result.prompt_spec,
-        prompt_tokens=result.prompt_tokens,
-        device=result.device,
-        dtype=result.dtype,
-        precision=result.precision,
-        trainable_parameters=result.trainable_parameters,
-        reused=result.reused,
-        resumed_from_step=result.resumed_from_step,
-        stopped_by_budget=result.stopped_by_budget,
-        data_version=data_version,
+        **copied
+        | {
+            "cluster_id": trained.cluster.cluster_id,
+            "label": trained.cluster.label,
+            "examples_by_origin": trained.examples_by_origin,
+            "augmentation": trained.training.augmentation,
+            "synthesis": trained.training.synthesis,
+            "training_set": str(trained.set_path),
+            "n_validation": len(result.validation_record_ids),
+            "adapter_dir": str(result.adapter_dir),
+            "model_uri": model_uri,
+            "seconds": round(result.seconds, 1),
+            "train_tokens_per_second": round(result.trained_tokens / result.seconds, 1) if result.seconds else None,
+            "mean_tokens_per_call": round(result.mean_tokens_per_call, 1),
+            "data_version": data_version,
+        }
     )
 
 
